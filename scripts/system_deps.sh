@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages the project needs, or say exactly how to.
+# fluidsynth + fluid-soundfont-gm: training data and the FluidSynth benchmark baseline.
+# jackd2: JACK dummy server for live tests without a sound card. libportaudio2: sounddevice.
+set -euo pipefail
+pkgs=(fluidsynth fluid-soundfont-gm jackd2 libportaudio2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+cmd="apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  # jackd2 asks about real-time priority through debconf; answer it up front.
+  echo "jackd2 jackd/tweak_rt_limits boolean false" | debconf-set-selections 2>/dev/null || true
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "error: missing system packages: ${missing[*]}" >&2
+  echo "install them with:  sudo DEBIAN_FRONTEND=noninteractive $cmd" >&2
+  exit 1
+fi

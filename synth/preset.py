@@ -1,0 +1,326 @@
+"""Preset manifests (`presets/<name>/preset.json`): schema, validation, lookup by name.
+
+A preset is only ever data: JSON plus an ONNX graph. Nothing in it is executed or unpickled.
+The trainer's export writes manifests through `Preset.to_json` / `validate_manifest`, the synth
+reads them through `load_preset`, so both sides share one schema.
+
+Schema (version 1), all keys required unless marked optional:
+
+    format           "neural-synth-preset"
+    version          1
+    name             str, [A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 chars
+    description      str (optional)
+    kind             "pitched" | "drums"
+    sample_rate      int Hz, the generator's output rate (8000..192000)
+    note_samples     int N, samples per generated note (the ONNX output length)
+    pitch_range      [lo, hi] MIDI notes the model was trained on (inclusive)
+    drum_classes     {"<midi key>": "<class name>"} (drums only; the key is fed as `pitch`)
+    velocity         {"conditioned": bool, "layers": [MIDI velocities 1..127, ascending],
+                      "curve": float exponent of the velocity->gain curve (gain = (v/127)**curve)}
+    latent           {"size": Z, "default": [Z floats]}
+    knobs            [{"cc": 0..127, "name": str, "description": str, "direction": [Z floats],
+                       "range": [lo, hi], "default": 0..127}]
+                     latent = default + sum_k (lo_k + (hi_k - lo_k) * cc_k / 127) * direction_k
+    release_seconds  float >= 0, the release envelope after note-off
+    sustain          {"mode": "oneshot" | "loop"}  "loop": the engine loops the note's sustain
+                     portion, crossfaded, for as long as the key is held (optional, default oneshot)
+    gain_db          float, preset output trim (optional, default 0)
+    generator        file name of the ONNX graph inside the folder (default "generator.onnx")
+    training         free-form dict: data, arch, steps, minutes, hardware, commands (optional)
+    metrics          free-form dict: trainer eval figures (optional)
+
+ONNX contract (`generator.onnx`): inputs `z float32[B, Z]`, `pitch int64[B]` (MIDI note),
+`velocity float32[B]` (0..1); output `audio float32[B, N]` in [-1, 1] at `sample_rate`. The batch
+axis is dynamic. `metadata_props` repeat name, sample_rate, note_samples, pitch_range, latent size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synth.errors import PresetError
+
+FORMAT = "neural-synth-preset"
+VERSION = 1
+MANIFEST = "preset.json"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_LATENT = 4096
+MAX_KNOBS = 32
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+REPO_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+@dataclass(frozen=True)
+class Knob:
+    cc: int
+    name: str
+    description: str
+    direction: tuple[float, ...]
+    range: tuple[float, float]
+    default: int
+
+    def offset(self, value: int) -> float:
+        """Latent offset along `direction` for a CC value 0..127."""
+        lo, hi = self.range
+        return lo + (hi - lo) * (value / 127.0)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A validated preset. `path` is the preset folder; `generator_path` the ONNX file."""
+
+    path: Path
+    name: str
+    kind: str
+    sample_rate: int
+    note_samples: int
+    pitch_range: tuple[int, int]
+    velocity_conditioned: bool
+    velocity_layers: tuple[int, ...]
+    velocity_curve: float
+    latent_size: int
+    default_latent: tuple[float, ...]
+    knobs: tuple[Knob, ...]
+    release_seconds: float
+    sustain_mode: str = "oneshot"
+    gain_db: float = 0.0
+    drum_classes: dict[int, str] = field(default_factory=dict)
+    description: str = ""
+    generator: str = "generator.onnx"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generator_path(self) -> Path:
+        return self.path / self.generator
+
+    @property
+    def is_drums(self) -> bool:
+        return self.kind == "drums"
+
+    def playable_keys(self) -> list[int]:
+        """MIDI keys the model generates directly (drum keys for kits, the pitch range otherwise)."""
+        if self.is_drums:
+            return sorted(self.drum_classes)
+        lo, hi = self.pitch_range
+        return list(range(lo, hi + 1))
+
+
+def _fail(where: str, msg: str) -> PresetError:
+    return PresetError(f"{where}: {msg}")
+
+
+def _get(m: dict, key: str, where: str, types, optional=False, default=None):
+    if key not in m:
+        if optional:
+            return default
+        raise _fail(where, f"missing required field {key!r}")
+    v = m[key]
+    if types is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if isinstance(v, bool) and types is not bool and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _fail(where, f"field {key!r} must be {getattr(types, '__name__', types)}, got bool")
+    if not isinstance(v, types):
+        tname = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+        raise _fail(where, f"field {key!r} must be {tname}, got {type(v).__name__}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _fail(where, f"field {key!r} must be finite, got {v}")
+    return v
+
+
+def _int_in(m, key, where, lo, hi, optional=False, default=None):
+    v = _get(m, key, where, int, optional, default)
+    if v is None:
+        return v
+    if not lo <= v <= hi:
+        raise _fail(where, f"field {key!r} = {v} is out of range {lo}..{hi}")
+    return v
+
+
+def _floats(v, where, what, n=None):
+    if not isinstance(v, list):
+        raise _fail(where, f"{what} must be a list of numbers, got {type(v).__name__}")
+    if n is not None and len(v) != n:
+        raise _fail(where, f"{what} has {len(v)} values, expected {n} (the latent size)")
+    out = []
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise _fail(where, f"{what} must hold finite numbers, found {x!r}")
+        out.append(float(x))
+    return tuple(out)
+
+
+def validate_manifest(m: Any, path: Path, check_files: bool = True) -> Preset:
+    """Validate a parsed manifest dict and return a `Preset`. Raises `PresetError` naming the file."""
+    where = str(path / MANIFEST)
+    if not isinstance(m, dict):
+        raise _fail(where, "the manifest must be a JSON object")
+    if m.get("format") != FORMAT:
+        raise _fail(where, f"not a neural-synth preset (field 'format' must be {FORMAT!r})")
+    version = _get(m, "version", where, int)
+    if version != VERSION:
+        raise _fail(where, f"preset format version {version} is not supported (this synth reads {VERSION})")
+    name = _get(m, "name", where, str)
+    if not NAME_RE.match(name):
+        raise _fail(where, f"invalid preset name {name!r}")
+    kind = _get(m, "kind", where, str)
+    if kind not in ("pitched", "drums"):
+        raise _fail(where, f"field 'kind' must be 'pitched' or 'drums', got {kind!r}")
+    sr = _int_in(m, "sample_rate", where, 8000, 192000)
+    n = _int_in(m, "note_samples", where, 64, 60 * 192000)
+    pr = _get(m, "pitch_range", where, list)
+    if len(pr) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 127 for p in pr) \
+            or pr[0] > pr[1]:
+        raise _fail(where, f"field 'pitch_range' must be [lo, hi] MIDI notes 0..127 with lo <= hi, got {pr!r}")
+    drum_classes: dict[int, str] = {}
+    if kind == "drums":
+        dc = _get(m, "drum_classes", where, dict)
+        if not dc or len(dc) > 128:
+            raise _fail(where, "field 'drum_classes' must map 1..128 MIDI keys to class names")
+        for k, v in dc.items():
+            if not (isinstance(k, str) and k.isdigit() and 0 <= int(k) <= 127 and isinstance(v, str) and v):
+                raise _fail(where, f"drum_classes entry {k!r}: {v!r} must be \"<key 0..127>\": \"<name>\"")
+            drum_classes[int(k)] = v
+    vel = _get(m, "velocity", where, dict)
+    vel_where = where + " velocity"
+    conditioned = _get(vel, "conditioned", vel_where, bool)
+    layers = _get(vel, "layers", vel_where, list)
+    if not layers or len(layers) > 127 or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 127 for x in layers) \
+            or list(layers) != sorted(set(layers)):
+        raise _fail(where, f"velocity.layers must be ascending distinct MIDI velocities 1..127, got {layers!r}"[:300])
+    curve = _get(vel, "curve", vel_where, float, optional=True, default=1.0)
+    if not 0.1 <= curve <= 10:
+        raise _fail(where, f"velocity.curve = {curve} is out of range 0.1..10")
+    lat = _get(m, "latent", where, dict)
+    z = _int_in(lat, "size", where + " latent", 1, MAX_LATENT)
+    default = _floats(_get(lat, "default", where + " latent", list), where, "latent.default", z)
+    knobs_raw = _get(m, "knobs", where, list)
+    if len(knobs_raw) > MAX_KNOBS:
+        raise _fail(where, f"{len(knobs_raw)} knobs; at most {MAX_KNOBS} are allowed")
+    knobs = []
+    seen = set()
+    for i, k in enumerate(knobs_raw):
+        kw = f"{where} knobs[{i}]"
+        if not isinstance(k, dict):
+            raise _fail(where, f"knobs[{i}] must be an object")
+        cc = _int_in(k, "cc", kw, 0, 127)
+        if cc in seen:
+            raise _fail(where, f"knobs[{i}]: CC {cc} is mapped twice")
+        seen.add(cc)
+        rng = _floats(_get(k, "range", kw, list), where, f"knobs[{i}].range", 2)
+        knobs.append(Knob(cc=cc, name=_get(k, "name", kw, str), description=_get(k, "description", kw, str,
+                                                                                   optional=True, default=""),
+                          direction=_floats(_get(k, "direction", kw, list), where, f"knobs[{i}].direction", z),
+                          range=(rng[0], rng[1]), default=_int_in(k, "default", kw, 0, 127)))
+    release = _get(m, "release_seconds", where, float)
+    if not 0 <= release <= 30:
+        raise _fail(where, f"release_seconds = {release} is out of range 0..30")
+    sustain = _get(m, "sustain", where, dict, optional=True, default={"mode": "oneshot"})
+    mode = sustain.get("mode", "oneshot")
+    if mode not in ("oneshot", "loop"):
+        raise _fail(where, f"sustain.mode must be 'oneshot' or 'loop', got {mode!r}")
+    gain_db = _get(m, "gain_db", where, float, optional=True, default=0.0)
+    if not -60 <= gain_db <= 24:
+        raise _fail(where, f"gain_db = {gain_db} is out of range -60..24")
+    gen = _get(m, "generator", where, str, optional=True, default="generator.onnx")
+    if gen != os.path.basename(gen) or gen in ("", ".", "..") or "\\" in gen:
+        raise _fail(where, f"field 'generator' must be a file name inside the preset folder, got {gen!r}")
+    training = _get(m, "training", where, dict, optional=True, default={})
+    metrics = _get(m, "metrics", where, dict, optional=True, default={})
+    description = _get(m, "description", where, str, optional=True, default="")
+    preset = Preset(path=path, name=name, kind=kind, sample_rate=sr, note_samples=n, pitch_range=(pr[0], pr[1]),
+                    velocity_conditioned=conditioned, velocity_layers=tuple(layers), velocity_curve=curve,
+                    latent_size=z, default_latent=default, knobs=tuple(knobs), release_seconds=release,
+                    sustain_mode=mode, gain_db=gain_db, drum_classes=drum_classes, description=description,
+                    generator=gen, training=training, metrics=metrics)
+    if check_files and not preset.generator_path.is_file():
+        raise _fail(str(preset.generator_path), "generator file is missing; re-export the preset with "
+                    "`python -m trainer export`")
+    return preset
+
+
+def load_preset_dir(path: str | os.PathLike) -> Preset:
+    """Load and validate the preset in folder `path`."""
+    path = Path(path)
+    mf = path / MANIFEST
+    try:
+        size = mf.stat().st_size
+    except FileNotFoundError:
+        raise PresetError(f"{mf}: no preset manifest here") from None
+    except OSError as e:
+        raise PresetError(f"{mf}: cannot read ({e.strerror})") from None
+    if size > MAX_MANIFEST_BYTES:
+        raise PresetError(f"{mf}: manifest is {size} bytes, larger than the {MAX_MANIFEST_BYTES} allowed")
+    try:
+        m = json.loads(mf.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PresetError(f"{mf}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise PresetError(f"{mf}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise PresetError(f"{mf}: JSON nested too deeply") from None
+    return validate_manifest(m, path)
+
+
+def search_path(preset_dirs: list[str | os.PathLike] | None = None) -> list[Path]:
+    """Folders searched for presets, in order: `--preset-dir` folders, `SYNTH_PRESET_PATH`, repo `presets/`."""
+    dirs = [Path(d) for d in (preset_dirs or [])]
+    env = os.environ.get("SYNTH_PRESET_PATH", "")
+    dirs += [Path(d) for d in env.split(os.pathsep) if d]
+    dirs.append(REPO_PRESETS)
+    out, seen = [], set()
+    for d in dirs:
+        key = os.path.abspath(d)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def available_presets(preset_dirs=None) -> dict[str, Path]:
+    """name -> folder for every folder with a preset.json on the search path (first one wins)."""
+    found: dict[str, Path] = {}
+    for d in search_path(preset_dirs):
+        if not d.is_dir():
+            continue
+        for sub in sorted(d.iterdir()):
+            if sub.name not in found and (sub / MANIFEST).is_file() and NAME_RE.match(sub.name):
+                found[sub.name] = sub
+    return found
+
+
+def find_preset(name: str, preset_dirs=None) -> Preset:
+    """Find preset `name` on the search path and load it. A name is never a path."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise PresetError(f"preset {name!r} is not a preset name (a name, not a path: put the folder's parent in "
+                          f"--preset-dir or SYNTH_PRESET_PATH and pass the folder's name)")
+    known = available_presets(preset_dirs)
+    if name not in known:
+        listing = ", ".join(sorted(known)) or "none installed"
+        raise PresetError(f"unknown preset {name!r}; known presets: {listing}")
+    return load_preset_dir(known[name])
+
+
+def manifest_dict(p: Preset) -> dict[str, Any]:
+    """The JSON-able manifest for `p` (inverse of `validate_manifest`)."""
+    m: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "name": p.name, "description": p.description, "kind": p.kind,
+        "sample_rate": p.sample_rate, "note_samples": p.note_samples, "pitch_range": list(p.pitch_range),
+        "velocity": {"conditioned": p.velocity_conditioned, "layers": list(p.velocity_layers),
+                     "curve": p.velocity_curve},
+        "latent": {"size": p.latent_size, "default": list(p.default_latent)},
+        "knobs": [{"cc": k.cc, "name": k.name, "description": k.description, "direction": list(k.direction),
+                   "range": list(k.range), "default": k.default} for k in p.knobs],
+        "release_seconds": p.release_seconds, "sustain": {"mode": p.sustain_mode}, "gain_db": p.gain_db,
+        "generator": p.generator, "training": p.training, "metrics": p.metrics,
+    }
+    if p.is_drums:
+        m["drum_classes"] = {str(k): v for k, v in sorted(p.drum_classes.items())}
+    return m
