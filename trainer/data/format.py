@@ -102,6 +102,7 @@ class DatasetWriter:
         self.notes: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.warnings: list[dict[str, str]] = []
+        self._drop: set[int] = set()
         self._bank = open(self.folder / BANK, "wb")  # noqa: SIM115 - closed in finalize/close
 
     def add(self, audio: np.ndarray, *, pitch: int, velocity: int | None, source: str,
@@ -117,6 +118,11 @@ class DatasetWriter:
                 "sample_rate": self.sample_rate}
         note.update(extra)
         self.notes.append(note)
+
+    def keep_only(self, indices: Iterable[int]) -> None:
+        """Leave out every note added so far whose index is not in `indices` (record why with `skip`)."""
+        keep = set(indices)
+        self._drop = {i for i in range(len(self.notes)) if i not in keep}
 
     def skip(self, what: str, reason: str) -> None:
         """Record a file or note that was left out, and why."""
@@ -153,6 +159,8 @@ class DatasetWriter:
             bank = np.memmap(self.folder / BANK, dtype="<f4", mode="r+", shape=(n, N))
             seen: dict[str, str] = {}
             for i, note in enumerate(self.notes):
+                if i in self._drop:
+                    continue
                 row = bank[i]
                 if gain != 1.0:
                     row = (row * np.float32(gain)).astype("<f4")
@@ -201,9 +209,21 @@ class DatasetWriter:
             "bytes": len(kept) * N * 4, "gain": gain,
         }
         summary.update(summary_extra or {})
-        _write_json(self.folder / MANIFEST, manifest)
+        _write_manifest(self.folder / MANIFEST, manifest)
         _write_json(self.folder / REPORT, {"summary": summary, "skipped": self.skipped, "warnings": self.warnings})
         return summary
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Indented header, one line per note: readable, diffable and small for 20k notes."""
+    head = {k: v for k, v in manifest.items() if k != "notes"}
+    text = json.dumps(head, indent=1)[:-2] + ',\n "notes": [\n'
+    text += ",\n".join("  " + json.dumps(n) for n in manifest["notes"])
+    text += "\n ]\n}\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -1,0 +1,180 @@
+"""`python -m trainer dataset`: build a one-shot dataset folder from a SoundFont, a folder or NSynth.
+
+Examples:
+    python -m trainer dataset --soundfont /usr/share/sounds/sf2/FluidR3_GM.sf2 --program 0 --out data/piano
+    python -m trainer dataset --drums --out data/gm-kit
+    python -m trainer dataset --from-folder ~/samples/rhodes --out data/rhodes
+    python -m trainer dataset --nsynth ~/nsynth-valid --family keyboard --source acoustic --out data/keys
+
+The folder is written to a temporary folder beside --out and renamed into place at the end, so a
+failure never leaves a half-written set. An existing --out is replaced only with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from synth.errors import UserError
+from synth.fsutil import atomic_dir
+from trainer.data.format import GM_DRUMS, MANIFEST, DatasetWriter
+from trainer.data.soundfont import DEFAULT_SOUNDFONT
+
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def note_name(key: int) -> str:
+    """MIDI key -> scientific pitch name (60 -> C4)."""
+    return f"{NOTE_NAMES[key % 12]}{key // 12 - 1}"
+
+
+def parse_pitches(text: str) -> list[int]:
+    """'21-108' or '60,62,64' or '21-30,60' -> sorted MIDI keys (0..127)."""
+    keys: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                keys.update(range(lo, hi + 1))
+            elif part:
+                keys.add(int(part))
+    except ValueError:
+        raise UserError(f"--pitches {text!r}: expected MIDI keys like 21-108 or 60,64,67") from None
+    if not keys or min(keys) < 0 or max(keys) > 127:
+        raise UserError(f"--pitches {text!r}: expected MIDI keys in 0..127, like 21-108")
+    return sorted(keys)
+
+
+def parse_velocities(text: str) -> list[int]:
+    """'25,50,75,100,127' -> sorted MIDI velocities (1..127)."""
+    try:
+        vels = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise UserError(f"--velocities {text!r}: expected MIDI velocities like 25,50,75,100,127") from None
+    if not vels or vels[0] < 1 or vels[-1] > 127:
+        raise UserError(f"--velocities {text!r}: expected MIDI velocities in 1..127, like 25,50,75,100,127")
+    return vels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer dataset",
+        description="Build a one-shot dataset folder (manifest.json + notes.f32) from a SoundFont "
+                    "(rendered with FluidSynth), a folder of samples, or NSynth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--soundfont", metavar="PATH", nargs="?", const=DEFAULT_SOUNDFONT,
+                     help=f"SF2/SF3 to render (the default source; default file {DEFAULT_SOUNDFONT})")
+    p.add_argument("--out", metavar="DIR", required=True, help="dataset folder to create")
+    p.add_argument("--program", type=int, default=0, help="SoundFont program (GM 0 = piano; the kit with --drums)")
+    p.add_argument("--bank", type=int, default=0, help="SoundFont bank (128 with --drums)")
+    p.add_argument("--drums", action="store_true", help="render a GM drum kit (bank 128): each key is a class")
+    p.add_argument("--pitches", metavar="KEYS", default=None,
+                   help="MIDI keys, e.g. 21-108 or 60,64,67 (default 21-108; 35-81 with --drums; "
+                        "for folders and NSynth a filter, default all)")
+    p.add_argument("--velocities", metavar="LIST", default=None,
+                   help="MIDI velocities (default 25,50,75,100,127 for SoundFonts; a filter for NSynth)")
+    p.add_argument("--seconds", type=float, default=4.0, help="note length in seconds")
+    p.add_argument("--release", type=float, default=1.0, help="SoundFont: seconds of the note after note-off")
+    p.add_argument("--sample-rate", type=int, default=24000, help="sample rate of the set in Hz")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="FluidSynth processes at once")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    if not 0.1 <= args.seconds <= 60:
+        raise UserError(f"--seconds {args.seconds}: expected 0.1..60")
+    if not 4000 <= args.sample_rate <= 192000:
+        raise UserError(f"--sample-rate {args.sample_rate}: expected 4000..192000 Hz")
+    if args.soundfont is not None or not _other_source(args):
+        if not 0 <= args.release < args.seconds:
+            raise UserError(f"--release {args.release}: must be >= 0 and shorter than --seconds {args.seconds}")
+        if not 0 <= args.program <= 127:
+            raise UserError(f"--program {args.program}: expected 0..127")
+        if not 0 <= args.bank <= 128:
+            raise UserError(f"--bank {args.bank}: expected 0..128")
+
+
+def _other_source(args: argparse.Namespace) -> bool:
+    return any(getattr(args, a, None) is not None for a in ("from_folder", "nsynth"))
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        if out.is_dir() and not any(out.iterdir()):
+            return
+        what = "a dataset" if (out / MANIFEST).exists() else "a folder that is not a dataset"
+        raise UserError(f"{out}: already exists ({what}); pass --force to replace it "
+                        f"(the old folder stays until the new set is complete), or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="note", file=sys.stderr, leave=False,
+                disable=quiet or not sys.stderr.isatty())
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv)
+    _check_common(args)
+    out = Path(args.out)
+    _check_out(out, args.force)
+    t0 = time.perf_counter()
+    note_samples = int(round(args.seconds * args.sample_rate))
+    kind = "drums" if args.drums else "pitched"
+    with atomic_dir(out, replace=True) as tmp:
+        writer = DatasetWriter(tmp, args.sample_rate, note_samples, kind)
+        try:
+            summary = _build_soundfont(args, writer)
+        finally:
+            writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700; a finished set is as readable as any folder
+    elapsed = time.perf_counter() - t0
+    print(_summary_line(summary, out, elapsed, kind))
+    return 0
+
+
+def _build_soundfont(args: argparse.Namespace, writer: DatasetWriter) -> dict:
+    from trainer.data import soundfont as sf
+
+    path = Path(args.soundfont or DEFAULT_SOUNDFONT)
+    if args.soundfont is None and not path.exists():
+        raise UserError(f"no source given and the default SoundFont {path} is not installed; pass --soundfont PATH, "
+                        "--from-folder DIR or --nsynth DIR (or apt-get install fluid-soundfont-gm)")
+    pitches = parse_pitches(args.pitches or ("35-81" if args.drums else "21-108"))
+    velocities = parse_velocities(args.velocities or "25,50,75,100,127")
+    bank = 128 if args.drums else args.bank
+    sf.find_preset(path, args.program, bank)  # fail before any rendering
+    with _progress(len(pitches) * len(velocities), "rendering", args.quiet) as bar:
+        res = sf.build(writer, soundfont=path, program=args.program, bank=bank, drums=args.drums,
+                       pitches=pitches, velocities=velocities, seconds=args.seconds, release=args.release,
+                       jobs=args.jobs, progress=bar.update)
+    res["source"]["command"] = ["python", "-m", "trainer", "dataset", *args.argv]
+    drum_classes = {str(k): GM_DRUMS.get(k, f"key{k}") for k in pitches} if args.drums else None
+    return writer.finalize(pitch_range=(pitches[0], pitches[-1]), velocities=velocities,
+                           drum_classes=drum_classes, source=res["source"], gain=res["gain"])
+
+
+def _summary_line(s: dict, out: Path, elapsed: float, kind: str) -> str:
+    rng = "-"
+    if s["pitch_min"] is not None:
+        rng = f"{s['pitch_min']}-{s['pitch_max']}"
+        if kind == "pitched":
+            rng += f" ({note_name(s['pitch_min'])}-{note_name(s['pitch_max'])})"
+    sp = s["splits"]
+    skipped = f"{s['skipped']} skipped (reasons in {out / 'report.json'})" if s["skipped"] else "0 skipped"
+    return (f"dataset {out}: {s['notes']} notes, {s['minutes']:.1f} min of audio, "
+            f"{'keys' if kind == 'drums' else 'pitch'} {rng}, {skipped}; "
+            f"train/valid/test {sp['train']}/{sp['valid']}/{sp['test']}; {s['bytes'] / 1e6:.0f} MB in {elapsed:.1f} s")
