@@ -1,0 +1,252 @@
+"""Audio output for live playing: the only module that imports sounddevice (PortAudio), lazily.
+
+PortAudio scans its host APIs when sounddevice is imported, and the JACK host API only appears while
+a JACK server runs. So nothing here imports sounddevice at module load; `load_sounddevice()` does it
+at startup, after the API choice, so a JACK server that is already up is seen.
+
+`jack_server_running()` asks libjack directly (ctypes, no server autostart) and needs no PortAudio.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from synth.errors import UserError
+
+JACK_AUDIO_CLIENT = "neural-synth-audio"
+# Strings handed to C must outlive the call that stores the pointer.
+_keepalive: list[Any] = []
+_sd = None
+_sd_lock = threading.Lock()
+
+AUDIO_APIS = {
+    "auto": None,
+    "jack": "JACK Audio Connection Kit",
+    "alsa": "ALSA",
+    "oss": "OSS",
+    "pulse": "PulseAudio",
+    "pipewire": "PipeWire",
+    "coreaudio": "Core Audio",
+    "wasapi": "Windows WASAPI",
+    "asio": "ASIO",
+}
+
+
+def has_alsa_seq() -> bool:
+    """True when the ALSA sequencer device exists (ALSA MIDI is usable)."""
+    return os.path.exists("/dev/snd/seq")
+
+
+def jack_server_running() -> bool:
+    """True when a JACK server (the one `JACK_DEFAULT_SERVER` names, or the default) accepts clients.
+
+    Uses libjack through ctypes with `JackNoStartServer`, so it never starts a server itself and works
+    without PortAudio or the JACK-Client package. False when libjack is not installed.
+    """
+    path = ctypes.util.find_library("jack")
+    if not path:
+        return False
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return False
+    lib.jack_client_open.restype = ctypes.c_void_p
+    lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.jack_client_close.argtypes = [ctypes.c_void_p]
+    # libjack prints "Cannot connect to server socket" on stderr when none runs; silence it.
+    lib.jack_set_error_function.argtypes = [ctypes.c_void_p]
+    lib.jack_set_info_function.argtypes = [ctypes.c_void_p]
+    silent = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(lambda msg: None)
+    _keepalive.append(silent)
+    lib.jack_set_error_function(ctypes.cast(silent, ctypes.c_void_p))
+    lib.jack_set_info_function(ctypes.cast(silent, ctypes.c_void_p))
+    status = ctypes.c_int(0)
+    jack_no_start_server = 0x01
+    client = lib.jack_client_open(b"neural-synth-probe", jack_no_start_server, ctypes.byref(status))
+    if not client:
+        return False
+    lib.jack_client_close(client)
+    return True
+
+
+def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, str]:
+    """Resolve "auto" for the audio and MIDI APIs.
+
+    When `/dev/snd/seq` is missing and a JACK server runs, both go through JACK. Otherwise audio uses
+    PortAudio's default output ("auto" stays "auto") and MIDI uses ALSA, unless ALSA MIDI is missing and
+    JACK runs. Explicit choices are kept as given.
+    """
+    if audio_api not in AUDIO_APIS:
+        raise UserError(f"--audio-api {audio_api!r} is not known; choose from {', '.join(AUDIO_APIS)}")
+    if midi_api not in ("auto", "alsa", "jack", "none"):
+        raise UserError(f"--midi-api {midi_api!r} is not known; choose from auto, alsa, jack, none")
+    if audio_api != "auto" and midi_api != "auto":
+        return audio_api, midi_api
+    jack = jack_server_running()
+    seq = has_alsa_seq()
+    if audio_api == "auto" and jack and not seq:
+        audio_api = "jack"
+    if midi_api == "auto":
+        midi_api = "jack" if jack and (not seq or audio_api == "jack") else "alsa"
+    return audio_api, midi_api
+
+
+def load_sounddevice(jack_client_name: str | None = JACK_AUDIO_CLIENT):
+    """Import sounddevice now (PortAudio scans host APIs here) and name its JACK client.
+
+    Raises `UserError` when PortAudio itself is missing.
+    """
+    global _sd
+    with _sd_lock:
+        if _sd is not None:
+            return _sd
+        try:
+            import sounddevice as sd
+        except OSError as e:
+            raise UserError(f"PortAudio is not installed ({e}); install libportaudio2 "
+                            "(`apt-get install libportaudio2`) or render offline with `python -m synth render`") \
+                from None
+        if jack_client_name:
+            _set_jack_client_name(sd, jack_client_name)
+        _sd = sd
+        return sd
+
+
+def _set_jack_client_name(sd, name: str) -> None:
+    """Make PortAudio's JACK client appear as `name` instead of "PortAudio".
+
+    PaJack_SetClientName only takes effect before Pa_Initialize, which sounddevice already called at
+    import, so re-initialise around it. Silently kept as "PortAudio" when the library lacks the call.
+    """
+    try:
+        lib = ctypes.CDLL(sd._libname)
+        setter = lib.PaJack_SetClientName
+    except (OSError, AttributeError):
+        return
+    if not (hasattr(sd, "_terminate") and hasattr(sd, "_initialize")):
+        return
+    buf = ctypes.c_char_p(name.encode())
+    _keepalive.append(buf)
+    sd._terminate()
+    setter.argtypes = [ctypes.c_char_p]
+    setter(buf)
+    sd._initialize()
+
+
+def hostapi_names(sd) -> list[str]:
+    return [h["name"] for h in sd.query_hostapis()]
+
+
+@dataclass(frozen=True)
+class OutputDevice:
+    index: int
+    name: str
+    hostapi: str
+    channels: int
+    default_samplerate: float
+    low_latency: float
+
+
+def _describe(sd, index: int) -> OutputDevice:
+    d = sd.query_devices(index)
+    return OutputDevice(index=index, name=d["name"], hostapi=sd.query_hostapis(d["hostapi"])["name"],
+                        channels=d["max_output_channels"], default_samplerate=d["default_samplerate"],
+                        low_latency=d["default_low_output_latency"])
+
+
+def output_devices(sd) -> list[OutputDevice]:
+    return [_describe(sd, i) for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] > 0]
+
+
+def resolve_device(sd, device: str | None, audio_api: str) -> OutputDevice:
+    """Pick the output device: `device` is an index or a case-insensitive name substring (or None for
+    the default of `audio_api`). Raises `UserError` with a suggestion when nothing fits."""
+    devs = output_devices(sd)
+    apis = hostapi_names(sd)
+    want_api = AUDIO_APIS.get(audio_api)
+    if want_api is not None:
+        if want_api not in apis:
+            hint = " (start a JACK server first, e.g. `jackd -d dummy -r 48000 -p 128 &`)" if audio_api == "jack" \
+                else ""
+            raise UserError(f"audio API {audio_api!r} is not available here{hint}; available: "
+                            f"{', '.join(apis) or 'none'}")
+        devs = [d for d in devs if d.hostapi == want_api]
+    if not devs:
+        jack_hint = "start JACK (`jackd -d dummy -r 48000 -p 128 &` on a headless machine, or your sound " \
+                    "card's driver)"
+        raise UserError(f"no audio output device{' for API ' + audio_api if want_api else ''}; {jack_hint} "
+                        "or pick one with --device (`python -m synth devices` lists them)")
+    if device is None or device == "":
+        if want_api is not None:
+            default = sd.query_hostapis(apis.index(want_api))["default_output_device"]
+        else:
+            default = sd.default.device[1]
+            if default is None or default < 0:
+                default = sd.query_hostapis(sd.default.hostapi)["default_output_device"] \
+                    if sd.default.hostapi >= 0 else -1
+        for d in devs:
+            if d.index == default:
+                return d
+        return devs[0]
+    if device.isdigit():
+        idx = int(device)
+        for d in devs:
+            if d.index == idx:
+                return d
+        raise UserError(f"--device {device}: no output device with that index; `python -m synth devices` "
+                        "lists them")
+    hits = [d for d in devs if device.lower() in d.name.lower()]
+    if not hits:
+        raise UserError(f"--device {device!r}: no output device matches; known: "
+                        f"{', '.join(repr(d.name) for d in devs)}")
+    return hits[0]
+
+
+class AudioOutput:
+    """A running sounddevice `OutputStream`: float32, stereo, `latency='low'`.
+
+    `callback(outdata: float32[frames, 2], frames: int, time_info, status)` is sounddevice's callback
+    signature and runs on PortAudio's audio thread (JACK's process thread under JACK).
+    """
+
+    def __init__(self, device: OutputDevice, sample_rate: int, blocksize: int, callback):
+        sd = load_sounddevice()
+        self.device = device
+        try:
+            self.stream = sd.OutputStream(device=device.index, samplerate=sample_rate, blocksize=blocksize,
+                                          channels=2, dtype="float32", latency="low", callback=callback,
+                                          prime_output_buffers_using_stream_callback=False)
+        except sd.PortAudioError as e:
+            raise UserError(f"cannot open audio device {device.name!r} ({device.hostapi}) at {sample_rate} Hz, "
+                            f"blocksize {blocksize}: {e}; try another --device, --sample-rate or --blocksize") \
+                from None
+        self.sample_rate = sample_rate
+        self.blocksize = blocksize
+
+    @property
+    def latency_seconds(self) -> float:
+        """PortAudio's reported output latency, seconds."""
+        return float(self.stream.latency)
+
+    def time(self) -> float:
+        """The stream clock, seconds: the time base of the callback's `time_info` fields."""
+        return self.stream.time
+
+    def start(self) -> None:
+        self.stream.start()
+
+    def close(self) -> None:
+        try:
+            self.stream.abort(ignore_errors=True)
+        finally:
+            self.stream.close(ignore_errors=True)
+
+
+def underflow(status) -> bool:
+    """True when PortAudio flagged an output underflow (an xrun) for this callback."""
+    return bool(status.output_underflow)

@@ -1,0 +1,471 @@
+"""`python -m synth [play] --preset NAME`: play live, MIDI in (rtmidi), audio out (sounddevice).
+
+Threads (see docs/architecture.md):
+- rtmidi's thread (ALSA) or JACK's process thread: stamp each message with the stream clock and append
+  it to a deque (`synth.midi_in`);
+- the audio callback (`LiveCore.callback`): drain the deque, turn each event's time into a frame
+  offset inside this block, call the engine, `engine.render(frames, out=...)`, write `outdata[:]`;
+- this module's main thread: status line, GC gen-0 collections, port hot-plug is on its own thread;
+- the engine's generator worker (owned by the engine).
+
+Event timing: an event stamped at stream time `t` sounds at `t + one block + output latency`. The
+callback knows when its block reaches the DAC (`time_info.outputBufferDacTime`), so the offset is
+`(t - block_start_reference) * sr + blocksize`, clamped at 0 for late events and deferred to the next
+block when it falls past this one. So timing is kept inside the block and never jitters by a whole one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+
+from synth.errors import UserError
+from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM
+
+RING = 8192            # callback timings kept for the load percentiles (about 22 s at 128 frames)
+DEDUP_SECONDS = 0.003  # the same message from two ports this close together is one message twice
+LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
+CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF = 120, 123
+
+
+class LiveCore:
+    """The audio callback and its counters. Allocation-free in steady state.
+
+    `engine` follows the Engine API in docs/architecture.md (note_on/.../render(frames, out=)).
+    `queue` is a `collections.deque` of `(t_seconds, kind, channel, a, b, source)` tuples appended by
+    `synth.midi_in`; `t` is on the stream clock (the same clock as `time_info.currentTime`).
+    """
+
+    def __init__(self, engine, sample_rate: int, blocksize: int, queue: collections.deque | None = None):
+        self.engine = engine
+        self.sr = float(sample_rate)
+        self.blocksize = blocksize
+        self.queue = queue if queue is not None else collections.deque()
+        # Room for the largest block PortAudio may hand over (variable-size hosts give up to 4x).
+        self._buf = np.zeros((max(blocksize, 1) * 4, 2), np.float32)
+        self._block = self._buf[:blocksize]
+        self._pending: list[tuple] = []
+        self._durations = np.zeros(RING, np.float64)   # seconds per callback
+        self._periods = np.zeros(RING, np.float64)     # seconds of audio per callback
+        self.callbacks = 0
+        self.underflows = 0
+        self.overruns = 0         # callbacks that took longer than their block lasts
+        self.events = 0
+        self.late_events = 0      # events that arrived after their block had started to play
+        self.deduped = 0
+        self.errors = 0
+        self.first_error: str | None = None
+        self._leads: list[float] = []
+        self._lead: float | None = None
+        # (status byte, data1) -> time and source of the last such message, for de-duplication.
+        self._seen_t = [[-1.0] * 128 for _ in range(8 * 16)]
+        self._seen_src = [[-1] * 128 for _ in range(8 * 16)]
+        self._seen_b = [[-1] * 128 for _ in range(8 * 16)]
+        self.silenced = False
+
+    # -- the audio thread ---------------------------------------------------------------------------
+    def callback(self, outdata, frames: int, time_info, status) -> None:
+        """sounddevice callback: `outdata` float32[frames, 2]. Runs on the audio thread."""
+        t0 = time.perf_counter()
+        if status.output_underflow:
+            self.underflows += 1
+        try:
+            buf = self._block if frames == self.blocksize else self._buf[:frames]
+            self._dispatch(frames, time_info)
+            self.engine.render(frames, out=buf)
+            np.clip(buf, -1.0, 1.0, out=buf)
+            outdata[:] = buf
+        except Exception:
+            outdata.fill(0)
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = traceback.format_exc()
+        dt = time.perf_counter() - t0
+        i = self.callbacks % RING
+        self._durations[i] = dt
+        self._periods[i] = frames / self.sr
+        if dt * self.sr > frames:
+            self.overruns += 1
+        self.callbacks += 1
+
+    def _reference(self, time_info) -> float:
+        """Stream time that corresponds to "one block before this block reaches the DAC"."""
+        now = time_info.currentTime
+        dac = time_info.outputBufferDacTime
+        if dac <= 0.0 or now <= 0.0:
+            return now
+        if self._lead is None:
+            # DAC time is hardware-paced and does not move with our scheduling jitter, so learn the
+            # typical lead once and reference every block to DAC time minus that fixed lead.
+            self._leads.append(dac - now)
+            if len(self._leads) >= LEAD_SAMPLES:
+                self._lead = float(np.median(self._leads))
+            return now
+        return dac - self._lead
+
+    def _dispatch(self, frames: int, time_info) -> None:
+        q = self.queue
+        if not q and not self._pending:
+            return
+        ref = self._reference(time_info)
+        sr = self.sr
+        pending = self._pending
+        todo = pending[:] if pending else ()
+        pending.clear()
+        last = 0
+        eng = self.engine
+        for ev in _chain(todo, q):
+            t, kind, ch, a, b, src = ev
+            off = int((t - ref) * sr + 0.5) + frames
+            if off >= frames:
+                if off < 3 * frames:
+                    pending.append(ev)
+                    continue
+                off = 0   # a clock jump (stream restart): play now rather than never
+            if off < last:
+                off = last
+            if off < 0:
+                off = 0
+                self.late_events += 1
+            if self._duplicate(t, kind, ch, a, b, src):
+                continue
+            last = off
+            self.events += 1
+            if kind == NOTE_ON:
+                eng.note_on(ch, a, b, frame=off)
+            elif kind == NOTE_OFF:
+                eng.note_off(ch, a, frame=off)
+            elif kind == CC:
+                eng.control_change(ch, a, b, frame=off)
+            elif kind == PROGRAM:
+                eng.program_change(ch, a, frame=off)
+            elif kind == BEND:
+                eng.pitch_bend(ch, a, frame=off)
+
+    def _duplicate(self, t: float, kind: int, ch: int, a: int, b: int, src: int) -> bool:
+        """True for the second copy of a message that reached us through two ports (a source that is
+        both auto-opened and connected to the virtual port by hand)."""
+        if kind == BEND:
+            a = 0
+        row = kind * 16 + ch
+        a &= 127
+        prev_t = self._seen_t[row][a]
+        dup = (self._seen_src[row][a] != src and self._seen_b[row][a] == b and t - prev_t < DEDUP_SECONDS)
+        if dup:
+            self.deduped += 1
+            return True
+        self._seen_t[row][a] = t
+        self._seen_src[row][a] = src
+        self._seen_b[row][a] = b
+        return False
+
+    # -- other threads -----------------------------------------------------------------------------
+    def load(self) -> dict[str, float]:
+        """Callback duration as a share of its block: p50, p99, max over the last RING callbacks."""
+        n = min(self.callbacks, RING)
+        if n == 0:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0, "n": 0}
+        share = self._durations[:n] / np.maximum(self._periods[:n], 1e-9)
+        p50, p99 = np.percentile(share, [50, 99])
+        return {"p50": float(p50), "p99": float(p99), "max": float(share.max()), "n": n}
+
+    def durations_ms(self) -> np.ndarray:
+        n = min(self.callbacks, RING)
+        return self._durations[:n] * 1e3
+
+
+def _chain(first, q: collections.deque):
+    yield from first
+    popleft = q.popleft
+    while q:
+        yield popleft()
+
+
+def velocity_map(curve: float) -> list[int] | None:
+    """128-entry velocity response: out = round(127 * (v / 127) ** curve), kept >= 1 for v >= 1.
+    curve < 1 is a light touch (soft keys louder), > 1 a heavy one; 1 is identity (None)."""
+    if curve == 1.0:
+        return None
+    return [0] + [max(1, min(127, int(round(127 * (v / 127) ** curve)))) for v in range(1, 128)]
+
+
+# -- GC and GIL ------------------------------------------------------------------------------------
+class GcTamer:
+    """Keep the cyclic GC off the audio thread.
+
+    After loading, `gc.freeze()` moves every live object to a permanent generation so collections never
+    scan them again; automatic collection is then disabled, and `tick()` (called from the status thread
+    about once a second) runs a gen-0 collection there. Python's GIL hand-off interval is shortened so
+    the audio callback waits at most ~0.5 ms for a busy Python thread instead of the 5 ms default.
+    """
+
+    def __init__(self, mode: str = "tamed", switch_interval: float = 0.0005):
+        self.mode = mode
+        self.switch_interval = switch_interval
+        self.collections = 0
+        self.collect_seconds_max = 0.0
+        self._old_interval = sys.getswitchinterval()
+
+    def start(self) -> None:
+        if self.switch_interval > 0:
+            sys.setswitchinterval(self.switch_interval)
+        if self.mode == "tamed":
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+
+    def tick(self) -> None:
+        if self.mode != "tamed":
+            return
+        t0 = time.perf_counter()
+        gc.collect(0)
+        # Older generations fill slowly; sweep them now and then, still off the audio thread.
+        if self.collections % 30 == 29:
+            gc.collect(1)
+        dt = time.perf_counter() - t0
+        self.collections += 1
+        self.collect_seconds_max = max(self.collect_seconds_max, dt)
+
+    def stop(self) -> None:
+        sys.setswitchinterval(self._old_interval)
+        if self.mode == "tamed":
+            gc.enable()
+            gc.unfreeze()
+
+
+# -- command line ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m synth [play]", description=(
+        "Play live: MIDI from every input port plus a virtual port 'neural-synth', audio through "
+        "sounddevice. Ctrl-C stops."))
+    p.add_argument("--preset", action="append", required=True, metavar="NAME",
+                   help="preset name; repeat for more (program change N selects the N-th)")
+    p.add_argument("--preset-dir", action="append", default=[], metavar="DIR", help="extra folder of presets")
+    p.add_argument("--device", default=None, help="output device index or name substring (`synth devices`)")
+    p.add_argument("--blocksize", type=int, default=128, help="frames per audio block (default 128)")
+    p.add_argument("--sample-rate", type=int, default=48000, help="output rate in Hz (default 48000)")
+    p.add_argument("--audio-api", default="auto", help="auto, jack, alsa, pulse, ... (default auto)")
+    p.add_argument("--midi-api", default="auto", choices=["auto", "alsa", "jack", "none"])
+    p.add_argument("--midi-port", action="append", default=[], metavar="PATTERN",
+                   help="open only input ports matching this regex (repeatable; default: all)")
+    p.add_argument("--no-virtual", action="store_true", help="do not open the virtual port 'neural-synth'")
+    p.add_argument("--cache-mb", type=float, default=None, help="note cache size in MB (engine default)")
+    p.add_argument("--knob", action="append", default=[], metavar="CC=V", help="initial knob value, e.g. 74=100")
+    p.add_argument("--fx", default=None, help="effects chain passed to the engine (see docs/live.md)")
+    p.add_argument("--velocity-curve", type=float, default=1.0,
+                   help="keyboard response exponent: <1 light touch, >1 heavy (default 1)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (tests, soak)")
+    p.add_argument("--status-interval", type=float, default=None,
+                   help="seconds between status lines (default: 0.25 on a TTY, 10 otherwise)")
+    p.add_argument("--stats-json", default=None, metavar="FILE", help="write final counters here on exit")
+    p.add_argument("--gc", default="tamed", choices=["tamed", "default"],
+                   help="tamed: freeze + gen-0 collections off the audio thread (default)")
+    p.add_argument("--switch-interval", type=float, default=0.0005,
+                   help="sys.setswitchinterval in seconds; 0 keeps Python's default (default 0.0005)")
+    return p
+
+
+def _parse_knobs(items: list[str]) -> list[tuple[int, int]]:
+    out = []
+    for it in items:
+        try:
+            cc_s, v_s = it.split("=", 1)
+            cc, v = int(cc_s), int(v_s)
+        except ValueError:
+            raise UserError(f"--knob {it!r}: expected CC=VALUE, e.g. --knob 74=100") from None
+        if not (0 <= cc <= 127 and 0 <= v <= 127):
+            raise UserError(f"--knob {it!r}: CC and value must be 0..127")
+        out.append((cc, v))
+    return out
+
+
+def _default_engine_factory(**kw):
+    try:
+        from synth.engine import Engine
+    except ImportError as e:
+        raise UserError(f"the synth engine is not available ({e}); reinstall with `pip install -e .`") from None
+    return Engine(**kw)
+
+
+class StatusLine:
+    """One line on stderr: in place on a TTY, a new line every `interval` seconds otherwise."""
+
+    def __init__(self, interval: float | None):
+        self.tty = sys.stderr.isatty()
+        self.interval = interval if interval is not None else (0.25 if self.tty else 10.0)
+        self._last_len = 0
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            pad = max(0, self._last_len - len(text))
+            sys.stderr.write("\r" + text + " " * pad)
+            self._last_len = len(text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def log(self, text: str) -> None:
+        if self.tty and self._last_len:
+            sys.stderr.write("\r" + " " * self._last_len + "\r")
+            self._last_len = 0
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _engine_stats(engine) -> dict:
+    try:
+        return dict(engine.stats()) if hasattr(engine, "stats") else {}
+    except Exception:
+        return {}
+
+
+def status_text(preset: str, core: LiveCore, stats: dict, ports: int) -> str:
+    load = core.load()
+    hit = stats.get("cache_hit_rate", stats.get("hit_rate"))
+    hit_s = f"{100 * hit:.0f}%" if isinstance(hit, (int, float)) and math.isfinite(hit) else "-"
+    voices = stats.get("voices", stats.get("active_voices", "-"))
+    return (f"{preset} | voices {voices} | cache hits {hit_s} | load p99 {100 * load['p99']:.0f}% "
+            f"(max {100 * load['max']:.0f}%) | xruns {core.underflows + core.overruns} | MIDI ports {ports}")
+
+
+def main(argv: list[str], engine_factory: Callable | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 16 <= args.blocksize <= 8192:
+        raise UserError(f"--blocksize {args.blocksize}: choose 16..8192 frames (128 is the default)")
+    if not 8000 <= args.sample_rate <= 192000:
+        raise UserError(f"--sample-rate {args.sample_rate}: choose 8000..192000 Hz")
+    if args.duration is not None and args.duration <= 0:
+        raise UserError("--duration must be > 0 seconds")
+    knobs = _parse_knobs(args.knob)
+
+    from synth import audio_io
+    from synth.preset import find_preset
+
+    presets = [find_preset(n, args.preset_dir) for n in args.preset]
+    status = StatusLine(args.status_interval)
+    audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
+    sd = audio_io.load_sounddevice()
+    device = audio_io.resolve_device(sd, args.device, audio_api)
+
+    kw = dict(sample_rate=args.sample_rate, blocksize=args.blocksize, presets=presets, realtime=True)
+    if args.cache_mb is not None:
+        kw["cache_mb"] = args.cache_mb
+    if args.fx is not None:
+        kw["fx"] = args.fx
+    engine = (engine_factory or _default_engine_factory)(**kw)
+    for cc, v in knobs:
+        for ch in range(16):
+            engine.control_change(ch, cc, v)
+
+    queue: collections.deque = collections.deque()
+    core = LiveCore(engine, args.sample_rate, args.blocksize, queue)
+    tamer = GcTamer(args.gc, args.switch_interval)
+    stop = threading.Event()
+    reason = {"why": "stopped"}
+
+    def on_signal(signum, _frame):
+        reason["why"] = signal.Signals(signum).name
+        stop.set()
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    audio = midi = None
+    rc = 0
+    try:
+        audio = audio_io.AudioOutput(device, args.sample_rate, args.blocksize, core.callback)
+        tamer.start()
+        audio.start()
+        lat_engine = int(getattr(engine, "latency_samples", 0) or 0)
+        status.log(f"audio: {device.name} ({device.hostapi}), {args.sample_rate} Hz, block {args.blocksize}, "
+                   f"output latency {1e3 * audio.latency_seconds:.1f} ms + engine {lat_engine} samples")
+        if midi_api != "none":
+            from synth.midi_in import MidiInput
+            midi = MidiInput(midi_api, queue, audio.time, port_patterns=args.midi_port,
+                             virtual=not args.no_virtual, velocity_map=velocity_map(args.velocity_curve),
+                             log=status.log)
+            midi.start()
+            status.log(f"midi ({midi_api}): {', '.join(midi.port_names) or 'no ports'}")
+        status.log("ready")
+        t_start = time.monotonic()
+        next_status = next_gc = t_start
+        error_reported = False
+        while not stop.is_set():
+            if args.duration is not None and time.monotonic() - t_start >= args.duration:
+                reason["why"] = "duration"
+                break
+            stop.wait(0.05)
+            if not audio.stream.active:
+                status.log("error: the audio stream stopped (device unplugged or JACK server gone)")
+                rc = 1
+                break
+            if core.first_error is not None and not error_reported:
+                status.log("error in the audio callback (that block was muted):\n" + core.first_error.rstrip())
+                error_reported = True
+            now = time.monotonic()
+            if now >= next_gc:
+                tamer.tick()
+                next_gc = now + 1.0
+            if now >= next_status:
+                ports = len(midi.port_names) if midi else 0
+                status.show(status_text(presets[0].name, core, _engine_stats(engine), ports))
+                next_status = now + status.interval
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if midi is not None:
+            midi.close()
+        if audio is not None:
+            audio.close()
+        for name in ("close", "stop"):
+            fn = getattr(engine, name, None)
+            if callable(fn):
+                fn()
+                break
+        tamer.stop()
+    summary = final_summary(core, engine, tamer, reason["why"])
+    status.log("stopped (" + reason["why"] + "): " + " ".join(f"{k}={v}" for k, v in summary.items()
+                                                                 if not isinstance(v, (dict, list))))
+    if args.stats_json:
+        from synth.fsutil import atomic_write_text
+
+        atomic_write_text(args.stats_json, json.dumps(summary, indent=1))
+    return rc
+
+
+def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
+    load = core.load()
+    d = core.durations_ms()
+    out = {
+        "reason": why,
+        "callbacks": core.callbacks,
+        "xruns": core.underflows + core.overruns,
+        "underflows": core.underflows,
+        "overruns": core.overruns,
+        "events": core.events,
+        "late_events": core.late_events,
+        "deduplicated": core.deduped,
+        "callback_errors": core.errors,
+        "load_p50": round(load["p50"], 4),
+        "load_p99": round(load["p99"], 4),
+        "load_max": round(load["max"], 4),
+        "callback_ms_p99": round(float(np.percentile(d, 99)), 4) if len(d) else 0.0,
+        "dac_lead_ms": round(1e3 * core._lead, 3) if core._lead is not None else None,
+        "gc_mode": tamer.mode,
+        "gc_collections": tamer.collections,
+        "gc_collect_ms_max": round(1e3 * tamer.collect_seconds_max, 3),
+        "latency_samples": int(getattr(engine, "latency_samples", 0) or 0),
+        "engine": _engine_stats(engine),
+        "pid": os.getpid(),
+    }
+    return out

@@ -1,0 +1,221 @@
+"""JACK test helpers: a private `jackd -d dummy` server and a probe client that plays MIDI at exact
+frame times and records audio. Nothing is mocked: the synth under test talks to a real JACK server.
+
+Each server gets a unique name (pid + random), so parallel test runs never share one; the server is
+killed in teardown, and a server that fails to come up raises with its log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def have_jackd() -> bool:
+    return shutil.which("jackd") is not None
+
+
+class JackServer:
+    """`jackd -n <unique> -d dummy -r RATE -p PERIOD`, started on enter and killed on exit."""
+
+    def __init__(self, period: int = 512, rate: int = 48000, log_dir: Path | None = None):
+        self.period = period
+        self.rate = rate
+        self.name = f"nstest{os.getpid()}x{uuid.uuid4().hex[:8]}"
+        self.log_path = Path(log_dir or "/tmp") / f"{self.name}.jackd.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for clients of this server (also for the synth subprocess)."""
+        return dict(os.environ, JACK_DEFAULT_SERVER=self.name, JACK_NO_START_SERVER="1", PYO_GUI_WX="0")
+
+    def __enter__(self) -> JackServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 15.0) -> None:
+        import jack
+
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate),
+                 "-p", str(self.period)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                start_new_session=True)
+        end = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jackd exited with {self.proc.returncode}: {self.log()}")
+            try:
+                c = jack.Client("nstest-probe", servername=self.name, no_start_server=True)
+                c.close()
+                return
+            except jack.JackError:
+                if time.monotonic() > end:
+                    self.stop()
+                    raise RuntimeError(f"jackd {self.name} did not come up in {timeout} s: {self.log()}") from None
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        try:
+            self.log_path.unlink()
+        except OSError:
+            pass
+
+
+class Probe:
+    """A JACK client with a MIDI out port and two audio in ports.
+
+    `schedule(events)` queues `(absolute_frame, bytes)` MIDI events; the process callback writes each at
+    its exact offset inside the period that contains it. `record(seconds)` captures the inputs into a
+    preallocated buffer; `audio` is float32[n, 2] and `rec_start` the absolute frame of its first row.
+    Every JACK xrun the server reports is counted in `xruns`.
+    """
+
+    def __init__(self, server: JackServer, name: str = "probe", record_seconds: float = 20.0):
+        import jack
+
+        self.jack = jack
+        self.client = jack.Client(name, servername=server.name, no_start_server=True)
+        self.sr = self.client.samplerate
+        self.period = self.client.blocksize
+        self.midi_out = self.client.midi_outports.register("midi_out")
+        self.ins = [self.client.inports.register(f"in_{i + 1}") for i in range(2)]
+        self.buf = np.zeros((int(record_seconds * self.sr) + self.period, 2), np.float32)
+        self.pos = 0
+        self.rec_start: int | None = None
+        self._recording = False
+        self._events: list[tuple[int, bytes]] = []
+        self._ev_i = 0
+        self._lock = threading.Lock()
+        self.late_midi = 0
+        self.xruns = 0
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.activate()
+
+    def _xrun(self, delay_usecs: float) -> None:
+        self.xruns += 1
+
+    def _process(self, frames: int) -> None:
+        fr = self.client.last_frame_time
+        self.midi_out.clear_buffer()
+        if self._lock.acquire(blocking=False):
+            try:
+                ev = self._events
+                while self._ev_i < len(ev) and ev[self._ev_i][0] < fr + frames:
+                    at, data = ev[self._ev_i]
+                    off = at - fr
+                    if off < 0:
+                        self.late_midi += 1
+                        off = 0
+                    self.midi_out.write_midi_event(off, data)
+                    self._ev_i += 1
+            finally:
+                self._lock.release()
+        if self._recording:
+            if self.rec_start is None:
+                self.rec_start = fr
+            n = min(frames, len(self.buf) - self.pos)
+            if n > 0:
+                self.buf[self.pos:self.pos + n, 0] = self.ins[0].get_array()[:n]
+                self.buf[self.pos:self.pos + n, 1] = self.ins[1].get_array()[:n]
+                self.pos += n
+
+    @property
+    def now(self) -> int:
+        """The current absolute frame (JACK's frame clock)."""
+        return self.client.frame_time
+
+    def connect_synth(self, midi_port: str = "neural-synth:neural-synth", audio_client: str = "neural-synth-audio",
+                      timeout: float = 30.0) -> list[str]:
+        """Wait for the synth's ports, then connect our MIDI out to its input and its outputs to ours."""
+        end = time.monotonic() + timeout
+        while True:
+            names = [p.name for p in self.client.get_ports()]
+            outs = sorted(n for n in names if n.startswith(audio_client + ":"))
+            if midi_port in names and len(outs) >= 2:
+                break
+            if time.monotonic() > end:
+                raise TimeoutError(f"synth ports did not appear in {timeout} s; ports: {names}")
+            time.sleep(0.05)
+        self.client.connect(self.midi_out, midi_port)
+        for src, dst in zip(outs[:2], self.ins):
+            self.client.connect(src, dst)
+        return outs
+
+    def schedule(self, events: list[tuple[int, bytes]]) -> None:
+        with self._lock:
+            self._events = sorted(self._events[self._ev_i:] + list(events), key=lambda e: e[0])
+            self._ev_i = 0
+
+    def start_recording(self) -> None:
+        self._recording = True
+
+    def stop_recording(self) -> np.ndarray:
+        self._recording = False
+        return self.buf[:self.pos]
+
+    def close(self) -> None:
+        try:
+            self.client.deactivate()
+        finally:
+            self.client.close()
+
+
+def synth_cmd(preset_dir: Path, *args: str, stand_in: str | None = None) -> list[str]:
+    """Command line for `python -m synth --preset piano --preset-dir DIR ARGS`.
+
+    `stand_in="module:Factory"` runs `synth.live.main` with that engine factory instead of the real
+    engine (the module is imported from tests/)."""
+    base = ["--preset", "piano", "--preset-dir", str(preset_dir), *args]
+    if stand_in is None:
+        return [sys.executable, "-m", "synth", *base]
+    mod, attr = stand_in.split(":")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import {mod}; "
+            f"from synth.cli import run_command; import synth.live as L; "
+            f"raise SystemExit(L.main(sys.argv[1:], engine_factory={mod}.{attr}))")
+    return [sys.executable, "-c", code, *base]
+
+
+def onsets(x: np.ndarray, starts: list[int], window: int, threshold: float = 0.01) -> list[int | None]:
+    """For each search start (row index into x), the first row in [start, start + window) whose |x|
+    exceeds `threshold` on either channel, or None."""
+    env = np.abs(x).max(axis=1)
+    out: list[int | None] = []
+    for s in starts:
+        seg = env[max(0, s):s + window]
+        hit = np.flatnonzero(seg > threshold)
+        out.append(int(max(0, s) + hit[0]) if hit.size else None)
+    return out
