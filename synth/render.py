@@ -1,0 +1,391 @@
+"""`python -m synth render IN.mid -o OUT.wav --preset piano`: offline MIDI -> WAV/FLAC.
+
+The same `Engine` as live playing, with `realtime=False`, so a missing note is generated on the
+spot and the output is deterministic. What makes it fast:
+  1. the whole file is pre-scanned and every note it needs is generated in one batched
+     `engine.prepare(...)` call before rendering starts;
+  2. audio is rendered in large blocks (`--blocksize`, 8192 frames by default); events inside a
+     block are handed over with their frame offsets, so timing stays sample-accurate.
+The output does not depend on `--blocksize`: the body is cut into blocks of that size, and the
+release tail is rendered in fixed windows (`TAIL_WINDOW`) cut again into blocks.
+
+After the last event the render goes on until a whole window is quieter than `SILENCE` (-80 dBFS),
+for at most `MAX_TAIL_SECONDS`. The engine's reported latency (the effects FIFO) is removed, so
+event times in the file and in the output agree.
+
+The file is written to a temporary file beside OUT and renamed at the end: any error leaves no
+output behind (and an existing OUT untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synth.errors import UserError
+
+FORMATS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
+CONTAINERS = {".wav": "WAV", ".flac": "FLAC"}
+DEFAULT_BLOCKSIZE = 8192
+MAX_BLOCKSIZE = 65536
+TAIL_WINDOW = 2048          # frames per silence check in the tail (independent of --blocksize)
+SILENCE = 1e-4              # -80 dBFS
+MAX_TAIL_SECONDS = 30.0
+MAX_SECONDS = 4 * 3600.0    # longest file we render; a longer one is almost surely a broken tempo map
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a one-line `UserError` instead of usage + exit."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see `python -m synth render --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="python -m synth render", description=(
+        "Render a MIDI file (type 0 or 1) to WAV or FLAC offline with the same engine as live playing."))
+    p.add_argument("input", metavar="IN.mid", help="Standard MIDI File")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output file: .wav or .flac")
+    p.add_argument("--preset", default="piano", metavar="NAME",
+                   help="preset for every channel (default: piano); `python -m synth presets` lists them")
+    p.add_argument("--preset-dir", action="append", default=[], metavar="DIR",
+                   help="extra folder of presets (repeatable; also SYNTH_PRESET_PATH)")
+    p.add_argument("--sample-rate", default="48000", metavar="HZ", help="output rate, 8000..192000 (default 48000)")
+    p.add_argument("--format", default="pcm16", choices=sorted(FORMATS),
+                   help="sample format (default pcm16; FLAC takes pcm16 or pcm24)")
+    p.add_argument("--knob", action="append", default=[], metavar="CC=V",
+                   help="initial knob position on every channel: V in 0..1 with a decimal point (74=0.3) "
+                        "or a CC value 0..127 (74=38); repeatable or comma-separated")
+    p.add_argument("--program-map", default=None, metavar="P=NAME,...",
+                   help="GM program -> preset, e.g. 0=piano,48=strings (unmapped programs use --preset)")
+    p.add_argument("--blocksize", default=str(DEFAULT_BLOCKSIZE), metavar="N",
+                   help=f"frames per engine call, 1..{MAX_BLOCKSIZE} (default {DEFAULT_BLOCKSIZE}); "
+                        f"does not change the output")
+    p.add_argument("--fx", default=None, metavar="LIST",
+                   help="effects, e.g. reverb,chorus or reverb=0.4,filter (default: none)")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="show a progress bar even when stderr is not a terminal")
+    prog.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    return p
+
+
+# ---- argument parsing ------------------------------------------------------------------------------
+def parse_int(text: str, flag: str, lo: int, hi: int, hint: str) -> int:
+    try:
+        v = int(str(text).strip())
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: not a whole number; {hint}") from None
+    if not lo <= v <= hi:
+        raise UserError(f"{flag} {v}: out of range {lo}..{hi}; {hint}")
+    return v
+
+
+def parse_knobs(items: list[str]) -> list[tuple[int, int]]:
+    """`["74=0.3", "1=100,71=0.5"]` -> [(cc, value 0..127), ...]. A value with a '.' is a fraction 0..1."""
+    out = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            cc_s, sep, v_s = part.partition("=")
+            hint = "expected CC=VALUE, e.g. --knob 74=0.3 (fraction) or --knob 74=38 (CC value)"
+            if not sep:
+                raise UserError(f"--knob {part!r}: {hint}")
+            cc = parse_int(cc_s, "--knob", 0, 127, "the controller number is 0..127")
+            v_s = v_s.strip()
+            try:
+                if "." in v_s or "e" in v_s.lower():
+                    f = float(v_s)
+                    if not (math.isfinite(f) and 0.0 <= f <= 1.0):
+                        raise UserError(f"--knob {part!r}: a fractional value must be 0..1")
+                    v = int(round(f * 127))
+                else:
+                    v = int(v_s)
+                    if not 0 <= v <= 127:
+                        raise UserError(f"--knob {part!r}: a CC value must be 0..127")
+            except ValueError:
+                raise UserError(f"--knob {part!r}: {hint}") from None
+            out.append((cc, v))
+    return out
+
+
+def parse_program_map(spec: str | None) -> dict[int, str]:
+    """`"0=piano,48=strings"` -> {0: "piano", 48: "strings"} (GM programs 0..127)."""
+    if not spec:
+        return {}
+    out: dict[int, str] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        prog_s, sep, name = part.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--program-map {part!r}: expected PROGRAM=PRESET, e.g. --program-map 0=piano,48=strings")
+        prog = parse_int(prog_s, "--program-map", 0, 127, "GM programs are 0..127")
+        out[prog] = name.strip()
+    return out
+
+
+def check_output(out: Path, inp: Path, fmt: str) -> str:
+    """Validate OUT before any work; return the soundfile container name."""
+    container = CONTAINERS.get(out.suffix.lower())
+    if container is None:
+        raise UserError(f"{out}: unknown output type {out.suffix or '(none)'!r}; use .wav or .flac")
+    if container == "FLAC" and fmt == "float":
+        raise UserError(f"{out}: FLAC stores integer samples; use --format pcm16 or pcm24, or write a .wav")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give a file name such as {out / 'out.wav'}")
+    with contextlib.suppress(OSError):
+        if out.exists() and inp.exists() and os.path.samefile(out, inp):
+            raise UserError(f"{out}: the output would overwrite the input MIDI file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{out}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: folder {parent} is not writable; choose another output path")
+    return container
+
+
+# ---- rendering ---------------------------------------------------------------------------------------
+@dataclass
+class RenderResult:
+    path: Path
+    sample_rate: int
+    frames: int
+    notes: int
+    peak: float
+    seconds_prepare: float
+    seconds_total: float
+    notes_prepared: int | None = None
+
+
+def _dispatch(engine, kind, ch, a, b, frame) -> None:
+    from synth.midifile import CONTROL, NOTE_OFF, NOTE_ON, PITCHBEND, PROGRAM
+
+    if kind == NOTE_ON:
+        engine.note_on(ch, a, b, frame=frame)
+    elif kind == NOTE_OFF:
+        engine.note_off(ch, a, frame=frame)
+    elif kind == CONTROL:
+        engine.control_change(ch, a, b, frame=frame)
+    elif kind == PROGRAM:
+        engine.program_change(ch, a, frame=frame)
+    elif kind == PITCHBEND:
+        engine.pitch_bend(ch, a, frame=frame)
+
+
+class _Sink:
+    """Writes engine output to the sound file, dropping the first `skip` frames (the engine latency)."""
+
+    def __init__(self, f, skip: int):
+        self.f = f
+        self.skip = skip
+        self.frames = 0
+        self.peak = 0.0
+
+    def write(self, block: np.ndarray) -> None:
+        if self.skip:
+            k = min(self.skip, block.shape[0])
+            block = block[k:]
+            self.skip -= k
+        if block.shape[0]:
+            self.peak = max(self.peak, float(np.max(np.abs(block))))
+            self.f.write(block)
+            self.frames += block.shape[0]
+
+
+def render_events(engine, events, sample_rate: int, blocksize: int, sink: _Sink, progress=None) -> None:
+    """Drive `engine` through `events` (a `MidiEvents`) and the release tail into `sink`.
+
+    The engine is called with at most `blocksize` frames at a time; events are passed with their
+    frame offset inside the call. Output is identical for any `blocksize`.
+    """
+    frames = events.frames(sample_rate)
+    end = max(events.end_frame(sample_rate), int(frames[-1]) + 1 if len(frames) else 0, 1)
+    kinds, chans, aa, bb = events.kind, events.channel, events.a, events.b
+    buf = np.zeros((blocksize, 2), np.float32)
+    latency = int(getattr(engine, "latency_samples", 0) or 0)
+    pos, i, n_ev = 0, 0, len(frames)
+
+    def step(n: int) -> np.ndarray:
+        nonlocal pos, i
+        j = int(np.searchsorted(frames, pos + n, side="left"))
+        if j > i:
+            for k, c, a, b, f in zip(kinds[i:j].tolist(), chans[i:j].tolist(), aa[i:j].tolist(),
+                                     bb[i:j].tolist(), (frames[i:j] - pos).tolist(), strict=True):
+                _dispatch(engine, k, c, a, b, f)
+            i = j
+        out = _render(engine, n, buf)
+        sink.write(out)
+        pos += n
+        if progress is not None:
+            progress.update(n / sample_rate)
+        return out
+
+    while pos < end:
+        step(min(blocksize, end - pos))
+    assert i == n_ev
+    # Tail: fixed windows after `end`, so the stopping point does not depend on blocksize. The
+    # latency is rendered on top so the last audible frames are not cut.
+    max_tail = int(MAX_TAIL_SECONDS * sample_rate)
+    tail = 0
+    while tail < max_tail:
+        peak = 0.0
+        w = 0
+        while w < TAIL_WINDOW:
+            out = step(min(blocksize, TAIL_WINDOW - w))
+            w += out.shape[0]
+            peak = max(peak, float(np.max(np.abs(out))) if out.shape[0] else 0.0)
+        tail += TAIL_WINDOW
+        if progress is not None:
+            progress.total = max(progress.total or 0, (pos + TAIL_WINDOW) / sample_rate)
+        if peak < SILENCE and tail > latency:
+            break
+
+
+def _render(engine, n: int, buf: np.ndarray) -> np.ndarray:
+    out = engine.render(n, out=buf[:n])
+    if out is None:
+        out = buf[:n]
+    return out
+
+
+def prepare_notes(engine, events) -> int | None:
+    """Pre-generate every note the file needs in one batch (`engine.prepare`). Returns how many."""
+    prepare = getattr(engine, "prepare", None)
+    if prepare is None:
+        return None
+    from synth.midifile import NOTE_ON
+
+    on = events.kind == NOTE_ON
+    notes = _scan_notes(events, on)
+    return prepare(notes)
+
+
+def _scan_notes(events, on):
+    """The note-ons of the file as MidiEvents-like columns for `engine.prepare`."""
+    return events
+
+
+def make_progress(enabled: bool | None, total_seconds: float):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=round(total_seconds, 2), unit="s", file=sys.stderr, dynamic_ncols=True, leave=False,
+                desc="render", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio "
+                                          "[{elapsed}<{remaining}]")
+
+
+def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), sample_rate: int = 48000,
+                fmt: str = "pcm16", knobs=(), program_map=None, blocksize: int = DEFAULT_BLOCKSIZE,
+                fx: str | None = None, progress: bool | None = None, engine_kw: dict | None = None) -> RenderResult:
+    """Render MIDI file `input_path` to `output_path` (.wav/.flac). Raises `UserError` on bad input."""
+    from synth.fsutil import atomic_path
+    from synth.midifile import read_midi
+    from synth.preset import find_preset
+
+    t0 = time.perf_counter()
+    inp, out = Path(input_path), Path(output_path)
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose from {', '.join(sorted(FORMATS))}")
+    if not 8000 <= sample_rate <= 192000:
+        raise UserError(f"--sample-rate {sample_rate}: choose 8000..192000 Hz")
+    container = check_output(out, inp, fmt)
+    events = read_midi(inp)
+    if events.note_count() == 0:
+        raise UserError(f"{inp}: the file has no notes; nothing to render")
+    if events.end_time > MAX_SECONDS:
+        raise UserError(f"{inp}: the file lasts {events.end_time / 3600:.1f} hours, over the "
+                        f"{MAX_SECONDS / 3600:.0f}-hour render limit; its tempo map or timing is probably broken")
+    program_map = dict(program_map or {})
+    names = [preset] + [n for n in program_map.values() if n != preset]
+    presets = []
+    for n in dict.fromkeys(names):
+        presets.append(find_preset(n, list(preset_dirs)))
+
+    import soundfile as sf
+
+    from synth.engine import Engine
+
+    kw = dict(sample_rate=sample_rate, blocksize=blocksize, presets=presets, realtime=False)
+    if program_map:
+        kw["program_map"] = program_map
+    if fx:
+        from synth.fx import parse_fx
+
+        kw["fx"] = parse_fx(fx, sample_rate, chunk=256)
+    kw.update(engine_kw or {})
+    engine = Engine(**kw)
+    try:
+        for cc, v in knobs:
+            for ch in range(16):
+                engine.control_change(ch, cc, v)
+        t_prep = time.perf_counter()
+        n_prep = prepare_notes(engine, events)
+        t_prep = time.perf_counter() - t_prep
+        bar = make_progress(progress, events.end_time)
+        try:
+            with atomic_path(out) as tmp:
+                os.chmod(tmp, 0o666 & ~_umask())
+                try:
+                    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
+                                      subtype=FORMATS[fmt]) as f:
+                        sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
+                        render_events(engine, events, sample_rate, blocksize, sink, bar)
+                except OSError as e:
+                    raise UserError(f"{out}: cannot write ({e.strerror or e}); check free space and permissions") \
+                        from None
+                except sf.LibsndfileError as e:
+                    raise UserError(f"{out}: cannot write ({e}); check free space and permissions") from None
+        except PermissionError:
+            raise UserError(f"{out}: permission denied; choose a writable output path") from None
+        except FileNotFoundError:
+            raise UserError(f"{out}: its folder does not exist; create it first") from None
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    return RenderResult(path=out, sample_rate=sample_rate, frames=sink.frames, notes=events.note_count(),
+                        peak=sink.peak, seconds_prepare=t_prep, seconds_total=time.perf_counter() - t0,
+                        notes_prepared=n_prep)
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    sr = parse_int(args.sample_rate, "--sample-rate", 8000, 192000, "choose 8000..192000 Hz (48000 is the default)")
+    bs = parse_int(args.blocksize, "--blocksize", 1, MAX_BLOCKSIZE, f"choose 1..{MAX_BLOCKSIZE} frames")
+    res = render_file(args.input, args.output, preset=args.preset, preset_dirs=args.preset_dir, sample_rate=sr,
+                      fmt=args.format, knobs=parse_knobs(args.knob), program_map=parse_program_map(args.program_map),
+                      blocksize=bs, fx=args.fx, progress=args.progress)
+    if not args.quiet:
+        dur = res.frames / res.sample_rate
+        peak_db = 20 * math.log10(res.peak) if res.peak > 0 else float("-inf")
+        print(f"wrote {res.path}: {dur:.2f} s at {res.sample_rate} Hz ({args.format}), {res.notes} notes, "
+              f"peak {peak_db:.1f} dBFS; took {res.seconds_total:.2f} s "
+              f"({dur / max(res.seconds_total, 1e-9):.0f}x real time, prepare {res.seconds_prepare:.2f} s)")
+    return 0
