@@ -1,0 +1,216 @@
+"""Note cache: generated notes at the output rate in one preallocated bank, LRU with a memory cap.
+
+Keys are `(preset name, knob-state key, pitch, velocity layer)`. Every note lives in a fixed-size
+slot of one flat float32 bank, so the mixer gathers all voices with one fancy index.
+
+Threads: one writer at a time (the generator worker, or the engine itself offline) holds
+`_wlock` while it evicts and copies; the audio thread never takes that lock. It reads through
+single dict lookups and immutable tuples, which CPython makes atomic, and pins the slots its voices
+play with `acquire`/`release` (a refcount only the reader writes). Eviction removes the entry
+first and then looks at the refcount, while `acquire` raises the refcount first and then
+re-reads the entry, so a slot can never be overwritten under a playing voice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict, deque
+from typing import NamedTuple
+
+import numpy as np
+
+GUARD = 2  # zero samples after every note: linear interpolation reads one past the end
+
+
+class NoteEntry(NamedTuple):
+    """One cached note. `offset` indexes the flat bank; slot -1 means "silent" (bad model output)."""
+
+    key: tuple
+    slot: int
+    offset: int
+    length: int            # samples at the output rate
+    loop_start: float      # loop region [loop_start, loop_end) in samples; loop_end = inf for one-shots
+    loop_end: float
+    pitch: int
+
+
+class NoteCache:
+    """LRU note cache holding at most `cache_mb` MiB of audio in slots of `slot_len` samples."""
+
+    def __init__(self, cache_mb: float, slot_len: int):
+        self.slot_len = int(slot_len)
+        slot_bytes = self.slot_len * 4
+        self.n_slots = max(1, int(cache_mb * 1024 * 1024) // slot_bytes)
+        self.cap_bytes = self.n_slots * slot_bytes
+        # np.zeros maps untouched pages lazily, so an unused cap costs no memory.
+        self.bank = np.zeros(self.n_slots * self.slot_len, np.float32)
+        self.refcount = np.zeros(self.n_slots, np.int32)
+        self._entries: dict[tuple, NoteEntry] = {}
+        self._index: dict[tuple, tuple[int, ...]] = {}       # (preset, knobkey, vlayer) -> sorted pitches
+        self._recent_states: dict[str, tuple] = {}          # preset -> knob keys, newest first
+        self._lru: OrderedDict[tuple, None] = OrderedDict()  # writer-side only
+        self._touched: deque = deque(maxlen=1 << 16)         # reader → writer LRU hints
+        self._free = list(range(self.n_slots - 1, -1, -1))
+        self._pending: list[int] = []                        # evicted but still playing
+        self._wlock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self.rejected = 0
+
+    # ---- reader side (audio thread): no locks ---------------------------------------------------
+    def peek(self, key: tuple) -> NoteEntry | None:
+        """The entry for `key` or None, without touching counters."""
+        return self._entries.get(key)
+
+    def lookup(self, key: tuple) -> NoteEntry | None:
+        """The entry for `key` or None, counting a hit or a miss."""
+        e = self._entries.get(key)
+        if e is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._touched.append(key)
+        return e
+
+    def acquire(self, entry: NoteEntry) -> bool:
+        """Pin `entry`'s slot for a voice; False if it was evicted meanwhile (treat as a miss)."""
+        if entry.slot < 0:
+            return True
+        self.refcount[entry.slot] += 1
+        if self._entries.get(entry.key) is not entry:
+            self.refcount[entry.slot] -= 1
+            return False
+        return True
+
+    def release(self, slot: int) -> None:
+        """Unpin a slot taken by `acquire`."""
+        if slot >= 0:
+            self.refcount[slot] -= 1
+
+    def nearest(self, preset: str, knobkey: tuple, vlayer: int, pitch: int, layers=()) -> NoteEntry | None:
+        """Best cached stand-in for a missing note: the nearest pitch at this knob state and velocity
+        layer, else at the other layers in `layers`, else the nearest pitch at recent knob states."""
+        states = (knobkey,) + tuple(k for k in self._recent_states.get(preset, ())[:4] if k != knobkey)
+        vls = [vlayer] + sorted((v for v in layers if v != vlayer), key=lambda v: abs(v - vlayer))
+        best = None
+        for si, state in enumerate(states):
+            for li, vl in enumerate(vls):
+                pitches = self._index.get((preset, state, vl))
+                if not pitches:
+                    continue
+                j = bisect.bisect_left(pitches, pitch)
+                for c in (j - 1, j):
+                    if 0 <= c < len(pitches):
+                        p = pitches[c]
+                        score = (abs(p - pitch), si, li)
+                        if best is None or score < best[0]:
+                            best = (score, (preset, state, p, vl))
+            if best is not None and best[0][0] == 0:
+                break
+        if best is None:
+            return None
+        return self._entries.get(best[1])
+
+    # ---- writer side ------------------------------------------------------------------------------
+    def publish(self, key: tuple, audio: np.ndarray | None, loop: tuple[float, float] | None = None,
+                protect: tuple | None = None) -> NoteEntry | None:
+        """Store note `key` (audio float32[M] at the output rate; None = silent) and return its entry.
+
+        `protect`: a (preset, knobkey) whose notes must not be evicted to make room (a prefill
+        must not evict the keyboard it is filling). Returns None when no slot can be freed.
+        """
+        preset, knobkey, pitch, vlayer = key
+        with self._wlock:
+            old = self._entries.get(key)
+            if old is not None:
+                return old
+            if audio is None:
+                entry = NoteEntry(key, -1, 0, 0, 0.0, float("inf"), pitch)
+            else:
+                slot = self._alloc(protect)
+                if slot is None:
+                    self.rejected += 1
+                    return None
+                n = min(len(audio), self.slot_len - GUARD)
+                off = slot * self.slot_len
+                self.bank[off:off + n] = audio[:n]
+                self.bank[off + n:off + self.slot_len] = 0.0
+                ls, le = loop if loop is not None else (0.0, float("inf"))
+                entry = NoteEntry(key, slot, off, n, float(ls), float(le), pitch)
+            self._entries[key] = entry
+            self._lru[key] = None
+            ikey = (preset, knobkey, vlayer)
+            pitches = self._index.get(ikey, ())
+            if pitch not in pitches:
+                self._index[ikey] = tuple(sorted(pitches + (pitch,)))
+            recent = self._recent_states.get(preset, ())
+            if not recent or recent[0] != knobkey:
+                self._recent_states[preset] = (knobkey,) + tuple(k for k in recent if k != knobkey)[:7]
+            return entry
+
+    def _alloc(self, protect) -> int | None:
+        if not self._free and self._pending:
+            still = []
+            for s in self._pending:
+                (self._free if self.refcount[s] == 0 else still).append(s)
+            self._pending = still
+        if self._free:
+            return self._free.pop()
+        while self._touched:
+            k = self._touched.popleft()
+            if k in self._lru:
+                self._lru.move_to_end(k)
+        skipped = 0
+        while self._lru and skipped <= len(self._lru):
+            k = next(iter(self._lru))
+            e = self._entries[k]
+            if e.slot < 0 or (protect is not None and (k[0], k[1]) == protect):
+                self._lru.move_to_end(k)
+                skipped += 1
+                continue
+            self._evict(k)
+            if self.refcount[e.slot] == 0:
+                return e.slot
+            self._pending.append(e.slot)
+        return None
+
+    def _evict(self, k: tuple) -> None:
+        # Entry first, refcount after (see the module docstring).
+        e = self._entries.pop(k)
+        del self._lru[k]
+        self.evictions += 1
+        ikey = (k[0], k[1], k[3])
+        pitches = tuple(p for p in self._index.get(ikey, ()) if p != k[2])
+        if pitches:
+            self._index[ikey] = pitches
+        else:
+            self._index.pop(ikey, None)
+        return e
+
+    def clear(self) -> None:
+        """Forget everything (slots still pinned by voices stay reserved until released)."""
+        with self._wlock:
+            for k in list(self._lru):
+                e = self._entries[k]
+                self._evict(k)
+                if e.slot >= 0:
+                    (self._free if self.refcount[e.slot] == 0 else self._pending).append(e.slot)
+
+    # ---- stats -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
+    @property
+    def used_bytes(self) -> int:
+        return (self.n_slots - len(self._free)) * self.slot_len * 4
+
+    def stats(self) -> dict:
+        total = self.hits + self.misses
+        return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses,
+                "hit_rate": (self.hits / total) if total else None, "evictions": self.evictions,
+                "used_mb": self.used_bytes / 2**20, "cap_mb": self.cap_bytes / 2**20, "rejected": self.rejected}

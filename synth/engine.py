@@ -1,0 +1,551 @@
+"""`Engine`: MIDI events → stereo float32 blocks. Live playing and offline rendering drive this one object.
+
+    engine = Engine(sample_rate=48000, blocksize=128, presets=[piano], realtime=False)
+    engine.note_on(0, 60, 100, frame=17)     # frame: offset inside the next render() call
+    block = engine.render(128)               # float32[128, 2] in [-1, 1]
+
+Channels are 0..15 (9 is MIDI channel 10, the drum channel). Events whose frame lies beyond the
+next `render` call carry over to later calls, so a host may post events ahead of time.
+
+Offline (`realtime=False`) a note missing from the cache is generated synchronously (use
+`prepare` to generate everything a file needs in one batch first), so the output is deterministic
+and the same at any block size. Live (`realtime=True`) a generator thread prefills the keyboard,
+`render` never runs the model and never waits: a miss plays the nearest cached pitch, resampled,
+and crossfades to the exact note when the worker publishes it.
+
+Signal chain per block: voices (vectorised mix) → NaN/Inf guard → effects bus (`fx.process`) →
+soft limiter (never beyond ±1.0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from synth.cache import GUARD, NoteCache
+from synth.errors import UserError
+from synth.latent import LatentMapper
+from synth.preset import Preset
+from synth.voices import VoiceBank
+from synth.worker import GeneratorWorker, ceil_resampled
+
+log = logging.getLogger("synth")
+
+DRUM_CHANNEL = 9
+STEAL_FADE_S = 0.005       # a stolen voice fades this fast: short, but no click
+SOUND_OFF_FADE_S = 0.005
+XFADE_S = 0.02             # fallback → exact note crossfade
+MIN_RELEASE_S = 0.002
+LIMIT_KNEE = 0.9           # the soft limiter is linear below this and bends smoothly into ±1.0
+BEND_SEMITONES = 2.0
+
+
+def soft_limit(x: np.ndarray, knee: float = LIMIT_KNEE) -> None:
+    """Soft-clip `x` in place: identity below `knee`, tanh into ±1.0 above; never beyond ±1.0."""
+    a = np.abs(x)
+    if a.max(initial=0.0) <= knee:
+        return
+    over = a > knee
+    room = 1.0 - knee
+    y = knee + room * np.tanh((a[over] - knee) / room)
+    x[over] = np.copysign(y, x[over]).astype(x.dtype)
+    np.clip(x, -1.0, 1.0, out=x)
+
+
+class Engine:
+    """Stereo synthesizer engine over one or more presets (see the module docstring).
+
+    `presets`: loaded `Preset`s; program change selects among them (program p → presets[p], or
+    `set_program_map`), channel 9 plays the first drum preset when one is loaded.
+    `polyphony`: playing voices at most; beyond it the engine steals (released voices first, then
+    the oldest) with a 5 ms fade. `cache_mb`: the note cache's cap. `master_gain`: linear.
+    `knob_map`: {cc: knob index or name} overriding the presets' CC assignment. `fx`: an object
+    with `process(block float32[F, 2])` working in place (e.g. `synth.fx.EffectsBus`), applied
+    before the limiter. `providers`: ONNX Runtime providers ("auto": TensorRT → CUDA → CPU).
+    `threads`: ONNX intra-op threads (default 1 live, all cores offline).
+    """
+
+    def __init__(self, sample_rate: int = 48000, blocksize: int = 128, presets: Iterable[Preset] = (),
+                 realtime: bool = False, polyphony: int = 256, cache_mb: float = 1024, master_gain: float = 0.5,
+                 knob_map: Mapping[int, int | str] | None = None, fx=None, providers="auto",
+                 threads: int | None = None, max_chunk: int = 1024, pan_spread: float = 0.6):
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
+            raise UserError(f"sample rate {sample_rate!r} Hz is not supported; use an integer 8000..384000 (e.g. 48000)")
+        if not isinstance(blocksize, int) or not 1 <= blocksize <= 1 << 16:
+            raise UserError(f"block size {blocksize!r} is not supported; use 1..65536 frames (e.g. 128)")
+        if not isinstance(polyphony, int) or not 1 <= polyphony <= 4096:
+            raise UserError(f"polyphony {polyphony!r} is not supported; use 1..4096")
+        if not cache_mb > 0:
+            raise UserError(f"cache size {cache_mb!r} MB must be positive")
+        self.presets: list[Preset] = list(presets)
+        if not self.presets:
+            raise UserError("the engine needs at least one preset; pass --preset NAME (see `python -m synth presets`)")
+        names = [p.name for p in self.presets]
+        if len(set(names)) != len(names):
+            raise UserError(f"preset names must be distinct, got {names}")
+        self.sample_rate = sample_rate
+        self.blocksize = blocksize
+        self.realtime = bool(realtime)
+        self.polyphony = polyphony
+        self.master_gain = float(master_gain)
+        self.fx = fx
+        self.pan_spread = float(pan_spread)
+        self._index = {p.name: i for i, p in enumerate(self.presets)}
+        self.mappers = {p.name: LatentMapper(p, knob_map) for p in self.presets}
+        self.knobs: dict[str, tuple] = {p.name: self.mappers[p.name].default_key for p in self.presets}
+        self._layers = [GeneratorWorker.layers(p) for p in self.presets]
+        self._gain = [10.0 ** (p.gain_db / 20.0) for p in self.presets]
+        self._release_s = [max(MIN_RELEASE_S, p.release_seconds) for p in self.presets]
+        pitched = [i for i, p in enumerate(self.presets) if not p.is_drums]
+        drums = [i for i, p in enumerate(self.presets) if p.is_drums]
+        self._default_preset = pitched[0] if pitched else 0
+        self._drum_preset = drums[0] if drums else None
+        self._program_map: dict[int, int] | None = None
+        self._chan_preset = [self._default_preset] * 16
+        if self._drum_preset is not None:
+            self._chan_preset[DRUM_CHANNEL] = self._drum_preset
+        self._sustain = [False] * 16
+        self._bend = [1.0] * 16
+
+        slot_len = max(ceil_resampled(p.note_samples, p.sample_rate, sample_rate) for p in self.presets) + GUARD
+        self.cache = NoteCache(cache_mb, slot_len)
+        self.max_chunk = max(int(max_chunk), blocksize if blocksize <= 4096 else 4096)
+        self.voices = VoiceBank(polyphony + max(32, polyphony // 4), self.cache.bank, slot_len, self.max_chunk)
+        if threads is None:
+            threads = 1 if self.realtime else (os.cpu_count() or 1)
+        self.worker = GeneratorWorker(self.presets, self.mappers, self.cache, sample_rate, providers=providers,
+                                      threads=threads)
+        self.providers = {n: s.provider for n, s in self.worker.sessions.items()}
+
+        self.now = 0                      # absolute time of the next sample to render
+        self._events: deque = deque()     # appended by any thread, drained by render()
+        self._carry: list = []
+        self._seq = itertools.count()
+        self._pending_xfade: dict[int, tuple] = {}   # voice row -> (exact key, exact base rate)
+        self._pending_start: dict[tuple, tuple] = {}  # (chan, note) -> note-on waiting for its first note
+        self.fallbacks = 0
+        self.steals = 0
+        self.nan_blocks = 0
+        self._closed = False
+        if self.realtime:
+            self.worker.start()
+            order = [self._default_preset] + [i for i in range(len(self.presets)) if i != self._default_preset]
+            for i in order:
+                p = self.presets[i]
+                self.worker.prefill(p.name, self.knobs[p.name])
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the generator thread (live mode). The engine can still render cached notes."""
+        if not self._closed:
+            self._closed = True
+            self.worker.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Live mode: block until the worker has no prefill or miss pending (start-up, tests)."""
+        if not self.realtime:
+            return True
+        return self.worker.wait_idle(timeout)
+
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency in samples: the engine has no look-ahead; an effects bus may add some."""
+        return int(getattr(self.fx, "latency_samples", 0) or 0)
+
+    # ---- events (any thread; applied at their frame inside the next render) ----------------------
+    def _post(self, frame: int, kind: str, *args) -> None:
+        self._events.append((max(0, int(frame)), next(self._seq), kind, args))
+
+    def note_on(self, channel: int, note: int, velocity: int, frame: int = 0) -> None:
+        """Key down (velocity 1..127; 0 means note-off) at `frame` of the next render()."""
+        if velocity <= 0:
+            self._post(frame, "off", channel & 15, note & 127)
+        else:
+            self._post(frame, "on", channel & 15, note & 127, min(127, int(velocity)))
+
+    def note_off(self, channel: int, note: int, frame: int = 0) -> None:
+        self._post(frame, "off", channel & 15, note & 127)
+
+    def control_change(self, channel: int, cc: int, value: int, frame: int = 0) -> None:
+        """CC 64 sustain, 120 all-sound-off, 121 reset, 123 all-notes-off; knob CCs move the latent."""
+        self._post(frame, "cc", channel & 15, cc & 127, min(127, max(0, int(value))))
+
+    def program_change(self, channel: int, program: int, frame: int = 0) -> None:
+        self._post(frame, "prog", channel & 15, program & 127)
+
+    def pitch_bend(self, channel: int, value: int, frame: int = 0) -> None:
+        """Pitch bend -8192..8191 → ±2 semitones on every voice of the channel."""
+        self._post(frame, "bend", channel & 15, min(8191, max(-8192, int(value))))
+
+    def set_knob(self, cc: int, value: int, preset: str | None = None) -> None:
+        """Set knob `cc` to `value` (0..127) at once for `preset` (default: every loaded preset)."""
+        for p in self.presets:
+            if preset is None or p.name == preset:
+                self._set_knobkey(p.name, self.mappers[p.name].with_cc(self.knobs[p.name], cc, value))
+
+    def set_program_map(self, mapping: Mapping[int, str]) -> None:
+        """Map MIDI programs to loaded preset names ({0: "piano", 48: "strings"}); others are ignored."""
+        m = {}
+        for prog, name in mapping.items():
+            if name not in self._index:
+                raise UserError(f"program map: preset {name!r} is not loaded (loaded: {', '.join(self._index)})")
+            if not 0 <= int(prog) <= 127:
+                raise UserError(f"program map: program {prog!r} must be 0..127")
+            m[int(prog)] = self._index[name]
+        self._program_map = m
+
+    def select_preset(self, channel: int, name: str) -> None:
+        """Play preset `name` on `channel` from now on."""
+        if name not in self._index:
+            raise UserError(f"preset {name!r} is not loaded (loaded: {', '.join(self._index)})")
+        self._chan_preset[channel & 15] = self._index[name]
+
+    def panic(self) -> None:
+        """Silence everything within 5 ms: all voices fade, pedals and bends reset, queued events dropped."""
+        self._events.clear()
+        self._carry = []
+        self._pending_start.clear()
+        v = self.voices
+        for i in np.flatnonzero(v.active):
+            v.fade_out(int(i), self.now, SOUND_OFF_FADE_S, self.sample_rate)
+            self._pending_xfade.pop(int(i), None)
+        self._sustain = [False] * 16
+        self._bend = [1.0] * 16
+
+    # ---- note keys -----------------------------------------------------------------------------
+    def _note_key(self, pi: int, knobkey: tuple, note: int, velocity: int):
+        """(cache key, base rate) for `note` at `velocity` on preset `pi`, or None if it has no sound."""
+        p = self.presets[pi]
+        if p.is_drums:
+            if note not in p.drum_classes:
+                return None
+            mkey, base = note, 1.0
+        else:
+            lo, hi = p.pitch_range
+            mkey = min(hi, max(lo, note))
+            base = 2.0 ** ((note - mkey) / 12.0)
+        layers = self._layers[pi]
+        vlayer = min(layers, key=lambda v: (abs(v - velocity), -v))
+        return (p.name, knobkey, mkey, vlayer), base
+
+    def _velocity_gain(self, pi: int, velocity: int, vlayer: int) -> float:
+        p = self.presets[pi]
+        g = (velocity / 127.0) ** p.velocity_curve
+        if p.velocity_conditioned:
+            # The model already plays the layer's loudness; bridge the gap to the exact velocity.
+            g /= (vlayer / 127.0) ** p.velocity_curve
+        return g * self._gain[pi] * self.master_gain
+
+    def _pan(self, pi: int, note: int) -> tuple[float, float]:
+        """Constant-power pan spread by pitch (low notes left, high right, as seen from the player)."""
+        pos = 0.5 + self.pan_spread * (note - 64) / 128.0
+        theta = min(1.0, max(0.0, pos)) * (math.pi / 2)
+        return math.cos(theta), math.sin(theta)
+
+    def prepare(self, events: Iterable) -> int:
+        """Generate, in batches, every note a list of future events needs (offline rendering).
+
+        `events`: items `(channel, note, velocity)` (a note-on under the current state), or
+        `(kind, channel, a[, b])` with kind "note_on", "control_change", "program_change" (other kinds
+        are skipped), simulated in order from the current channel programs and knob states.
+        Returns the number of notes generated.
+        """
+        chan = list(self._chan_preset)
+        knobs = dict(self.knobs)
+        keys = []
+        for ev in events:
+            if not ev:
+                continue
+            if isinstance(ev[0], str):
+                kind = ev[0]
+                if kind == "note_on" and len(ev) >= 4 and ev[3] > 0:
+                    ch, note, vel = ev[1] & 15, ev[2] & 127, min(127, int(ev[3]))
+                elif kind == "control_change" and len(ev) >= 4:
+                    p = self.presets[chan[ev[1] & 15]]
+                    knobs[p.name] = self.mappers[p.name].with_cc(knobs[p.name], ev[2], ev[3])
+                    continue
+                elif kind == "program_change" and len(ev) >= 3:
+                    pi = self._program_target(ev[1] & 15, ev[2] & 127)
+                    if pi is not None:
+                        chan[ev[1] & 15] = pi
+                    continue
+                else:
+                    continue
+            else:
+                ch, note, vel = ev[0] & 15, ev[1] & 127, min(127, int(ev[2]))
+                if vel <= 0:
+                    continue
+            pi = chan[ch]
+            k = self._note_key(pi, knobs[self.presets[pi].name], note, vel)
+            if k is not None:
+                keys.append(k[0])
+        n_new = len({k for k in keys if self.cache.peek(k) is None})
+        if n_new > self.cache.n_slots:
+            log.warning("prepare: %d notes exceed the note cache (%d slots); some will be generated twice. "
+                        "Raise cache_mb.", n_new, self.cache.n_slots)
+        return self.worker.generate_now(keys)
+
+    def _program_target(self, ch: int, program: int) -> int | None:
+        if ch == DRUM_CHANNEL and self._drum_preset is not None:
+            return None
+        if self._program_map is not None:
+            return self._program_map.get(program)
+        return program if program < len(self.presets) else None
+
+    # ---- event application (render thread) -----------------------------------------------------
+    def _set_knobkey(self, name: str, key: tuple) -> None:
+        if key != self.knobs[name]:
+            self.knobs[name] = key
+            if self.realtime and not self._closed:
+                self.worker.prefill(name, key)
+
+    def _apply(self, kind: str, args: tuple) -> None:
+        if kind == "on":
+            self._note_on(*args)
+        elif kind == "off":
+            self._note_off(*args)
+        elif kind == "cc":
+            self._cc(*args)
+        elif kind == "bend":
+            ch, value = args
+            bend = 2.0 ** (BEND_SEMITONES * value / 8192.0 / 12.0)
+            self._bend[ch] = bend
+            v = self.voices
+            for i in np.flatnonzero(v.active & (v.chan == ch)):
+                v.set_bend(int(i), self.now, bend)
+        elif kind == "prog":
+            ch, program = args
+            pi = self._program_target(ch, program)
+            if pi is None:
+                log.debug("program %d on channel %d: no preset mapped; ignored", program, ch + 1)
+            else:
+                self._chan_preset[ch] = pi
+
+    def _reap(self) -> None:
+        v = self.voices
+        for i in v.dead(self.now):
+            i = int(i)
+            v.active[i] = False
+            self.cache.release(int(v.slot[i]))
+            v.slot[i] = -1
+            self._pending_xfade.pop(i, None)
+
+    def _alloc_voice(self) -> int:
+        """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
+        self._reap()
+        v = self.voices
+        live = v.active & ~v.ghost
+        if np.count_nonzero(live) >= self.polyphony:
+            cand = np.flatnonzero(live & v.released)
+            if len(cand) == 0:
+                cand = np.flatnonzero(live & v.sustained)
+            if len(cand) == 0:
+                cand = np.flatnonzero(live)
+            victim = int(cand[np.argmin(v.order[cand])])
+            v.fade_out(victim, self.now, STEAL_FADE_S, self.sample_rate)
+            self._pending_xfade.pop(victim, None)
+            self.steals += 1
+        free = np.flatnonzero(~v.active)
+        if len(free):
+            return int(free[0])
+        # Every row is busy with fading ghosts: cut the oldest one (rare: many steals inside 5 ms).
+        ghosts = np.flatnonzero(v.ghost & v.active)
+        i = int(ghosts[np.argmin(v.order[ghosts])])
+        v.active[i] = False
+        self.cache.release(int(v.slot[i]))
+        return i
+
+    def _start(self, pi: int, entry, ch: int, note: int, velocity: int, base: float, pos: float = 0.0,
+               env0: float = 1.0, slope: float = 0.0) -> int:
+        i = self._alloc_voice()
+        g = self._velocity_gain(pi, velocity, entry.key[3])
+        pl, pr = self._pan(pi, note)
+        self.voices.start(i, self.now, entry, ch, note, pi, base, self._bend[ch], g * pl, g * pr, pos, env0, slope)
+        return i
+
+    def _note_on(self, ch: int, note: int, velocity: int) -> None:
+        pi = self._chan_preset[ch]
+        p = self.presets[pi]
+        nk = self._note_key(pi, self.knobs[p.name], note, velocity)
+        if nk is None:
+            return
+        key, base = nk
+        entry = self.cache.lookup(key)
+        if entry is not None and not self.cache.acquire(entry):
+            entry = None
+        if entry is None and not self.realtime:
+            self.worker.generate_now([key])
+            entry = self.cache.peek(key)
+            if entry is not None and not self.cache.acquire(entry):
+                entry = None
+            if entry is None:
+                log.warning("note %d of preset %s could not be cached (cache full); skipped", note, p.name)
+                return
+        if entry is not None:
+            if entry.slot >= 0:
+                self._start(pi, entry, ch, note, velocity, base)
+            return
+        # Live miss: ask the worker, and play the best stand-in now.
+        self.worker.request(key)
+        fb = self.cache.nearest(p.name, key[1], key[3], key[2], self._layers[pi])
+        if fb is not None and fb.slot >= 0 and self.cache.acquire(fb):
+            fb_base = base * 2.0 ** ((key[2] - fb.pitch) / 12.0)
+            i = self._start(pi, fb, ch, note, velocity, fb_base)
+            self._pending_xfade[i] = (key, base, velocity)
+            self.fallbacks += 1
+        else:
+            self._pending_start[(ch, note)] = (key, base, velocity, pi)
+
+    def _note_off(self, ch: int, note: int) -> None:
+        self._pending_start.pop((ch, note), None)
+        v = self.voices
+        rows = np.flatnonzero(v.active & v.held & (v.chan == ch) & (v.note == note))
+        for i in rows:
+            i = int(i)
+            pi = int(v.preset[i])
+            if self.presets[pi].is_drums:
+                continue  # drum hits play out, as on any GM kit
+            if self._sustain[ch]:
+                v.held[i] = False
+                v.sustained[i] = True
+            else:
+                v.release(i, self.now, self._release_s[pi], self.sample_rate)
+
+    def _cc(self, ch: int, cc: int, value: int) -> None:
+        v = self.voices
+        if cc == 64:
+            on = value >= 64
+            if self._sustain[ch] and not on:
+                for i in np.flatnonzero(v.active & v.sustained & (v.chan == ch)):
+                    i = int(i)
+                    v.release(i, self.now, self._release_s[int(v.preset[i])], self.sample_rate)
+            self._sustain[ch] = on
+        elif cc == 120:
+            for i in np.flatnonzero(v.active & (v.chan == ch)):
+                v.fade_out(int(i), self.now, SOUND_OFF_FADE_S, self.sample_rate)
+                self._pending_xfade.pop(int(i), None)
+            self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
+        elif cc == 123:
+            for i in np.flatnonzero(v.active & ~v.ghost & ~v.released & (v.chan == ch)):
+                i = int(i)
+                v.release(i, self.now, self._release_s[int(v.preset[i])], self.sample_rate)
+            self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
+        elif cc == 121:
+            self._cc(ch, 64, 0)
+            self._apply("bend", (ch, 0))
+        else:
+            name = self.presets[self._chan_preset[ch]].name
+            self._set_knobkey(name, self.mappers[name].with_cc(self.knobs[name], cc, value))
+
+    def _check_pending(self) -> None:
+        """Live: swap fallbacks for exact notes the worker has published since the last block."""
+        v = self.voices
+        for i, (key, base, vel) in list(self._pending_xfade.items()):
+            e = self.cache.peek(key)
+            if e is None:
+                continue
+            del self._pending_xfade[i]
+            if not v.active[i] or v.ghost[i]:
+                continue
+            if e.slot < 0:
+                v.fade_out(i, self.now, SOUND_OFF_FADE_S, self.sample_rate)
+                continue
+            if v.released[i] or not self.cache.acquire(e):
+                continue  # already fading out: let the stand-in finish its release
+            pos = v.pos_at(i, self.now) * base / v.base_rate[i]
+            if pos >= e.loop_end:
+                pos = e.loop_start + math.fmod(pos - e.loop_start, e.loop_end - e.loop_start)
+            ch, note, pi = int(v.chan[i]), int(v.note[i]), int(v.preset[i])
+            held, sustained = bool(v.held[i]), bool(v.sustained[i])
+            v.fade_out(i, self.now, XFADE_S, self.sample_rate)
+            j = self._start(pi, e, ch, note, vel, base, pos=pos, env0=0.0, slope=1.0 / (XFADE_S * self.sample_rate))
+            v.held[j], v.sustained[j] = held, sustained
+        for (ch, note), (key, base, vel, pi) in list(self._pending_start.items()):
+            e = self.cache.peek(key)
+            if e is None:
+                continue
+            del self._pending_start[(ch, note)]
+            if e.slot >= 0 and self.cache.acquire(e):
+                self._start(pi, e, ch, note, vel, base)
+
+    # ---- rendering -----------------------------------------------------------------------------
+    def render(self, frames: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Render the next `frames` frames → float32[frames, 2] in [-1, 1] at `sample_rate`.
+
+        `out`: optional float32[frames, 2] to write into (the audio callback's buffer); nothing large
+        is allocated then. Events are applied at their exact frames.
+        """
+        if out is None:
+            out = np.empty((frames, 2), np.float32)
+        if self.realtime and (self._pending_xfade or self._pending_start):
+            self._check_pending()
+        evs = self._carry
+        while self._events:
+            evs.append(self._events.popleft())
+        self._carry = []
+        if evs:
+            evs.sort(key=lambda e: (e[0], e[1]))
+        cur = 0
+        for ev in evs:
+            f = ev[0]
+            if f >= frames:
+                self._carry.append((f - frames,) + ev[1:])
+                continue
+            if f > cur:
+                self._mix(out[cur:f])
+                cur = f
+            self._apply(ev[2], ev[3])
+        if cur < frames:
+            self._mix(out[cur:frames])
+        if not np.isfinite(out).all():
+            self._nan_guard(out)
+        if self.fx is not None:
+            self.fx.process(out)
+            if not np.isfinite(out).all():
+                self._nan_guard(out)
+        soft_limit(out)
+        return out
+
+    def _nan_guard(self, out: np.ndarray) -> None:
+        self.nan_blocks += 1
+        if self.nan_blocks == 1 or self.nan_blocks % 1000 == 0:
+            log.warning("NaN/Inf in the mix (%d blocks so far); replaced by silence", self.nan_blocks)
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _mix(self, out: np.ndarray) -> None:
+        n = out.shape[0]
+        s = 0
+        while s < n:
+            e = min(n, s + self.max_chunk)
+            self._reap()
+            self.voices.mix(self.now, out[s:e])
+            self.now += e - s
+            s = e
+
+    # ---- status --------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counters for status lines and benchmarks (cheap; safe from another thread)."""
+        v = self.voices
+        active = v.active.copy()
+        c = self.cache.stats()
+        return {"voices": int(np.count_nonzero(active & ~v.ghost)), "fading": int(np.count_nonzero(active & v.ghost)),
+                "cache_hits": c["hits"], "cache_misses": c["misses"], "cache_hit_rate": c["hit_rate"],
+                "cache_entries": c["entries"], "cache_mb": c["used_mb"], "cache_cap_mb": c["cap_mb"],
+                "cache_evictions": c["evictions"], "fallbacks": self.fallbacks, "steals": self.steals,
+                "nan_blocks": self.nan_blocks, "bad_notes": self.worker.bad_notes,
+                "worker_pending": self.worker.pending, "worker_errors": self.worker.errors,
+                "generated": self.worker.generated, "last_miss_ms": self.worker.last_miss_ms,
+                "last_prefill_s": self.worker.last_prefill_s, "providers": dict(self.providers),
+                "time_s": self.now / self.sample_rate}

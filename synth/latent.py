@@ -1,0 +1,86 @@
+"""Knob state (CC values) → latent vector, and the cache key of a knob state.
+
+    latent = default + Σ_k (lo_k + (hi_k − lo_k)·cc_k/127) · direction_k
+
+The knob state is the tuple of the knobs' CC values (integers 0..127, in the preset's knob order).
+CC values are already quantised, so the same state always yields the same latent (and the same
+notes), and moving a knob back to an earlier position hits the note cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from synth.errors import UserError
+from synth.preset import Preset
+
+# The CCs a player expects on a keyboard's knobs; presets put their knobs on these.
+DEFAULT_KNOB_CCS = (1, 74, 71, 76)
+
+KnobKey = tuple[int, ...]
+
+
+class LatentMapper:
+    """Maps CC numbers to a preset's knobs and knob states to latents.
+
+    `knob_map`: optional {cc: knob index or knob name} overriding the preset's own CC assignment;
+    a knob named here answers only to its new CC. Names/indices the preset lacks are ignored, so
+    one map can serve several presets (`strict=True` raises instead).
+    """
+
+    def __init__(self, preset: Preset, knob_map: Mapping[int, int | str] | None = None, strict: bool = False):
+        self.preset = preset
+        knobs = preset.knobs
+        cc_to_knob = {k.cc: i for i, k in enumerate(knobs)}
+        if knob_map:
+            names = {k.name: i for i, k in enumerate(knobs)}
+            overrides: dict[int, int] = {}
+            for cc, target in knob_map.items():
+                if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 127:
+                    raise UserError(f"knob map: CC {cc!r} must be an integer 0..127")
+                if isinstance(target, str) and not target.isdigit():
+                    idx = names.get(target)
+                else:
+                    idx = int(target)
+                    idx = idx if 0 <= idx < len(knobs) else None
+                if idx is None:
+                    if strict:
+                        known = ", ".join(f"{i}={k.name}" for i, k in enumerate(knobs)) or "none"
+                        raise UserError(f"knob map: preset {preset.name!r} has no knob {target!r} (knobs: {known})")
+                    continue
+                overrides[cc] = idx
+            moved = set(overrides.values())
+            cc_to_knob = {cc: i for cc, i in cc_to_knob.items() if i not in moved}
+            cc_to_knob.update(overrides)
+        self.cc_to_knob: dict[int, int] = cc_to_knob
+        self.default_key: KnobKey = tuple(int(k.default) for k in knobs)
+        self._default = np.asarray(preset.default_latent, np.float64)
+        self._dirs = np.asarray([k.direction for k in knobs], np.float64).reshape(len(knobs), preset.latent_size)
+        self._lo = np.asarray([k.range[0] for k in knobs], np.float64)
+        self._hi = np.asarray([k.range[1] for k in knobs], np.float64)
+
+    def knob_for_cc(self, cc: int) -> int | None:
+        """Knob index controlled by `cc`, or None."""
+        return self.cc_to_knob.get(cc)
+
+    def with_cc(self, key: KnobKey, cc: int, value: int) -> KnobKey:
+        """The knob state after CC `cc` moves to `value` (0..127); unchanged if `cc` is no knob."""
+        i = self.cc_to_knob.get(cc)
+        if i is None:
+            return key
+        v = min(127, max(0, int(value)))
+        if key[i] == v:
+            return key
+        return key[:i] + (v,) + key[i + 1:]
+
+    def latent(self, key: KnobKey) -> np.ndarray:
+        """float32[Z] latent for knob state `key` (CC values 0..127 in knob order)."""
+        if len(key) != len(self._lo):
+            raise ValueError(f"knob state has {len(key)} values, preset {self.preset.name!r} has {len(self._lo)} knobs")
+        if not key:
+            return self._default.astype(np.float32)
+        cc = np.asarray(key, np.float64) / 127.0
+        offs = self._lo + (self._hi - self._lo) * cc
+        return (self._default + offs @ self._dirs).astype(np.float32)

@@ -1,0 +1,256 @@
+"""Generator worker: owns the ONNX sessions, batches requests, resamples, publishes into the cache.
+
+Live, it runs as a thread: single-note misses first, then the whole keyboard of the current knob
+state of each preset (at the preset's velocity layers), in chunks of about 30 ms so a miss never
+waits long behind a prefill. After a knob move only the newest state is prefilled (a sweep of CC 74
+does not queue 128 keyboards). Offline, the engine calls `generate_now` in its own thread.
+
+Each note is resampled once to the output rate with soxr (HQ). Model output with NaN/Inf becomes
+a silent entry and a warning; it is never cached as audio. An exception in the worker is logged
+and the engine keeps playing what is cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+
+from synth.cache import NoteCache
+from synth.inference import GeneratorSession
+from synth.latent import LatentMapper
+from synth.preset import Preset
+
+log = logging.getLogger("synth")
+
+CHUNK_SECONDS = 0.03
+LOOP_XFADE_SECONDS = 0.05
+
+
+def midi_hz(pitch: float) -> float:
+    return 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
+
+
+def make_loop(x: np.ndarray, sample_rate: int, pitch: int) -> tuple[float, float] | None:
+    """Bake a seamless loop into the sustain portion of note `x` (float32[M], modified in place).
+
+    The loop spans a whole number of pitch periods (chosen so it is nearly an integer number of
+    samples) ending at 85% of the note; the last `LOOP_XFADE_SECONDS` before the loop end are
+    crossfaded with the samples one loop length earlier, so jumping from `end` back to `start`
+    continues the waveform. Returns (start, end) in samples, or None if the note is too short.
+    """
+    n = len(x)
+    a, b = int(0.3 * n), int(0.85 * n)
+    period = sample_rate / midi_hz(pitch)
+    if b - a < 4 * period or b - a < 256:
+        return None
+    span = b - a
+    ks = np.arange(max(1, int(0.5 * span / period)), max(2, int(0.95 * span / period)) + 1)
+    err = np.abs(ks * period - np.round(ks * period))
+    k = int(ks[np.flatnonzero(err <= err.min() + 1e-3)[-1]])
+    length = int(round(k * period))
+    end = b
+    start = end - length
+    xf = min(length // 2, start, int(LOOP_XFADE_SECONDS * sample_rate))
+    if xf >= 8:
+        t = (np.arange(xf, dtype=np.float32) + 0.5) / xf
+        seg = slice(end - xf, end)
+        x[seg] = x[seg] * (1.0 - t) + x[end - xf - length:end - length] * t
+    return float(start), float(end)
+
+
+class GeneratorWorker:
+    """Generates notes for `presets` into `cache` at `out_rate` Hz.
+
+    Keys are `(preset name, knob key, model pitch, velocity layer)`; the model gets
+    `z = mapper.latent(knob key)`, `pitch`, `velocity = layer / 127`.
+    """
+
+    def __init__(self, presets: list[Preset], mappers: dict[str, LatentMapper], cache: NoteCache, out_rate: int,
+                 providers="auto", threads: int = 1, sessions: dict[str, GeneratorSession] | None = None):
+        self.presets = {p.name: p for p in presets}
+        self.mappers = mappers
+        self.cache = cache
+        self.out_rate = int(out_rate)
+        self.sessions = sessions if sessions is not None else {
+            p.name: GeneratorSession(p, providers=providers, threads=threads) for p in presets}
+        self._misses: deque = deque()
+        self._targets: dict[str, tuple] = {}   # written by the engine only
+        self._done: dict[str, tuple] = {}      # written by the worker only
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = threading.Event()
+        self._gen_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._warned: set = set()
+        self.errors = 0
+        self.last_error: str | None = None
+        self.generated = 0
+        self.bad_notes = 0
+        self.last_miss_ms: float | None = None
+        self.last_prefill_s: float | None = None
+        self._prefill_t0: dict[str, float] = {}
+
+    # ---- control (any thread; the audio thread only appends and sets an Event) -------------------
+    def request(self, key: tuple) -> None:
+        """Ask for one missing note, ahead of any prefill. Never blocks."""
+        self._misses.append(key)
+        self._idle.clear()
+        self._wake.set()
+
+    def prefill(self, preset: str, knobkey: tuple) -> None:
+        """Fill the whole keyboard of `preset` at `knobkey` (replacing an unfinished older prefill)."""
+        self._targets[preset] = knobkey
+        self._prefill_t0[preset] = time.perf_counter()
+        self._idle.clear()
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="synth-generator", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no miss or prefill is pending (for start-up and tests); True if idle."""
+        return self._idle.wait(timeout)
+
+    @property
+    def pending(self) -> int:
+        return len(self._misses) + sum(1 for n, k in list(self._targets.items()) if self._done.get(n) != k)
+
+    # ---- generation -------------------------------------------------------------------------------
+    def keyboard(self, preset: str, knobkey: tuple) -> list[tuple]:
+        """Every key of a prefill, most useful first: the loudest-used layer, pitches from middle C out."""
+        p = self.presets[preset]
+        layers = sorted(self.layers(p), key=lambda v: abs(v - 100))
+        pitches = sorted(p.playable_keys(), key=lambda k: (abs(k - 60), k))
+        return [(preset, knobkey, k, v) for v in layers for k in pitches]
+
+    @staticmethod
+    def layers(p: Preset) -> tuple[int, ...]:
+        """Velocity layers that are generated: all for conditioned presets, the top one otherwise."""
+        return p.velocity_layers if p.velocity_conditioned else (p.velocity_layers[-1],)
+
+    def generate_now(self, keys: Iterable[tuple], protect: tuple | None = None) -> int:
+        """Generate and publish every key not yet cached, in batches per preset; returns how many."""
+        todo: dict[str, list[tuple]] = {}
+        seen = set()
+        for k in keys:
+            if k not in seen and self.cache.peek(k) is None:
+                seen.add(k)
+                todo.setdefault(k[0], []).append(k)
+        n = 0
+        with self._gen_lock:
+            for name, ks in todo.items():
+                n += self._generate(name, ks, protect)
+        return n
+
+    def _generate(self, name: str, keys: list[tuple], protect) -> int:
+        p = self.presets[name]
+        sess = self.sessions[name]
+        mapper = self.mappers[name]
+        latents = {}
+        for k in keys:
+            if k[1] not in latents:
+                latents[k[1]] = mapper.latent(k[1])
+        z = np.stack([latents[k[1]] for k in keys])
+        pitch = np.array([k[2] for k in keys], np.int64)
+        vel = np.array([k[3] / 127.0 for k in keys], np.float32)
+        audio = sess.generate(z, pitch, vel)
+        good = np.isfinite(audio).all(axis=1)
+        if p.sample_rate != self.out_rate:
+            import soxr
+
+            # One call for the batch: soxr treats the notes as channels of one signal.
+            res = soxr.resample(np.ascontiguousarray(np.where(good[:, None], audio, 0.0).T), p.sample_rate,
+                                self.out_rate, quality="HQ")
+            audio = np.ascontiguousarray(res.T, dtype=np.float32)
+        for i, k in enumerate(keys):
+            if not good[i]:
+                self.bad_notes += 1
+                if (name, k[2]) not in self._warned:
+                    self._warned.add((name, k[2]))
+                    log.warning("preset %s: the model produced NaN/Inf for pitch %d velocity %d; it plays as silence",
+                                name, k[2], k[3])
+                self.cache.publish(k, None)
+                continue
+            x = audio[i].copy()
+            loop = make_loop(x, self.out_rate, k[2]) if p.sustain_mode == "loop" and not p.is_drums else None
+            if self.cache.publish(k, x, loop, protect) is None:
+                if "full" not in self._warned:
+                    self._warned.add("full")
+                    log.warning("note cache is full (%.0f MB of notes are playing or protected); raise cache_mb",
+                                self.cache.cap_bytes / 2**20)
+                break
+        self.generated += len(keys)
+        return len(keys)
+
+    def _chunk(self, name: str) -> int:
+        spn = self.sessions[name].seconds_per_note or 0.01
+        return int(min(64, max(1, CHUNK_SECONDS / max(spn, 1e-5))))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            while not self._stop.is_set():
+                try:
+                    if not self._step():
+                        break
+                except Exception as e:  # noqa: BLE001 - the worker must survive anything and keep the audio going
+                    self.errors += 1
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.exception("generator worker failed; cached notes keep playing")
+                    self._misses.clear()
+                    self._done.update(self._targets)
+            if not self.pending:
+                self._idle.set()
+
+    def _step(self) -> bool:
+        """One unit of work: all queued misses, else one prefill chunk. False when nothing is left."""
+        if self._misses:
+            keys = []
+            while self._misses:
+                k = self._misses.popleft()
+                if k not in keys and self.cache.peek(k) is None:
+                    keys.append(k)
+            if keys:
+                t0 = time.perf_counter()
+                self.generate_now(keys)
+                self.last_miss_ms = (time.perf_counter() - t0) * 1e3
+            return True
+        for name, knobkey in list(self._targets.items()):
+            if self._done.get(name) == knobkey:
+                continue
+            todo = [k for k in self.keyboard(name, knobkey) if self.cache.peek(k) is None]
+            if not todo:
+                self._done[name] = knobkey
+                t0 = self._prefill_t0.get(name)
+                if t0 is not None:
+                    self.last_prefill_s = time.perf_counter() - t0
+                continue
+            before = len(self.cache)
+            self.generate_now(todo[:self._chunk(name)], protect=(name, knobkey))
+            if len(self.cache) == before:
+                # Nothing fitted: the cache is full of this very keyboard or of playing notes.
+                self._done[name] = knobkey
+            return True
+        return False
+
+
+def ceil_resampled(n: int, in_rate: int, out_rate: int) -> int:
+    """Upper bound on soxr's output length for `n` input samples."""
+    return int(math.ceil(n * out_rate / in_rate)) + 2
