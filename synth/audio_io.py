@@ -43,18 +43,23 @@ def has_alsa_seq() -> bool:
 
 
 def jack_server_running() -> bool:
-    """True when a JACK server (the one `JACK_DEFAULT_SERVER` names, or the default) accepts clients.
+    """True when a JACK server (the one `JACK_DEFAULT_SERVER` names, or the default) accepts clients."""
+    return jack_server_info() is not None
+
+
+def jack_server_info() -> tuple[int, int] | None:
+    """(sample rate Hz, period frames) of the running JACK server, or None when none runs.
 
     Uses libjack through ctypes with `JackNoStartServer`, so it never starts a server itself and works
-    without PortAudio or the JACK-Client package. False when libjack is not installed.
+    without PortAudio or the JACK-Client package. None when libjack is not installed.
     """
     path = ctypes.util.find_library("jack")
     if not path:
-        return False
+        return None
     try:
         lib = ctypes.CDLL(path)
     except OSError:
-        return False
+        return None
     lib.jack_client_open.restype = ctypes.c_void_p
     lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
     lib.jack_client_close.argtypes = [ctypes.c_void_p]
@@ -69,9 +74,12 @@ def jack_server_running() -> bool:
     jack_no_start_server = 0x01
     client = lib.jack_client_open(b"neural-synth-probe", jack_no_start_server, ctypes.byref(status))
     if not client:
-        return False
+        return None
+    lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
+    lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
+    info = (int(lib.jack_get_sample_rate(client)), int(lib.jack_get_buffer_size(client)))
     lib.jack_client_close(client)
-    return True
+    return info
 
 
 def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, str]:
@@ -83,8 +91,8 @@ def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, s
     """
     if audio_api not in AUDIO_APIS:
         raise UserError(f"--audio-api {audio_api!r} is not known; choose from {', '.join(AUDIO_APIS)}")
-    if midi_api not in ("auto", "alsa", "jack", "none"):
-        raise UserError(f"--midi-api {midi_api!r} is not known; choose from auto, alsa, jack, none")
+    if midi_api not in ("auto", "alsa", "jack", "jack-rtmidi", "none"):
+        raise UserError(f"--midi-api {midi_api!r} is not known; choose from auto, alsa, jack, jack-rtmidi, none")
     if audio_api != "auto" and midi_api != "auto":
         return audio_api, midi_api
     jack = jack_server_running()

@@ -73,7 +73,9 @@ class LiveCore:
         self._seen_t = [[-1.0] * 128 for _ in range(8 * 16)]
         self._seen_src = [[-1] * 128 for _ in range(8 * 16)]
         self._seen_b = [[-1] * 128 for _ in range(8 * 16)]
-        self.silenced = False
+        # Optional: a callable giving the reference time of this block on the events' clock, for
+        # inputs stamped on a clock other than PortAudio's (JACK MIDI: JACK's frame clock).
+        self.ref_clock: Callable[[], float] | None = None
 
     # -- the audio thread ---------------------------------------------------------------------------
     def callback(self, outdata, frames: int, time_info, status) -> None:
@@ -117,9 +119,13 @@ class LiveCore:
 
     def _dispatch(self, frames: int, time_info) -> None:
         q = self.queue
+        ref_clock = self.ref_clock
+        # Read JACK's cycle clock every block so its 32-bit unwrap never misses a wrap.
+        ref = ref_clock() if ref_clock is not None else 0.0
         if not q and not self._pending:
             return
-        ref = self._reference(time_info)
+        if ref_clock is None:
+            ref = self._reference(time_info)
         sr = self.sr
         pending = self._pending
         todo = pending[:] if pending else ()
@@ -257,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocksize", type=int, default=128, help="frames per audio block (default 128)")
     p.add_argument("--sample-rate", type=int, default=48000, help="output rate in Hz (default 48000)")
     p.add_argument("--audio-api", default="auto", help="auto, jack, alsa, pulse, ... (default auto)")
-    p.add_argument("--midi-api", default="auto", choices=["auto", "alsa", "jack", "none"])
+    p.add_argument("--midi-api", default="auto", choices=["auto", "alsa", "jack", "jack-rtmidi", "none"],
+                   help="jack: frame-exact JACK MIDI; jack-rtmidi: rtmidi's JACK API (timing quantised "
+                        "to the JACK period) (default auto)")
     p.add_argument("--midi-port", action="append", default=[], metavar="PATTERN",
                    help="open only input ports matching this regex (repeatable; default: all)")
     p.add_argument("--no-virtual", action="store_true", help="do not open the virtual port 'neural-synth'")
@@ -358,8 +366,19 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
     sd = audio_io.load_sounddevice()
     device = audio_io.resolve_device(sd, args.device, audio_api)
+    sample_rate, blocksize = args.sample_rate, args.blocksize
+    if device.hostapi == audio_io.AUDIO_APIS["jack"]:
+        # A JACK client cannot choose the server's rate or period; follow them.
+        info = audio_io.jack_server_info()
+        if info is not None:
+            if info[0] != sample_rate:
+                status.log(f"note: the JACK server runs at {info[0]} Hz; using that instead of {sample_rate}")
+            if info[1] != blocksize:
+                status.log(f"note: the JACK server's period is {info[1]} frames; using that instead of "
+                           f"{blocksize}")
+            sample_rate, blocksize = info
 
-    kw = dict(sample_rate=args.sample_rate, blocksize=args.blocksize, presets=presets, realtime=True)
+    kw = dict(sample_rate=sample_rate, blocksize=blocksize, presets=presets, realtime=True)
     if args.cache_mb is not None:
         kw["cache_mb"] = args.cache_mb
     if args.fx is not None:
@@ -370,7 +389,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
             engine.control_change(ch, cc, v)
 
     queue: collections.deque = collections.deque()
-    core = LiveCore(engine, args.sample_rate, args.blocksize, queue)
+    core = LiveCore(engine, sample_rate, blocksize, queue)
     tamer = GcTamer(args.gc, args.switch_interval)
     stop = threading.Event()
     reason = {"why": "stopped"}
@@ -383,17 +402,25 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     audio = midi = None
     rc = 0
     try:
-        audio = audio_io.AudioOutput(device, args.sample_rate, args.blocksize, core.callback)
+        audio = audio_io.AudioOutput(device, sample_rate, blocksize, core.callback)
+        vmap = velocity_map(args.velocity_curve)
+        if midi_api == "jack":
+            from synth.midi_in import JackMidiInput
+
+            midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=status.log)
+            core.ref_clock = midi.cycle_clock
+        elif midi_api in ("alsa", "jack-rtmidi"):
+            from synth.midi_in import MidiInput
+
+            midi = MidiInput("jack" if midi_api == "jack-rtmidi" else "alsa", queue, audio.time,
+                             port_patterns=args.midi_port, virtual=not args.no_virtual, velocity_map=vmap,
+                             log=status.log)
         tamer.start()
         audio.start()
         lat_engine = int(getattr(engine, "latency_samples", 0) or 0)
-        status.log(f"audio: {device.name} ({device.hostapi}), {args.sample_rate} Hz, block {args.blocksize}, "
+        status.log(f"audio: {device.name} ({device.hostapi}), {sample_rate} Hz, block {blocksize}, "
                    f"output latency {1e3 * audio.latency_seconds:.1f} ms + engine {lat_engine} samples")
-        if midi_api != "none":
-            from synth.midi_in import MidiInput
-            midi = MidiInput(midi_api, queue, audio.time, port_patterns=args.midi_port,
-                             virtual=not args.no_virtual, velocity_map=velocity_map(args.velocity_curve),
-                             log=status.log)
+        if midi is not None:
             midi.start()
             status.log(f"midi ({midi_api}): {', '.join(midi.port_names) or 'no ports'}")
         status.log("ready")
