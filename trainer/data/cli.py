@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--soundfont", metavar="PATH", nargs="?", const=DEFAULT_SOUNDFONT,
                      help=f"SF2/SF3 to render (the default source; default file {DEFAULT_SOUNDFONT})")
+    src.add_argument("--from-folder", metavar="DIR", help="import every WAV/FLAC/AIFF/OGG under DIR")
+    src.add_argument("--nsynth", metavar="DIR", help="import an NSynth split (examples.json + audio/*.wav)")
     p.add_argument("--out", metavar="DIR", required=True, help="dataset folder to create")
     p.add_argument("--program", type=int, default=0, help="SoundFont program (GM 0 = piano; the kit with --drums)")
     p.add_argument("--bank", type=int, default=0, help="SoundFont bank (128 with --drums)")
@@ -81,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=4.0, help="note length in seconds")
     p.add_argument("--release", type=float, default=1.0, help="SoundFont: seconds of the note after note-off")
     p.add_argument("--sample-rate", type=int, default=24000, help="sample rate of the set in Hz")
+    p.add_argument("--instrument", help="NSynth: instrument names or ids, comma-separated")
+    p.add_argument("--family", help="NSynth: families (keyboard, mallet, ...) or ids, comma-separated")
+    p.add_argument("--source", help="NSynth: acoustic, electronic and/or synthetic (or ids)")
+    p.add_argument("--normalize", choices=("note", "set"), default=None,
+                   help="folder/NSynth loudness: per note (-20 dBFS, default for folders) or one gain for "
+                        "the whole set, which keeps velocity dynamics (default for NSynth)")
+    p.add_argument("--min-seconds", type=float, default=0.1,
+                   help="folder/NSynth: files with less sound than this are skipped as too short")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="FluidSynth processes at once")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -132,10 +142,19 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     note_samples = int(round(args.seconds * args.sample_rate))
     kind = "drums" if args.drums else "pitched"
+    if args.from_folder is None and args.nsynth is None:
+        _preflight_soundfont(args)
     with atomic_dir(out, replace=True) as tmp:
         writer = DatasetWriter(tmp, args.sample_rate, note_samples, kind)
         try:
-            summary = _build_soundfont(args, writer)
+            if args.from_folder is not None:
+                summary = _build_folder(args, writer)
+            elif args.nsynth is not None:
+                if args.drums:
+                    raise UserError("--drums does not apply to --nsynth (NSynth notes are pitched)")
+                summary = _build_nsynth(args, writer)
+            else:
+                summary = _build_soundfont(args, writer)
         finally:
             writer.close()
         umask = os.umask(0)
@@ -146,17 +165,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _build_soundfont(args: argparse.Namespace, writer: DatasetWriter) -> dict:
+def _preflight_soundfont(args: argparse.Namespace) -> None:
+    """Every SoundFont error that needs no rendering, before any folder is created."""
     from trainer.data import soundfont as sf
 
     path = Path(args.soundfont or DEFAULT_SOUNDFONT)
     if args.soundfont is None and not path.exists():
         raise UserError(f"no source given and the default SoundFont {path} is not installed; pass --soundfont PATH, "
                         "--from-folder DIR or --nsynth DIR (or apt-get install fluid-soundfont-gm)")
+    parse_pitches(args.pitches or "0")
+    parse_velocities(args.velocities or "1")
+    sf.find_preset(path, args.program, 128 if args.drums else args.bank)
+    sf.fluidsynth_version()
+
+
+def _build_soundfont(args: argparse.Namespace, writer: DatasetWriter) -> dict:
+    from trainer.data import soundfont as sf
+
+    path = Path(args.soundfont or DEFAULT_SOUNDFONT)
     pitches = parse_pitches(args.pitches or ("35-81" if args.drums else "21-108"))
     velocities = parse_velocities(args.velocities or "25,50,75,100,127")
     bank = 128 if args.drums else args.bank
-    sf.find_preset(path, args.program, bank)  # fail before any rendering
     with _progress(len(pitches) * len(velocities), "rendering", args.quiet) as bar:
         res = sf.build(writer, soundfont=path, program=args.program, bank=bank, drums=args.drums,
                        pitches=pitches, velocities=velocities, seconds=args.seconds, release=args.release,
@@ -165,6 +194,30 @@ def _build_soundfont(args: argparse.Namespace, writer: DatasetWriter) -> dict:
     drum_classes = {str(k): GM_DRUMS.get(k, f"key{k}") for k in pitches} if args.drums else None
     return writer.finalize(pitch_range=(pitches[0], pitches[-1]), velocities=velocities,
                            drum_classes=drum_classes, source=res["source"], gain=res["gain"])
+
+
+def _build_folder(args: argparse.Namespace, writer: DatasetWriter) -> dict:
+    from trainer.data import folder
+
+    pitches = parse_pitches(args.pitches) if args.pitches else None
+    res = folder.build(writer, root=args.from_folder, drums=args.drums, pitches=pitches,
+                       min_seconds=args.min_seconds, normalize=args.normalize or "note", jobs=args.jobs,
+                       progress_factory=lambda n: _progress(n, "importing", args.quiet))
+    res["source"]["command"] = ["python", "-m", "trainer", "dataset", *args.argv]
+    return writer.finalize(drum_classes=res["drum_classes"], source=res["source"], gain=res["gain"])
+
+
+def _build_nsynth(args: argparse.Namespace, writer: DatasetWriter) -> dict:
+    from trainer.data import nsynth
+
+    res = nsynth.build(writer, root=Path(args.nsynth),
+                       filters={"instrument": args.instrument, "family": args.family, "source": args.source},
+                       pitches=parse_pitches(args.pitches) if args.pitches else None,
+                       velocities=parse_velocities(args.velocities) if args.velocities else None,
+                       min_seconds=args.min_seconds, normalize=args.normalize or "set",
+                       progress_factory=lambda n: _progress(n, "importing", args.quiet))
+    res["source"]["command"] = ["python", "-m", "trainer", "dataset", *args.argv]
+    return writer.finalize(source=res["source"], gain=res["gain"])
 
 
 def _summary_line(s: dict, out: Path, elapsed: float, kind: str) -> str:
