@@ -261,21 +261,13 @@ def _render(engine, n: int, buf: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_notes(engine, events) -> int | None:
-    """Pre-generate every note the file needs in one batch (`engine.prepare`). Returns how many."""
-    prepare = getattr(engine, "prepare", None)
-    if prepare is None:
-        return None
-    from synth.midifile import NOTE_ON
+def prepare_notes(engine, events) -> int:
+    """Pre-generate every note the file needs in one batched `engine.prepare` call; returns how many.
 
-    on = events.kind == NOTE_ON
-    notes = _scan_notes(events, on)
-    return prepare(notes)
-
-
-def _scan_notes(events, on):
-    """The note-ons of the file as MidiEvents-like columns for `engine.prepare`."""
-    return events
+    The engine simulates the file's program changes and knob CCs itself, so notes played after a
+    knob move are generated with the moved latent.
+    """
+    return int(engine.prepare(events) or 0)
 
 
 def make_progress(enabled: bool | None, total_seconds: float):
