@@ -189,6 +189,17 @@ class NoteCache:
             self._index.pop(ikey, None)
         return e
 
+    def discard(self, key: tuple) -> bool:
+        """Drop one note (its slot is reused once no voice plays it); True if it was cached."""
+        with self._wlock:
+            if key not in self._entries:
+                return False
+            e = self._entries[key]
+            self._evict(key)
+            if e.slot >= 0:
+                (self._free if self.refcount[e.slot] == 0 else self._pending).append(e.slot)
+            return True
+
     def clear(self) -> None:
         """Forget everything (slots still pinned by voices stay reserved until released)."""
         with self._wlock:

@@ -69,12 +69,14 @@ class Engine:
     with `process(block float32[F, 2])` working in place (e.g. `synth.fx.EffectsBus`), applied
     before the limiter. `providers`: ONNX Runtime providers ("auto": TensorRT → CUDA → CPU).
     `threads`: ONNX intra-op threads (default 1 live, all cores offline).
+    `program_map`: {program: preset name}, as `set_program_map`.
     """
 
     def __init__(self, sample_rate: int = 48000, blocksize: int = 128, presets: Iterable[Preset] = (),
                  realtime: bool = False, polyphony: int = 256, cache_mb: float = 1024, master_gain: float = 0.5,
                  knob_map: Mapping[int, int | str] | None = None, fx=None, providers="auto",
-                 threads: int | None = None, max_chunk: int = 1024, pan_spread: float = 0.6):
+                 threads: int | None = None, max_chunk: int = 1024, pan_spread: float = 0.6,
+                 program_map: Mapping[int, str] | None = None):
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
             raise UserError(f"sample rate {sample_rate!r} Hz is not supported; use an integer 8000..384000 (e.g. 48000)")
         if not isinstance(blocksize, int) or not 1 <= blocksize <= 1 << 16:
@@ -112,6 +114,8 @@ class Engine:
             self._chan_preset[DRUM_CHANNEL] = self._drum_preset
         self._sustain = [False] * 16
         self._bend = [1.0] * 16
+        if program_map:
+            self.set_program_map(program_map)
 
         slot_len = max(ceil_resampled(p.note_samples, p.sample_rate, sample_rate) for p in self.presets) + GUARD
         self.cache = NoteCache(cache_mb, slot_len)
@@ -254,43 +258,55 @@ class Engine:
         theta = min(1.0, max(0.0, pos)) * (math.pi / 2)
         return math.cos(theta), math.sin(theta)
 
-    def prepare(self, events: Iterable) -> int:
+    def prepare(self, events) -> int:
         """Generate, in batches, every note a list of future events needs (offline rendering).
 
-        `events`: items `(channel, note, velocity)` (a note-on under the current state), or
-        `(kind, channel, a[, b])` with kind "note_on", "control_change", "program_change" (other kinds
-        are skipped), simulated in order from the current channel programs and knob states.
+        `events`: a `synth.midifile.MidiEvents` (columns `kind`, `channel`, `a`, `b`), or an iterable
+        of `(channel, note, velocity)` note-ons, or of `(kind, channel, a[, b])` with kind "note_on",
+        "control_change" or "program_change" (other kinds are skipped). They are simulated in order
+        from the current channel programs and knob states, after any events already posted.
         Returns the number of notes generated.
         """
         chan = list(self._chan_preset)
         knobs = dict(self.knobs)
         keys = []
-        for ev in events:
-            if not ev:
-                continue
-            if isinstance(ev[0], str):
-                kind = ev[0]
-                if kind == "note_on" and len(ev) >= 4 and ev[3] > 0:
-                    ch, note, vel = ev[1] & 15, ev[2] & 127, min(127, int(ev[3]))
-                elif kind == "control_change" and len(ev) >= 4:
-                    p = self.presets[chan[ev[1] & 15]]
-                    knobs[p.name] = self.mappers[p.name].with_cc(knobs[p.name], ev[2], ev[3])
+
+        def simulate(kind, ch, a, b):
+            ch &= 15
+            if kind == "note_on":
+                if b > 0:
+                    pi = chan[ch]
+                    k = self._note_key(pi, knobs[self.presets[pi].name], a & 127, min(127, int(b)))
+                    if k is not None:
+                        keys.append(k[0])
+            elif kind == "control_change":
+                name = self.presets[chan[ch]].name
+                knobs[name] = self.mappers[name].with_cc(knobs[name], a, b)
+            elif kind == "program_change":
+                pi = self._program_target(ch, a & 127)
+                if pi is not None:
+                    chan[ch] = pi
+
+        posted = sorted(list(self._carry) + list(self._events), key=lambda e: (e[0], e[1]))
+        names = {"on": "note_on", "cc": "control_change", "prog": "program_change"}
+        for _, _, kind, args in posted:
+            if kind in names:
+                simulate(names[kind], *args, *((0,) * (3 - len(args))))
+        if hasattr(events, "kind") and hasattr(events, "channel"):
+            # Column form (synth.midifile.MidiEvents): 0 note-on, 2 control change, 3 program change.
+            col_kinds = {0: "note_on", 2: "control_change", 3: "program_change"}
+            for kd, ch, a, b in zip(np.asarray(events.kind).tolist(), np.asarray(events.channel).tolist(),
+                                    np.asarray(events.a).tolist(), np.asarray(events.b).tolist(), strict=True):
+                if kd in col_kinds:
+                    simulate(col_kinds[kd], ch, a, b)
+        else:
+            for ev in events:
+                if not ev:
                     continue
-                elif kind == "program_change" and len(ev) >= 3:
-                    pi = self._program_target(ev[1] & 15, ev[2] & 127)
-                    if pi is not None:
-                        chan[ev[1] & 15] = pi
-                    continue
+                if isinstance(ev[0], str):
+                    simulate(ev[0], ev[1], ev[2] if len(ev) > 2 else 0, ev[3] if len(ev) > 3 else 0)
                 else:
-                    continue
-            else:
-                ch, note, vel = ev[0] & 15, ev[1] & 127, min(127, int(ev[2]))
-                if vel <= 0:
-                    continue
-            pi = chan[ch]
-            k = self._note_key(pi, knobs[self.presets[pi].name], note, vel)
-            if k is not None:
-                keys.append(k[0])
+                    simulate("note_on", ev[0], ev[1], ev[2])
         n_new = len({k for k in keys if self.cache.peek(k) is None})
         if n_new > self.cache.n_slots:
             log.warning("prepare: %d notes exceed the note cache (%d slots); some will be generated twice. "
@@ -509,6 +525,7 @@ class Engine:
             self._apply(ev[2], ev[3])
         if cur < frames:
             self._mix(out[cur:frames])
+        self._reap()
         if not np.isfinite(out).all():
             self._nan_guard(out)
         if self.fx is not None:

@@ -125,7 +125,16 @@ class GeneratorWorker:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no miss or prefill is pending (for start-up and tests); True if idle."""
-        return self._idle.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._idle.wait(left):
+                return False
+            if not self.pending:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     @property
     def pending(self) -> int:

@@ -1,0 +1,99 @@
+"""Note cache: memory cap, LRU order, counters, pinning under eviction, nearest-pitch lookup."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from synth.cache import GUARD, NoteCache
+
+SLOT = 1000
+
+
+def _note(value: float, n: int = SLOT - GUARD) -> np.ndarray:
+    return np.full(n, value, np.float32)
+
+
+def _key(pitch, knob=(64,), vl=100, preset="p"):
+    return (preset, knob, pitch, vl)
+
+
+def test_cap_and_lru_order():
+    cache = NoteCache(cache_mb=5 * SLOT * 4 / 2**20, slot_len=SLOT)
+    assert cache.n_slots == 5
+    for p in range(5):
+        assert cache.publish(_key(p), _note(p)) is not None
+    assert cache.lookup(_key(0)) is not None   # touch 0: now 1 is the least recently used
+    cache.publish(_key(10), _note(10))
+    assert _key(1) not in cache and _key(0) in cache and _key(10) in cache
+    for p in range(20, 40):
+        cache.publish(_key(p), _note(p))
+    assert len(cache) == 5 and cache.evictions == 21
+    assert cache.used_bytes <= cache.cap_bytes == 5 * SLOT * 4
+    # Every surviving note still holds its own samples.
+    for p in range(35, 40):
+        e = cache.peek(_key(p))
+        assert np.all(cache.bank[e.offset:e.offset + e.length] == p)
+        assert np.all(cache.bank[e.offset + e.length:e.offset + SLOT] == 0)
+
+
+def test_hit_miss_counters():
+    cache = NoteCache(cache_mb=1, slot_len=SLOT)
+    assert cache.lookup(_key(60)) is None
+    cache.publish(_key(60), _note(0.5, 10))
+    assert cache.lookup(_key(60)).length == 10
+    assert cache.lookup(_key(60)) is not None
+    s = cache.stats()
+    assert (s["hits"], s["misses"], s["entries"]) == (2, 1, 1)
+    assert s["hit_rate"] == 2 / 3
+
+
+def test_pinned_slot_is_never_overwritten():
+    cache = NoteCache(cache_mb=2 * SLOT * 4 / 2**20, slot_len=SLOT)
+    e = cache.publish(_key(1), _note(1.0))
+    assert cache.acquire(e)                      # a voice plays it
+    cache.publish(_key(2), _note(2.0))
+    cache.publish(_key(3), _note(3.0))           # evicts key 1, but its slot is pinned
+    assert _key(1) not in cache
+    assert np.all(cache.bank[e.offset:e.offset + e.length] == 1.0)
+    assert not cache.acquire(e)                  # a stale entry cannot be pinned again
+    cache.release(e.slot)
+    cache.publish(_key(4), _note(4.0))           # now the slot may be reused
+    assert cache.peek(_key(4)).slot == e.slot
+
+
+def test_full_of_pinned_notes_refuses():
+    cache = NoteCache(cache_mb=1 * SLOT * 4 / 2**20, slot_len=SLOT)
+    e = cache.publish(_key(1), _note(1.0))
+    cache.acquire(e)
+    assert cache.publish(_key(2), _note(2.0)) is None
+    assert cache.rejected == 1 and np.all(cache.bank[:SLOT - GUARD] == 1.0)
+
+
+def test_protect_keeps_the_keyboard_being_filled():
+    cache = NoteCache(cache_mb=2 * SLOT * 4 / 2**20, slot_len=SLOT)
+    cache.publish(_key(1, knob=(0,)), _note(1.0))
+    cache.publish(_key(2, knob=(0,)), _note(2.0))
+    assert cache.publish(_key(3, knob=(0,)), _note(3.0), protect=("p", (0,))) is None
+    assert cache.publish(_key(3, knob=(9,)), _note(3.0)) is not None
+
+
+def test_nearest_pitch_layer_and_state():
+    cache = NoteCache(cache_mb=1, slot_len=SLOT)
+    for p in (48, 60, 72):
+        cache.publish(_key(p), _note(p / 100, 20))
+    assert cache.nearest("p", (64,), 100, 62).pitch == 60
+    assert cache.nearest("p", (64,), 100, 70).pitch == 72
+    assert cache.nearest("p", (64,), 100, 10).pitch == 48
+    # Other velocity layers are used when the layer has nothing.
+    assert cache.nearest("p", (64,), 30, 61, layers=(30, 100)).pitch == 60
+    assert cache.nearest("p", (64,), 30, 61) is None
+    # A new knob state with nothing cached falls back to recent states, exact pitch first.
+    cache.publish(_key(61, knob=(10,)), _note(0.61, 20))
+    assert cache.nearest("p", (99,), 100, 61).key == _key(61, knob=(10,))
+    assert cache.nearest("q", (64,), 100, 61) is None
+
+
+def test_silent_entries_take_no_memory():
+    cache = NoteCache(cache_mb=1, slot_len=SLOT)
+    e = cache.publish(_key(5), None)
+    assert e.slot == -1 and cache.used_bytes == 0 and cache.acquire(e)
