@@ -121,7 +121,7 @@ def build(writer, *, root: str | os.PathLike, drums: bool, pitches: list[int] | 
         raise UserError(f"{root}: folder not found; pass --from-folder DIR with your samples")
     files, ignored = list_audio(root)
     if not files:
-        raise UserError(f"{root}: no {'/'.join(e[1:].upper() for e in AUDIO_EXTENSIONS[:4])}/OGG files found "
+        raise UserError(f"{root}: no WAV/FLAC/AIFF/OGG files found "
                         f"(searched all subfolders; {ignored} other files ignored); point --from-folder at your samples")
     cfg = {"sample_rate": writer.sample_rate, "note_samples": writer.note_samples, "min_seconds": min_seconds,
            "normalize": normalize, "drums": drums}

@@ -124,7 +124,7 @@ def prepare(data: np.ndarray, sr: int, *, target_sr: int, note_samples: int, min
 # --- pitch and velocity from file names -------------------------------------------------------
 
 _PC = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
-_NOTE_TOKEN = re.compile(r"([A-Ga-g])(#|♯|s|b|♭)?(-?\d)")
+_NOTE_TOKEN = re.compile(r"(?<![A-Za-z0-9#])([A-Ga-g])(#|♯|s|b|♭)?(-?\d)(?![A-Za-z0-9#])")
 _NOTE_TAIL = re.compile(r"([A-G])(#|b)?(-?\d)$")
 _NSYNTH = re.compile(r"^.+-(\d{3})-(\d{3})$")
 _VEL_TOKEN = re.compile(r"(?:v|vel|velocity)(\d{1,3})", re.IGNORECASE)
@@ -150,13 +150,13 @@ def parse_name(stem: str) -> tuple[int | None, int | None, str | None]:
     tokens = [t for t in _SEP.split(stem) if t]
     pitch, how, velocity = None, None, None
     numbers = [t for t in tokens if t.isdigit()]
+    nm = _NOTE_TOKEN.search(stem)  # on the whole stem: "C-1" would split into two tokens
+    if nm:
+        key = _note_key(*nm.groups())
+        if key is not None:
+            pitch, how = key, f"note name {nm.group(0)!r}"
+            numbers = [t for t in numbers if t not in nm.group(0)]
     for t in tokens:
-        nm = _NOTE_TOKEN.fullmatch(t)
-        if nm and pitch is None:
-            key = _note_key(*nm.groups())
-            if key is not None:
-                pitch, how = key, f"note name {t!r}"
-                continue
         vm = _VEL_TOKEN.fullmatch(t)
         if vm and 1 <= int(vm.group(1)) <= 127:
             velocity = int(vm.group(1))
