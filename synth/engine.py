@@ -97,6 +97,8 @@ class Engine:
         self.polyphony = polyphony
         self.master_gain = float(master_gain)
         self.fx = fx
+        # The effects bus hears CCs too (its filter cutoff follows one), at their frame in the block.
+        self._fx_cc = getattr(fx, "control_change", None)
         self.pan_spread = float(pan_spread)
         self._index = {p.name: i for i, p in enumerate(self.presets)}
         self.mappers = {p.name: LatentMapper(p, knob_map) for p in self.presets}
@@ -523,6 +525,8 @@ class Engine:
                 self._mix(out[cur:f])
                 cur = f
             self._apply(ev[2], ev[3])
+            if ev[2] == "cc" and self._fx_cc is not None:
+                self._fx_cc(ev[3][1], ev[3][2], f)
         if cur < frames:
             self._mix(out[cur:frames])
         self._reap()
