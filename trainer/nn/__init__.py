@@ -1,0 +1,1 @@
+"""Reusable layers, export-safe DSP blocks and losses for the trainer's models."""
