@@ -80,12 +80,16 @@ def test_soundfont_pitch_labels_agree_with_pyin(piano):
 def test_soundfont_drums(tmp_path):
     out = tmp_path / "kit"
     assert run("--drums", "--out", str(out), "--pitches", "36,38,42", "--velocities", "100", "--seconds", "0.5",
-               "--release", "0.1", "--sample-rate", str(SR)) == 0
+               "--release", "0.1", "--sample-rate", str(SR), "--flac") == 0
     ds = OneShotDataset(out)
     assert ds.info["kind"] == "drums"
     assert ds.info["drum_classes"] == {"36": "kick", "38": "snare", "42": "hat_closed"}
     assert sorted((ds[i]["pitch"], ds[i]["cls"]) for i in range(len(ds))) == [(36, 0), (38, 1), (42, 2)]
     assert all(n["class"] is not None for n in ds.notes)
+    for i, n in enumerate(ds.notes):  # --flac: listenable copies, equal to the bank to 24-bit precision
+        audio, rate = sf.read(out / n["flac"], dtype="float32")
+        assert rate == SR and n["flac"].endswith(f"_{n['class']}_v100.flac")
+        np.testing.assert_allclose(audio, ds[i]["audio"], atol=2**-22)
 
 
 @needs_fluid

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=0.1,
                    help="folder/NSynth: files with less sound than this are skipped as too short")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="FluidSynth processes at once")
+    p.add_argument("--flac", action="store_true",
+                   help="also write every note as a FLAC under DIR/audio/ for listening (the loader reads notes.f32)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -102,6 +104,10 @@ def _check_common(args: argparse.Namespace) -> None:
         raise UserError(f"--seconds {args.seconds}: expected 0.1..60")
     if not 4000 <= args.sample_rate <= 192000:
         raise UserError(f"--sample-rate {args.sample_rate}: expected 4000..192000 Hz")
+    if not 0 <= args.min_seconds <= args.seconds:
+        raise UserError(f"--min-seconds {args.min_seconds}: expected 0..--seconds ({args.seconds})")
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected 1 or more")
     if args.soundfont is not None or not _other_source(args):
         if not 0 <= args.release < args.seconds:
             raise UserError(f"--release {args.release}: must be >= 0 and shorter than --seconds {args.seconds}")
@@ -193,7 +199,7 @@ def _build_soundfont(args: argparse.Namespace, writer: DatasetWriter) -> dict:
     res["source"]["command"] = ["python", "-m", "trainer", "dataset", *args.argv]
     drum_classes = {str(k): GM_DRUMS.get(k, f"key{k}") for k in pitches} if args.drums else None
     return writer.finalize(pitch_range=(pitches[0], pitches[-1]), velocities=velocities,
-                           drum_classes=drum_classes, source=res["source"], gain=res["gain"])
+                           drum_classes=drum_classes, source=res["source"], gain=res["gain"], flac=args.flac)
 
 
 def _build_folder(args: argparse.Namespace, writer: DatasetWriter) -> dict:
@@ -204,7 +210,8 @@ def _build_folder(args: argparse.Namespace, writer: DatasetWriter) -> dict:
                        min_seconds=args.min_seconds, normalize=args.normalize or "note", jobs=args.jobs,
                        progress_factory=lambda n: _progress(n, "importing", args.quiet))
     res["source"]["command"] = ["python", "-m", "trainer", "dataset", *args.argv]
-    return writer.finalize(drum_classes=res["drum_classes"], source=res["source"], gain=res["gain"])
+    return writer.finalize(drum_classes=res["drum_classes"], source=res["source"], gain=res["gain"],
+                           flac=args.flac)
 
 
 def _build_nsynth(args: argparse.Namespace, writer: DatasetWriter) -> dict:
@@ -217,7 +224,7 @@ def _build_nsynth(args: argparse.Namespace, writer: DatasetWriter) -> dict:
                        min_seconds=args.min_seconds, normalize=args.normalize or "set",
                        progress_factory=lambda n: _progress(n, "importing", args.quiet))
     res["source"]["command"] = ["python", "-m", "trainer", "dataset", *args.argv]
-    return writer.finalize(source=res["source"], gain=res["gain"])
+    return writer.finalize(source=res["source"], gain=res["gain"], flac=args.flac)
 
 
 def _summary_line(s: dict, out: Path, elapsed: float, kind: str) -> str:

@@ -131,6 +131,17 @@ class DatasetWriter:
     def warn(self, what: str, message: str) -> None:
         self.warnings.append({"file": what, "message": message})
 
+    def _write_flacs(self) -> None:
+        import soundfile as sf
+
+        (self.folder / "audio").mkdir(exist_ok=True)
+        bank = np.memmap(self.folder / BANK, dtype="<f4", mode="r", shape=(len(self.notes), self.note_samples))
+        for j, note in enumerate(self.notes):
+            name = f"audio/{j:05d}_{_label(note)}.flac"
+            sf.write(self.folder / name, np.asarray(bank[j]), self.sample_rate, subtype="PCM_24")
+            note["flac"] = name
+        del bank
+
     def close(self) -> None:
         if not self._bank.closed:
             self._bank.close()
@@ -146,8 +157,12 @@ class DatasetWriter:
 
     def finalize(self, *, pitch_range: Iterable[int] | None = None, velocities: Iterable[int] | None = None,
                  drum_classes: dict[str, str] | None = None, source: dict[str, Any] | None = None,
-                 gain: float = 1.0, summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 gain: float = 1.0, summary_extra: dict[str, Any] | None = None,
+                 flac: bool = False) -> dict[str, Any]:
         """Apply `gain`, drop duplicates, hash, split, write manifest.json and report.json.
+
+        With `flac`, also write each note as `audio/NNNNN_<pitch or class>_v<velocity>.flac` (24-bit)
+        for listening; the loader never reads them.
 
         Returns the summary dict (also stored in report.json).
         """
@@ -183,6 +198,8 @@ class DatasetWriter:
             f.flush()
             os.fsync(f.fileno())
         self.notes = kept
+        if flac and kept:
+            self._write_flacs()
 
         pitches = [m["pitch"] for m in kept]
         lo, hi = (min(pitches), max(pitches)) if pitches else (0, 0)
@@ -212,6 +229,17 @@ class DatasetWriter:
         _write_manifest(self.folder / MANIFEST, manifest)
         _write_json(self.folder / REPORT, {"summary": summary, "skipped": self.skipped, "warnings": self.warnings})
         return summary
+
+
+_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def _label(note: dict[str, Any]) -> str:
+    if note.get("class"):
+        what = str(note["class"])
+    else:
+        what = f"{_NAMES[note['pitch'] % 12]}{note['pitch'] // 12 - 1}".replace("#", "s")
+    return f"{what}_v{note['velocity']}" if note.get("velocity") is not None else what
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -66,12 +66,12 @@ def f0_track(audio: np.ndarray, sr: int, fmin: float = 25.0, fmax: float = 4200.
     spec_full = sfft.rfft(frames, nfft, axis=1)
     spec_head = sfft.rfft(frames[:, :W], nfft, axis=1)
     r = sfft.irfft(np.conj(spec_head) * spec_full, nfft, axis=1)[:, :tau_max + 1]  # r[t] = sum_j x_j x_{j+t}
-    frames = frames.astype(np.float64)
     r = r.astype(np.float64)
-    c = np.concatenate([np.zeros((len(frames), 1)), np.cumsum(frames ** 2, axis=1)], axis=1)
-    e0 = c[:, W]
+    # Window energies from one running sum over the whole signal (float64: differences of large sums).
+    csum = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
     taus = np.arange(tau_max + 1)
-    e_tau = c[:, taus + W] - c[:, taus]
+    e0 = csum[starts + W] - csum[starts]
+    e_tau = csum[starts[:, None] + taus + W] - csum[starts[:, None] + taus]
     d = np.maximum(e0[:, None] + e_tau - 2.0 * r, 0.0)
     d[:, 0] = 0.0
     cum = np.cumsum(d[:, 1:], axis=1)
