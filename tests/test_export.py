@@ -1,0 +1,135 @@
+"""`trainer export`: a tiny torch generator → a preset the synth loads and plays; the parity check
+refuses a graph that differs from torch; a failing export leaves the previous preset intact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tinytorch import TinyTorchGenerator
+
+from synth.errors import UserError
+from synth.inference import GeneratorSession
+from synth.latent import LatentMapper
+from synth.preset import load_preset_dir
+from trainer import export as ex
+from trainer.evaluate import descriptors
+
+CFG = {"dataset": {"sample_rate": 16000, "note_samples": 8000, "kind": "pitched", "pitch_range": [40, 84],
+                   "velocities": [40, 80, 120], "source": {"type": "test", "command": ["make", "tones"]}},
+       "arch": {"name": "tiny", "channels": 1}, "steps": 2, "minutes": 0.01, "hardware": "test CPU"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    G = TinyTorchGenerator().eval()
+    dest = tmp_path_factory.mktemp("presets") / "tiny"
+    preset = ex.export_preset(G, CFG, dest, description="tiny test tone", quiet=True,
+                              commands=["python", "-m", "trainer", "export", "RUN", "--preset", str(dest)])
+    return G, preset
+
+
+def test_export_writes_a_preset_the_synth_plays(exported):
+    G, preset = exported
+    folder = preset.path
+    assert sorted(p.name for p in folder.iterdir()) == ["card.md", "generator.onnx", "preset.json", "spectrograms.png"]
+    p = load_preset_dir(folder)
+    assert (p.name, p.sample_rate, p.note_samples, p.pitch_range, p.latent_size) == ("tiny", 16000, 8000, (40, 84), 8)
+    assert p.velocity_layers == (40, 80, 120) and p.velocity_conditioned
+    assert p.sustain_mode == "oneshot"          # the tone decays to silence
+    assert p.training["params"] == sum(x.numel() for x in G.parameters())
+    assert p.training["parity_max_abs"] <= 1e-4
+    assert any("--preset" in c for c in p.training["commands"]) and "make tones" in p.training["commands"]
+    model = onnx.load(str(folder / "generator.onnx"), load_external_data=False)
+    meta = {m.key: m.value for m in model.metadata_props}
+    assert {k: meta[k] for k in ("name", "sample_rate", "note_samples", "pitch_lo", "pitch_hi", "latent_size",
+                                 "arch")} == {"name": "tiny", "sample_rate": "16000", "note_samples": "8000",
+                                              "pitch_lo": "40", "pitch_hi": "84", "latent_size": "8", "arch": "tiny"}
+    assert model.opset_import[0].version >= 17
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    # Dynamic batch, and the same notes as torch.
+    s = GeneratorSession(p, providers="cpu", threads=1)
+    z = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    k = np.array([40, 50, 60, 70, 84])
+    v = np.linspace(0.1, 1, 5).astype(np.float32)
+    with torch.no_grad():
+        ref = G(torch.from_numpy(z), torch.from_numpy(k), torch.from_numpy(v)).numpy()
+    np.testing.assert_allclose(s.generate(z, k, v), ref, atol=1e-4)
+    card = (folder / "card.md").read_text()
+    for part in ("## Data", "## Architecture and training", "## Metrics", "## Knobs", "spectrograms.png",
+                 "tiny test tone", "test CPU"):
+        assert part in card
+
+
+def test_knobs_are_found_named_and_oriented(exported):
+    G, preset = exported
+    knobs = {k.name: k for k in preset.knobs}
+    assert "brightness" in knobs and "decay" in knobs, [k.name for k in preset.knobs]
+    assert knobs["brightness"].cc == 74
+    assert {k.cc for k in preset.knobs} <= {74, 1, 71, 76}
+    w_b = G.bright.weight.detach().numpy()[0]
+    w_d = G.decay.weight.detach().numpy()[0]
+    # The tiny generator's true controls: the knob directions line up with them.
+    assert abs(np.dot(knobs["brightness"].direction, w_b / np.linalg.norm(w_b))) > 0.9
+    assert abs(np.dot(knobs["decay"].direction, w_d / np.linalg.norm(w_d))) > 0.9
+    # CC 64 is the default latent exactly; turning a knob up increases its named quantity.
+    mapper = LatentMapper(preset)
+    s = GeneratorSession(preset, providers="cpu", threads=1, warmup=False)
+    for name, quantity in (("brightness", "brightness"), ("decay", "decay")):
+        i = [k.name for k in preset.knobs].index(name)
+        state = list(mapper.default_key)
+        np.testing.assert_allclose(mapper.latent(tuple(state)), preset.default_latent, atol=1e-6)
+        notes = []
+        for cc in (0, 127):
+            state[i] = cc
+            notes.append(s.generate(mapper.latent(tuple(state))[None].astype(np.float32), np.array([60]),
+                                    np.array([0.8], np.float32))[0])
+        d = descriptors(np.stack(notes), preset.sample_rate)[quantity]
+        assert d[1] > d[0], (name, d)
+
+
+def test_parity_check_refuses_a_graph_that_differs(tmp_path):
+    G = TinyTorchGenerator().eval()
+    data, _ = ex.onnx_bytes(G, 8)
+    path = tmp_path / "g.onnx"
+    ex.write_onnx(data, path, {"name": "x"})
+    assert ex.parity_check(G, path, [60, 61], 8) <= 1e-4
+    # A torch model that differs from the graph by 1e-3 is refused; by 1e-6 it passes.
+    for delta, refused in ((1e-3, True), (1e-6, False)):
+        other = TinyTorchGenerator().eval()
+        with torch.no_grad():
+            other.decay.bias.fill_(delta)
+        if refused:
+            with pytest.raises(ex.ExportError, match=r"max \|Δ\|"):
+                ex.parity_check(other, path, [60, 61], 8)
+        else:
+            ex.parity_check(other, path, [60, 61], 8)
+
+
+def test_failing_export_leaves_the_old_preset_intact(tmp_path, monkeypatch, exported):
+    _, good = exported
+    dest = tmp_path / "tiny"
+    ex.export_preset(TinyTorchGenerator(seed=3).eval(), CFG, dest, quiet=True)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    with pytest.raises(UserError, match="already exists"):
+        ex.export_preset(TinyTorchGenerator().eval(), CFG, dest, quiet=True)
+    # The written graph is corrupted (a weight nudged): parity refuses, nothing changes.
+    real_write = ex.write_onnx
+
+    def corrupting_write(data, path, meta):
+        model = onnx.load_from_string(data)
+        for init in model.graph.initializer:
+            if init.name.endswith("decay.bias") or "bias" in init.name:
+                arr = onnx.numpy_helper.to_array(init) + np.float32(0.05)
+                init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        real_write(model.SerializeToString(), path, meta)
+
+    monkeypatch.setattr(ex, "write_onnx", corrupting_write)
+    with pytest.raises(ex.ExportError, match="nothing was written"):
+        ex.export_preset(TinyTorchGenerator().eval(), CFG, dest, force=True, quiet=True)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]      # no temporary folder left behind
+    assert json.loads((dest / "preset.json").read_text())["name"] == "tiny"

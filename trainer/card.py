@@ -1,0 +1,209 @@
+"""Model cards: `card.md` rendered from a preset's manifest, and the spectrogram grid PNG.
+
+The card is a pure function of `preset.json` (plus the ONNX file's size), so `trainer export` and
+`trainer eval --update-preset` write the same card from the same facts and it never drifts from
+the manifest. matplotlib is imported lazily with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CARD_FILE = "card.md"
+GRID_FILE = "spectrograms.png"
+MAX_ONNX_MB = 10.0
+
+# metric key -> (label, format, bar text, pass test or None)
+METRIC_ROWS: tuple[tuple[str, str, str, str, Any], ...] = (
+    ("pitch_accuracy", "pitch accuracy (±50 cents, pYIN)", "{:.3f}", ">= 0.95", lambda v: v >= 0.95),
+    ("pitch_accuracy_default", "  default latent", "{:.3f}", "", None),
+    ("pitch_accuracy_random", "  random latents", "{:.3f}", "", None),
+    ("pitch_median_abs_cents", "median pitch error (cents)", "{:.1f}", "", None),
+    ("log_mel_distance", "log-mel distance to real test notes (dB)", "{:.2f}", "<= 6.5 (piano)", None),
+    ("diversity", "diversity across latents (dB)", "{:.2f}", "", None),
+    ("class_accuracy", "drum class accuracy (generated hits)", "{:.3f}", ">= 0.9", lambda v: v >= 0.9),
+    ("class_accuracy_real", "  classifier on real test hits", "{:.3f}", "", None),
+    ("ms_per_note", "ms per note (CPU, 1 thread)", "{:.1f}", "<= 20", lambda v: v <= 20),
+    ("ms_per_88", "ms per 88-key batch (CPU, 1 thread)", "{:.0f}", "<= 1000", lambda v: v <= 1000),
+    ("ms_per_88_all_cores", "ms per 88-key batch (CPU, all cores)", "{:.0f}", "", None),
+    ("ms_per_note_cuda", "ms per note (CUDA)", "{:.2f}", "", None),
+    ("ms_per_88_cuda", "ms per 88-key batch (CUDA)", "{:.1f}", "", None),
+)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def metrics_table(metrics: dict[str, Any], name: str = "") -> list[str]:
+    """Markdown rows for the figures present in `metrics` (empty when nothing was measured yet)."""
+    rows = []
+    for key, label, fmt, bar, ok in METRIC_ROWS:
+        v = metrics.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        if key == "log_mel_distance":
+            ok = (lambda x: x <= 6.5) if name == "piano" else None
+        verdict = "" if ok is None else ("pass" if ok(v) else "**fail**")
+        rows.append(f"| {label} | {fmt.format(v)} | {bar} | {verdict} |")
+    if not rows:
+        return []
+    return ["| metric | value | bar | |", "| --- | --- | --- | --- |", *rows]
+
+
+def render_card(m: dict[str, Any], folder: Path) -> str:
+    """The card for manifest `m` (a `synth.preset.manifest_dict`) of the preset in `folder`."""
+    tr = m.get("training") or {}
+    met = m.get("metrics") or {}
+    name = m["name"]
+    lines = [f"# {name}", ""]
+    if m.get("description"):
+        lines += [m["description"], ""]
+    sr, n = m["sample_rate"], m["note_samples"]
+    gen = folder / m.get("generator", "generator.onnx")
+    size_mb = gen.stat().st_size / 1e6 if gen.is_file() else float("nan")
+    if m["kind"] == "drums":
+        keys = ", ".join(f"{k} {v}" for k, v in (m.get("drum_classes") or {}).items())
+        rng = f"drum kit, keys: {keys}"
+    else:
+        rng = f"pitched, MIDI {m['pitch_range'][0]}–{m['pitch_range'][1]}"
+    vel = m["velocity"]
+    lines += [
+        "## Sound", "",
+        f"- {rng}; {sr} Hz, {n} samples per note ({n / sr:.2f} s).",
+        f"- Velocity: {'conditioned on' if vel['conditioned'] else 'not conditioned; gain only'}; trained layers "
+        f"{vel['layers']}; gain curve (v/127)^{vel.get('curve', 1.0):g}.",
+        f"- Sustain: {m.get('sustain', {}).get('mode', 'oneshot')}"
+        + (f" ({tr['sustain_evidence']})" if tr.get("sustain_evidence") else "")
+        + f"; release {m['release_seconds']:.2f} s" + (f" ({tr['release_evidence']})" if tr.get("release_evidence")
+                                                        else "") + ".",
+        f"- Generator: `{m.get('generator', 'generator.onnx')}`, {size_mb:.2f} MB "
+        f"({'within' if size_mb <= MAX_ONNX_MB else '**over**'} the {MAX_ONNX_MB:g} MB bar), ONNX opset "
+        f"{tr.get('onnx_opset', '?')}, latent size {m['latent']['size']}.",
+        "",
+        "## Data", "",
+    ]
+    data = tr.get("data")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            lines.append(f"- {k}: {_fmt(v)}")
+    elif data:
+        lines.append(f"- {data}")
+    else:
+        lines.append("- not recorded")
+    lines += ["", "## Architecture and training", ""]
+    for key, label in (("arch", "architecture"), ("params", "generator parameters"), ("steps", "steps"),
+                       ("minutes", "training minutes"), ("hardware", "hardware"), ("run", "run folder"),
+                       ("parity_max_abs", "ONNX vs torch max |Δ|")):
+        if key in tr:
+            v = tr[key]
+            if key == "params" and isinstance(v, int):
+                v = f"{v:,} ({v * 4 / 1e6:.2f} MB as float32)"
+            lines.append(f"- {label}: {_fmt(v) if not isinstance(v, str) else v}")
+    if tr.get("arch_details"):
+        lines.append(f"- details: {tr['arch_details']}")
+    cmds = tr.get("commands") or []
+    if cmds:
+        lines += ["", "Reproduce:", "", "```sh", *cmds, "```"]
+    lines += ["", "## Metrics", ""]
+    table = metrics_table(met, name)
+    if table:
+        ev = met.get("eval") or {}
+        lines += table
+        lines += ["", f"Measured by `{ev.get('command', 'python -m trainer eval')}` on {ev.get('date', '?')} "
+                      f"(split {ev.get('split', '?')}, MIDI {ev.get('pitches', '?')}, "
+                      f"{ev.get('log_mel_distance_notes', '?')} real notes, {ev.get('cpu_cores', '?')} CPU cores). "
+                      "Definitions: `trainer/evaluate.py`. Two different real GM pianos measure 6.6–11 dB "
+                      "apart in log-mel distance."]
+    else:
+        lines.append("Not measured yet: run `python -m trainer eval PRESET --data DATASET --update-preset`.")
+    lines += ["", "## Knobs", ""]
+    knobs = m.get("knobs") or []
+    if knobs:
+        lines += ["| CC | name | what it does | range (latent units) |", "| --- | --- | --- | --- |"]
+        for k in knobs:
+            lines.append(f"| {k['cc']} | {k['name']} | {k.get('description', '')} | "
+                         f"{k['range'][0]:+.2f} … {k['range'][1]:+.2f} |")
+        lines.append("")
+    if tr.get("knob_method"):
+        lines.append(f"How the directions were found: {tr['knob_method']}")
+    if tr.get("default_latent"):
+        lines.append(f"Default latent: {tr['default_latent']}")
+    if (folder / GRID_FILE).is_file():
+        lines += ["", "## Spectrograms", "", f"![spectrograms]({GRID_FILE})"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_card(folder: str | os.PathLike) -> Path:
+    """Render `folder/card.md` from `folder/preset.json` (atomically); returns its path."""
+    import json
+
+    from synth.fsutil import atomic_write_text
+    from synth.preset import load_preset_dir, manifest_dict
+
+    folder = Path(folder)
+    m = manifest_dict(load_preset_dir(folder))
+    path = folder / CARD_FILE
+    atomic_write_text(path, render_card(json.loads(json.dumps(m)), folder))
+    return path
+
+
+def spectrogram_grid(examples: list[tuple[str, np.ndarray, np.ndarray | None]], sr: int,
+                     path: str | os.PathLike, title: str = "") -> Path:
+    """Write a PNG grid of log-mel spectrograms: one row per example, columns (real, generated).
+
+    examples: (row title, real float32[N] or None, generated float32[N] or None) at `sr` Hz. Each
+    panel shows the loudness-normalised log-mel dB (the representation `trainer eval` compares),
+    on a shared colour scale from -80 dB to the grid's maximum. Written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synth.fsutil import atomic_path
+    from trainer.evaluate import log_mel, stft_params
+
+    rows = max(1, len(examples))
+    cols = 2
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 1.9 * rows + 0.6), squeeze=False, sharex=True)
+    hop = stft_params(sr)[1]
+    specs = [[None if a is None else log_mel(np.asarray(a, np.float32), sr) for a in (r, g)]
+             for _, r, g in examples]
+    vmax = max([float(s.max()) for row in specs for s in row if s is not None] or [0.0])
+    im = None
+    for i, ((label, _, _), row) in enumerate(zip(examples, specs, strict=True)):
+        for j, s in enumerate(row):
+            ax = axes[i][j]
+            if s is None:
+                ax.text(0.5, 0.5, "no real note" if j == 0 else "not generated", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8)
+                ax.set_yticks([])
+                continue
+            im = ax.imshow(s.T, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=vmax,
+                           extent=(0, s.shape[0] * hop / sr, 0, s.shape[1]))
+            ax.set_yticks([0, s.shape[1]])
+            ax.set_yticklabels(["30 Hz", f"{sr // 2000} kHz"], fontsize=6)
+            ax.tick_params(axis="x", labelsize=6)
+            if i == 0:
+                ax.set_title("real" if j == 0 else "generated", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="dB")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,632 @@
+"""`python -m trainer export RUN --preset presets/NAME`: a run folder → a playable, self-describing preset.
+
+Steps, all inside a temporary folder beside the destination that is renamed into place at the end
+(`synth.fsutil.atomic_dir`), so a crash or a refusal leaves any previous preset untouched:
+
+1. Rebuild the EMA generator from the run folder alone (`trainer.fit.load_generator`).
+2. `torch.onnx.export` (TorchScript exporter, opset 17; the dynamo exporter as a fallback), dynamic
+   batch, inputs z / pitch / velocity, output audio, weights inside the one .onnx file (no external
+   data). metadata_props: name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch,
+   created.
+3. Parity: onnxruntime vs torch on random z, pitches and velocities at batch 1 and 8; refuse when
+   max |Δ| > 1e-4 (or when the output leaves [-1, 1] or is not finite).
+4. Knob directions (`knob_directions`), measured on the exported graph; see its docstring.
+5. Envelope facts from the real notes when the run's dataset folder is reachable (else from
+   generated notes): sustain mode, release time, velocity curve.
+6. preset.json through `synth.preset.validate_manifest` / `manifest_dict`, `card.md` and
+   `spectrograms.png` (`trainer.card`).
+7. Save = write, validate, reload, call: the manifest is reloaded with `load_preset_dir` and the
+   ONNX graph is run once through `synth.inference.GeneratorSession`.
+
+Default latent: the zero vector. Generators here draw z ~ N(0, I), whose mean and mode is 0; it is
+the centre that the truncation trick shrinks towards, so it gives the most typical timbre, and each
+knob's range is measured from it in units of the prior's standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synth.errors import UserError
+
+PARITY_TOL = 1e-4
+OPSET = 17
+MAX_SHIPPED_MB = 10.0
+DEFAULT_CCS = (74, 1, 71, 76)          # CC 74 goes to the brightness-like knob, the rest in rank order
+KNOB_SIGMA = 2.0                       # knob extremes at ±2 prior standard deviations along the direction
+KNOB_SAMPLES = 96                      # latents sampled for the feature PCA
+MIN_EFFECT_DB = 0.5                    # a direction that changes the log-mel by less is not a knob
+SUSTAIN_DB = -10.0                     # median level just before note-off within 10 dB of the peak: sustained
+
+# Descriptor -> (knob name, change that is clearly audible, unit shown, how to show a change)
+DESCRIPTORS = {
+    "brightness": ("brightness", 1.0, "semitones of spectral centroid"),
+    "decay": ("decay", 0.3, "log2 of the -20 dB decay time"),
+    "attack": ("attack", 0.5, "log2 of the attack time"),
+    "noise": ("noise", 2.0, "dB of spectral flatness"),
+    "loudness": ("level", 3.0, "dB"),
+}
+
+
+class ExportError(UserError):
+    """The export was refused (parity, contract); nothing was written."""
+
+
+# --------------------------------------------------------------------------------------------------
+# run folder
+
+def load_run(run_dir: str | os.PathLike):
+    """(G, config) from `trainer.fit.load_generator(run_dir, ema=True)`, with errors naming the folder."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"{run}: run folder not found; train one with `python -m trainer fit`")
+    from trainer.fit import load_generator
+
+    G, config = load_generator(run, ema=True)
+    return G, config
+
+
+def dataset_info(config: dict[str, Any]) -> dict[str, Any]:
+    """The dataset facts in a run's resolved config: sample_rate, note_samples, kind, pitch_range,
+    velocities, drum_classes, and root / source when recorded. Looks in config["dataset"],
+    config["data"], then the top level."""
+    for key in ("dataset", "data"):
+        d = config.get(key)
+        if isinstance(d, dict) and ("pitch_range" in d or "kind" in d):
+            return d
+    return config
+
+
+def _int_keys(d: dict | None) -> dict[int, str]:
+    return {int(k): str(v) for k, v in (d or {}).items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX
+
+def onnx_bytes(G, latent_size: int, opset: int = OPSET) -> tuple[bytes, int]:
+    """Serialise G to ONNX (weights inline). Returns (model bytes, opset used)."""
+    import torch
+
+    args = (torch.zeros(2, latent_size), torch.tensor([60, 64], dtype=torch.int64), torch.full((2,), 0.5))
+    names = dict(input_names=["z", "pitch", "velocity"], output_names=["audio"])
+    errors = []
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(G, args, buf, opset_version=opset, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={"z": {0: "B"}, "pitch": {0: "B"}, "velocity": {0: "B"},
+                                            "audio": {0: "B"}}, **names)
+        return buf.getvalue(), opset
+    except Exception as e:  # noqa: BLE001 - any failure of the TorchScript path falls back to dynamo
+        errors.append(f"torchscript: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    try:
+        batch = torch.export.Dim("B", min=1, max=4096)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(G, args, dynamo=True, opset_version=max(opset, 18), verbose=False,
+                                     dynamic_shapes={"z": {0: batch}, "pitch": {0: batch}, "velocity": {0: batch}},
+                                     **names)
+        return prog.model_proto.SerializeToString(), max(opset, 18)
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"dynamo: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    raise ExportError("cannot export the generator to ONNX (" + "; ".join(errors)[:400] + "); the model uses an "
+                      "operation ONNX lacks (e.g. torch.stft/istft: write the inverse STFT as a convolution)")
+
+
+def write_onnx(data: bytes, path: Path, meta: dict[str, Any]) -> None:
+    """Add metadata_props and save `data` as one self-contained .onnx file at `path`."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=str(k), value=str(v))
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def _ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: int = 0,
+                 tol: float = PARITY_TOL) -> float:
+    """Max |Δ| between torch G and the ONNX graph at batch 1 and 8; raise ExportError above `tol`.
+
+    Also refuses outputs that are not finite, outside [-1, 1], or of the wrong shape.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    sess = _ort_session(onnx_path)
+    worst = 0.0
+    n = int(G.note_samples)
+    for b in (1, 8):
+        z = rng.standard_normal((b, latent_size)).astype(np.float32)
+        p = rng.choice(np.asarray(keys, np.int64), size=b)
+        v = rng.uniform(0.05, 1.0, size=b).astype(np.float32)
+        with torch.no_grad():
+            ref = G(torch.from_numpy(z), torch.from_numpy(p), torch.from_numpy(v)).float().numpy()
+        got = sess.run(["audio"], {"z": z, "pitch": p, "velocity": v})[0]
+        if got.shape != (b, n) or ref.shape != (b, n):
+            raise ExportError(f"{onnx_path}: output shape {list(got.shape)} (torch {list(ref.shape)}), expected "
+                              f"[{b}, {n}]; the generator breaks the [B, note_samples] contract")
+        if not (np.isfinite(got).all() and np.isfinite(ref).all()):
+            raise ExportError(f"{onnx_path}: the generator outputs NaN or Inf; check the checkpoint")
+        peak = float(np.abs(ref).max())
+        if peak > 1.0 + 1e-6:
+            raise ExportError(f"{onnx_path}: the generator outputs peaks of {peak:.3f}, outside [-1, 1]; end the "
+                              "model with tanh or a clamp")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    if not worst <= tol:
+        raise ExportError(f"{onnx_path}: ONNX Runtime differs from torch by max |Δ| = {worst:.3g} > {tol:g}; "
+                          "nothing was written. An op is exported wrongly: try another opset, or replace "
+                          "the op (data-dependent control flow, in-place index writes)")
+    return worst
+
+
+# --------------------------------------------------------------------------------------------------
+# knob directions
+
+def _spread(keys: list[int], k: int) -> list[int]:
+    if len(keys) <= k:
+        return list(keys)
+    idx = np.linspace(0, len(keys) - 1, k + 2)[1:-1].round().astype(int)
+    return sorted({keys[i] for i in idx})
+
+
+def _coarse_features(audio: np.ndarray, sr: int, segments: int = 8) -> np.ndarray:
+    """Loudness-normalised log-mel dB pooled into `segments` time slices: float32[B, N] → [B, segments·80]."""
+    from trainer.evaluate import log_mel
+
+    lm = log_mel(audio, sr)                                            # [B, T, M]
+    t = lm.shape[1] // segments * segments
+    return lm[:, :t].reshape(len(lm), segments, -1, lm.shape[2]).mean(axis=2).reshape(len(lm), -1)
+
+
+def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr: int, n_knobs: int = 4,
+                    default: np.ndarray | None = None, pitched: bool = True, n_samples: int = KNOB_SAMPLES,
+                    seed: int = 0, ccs: tuple[int, ...] = DEFAULT_CCS) -> tuple[list[dict[str, Any]], str]:
+    """Find, rank, measure and name the latent directions that the knobs move along.
+
+    gen(z float32[B, Z], pitch int64[B], velocity float32[B]) -> audio float32[B, N] at `sr`.
+
+    Method (GANSpace-style, on the sound itself so it works for any generator): sample
+    `n_samples` latents z ~ N(0, I), generate each at up to 3 keys spread over `keys`, describe each
+    note by its loudness-normalised log-mel in 8 time slices, and take the principal components of
+    these features. Each component's latent direction is the regression of z on its score (the
+    direction in latent space that moves the features along the component), made unit length and
+    orthogonal to the earlier ones. The 2·n_knobs candidates are then ranked by audible effect:
+    the mean log-mel distance between the notes at the two ends of the knob. The `n_knobs` best are
+    named from measurement (a candidate changing the log-mel by less than 0.5 dB is dropped): the descriptor (`trainer.evaluate.descriptors`: brightness, decay,
+    attack, noise, loudness) that changes most between the ends relative to a clearly audible step
+    names the knob, and the direction is signed so that turning the CC up increases it.
+    CC 74 goes to the brightness knob, the others take CC 1, 71, 76 in rank order.
+
+    Range: z's projection on a unit direction is N(0, 1) under the prior, so the ends sit at
+    ±2 standard deviations (the central 95 %) around the default latent; the range is stored as
+    [-r, r·63/64] so that CC 64 gives the default latent exactly. For pitched models it is halved
+    (down to 0.5) while the pitch at either end leaves ±50 cents where the default latent is in tune.
+
+    Returns (knobs as manifest dicts, a one-paragraph description of the method for the card).
+    """
+    from trainer.evaluate import descriptors, f0_cents_error, log_mel_distance
+
+    rng = np.random.default_rng(seed)
+    z0 = np.zeros(latent_size, np.float32) if default is None else np.asarray(default, np.float32)
+    kk = _spread(list(keys), 3)
+    n_samples = max(n_samples, 8)
+    zs = rng.standard_normal((n_samples, latent_size)).astype(np.float32)
+    feats = []
+    for k in kk:
+        audio = gen(zs, np.full(n_samples, k, np.int64), np.full(n_samples, velocity, np.float32))
+        feats.append(_coarse_features(audio, sr))
+    f = np.concatenate(feats, axis=1).astype(np.float64)
+    f -= f.mean(axis=0)
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    n_cand = int(min(2 * n_knobs, latent_size, n_samples - 1, int((s > 1e-9 * max(s[0], 1e-30)).sum())))
+    dirs: list[np.ndarray] = []
+    for c in range(n_cand):
+        score = u[:, c] * s[c]
+        w = zs.T.astype(np.float64) @ score / max(float(score @ score), 1e-30)
+        raw = np.linalg.norm(w)
+        for d in dirs:
+            w -= (w @ d) * d
+        norm = np.linalg.norm(w)
+        # A component whose direction mostly lies along earlier ones is a nonlinear echo of them
+        # (e.g. their square), not a new control: skip it.
+        if norm > 1e-8 and norm >= 0.5 * raw:
+            dirs.append(w / norm)
+    if not dirs:
+        return [], "the generator ignores its latent: no knob direction changes the sound"
+
+    def ends(d: np.ndarray, r: float):
+        lo = np.repeat((z0 - r * d)[None], len(kk), 0).astype(np.float32)
+        hi = np.repeat((z0 + r * d)[None], len(kk), 0).astype(np.float32)
+        kv = np.asarray(kk, np.int64)
+        vv = np.full(len(kk), velocity, np.float32)
+        return gen(lo, kv, vv), gen(hi, kv, vv)
+
+    measured = []
+    for d in dirs:
+        a_lo, a_hi = ends(d, KNOB_SIGMA)
+        effect = float(np.mean(log_mel_distance(a_lo, a_hi, sr)))
+        dl, dh = descriptors(a_lo, sr), descriptors(a_hi, sr)
+        change = {}
+        for key in DESCRIPTORS:
+            if key in ("decay", "attack"):
+                delta = np.log2(np.maximum(dh[key], 0.005) / np.maximum(dl[key], 0.005))
+            else:
+                delta = dh[key] - dl[key]
+            change[key] = float(np.mean(delta))
+        measured.append((effect, d, change, dl, dh))
+    measured.sort(key=lambda t: -t[0])
+    chosen = [m for m in measured if m[0] >= MIN_EFFECT_DB][:n_knobs]
+
+    base_err = None
+    if pitched:
+        base = gen(np.repeat(z0[None], len(kk), 0), np.asarray(kk, np.int64), np.full(len(kk), velocity, np.float32))
+        base_err = np.abs(np.nan_to_num(f0_cents_error(base, kk, sr), nan=1e9)) <= 50
+
+    knobs: list[dict[str, Any]] = []
+    used_names: set[str] = set()
+    for rank, (effect, d, change, dl, dh) in enumerate(chosen):
+        # The most audible descriptor names the knob; a name already taken falls to the next
+        # clearly audible one, else to a plain "timbre N".
+        scores = sorted(((abs(v) / DESCRIPTORS[k][1], k) for k, v in change.items()), reverse=True)
+        key = scores[0][1]
+        name = f"timbre {rank + 1}"
+        for i, (sc, k) in enumerate(scores):
+            if DESCRIPTORS[k][0] not in used_names and (sc >= 1.0 or i == 0):
+                name, key = DESCRIPTORS[k][0], k
+                break
+        used_names.add(name)
+        if change[key] < 0:
+            d = -d
+            dl, dh = dh, dl
+            change = {k: -v for k, v in change.items()}
+        r = KNOB_SIGMA
+        if pitched and base_err is not None and base_err.any():
+            while r > 0.5:
+                a_lo, a_hi = ends(d, r)
+                ok = all((np.abs(np.nan_to_num(f0_cents_error(a, kk, sr), nan=1e9)) <= 50)[base_err].all()
+                         for a in (a_lo, a_hi))
+                if ok:
+                    break
+                r /= 2
+        knobs.append({"name": name, "direction": [float(x) for x in d], "range": [-r, r * 63 / 64],
+                      "default": 64, "description": _describe(name, key, change, dl, dh, effect, r),
+                      "_key": key, "_effect": effect})
+    # CC 74 to the brightness-like knob, the others in rank order.
+    free = [c for c in ccs]
+    bright = next((k for k in knobs if k["_key"] == "brightness"), None)
+    if bright is not None and 74 in free:
+        bright["cc"] = 74
+        free.remove(74)
+    for k in knobs:
+        if "cc" not in k:
+            k["cc"] = free.pop(0) if free else next(c for c in range(1, 128) if c not in {x.get("cc") for x in knobs})
+    for k in knobs:
+        k.pop("_key")
+        k.pop("_effect")
+    method = (f"principal components of loudness-normalised log-mel features of {n_samples} random latents "
+              f"at MIDI {kk} (velocity {velocity:.2f}), mapped back to latent directions by regression, "
+              f"ranked by the log-mel distance between each knob's ends, named by the descriptor that changes "
+              f"most, ranges ±{KNOB_SIGMA:g} prior standard deviations (see trainer/export.py knob_directions)")
+    return [{"cc": k["cc"], "name": k["name"], "description": k["description"], "direction": k["direction"],
+             "range": k["range"], "default": k["default"]} for k in knobs], method
+
+
+def _describe(name: str, key: str, change: dict[str, float], dl, dh, effect: float, r: float) -> str:
+    def one(k: str) -> str:
+        if k == "brightness":
+            return f"spectral centroid {change[k]:+.1f} semitones"
+        if k == "decay":
+            return f"decay (-20 dB) {np.mean(dl[k]):.2f} → {np.mean(dh[k]):.2f} s"
+        if k == "attack":
+            return f"attack {1e3 * np.mean(dl[k]):.0f} → {1e3 * np.mean(dh[k]):.0f} ms"
+        if k == "noise":
+            return f"spectral flatness {change[k]:+.1f} dB"
+        return f"level {change[k]:+.1f} dB"
+
+    others = [k for k in DESCRIPTORS if k != key and abs(change[k]) >= DESCRIPTORS[k][1]]
+    parts = [one(key)] + [one(k) for k in others]
+    return f"CC 0 → 127: {'; '.join(parts)} (log-mel change {effect:.1f} dB between the ends)"
+
+
+# --------------------------------------------------------------------------------------------------
+# envelope facts
+
+def envelope_facts(audio: np.ndarray, sr: int, hold_seconds: float | None, kind: str
+                   ) -> tuple[str, str, float, str]:
+    """(sustain mode, evidence, release seconds, evidence) from notes float32[B, N] at `sr`.
+
+    A note is sustained when its level just before note-off (the 100 ms ending 50 ms before
+    `hold_seconds`, or the note's last 10 % when the hold time is unknown) is within 10 dB of its
+    peak; the preset loops when the median note is. Release: the median time after note-off for the
+    level to fall 30 dB (measurable only when the hold time is known and the notes run past it);
+    otherwise 0.3 s. Drum hits play out: release = the note length (at most 30 s).
+    """
+    from trainer.evaluate import frame_levels_db
+
+    n = audio.shape[1]
+    dur = n / sr
+    if kind == "drums":
+        return "oneshot", "drum hits are one-shots", float(min(30.0, dur)), "drum hits play out after note-off"
+    lev = frame_levels_db(audio, sr)                                   # 10 ms frames
+    peak = lev.max(axis=1)
+    loud = peak > peak.max() - 60                                      # ignore silent notes
+    if not loud.any():
+        return "oneshot", "the notes are silent", 0.3, "default"
+    lev, peak = lev[loud], peak[loud]
+    T = lev.shape[1]
+    if hold_seconds and 0.2 < hold_seconds <= dur:
+        off = int(hold_seconds / 0.01)
+        a, b = max(0, off - 15), max(1, off - 5)
+        where = f"just before note-off at {hold_seconds:.2f} s"
+    else:
+        off = None
+        a, b = int(0.88 * T), max(int(0.88 * T) + 1, T - 2)
+        where = "over the note's last 10 %"
+    drop = float(np.median(10 * np.log10(np.mean(10 ** (lev[:, a:b] / 10), axis=1)) - peak))
+    mode = "loop" if drop > SUSTAIN_DB else "oneshot"
+    evidence = f"median level {where} is {drop:.0f} dB re the peak"
+    release, rel_ev = 0.3, "default (no note-off in the data)"
+    if off is not None and off + 5 < T:
+        at_off = 10 * np.log10(np.mean(10 ** (lev[:, max(0, off - 3):off] / 10), axis=1))
+        times = []
+        for row, l0 in zip(lev, at_off, strict=True):
+            below = np.nonzero(row[off:] < l0 - 30)[0]
+            times.append((below[0] if len(below) else T - off) * 0.01)
+        release = float(np.clip(np.median(times), 0.02, 3.0))
+        rel_ev = "median time for the level to fall 30 dB after note-off in the data"
+    return mode, evidence, release, rel_ev
+
+
+def velocity_curve(gen, z0: np.ndarray, keys: list[int], layers: list[int], sr: int) -> float:
+    """Exponent c of level ∝ (v/127)^c fitted to the generator's own loudness across velocity layers."""
+    from trainer.evaluate import descriptors
+
+    if len(layers) < 2:
+        return 1.0
+    kk = _spread(keys, 3)
+    k = np.repeat(np.asarray(kk, np.int64), len(layers))
+    v = np.tile(np.asarray(layers, np.float32) / 127.0, len(kk))
+    audio = gen(np.repeat(z0[None].astype(np.float32), len(k), 0), k, v)
+    level = descriptors(audio, sr)["loudness"]                       # dB
+    x = 20 * np.log10(v)
+    # Per-key offset removed, then the slope in dB per dB of velocity.
+    xs = (x.reshape(len(kk), -1) - x.reshape(len(kk), -1).mean(1, keepdims=True)).ravel()
+    ys = (level.reshape(len(kk), -1) - level.reshape(len(kk), -1).mean(1, keepdims=True)).ravel()
+    c = float(xs @ ys / max(xs @ xs, 1e-12))
+    return float(np.clip(c if math.isfinite(c) else 1.0, 0.1, 10.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# the export
+
+def _real_notes(root: Path | None, sr: int, keys: list[int], max_notes: int = 48):
+    """Real notes from the dataset at `root` (train split) for the envelope facts and the grid, or None."""
+    if root is None or not (Path(root) / "manifest.json").is_file():
+        return None
+    from trainer.data import OneShotDataset
+
+    ds = OneShotDataset(root)
+    if not len(ds) or ds.info["sample_rate"] != sr:
+        return None
+    idx = np.nonzero(np.isin(ds.pitches, keys))[0]
+    if not len(idx):
+        return None
+    idx = idx[np.linspace(0, len(idx) - 1, min(max_notes, len(idx))).round().astype(int)]
+    return ds, idx
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
+
+
+def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: str | None = None,
+                  description: str = "", force: bool = False, run_dir: str | os.PathLike | None = None,
+                  data_root: str | os.PathLike | None = None, commands: list[str] | None = None,
+                  n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False):
+    """Export generator `G` (eval mode; `forward(z float32[B, Z], pitch int64[B], velocity float32[B])
+    -> audio float32[B, N]` in [-1, 1]; attributes sample_rate, note_samples, latent_size) with its run's
+    resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`."""
+    import torch
+
+    from synth.fsutil import atomic_dir
+    from synth.inference import GeneratorSession
+    from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
+    from trainer import card
+
+    dest = Path(dest)
+    name = name or dest.name
+    if not NAME_RE.match(name):
+        raise UserError(f"{dest}: preset name {name!r} is not valid; use letters, digits, '_', '.', '-' "
+                        "(pass --name)")
+    if dest.exists() and not force:
+        raise UserError(f"{dest}: already exists; pass --force to replace it")
+    t0 = time.time()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[export {time.time() - t0:5.1f}s] {msg}", file=sys.stderr)
+
+    info = dataset_info(config)
+    sr = int(getattr(G, "sample_rate", 0) or info.get("sample_rate", 0))
+    n = int(getattr(G, "note_samples", 0) or info.get("note_samples", 0))
+    Z = int(getattr(G, "latent_size", 0) or config.get("latent_size", 0))
+    if not (sr and n and Z):
+        raise UserError(f"{run_dir or 'run'}: the generator lacks sample_rate / note_samples / latent_size")
+    kind = str(info.get("kind", "pitched"))
+    drum_classes = _int_keys(info.get("drum_classes")) if kind == "drums" else {}
+    if kind == "drums" and not drum_classes:
+        raise UserError(f"{run_dir or 'run'}: a drum run's config must list drum_classes (key -> class)")
+    pr = [min(drum_classes), max(drum_classes)] if drum_classes else info.get("pitch_range")
+    if not pr:
+        raise UserError(f"{run_dir or 'run'}: config.json lacks the dataset's pitch_range")
+    lo, hi = int(pr[0]), int(pr[1])
+    keys = sorted(drum_classes) if drum_classes else list(range(lo, hi + 1))
+    layers = sorted({int(v) for v in (info.get("velocities") or [127])})
+    conditioned = len(layers) > 1
+    v_mid = layers[len(layers) // 2] / 127.0
+    arch = config.get("arch")
+    arch_name = arch.get("name", str(arch)) if isinstance(arch, dict) else str(arch or type(G).__name__)
+    G.eval()
+    params = int(sum(p.numel() for p in G.parameters()))
+
+    with atomic_dir(dest, replace=force) as tmp:
+        say(f"ONNX export of {arch_name} ({params:,} parameters)")
+        with torch.no_grad():
+            data, opset = onnx_bytes(G, Z)
+        meta = {"name": name, "sample_rate": sr, "note_samples": n, "pitch_lo": lo, "pitch_hi": hi,
+                "latent_size": Z, "arch": arch_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        onnx_path = tmp / "generator.onnx"
+        write_onnx(data, onnx_path, meta)
+        worst = parity_check(G, onnx_path, keys, Z, seed=seed, tol=tolerance)
+        size_mb = onnx_path.stat().st_size / 1e6
+        say(f"parity max |Δ| = {worst:.2e}; {size_mb:.2f} MB")
+        if size_mb > MAX_SHIPPED_MB:
+            say(f"warning: {size_mb:.1f} MB is over the {MAX_SHIPPED_MB:g} MB bar for shipped presets")
+        sess = _ort_session(onnx_path)
+
+        def gen(z, p, v):
+            out = []
+            for s in range(0, len(z), 32):
+                out.append(sess.run(["audio"], {"z": np.ascontiguousarray(z[s:s + 32], np.float32),
+                                                "pitch": np.ascontiguousarray(p[s:s + 32], np.int64),
+                                                "velocity": np.ascontiguousarray(v[s:s + 32], np.float32)})[0])
+            return np.concatenate(out)
+
+        z0 = np.zeros(Z, np.float32)
+        say("knob directions")
+        knobs, knob_method = knob_directions(gen, Z, keys, v_mid, sr, n_knobs=n_knobs, default=z0,
+                                             pitched=kind != "drums", seed=seed)
+        root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
+        src = info.get("source") or {}
+        hold = None
+        if isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
+            hold = float(src["seconds"]) - float(src["release"])
+        real = _real_notes(root, sr, keys)
+        if real is not None:
+            ds, idx = real
+            env_audio, env_from = ds.audio_batch(idx), f"{len(idx)} real notes"
+        else:
+            kk = np.asarray(_spread(keys, 12), np.int64)
+            env_audio = gen(np.repeat(z0[None], len(kk), 0), kk, np.full(len(kk), v_mid, np.float32))
+            env_from = f"{len(kk)} generated notes"
+        mode, sus_ev, release, rel_ev = envelope_facts(env_audio, sr, hold, kind)
+        curve = velocity_curve(gen, z0, keys, layers, sr) if conditioned else 1.0
+        say(f"sustain {mode} ({sus_ev}, {env_from}); release {release:.2f} s; velocity curve {curve:.2f}")
+        tr_keys = ("steps", "minutes", "hardware", "commands", "seed")
+        train = {k: config[k] for k in tr_keys if k in config}
+        train.update({k: v for k, v in (config.get("training") or {}).items() if k in tr_keys}
+                     if isinstance(config.get("training"), dict) else {})
+        data_desc = {k: info[k] for k in ("root", "kind", "sample_rate", "note_samples", "pitch_range", "velocities",
+                                          "n_notes") if k in info}
+        if isinstance(src, dict):
+            for k in ("type", "soundfont", "preset", "program", "bank", "seconds", "release"):
+                if k in src:
+                    data_desc[f"source {k}"] = src[k]
+            if src.get("command"):
+                data_desc["dataset command"] = " ".join(map(str, src["command"]))
+        cmds = [str(c) for c in (train.pop("commands", None) or [])]
+        if isinstance(src, dict) and src.get("command") and not cmds:
+            cmds.append(" ".join(map(str, src["command"])))
+        if commands:
+            cmds.append(" ".join(commands))
+        training = {"data": data_desc, "arch": arch_name, "params": params, **train,
+                    "run": str(run_dir) if run_dir else None, "commands": cmds, "onnx_opset": opset,
+                    "parity_max_abs": float(f"{worst:.3g}"), "knob_method": knob_method,
+                    "default_latent": "zeros: the mean and mode of the N(0, I) prior (the truncation centre)",
+                    "latent_prior": "normal(0, 1)", "sustain_evidence": f"{sus_ev} ({env_from})",
+                    "release_evidence": rel_ev, "hardware": train.get("hardware") or _hardware()}
+        if isinstance(arch, dict):
+            training["arch_details"] = json.dumps(arch, sort_keys=True)[:600]
+        training = {k: v for k, v in training.items() if v is not None}
+        m = {"format": "neural-synth-preset", "version": 1, "name": name,
+             "description": description or f"{arch_name} generator trained on {data_desc.get('source preset', kind)}",
+             "kind": kind, "sample_rate": sr, "note_samples": n, "pitch_range": [lo, hi],
+             "velocity": {"conditioned": conditioned, "layers": layers, "curve": round(curve, 3)},
+             "latent": {"size": Z, "default": [float(x) for x in z0]}, "knobs": knobs,
+             "release_seconds": round(release, 3), "sustain": {"mode": mode}, "gain_db": 0.0,
+             "generator": "generator.onnx", "training": training, "metrics": {}}
+        if drum_classes:
+            m["drum_classes"] = {str(k): v for k, v in sorted(drum_classes.items())}
+        preset = validate_manifest(json.loads(json.dumps(m)), tmp)
+        (tmp / "preset.json").write_text(json.dumps(manifest_dict(preset), indent=1) + "\n", encoding="utf-8")
+        # Spectrogram grid: real vs generated at a few keys and velocities (generated only without data).
+        gk = _spread(keys, 4)
+        gv = [layers[-1], layers[0]] if len(layers) > 1 else layers
+        grid = []
+        for i, k in enumerate(gk):
+            v = gv[i % len(gv)]
+            fake = gen(z0[None], np.array([k], np.int64), np.array([v / 127.0], np.float32))[0]
+            r = None
+            if real is not None:
+                ds, _ = real
+                cand = np.nonzero((ds.pitches == k) & (np.abs(ds.velocities * 127 - v) < 0.5))[0]
+                r = ds[int(cand[0])]["audio"] if len(cand) else None
+            label = f"{drum_classes.get(k, k)}" if drum_classes else f"MIDI {k}"
+            grid.append((f"{label} vel {v}", r, fake))
+        card.spectrogram_grid(grid, sr, tmp / card.GRID_FILE, title=f"{name}: real vs generated, log-mel dB")
+        card.write_card(tmp)
+        # Save = write, validate, reload, call.
+        reloaded = load_preset_dir(tmp)
+        out = GeneratorSession(reloaded, providers="cpu", threads=1, warmup=False).generate(
+            np.asarray([reloaded.default_latent], np.float32), np.array([keys[len(keys) // 2]], np.int64),
+            np.array([v_mid], np.float32))
+        if not np.isfinite(out).all():
+            raise ExportError(f"{dest}: the reloaded preset generates NaN; nothing was written")
+    say(f"wrote {dest} ({len(knobs)} knobs: " + ", ".join(f"CC{k['cc']} {k['name']}" for k in knobs) + ")")
+    return load_preset_dir(dest)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see `python -m trainer export --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _ArgumentParser(prog="python -m trainer export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="run folder written by `python -m trainer fit`")
+    ap.add_argument("--preset", required=True, metavar="DIR", help="preset folder to write, e.g. presets/piano")
+    ap.add_argument("--name", help="preset name (default: the folder's name)")
+    ap.add_argument("--description", default="", help="one line for the manifest and the card")
+    ap.add_argument("--data", help="dataset folder for the card's real spectrograms and the envelope facts "
+                                   "(default: the one recorded in the run's config)")
+    ap.add_argument("--knobs", type=int, default=4, help="number of knobs (default 4)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="replace an existing preset folder")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.knobs <= 8:
+        raise UserError(f"--knobs {args.knobs}: must be 0..8")
+    G, config = load_run(args.run)
+    export_preset(G, config, args.preset, name=args.name, description=args.description, force=args.force,
+                  run_dir=args.run, data_root=args.data, n_knobs=args.knobs, seed=args.seed,
+                  commands=["python", "-m", "trainer", "export", *argv])
+    return 0
