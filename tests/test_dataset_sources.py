@@ -270,3 +270,18 @@ def test_nsynth(tmp_path, capsys):
     assert run("--nsynth", str(root), "--out", str(tmp_path / "ds3")) == 2
     assert "corrupt JSON" in capsys.readouterr().err
     assert not (tmp_path / "ds3").exists()
+
+
+def test_from_folder_parallel_matches_serial(tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    for k in range(18):
+        sf.write(src / f"note_{48 + k}.wav", tone(440 * 2 ** ((48 + k - 69) / 12), SR, seconds=0.3), SR)
+    manifests = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"ds{jobs}"
+        assert run("--from-folder", str(src), "--out", str(out), "--seconds", "0.3", "--sample-rate", str(SR),
+                   "--jobs", jobs) == 0
+        manifests.append([(n["source"], n["pitch"], n["hash"]) for n in json.loads((out / "manifest.json").read_text())["notes"]])
+    assert manifests[0] == manifests[1] and len(manifests[0]) == 18
+    assert [p for _, p, _ in manifests[0]] == list(range(48, 66))

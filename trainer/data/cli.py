@@ -115,6 +115,8 @@ def _check_common(args: argparse.Namespace) -> None:
             raise UserError(f"--program {args.program}: expected 0..127")
         if not 0 <= args.bank <= 128:
             raise UserError(f"--bank {args.bank}: expected 0..128")
+        if args.bank == 128 and not args.drums:
+            raise UserError("--bank 128 holds drum kits; pass --drums (with --program choosing the kit)")
 
 
 def _other_source(args: argparse.Namespace) -> bool:

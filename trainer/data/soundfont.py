@@ -17,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -155,17 +156,39 @@ def _write_midi(path: Path, notes: list[NoteSpec], *, program: int, bank: int, d
     mid.save(path)
 
 
-def _run_fluidsynth(soundfont: Path, midi: Path, raw: Path, sample_rate: int) -> None:
+class _Procs:
+    """FluidSynth processes of one render, so an error or Ctrl-C can stop them and nothing outlives us."""
+
+    def __init__(self) -> None:
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def kill(self) -> None:
+        with self.lock:
+            procs = list(self.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _run_fluidsynth(soundfont: Path, midi: Path, raw: Path, sample_rate: int, procs: _Procs) -> None:
     exe = shutil.which("fluidsynth")
     if exe is None:
         raise UserError("fluidsynth not found on PATH; install it (Debian/Ubuntu: apt-get install fluidsynth)")
     cmd = [exe, "-ni", "-q", "-R", "0", "-C", "0", "-g", str(RENDER_GAIN), "-r", str(sample_rate),
            "-o", "synth.polyphony=256", "-T", "raw", "-O", "float", "-E", "little", "-F", str(raw),
            str(soundfont), str(midi)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0 or not raw.exists():
-        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"{soundfont}: FluidSynth failed (exit {res.returncode}: {tail[0]}); "
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with procs.lock:
+        procs.procs.add(proc)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        with procs.lock:
+            procs.procs.discard(proc)
+    if proc.returncode != 0 or not raw.exists():
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"{soundfont}: FluidSynth failed (exit {proc.returncode}: {tail[0]}); "
                         "check that the SoundFont loads with `fluidsynth -i FILE`")
 
 
@@ -208,13 +231,14 @@ def render_notes(soundfont: str | os.PathLike, notes: list[NoteSpec], *, program
     slot = int(round(_slot_seconds(seconds) * TICKS_PER_SECOND)) * sample_rate // TICKS_PER_SECOND
     lead = int(round(0.05 * TICKS_PER_SECOND)) * sample_rate // TICKS_PER_SECOND
     groups = [notes[i:i + chunk] for i in range(0, len(notes), chunk)]
+    procs = _Procs()
     with tempfile.TemporaryDirectory(prefix="fluidsynth-", dir=workdir) as tmp:
         tmpd = Path(tmp)
 
         def render(gi: int) -> Path:
             midi, raw = tmpd / f"g{gi}.mid", tmpd / f"g{gi}.raw"
             _write_midi(midi, groups[gi], program=program, bank=bank, drums=drums, seconds=seconds, release=release)
-            _run_fluidsynth(soundfont, midi, raw, sample_rate)
+            _run_fluidsynth(soundfont, midi, raw, sample_rate, procs)
             return raw
 
         with ThreadPoolExecutor(max(1, jobs)) as ex:
@@ -233,6 +257,7 @@ def render_notes(soundfont: str | os.PathLike, notes: list[NoteSpec], *, program
             finally:
                 for f in futures:
                     f.cancel()
+                procs.kill()
 
 
 def build(writer, *, soundfont: str | os.PathLike, program: int, bank: int, drums: bool, pitches: list[int],
