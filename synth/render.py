@@ -139,13 +139,13 @@ def parse_program_map(spec: str | None) -> dict[int, str]:
 
 def check_output(out: Path, inp: Path, fmt: str) -> str:
     """Validate OUT before any work; return the soundfile container name."""
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give a file name such as {out / 'out.wav'}")
     container = CONTAINERS.get(out.suffix.lower())
     if container is None:
         raise UserError(f"{out}: unknown output type {out.suffix or '(none)'!r}; use .wav or .flac")
     if container == "FLAC" and fmt == "float":
         raise UserError(f"{out}: FLAC stores integer samples; use --format pcm16 or pcm24, or write a .wav")
-    if out.is_dir():
-        raise UserError(f"{out}: is a folder; give a file name such as {out / 'out.wav'}")
     with contextlib.suppress(OSError):
         if out.exists() and inp.exists() and os.path.samefile(out, inp):
             raise UserError(f"{out}: the output would overwrite the input MIDI file")
@@ -348,7 +348,8 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
         except PermissionError:
             raise UserError(f"{out}: permission denied; choose a writable output path") from None
         except FileNotFoundError:
-            raise UserError(f"{out}: its folder does not exist; create it first") from None
+            raise UserError(f"{out}: cannot create a file in {out.parent or '.'}; choose a writable output path") \
+                from None
         finally:
             if bar is not None:
                 bar.close()
