@@ -36,15 +36,18 @@ class NoteEntry(NamedTuple):
 
 
 class NoteCache:
-    """LRU note cache holding at most `cache_mb` MiB of audio in slots of `slot_len` samples."""
+    """LRU note cache holding at most `cache_mb` MiB of audio in slots of `slot_len` samples.
 
-    def __init__(self, cache_mb: float, slot_len: int):
+    `pad` zeros follow the last slot (the mixer reads whole blocks straight ahead from a slot).
+    """
+
+    def __init__(self, cache_mb: float, slot_len: int, pad: int = 0):
         self.slot_len = int(slot_len)
         slot_bytes = self.slot_len * 4
         self.n_slots = max(1, int(cache_mb * 1024 * 1024) // slot_bytes)
         self.cap_bytes = self.n_slots * slot_bytes
         # np.zeros maps untouched pages lazily, so an unused cap costs no memory.
-        self.bank = np.zeros(self.n_slots * self.slot_len, np.float32)
+        self.bank = np.zeros(self.n_slots * self.slot_len + int(pad), np.float32)
         self.refcount = np.zeros(self.n_slots, np.int32)
         self._entries: dict[tuple, NoteEntry] = {}
         self._index: dict[tuple, tuple[int, ...]] = {}       # (preset, knobkey, vlayer) -> sorted pitches

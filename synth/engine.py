@@ -75,7 +75,7 @@ class Engine:
     def __init__(self, sample_rate: int = 48000, blocksize: int = 128, presets: Iterable[Preset] = (),
                  realtime: bool = False, polyphony: int = 256, cache_mb: float = 1024, master_gain: float = 0.5,
                  knob_map: Mapping[int, int | str] | None = None, fx=None, providers="auto",
-                 threads: int | None = None, max_chunk: int = 1024, pan_spread: float = 0.6,
+                 threads: int | None = None, max_chunk: int = 8192, pan_spread: float = 0.6,
                  program_map: Mapping[int, str] | None = None):
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
             raise UserError(f"sample rate {sample_rate!r} Hz is not supported; use an integer 8000..384000 (e.g. 48000)")
@@ -120,8 +120,8 @@ class Engine:
             self.set_program_map(program_map)
 
         slot_len = max(ceil_resampled(p.note_samples, p.sample_rate, sample_rate) for p in self.presets) + GUARD
-        self.cache = NoteCache(cache_mb, slot_len)
-        self.max_chunk = max(int(max_chunk), blocksize if blocksize <= 4096 else 4096)
+        self.max_chunk = max(64, int(max_chunk))
+        self.cache = NoteCache(cache_mb, slot_len, pad=self.max_chunk)
         self.voices = VoiceBank(polyphony + max(32, polyphony // 4), self.cache.bank, slot_len, self.max_chunk)
         if threads is None:
             threads = 1 if self.realtime else (os.cpu_count() or 1)
@@ -548,10 +548,11 @@ class Engine:
     def _mix(self, out: np.ndarray) -> None:
         n = out.shape[0]
         s = 0
+        v = self.voices
         while s < n:
-            e = min(n, s + self.max_chunk)
             self._reap()
-            self.voices.mix(self.now, out[s:e])
+            e = min(n, s + v.frames_for(int(np.count_nonzero(v.active))))
+            v.mix(self.now, out[s:e])
             self.now += e - s
             s = e
 

@@ -24,16 +24,25 @@ NEVER = np.iinfo(np.int64).max // 4
 
 
 class VoiceBank:
-    """`capacity` voice rows mixing from `bank` (flat float32, notes in slots of `slot_len`).
+    """`capacity` voice rows mixing from `bank` (flat float32, notes in slots of `slot_len`, followed
+    by at least `max_frames` zeros).
 
-    Frames per `mix` call are at most `max_frames`.
+    One `mix` call covers at most `max_frames` frames and `budget` voice-frames
+    (`frames_for(voices)` says how many frames fit).
     """
 
-    def __init__(self, capacity: int, bank: np.ndarray, slot_len: int, max_frames: int):
+    def __init__(self, capacity: int, bank: np.ndarray, slot_len: int, max_frames: int, budget: int = 1 << 19):
         self.capacity = n = int(capacity)
         self.bank = bank
         self.slot_len = int(slot_len)
         self.max_frames = int(max_frames)
+        self.budget = max(int(budget), n)
+        if len(bank) < self.max_frames + self.slot_len:
+            raise ValueError("the note bank needs max_frames zeros after its last slot")
+        # Row r of this view is bank[r : r + max_frames]: a voice reading straight ahead (no bend, no
+        # loop seam) is one row, so a block of such voices is a single fancy-indexed row copy.
+        self._win = np.lib.stride_tricks.as_strided(bank, shape=(len(bank) - self.max_frames + 1, self.max_frames),
+                                                    strides=(bank.itemsize, bank.itemsize), writeable=False)
         self.active = np.zeros(n, bool)
         self.ghost = np.zeros(n, bool)        # fading out after a steal / crossfade; not a playing note
         self.held = np.zeros(n, bool)         # key down
@@ -58,7 +67,7 @@ class VoiceBank:
         self.end_t = np.zeros(n, np.int64)
         self.gain = np.zeros((2, n), np.float64)
         self._serial = 0
-        size = n * self.max_frames
+        size = self.budget
         self._i = np.empty(size, np.int64)
         self._p = np.empty(size, np.float64)
         self._w = np.empty(size, np.float64)
@@ -154,77 +163,96 @@ class VoiceBank:
         self.released[v] = True
         self.ramp(v, t, seconds, sample_rate)
 
+    def frames_for(self, voices: int) -> int:
+        """Frames one `mix` call may cover with `voices` active voices."""
+        return max(1, min(self.max_frames, self.budget // max(1, voices)))
+
     def dead(self, t: int) -> np.ndarray:
         """Indices of active voices that are silent for good at time `t`."""
         return np.flatnonzero(self.active & (self.end_t <= t))
 
     # ---- mixing ---------------------------------------------------------------------------------
     def mix(self, t: int, out: np.ndarray) -> None:
-        """Mix all active voices for frames [t, t + F) into `out` float32[F, 2] (overwritten)."""
+        """Mix all active voices for frames [t, t + F) into `out` float32[F, 2] (overwritten).
+
+        F <= frames_for(active voices). Voices reading straight ahead are copied as rows of the
+        bank; the others (bent, transposed, crossing a loop seam) get an index per sample and linear
+        interpolation. Both give the same samples for a voice that qualifies for either.
+        """
         f = out.shape[0]
         idx = np.flatnonzero(self.active)
         nv = len(idx)
         if nv == 0:
             out[:] = 0.0
             return
+        rate = self.rate[idx]
+        loop_e = self.loop_e[idx]
+        p0 = self.seg_pos[idx] + rate * (t - self.seg_t[idx])
+        looped = p0 >= loop_e
+        if looped.any():
+            ls = self.loop_s[idx]
+            p0 = np.where(looped, ls + np.fmod(p0 - ls, loop_e - ls), p0)
+        simple = (rate == 1.0) & (p0 == np.floor(p0)) & (p0 + f <= loop_e)
+        fast = idx[simple]
+        slow = idx[~simple]
+        nf = len(fast)
+        order = np.concatenate((fast, slow)) if len(slow) else fast
+        n = nv * f
+        ww = self._w[:n].reshape(nv, f)
+        if nf:
+            start = p0[simple].astype(np.int64)
+            rows = self._win[self.off[fast] + start, :f]
+            if start.max() + f > self.slot_len:
+                for r in np.flatnonzero(start + f > self.slot_len):
+                    # A note running off its slot in this block reads zeros, not the next slot.
+                    rows[r, max(0, self.slot_len - int(start[r])):] = 0.0
+            np.copyto(ww[:nf], rows)
+        if len(slow):
+            self._mix_slow(t, slow, ww[nf:], f)
+        slope = self.slope[order]
+        # env0 is always within [0, 1]; a voice without a ramp has a constant envelope, folded into its gains.
+        gain = self.gain[:, order] * self.env0[order]
+        er = np.flatnonzero(slope)
+        if len(er):
+            oe = order[er]
+            env = (t - self.env_t[oe])[:, None] + self._ar[None, :f]
+            env = env * slope[er][:, None]
+            env += self.env0[oe][:, None]
+            np.maximum(env, 0.0, out=env)
+            np.minimum(env, 1.0, out=env)
+            ww[er] *= env
+            gain[:, er] = self.gain[:, oe]
+        o = self._o[:, :f]
+        np.matmul(gain, ww, out=o)
+        out[:] = o.T
+
+    def _mix_slow(self, t: int, rows: np.ndarray, ww: np.ndarray, f: int) -> None:
+        """Samples of voices `rows` for frames [t, t + f) into ww float64[len(rows), f], interpolated."""
+        nv = len(rows)
         n = nv * f
         ar = self._ar[None, :f]
         ii = self._i[:n].reshape(nv, f)
         pp = self._p[:n].reshape(nv, f)
-        ww = self._w[:n].reshape(nv, f)
         s0 = self._s0[:n].reshape(nv, f)
-        rate = self.rate[idx]
-        seg_pos = self.seg_pos[idx]
-        loop_e = self.loop_e[idx]
-        looped = np.isfinite(loop_e)
-        any_loop = bool(looped.any())
-        limit = self.slot_len - 2
-        np.add((t - self.seg_t[idx])[:, None], ar, out=ii)
-        if np.all(rate == 1.0) and np.all(seg_pos == np.floor(seg_pos)):
-            # Common case offline: no bend or transposition, so positions are integers.
-            ii += seg_pos.astype(np.int64)[:, None]
-            if any_loop:
-                ls = self.loop_s[idx].astype(np.int64)
-                le = np.where(looped, loop_e, 0).astype(np.int64)
-                span = np.maximum(le - ls, 1)[:, None]
-                wrapped = ls[:, None] + np.mod(ii - ls[:, None], span)
-                np.copyto(ii, wrapped, where=looped[:, None] & (ii >= le[:, None]))
-            np.minimum(ii, limit, out=ii)
-            ii += self.off[idx][:, None]
-            np.take(self.bank, ii, out=s0, mode="clip")
-            np.copyto(ww, s0)
-        else:
-            np.multiply(ii, rate[:, None], out=pp)
-            pp += seg_pos[:, None]
-            if any_loop:
-                ls = self.loop_s[idx][:, None]
-                np.subtract(pp, ls, out=ww)
-                np.fmod(ww, (loop_e[:, None] - ls), out=ww)
-                ww += ls
-                np.copyto(pp, ww, where=pp >= loop_e[:, None])
-            np.floor(pp, out=ww)
-            np.copyto(ii, ww, casting="unsafe")
-            pp -= ww                                  # fractional part
-            np.minimum(ii, limit, out=ii)
-            ii += self.off[idx][:, None]
-            s1 = self._s1[:n].reshape(nv, f)
-            np.take(self.bank, ii, out=s0, mode="clip")
-            ii += 1
-            np.take(self.bank, ii, out=s1, mode="clip")
-            np.subtract(s1, s0, out=ww)
-            ww *= pp
-            ww += s0
-        slope = self.slope[idx]
-        env0 = self.env0[idx]
-        gain = self.gain[:, idx]
-        if np.any(slope != 0.0):
-            np.add((t - self.env_t[idx])[:, None], ar, out=ii)
-            np.multiply(ii, slope[:, None], out=pp)
-            pp += env0[:, None]
-            np.clip(pp, 0.0, 1.0, out=pp)
-            ww *= pp
-        else:
-            gain = gain * np.clip(env0, 0.0, 1.0)
-        o = self._o[:, :f]
-        np.matmul(gain, ww, out=o)
-        out[:] = o.T
+        s1 = self._s1[:n].reshape(nv, f)
+        np.add((t - self.seg_t[rows])[:, None], ar, out=ii)
+        np.multiply(ii, self.rate[rows][:, None], out=pp)
+        pp += self.seg_pos[rows][:, None]
+        loop_e = self.loop_e[rows]
+        if np.isfinite(loop_e).any():
+            ls = self.loop_s[rows][:, None]
+            np.subtract(pp, ls, out=ww)
+            np.fmod(ww, loop_e[:, None] - ls, out=ww)
+            ww += ls
+            np.copyto(pp, ww, where=pp >= loop_e[:, None])
+        np.floor(pp, out=ww)
+        np.copyto(ii, ww, casting="unsafe")
+        pp -= ww                                  # fractional part
+        np.minimum(ii, self.slot_len - 2, out=ii)
+        ii += self.off[rows][:, None]
+        np.take(self.bank, ii, out=s0, mode="clip")
+        ii += 1
+        np.take(self.bank, ii, out=s1, mode="clip")
+        np.subtract(s1, s0, out=ww)
+        ww *= pp
+        ww += s0
