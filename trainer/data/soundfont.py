@@ -1,7 +1,8 @@
 """SoundFont source: render one-shot notes with the real FluidSynth (the `fluidsynth` CLI).
 
 Speed comes from batching: each FluidSynth process renders one MIDI file holding many notes, one
-after another in fixed slots, straight to raw float32; `jobs` processes run at once. Each slot is
+after another in fixed slots, as raw float32 on its stdout, cut into notes as it streams (no
+temporary audio on disk); `jobs` processes run at once. Each slot is
 
     note-on at 0 ─ note-off at (seconds − release) ─ all-sound-off (CC 120) at seconds + MAX_TRIM ─ gap
 
@@ -171,25 +172,56 @@ class _Procs:
                 proc.kill()
 
 
-def _run_fluidsynth(soundfont: Path, midi: Path, raw: Path, sample_rate: int, procs: _Procs) -> None:
+def _render_group(soundfont: Path, midi: Path, specs: list[NoteSpec], *, sample_rate: int, lead: int, slot: int,
+                  note_samples: int, procs: _Procs) -> list[tuple[NoteSpec, np.ndarray, float, float]]:
+    """Run one FluidSynth process on `midi`, streaming raw float32 stereo from its stdout, and cut
+    each slot into a note as it arrives (no temporary audio on disk, one slot in memory)."""
     exe = shutil.which("fluidsynth")
     if exe is None:
         raise UserError("fluidsynth not found on PATH; install it (Debian/Ubuntu: apt-get install fluidsynth)")
     cmd = [exe, "-ni", "-q", "-R", "0", "-C", "0", "-g", str(RENDER_GAIN), "-r", str(sample_rate),
-           "-o", "synth.polyphony=256", "-T", "raw", "-O", "float", "-E", "little", "-F", str(raw),
+           "-o", "synth.polyphony=256", "-T", "raw", "-O", "float", "-E", "little", "-F", "-",
            str(soundfont), str(midi)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with procs.lock:
-        procs.procs.add(proc)
-    try:
-        stdout, stderr = proc.communicate()
-    finally:
+    out: list[tuple[NoteSpec, np.ndarray, float, float]] = []
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty stderr cannot block the render
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         with procs.lock:
-            procs.procs.discard(proc)
-    if proc.returncode != 0 or not raw.exists():
-        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"{soundfont}: FluidSynth failed (exit {proc.returncode}: {tail[0]}); "
-                        "check that the SoundFont loads with `fluidsynth -i FILE`")
+            procs.procs.add(proc)
+        try:
+            buf = np.zeros((slot, 2), dtype="<f4")
+            view = memoryview(buf).cast("B")
+            got = _read_exact(proc.stdout, memoryview(bytearray(lead * 8)))
+            for spec in specs:
+                buf[:] = 0.0
+                got = _read_exact(proc.stdout, view)
+                out.append((spec, *cut_note(buf, sample_rate, note_samples)))
+            while proc.stdout.read(1 << 16):  # the end-of-track tail
+                pass
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            with procs.lock:
+                procs.procs.discard(proc)
+        if proc.returncode != 0 or (specs and got == 0):
+            err.seek(0)
+            tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"{soundfont}: FluidSynth failed (exit {proc.returncode}: {tail[0]}); "
+                            "check that the SoundFont loads with `fluidsynth -i FILE`")
+    return out
+
+
+def _read_exact(stream, view: memoryview) -> int:
+    """Fill `view` from `stream` as far as it goes; returns the bytes read (short only at EOF)."""
+    n = 0
+    while n < len(view):
+        k = stream.readinto(view[n:])
+        if not k:
+            break
+        n += k
+    return n
 
 
 def cut_note(stereo: np.ndarray, sample_rate: int, note_samples: int) -> tuple[np.ndarray, float, float]:
@@ -218,13 +250,12 @@ def cut_note(stereo: np.ndarray, sample_rate: int, note_samples: int) -> tuple[n
 
 
 def render_notes(soundfont: str | os.PathLike, notes: list[NoteSpec], *, program: int, bank: int, drums: bool,
-                 seconds: float, release: float, sample_rate: int, jobs: int = 2, chunk: int = 64,
-                 workdir: str | os.PathLike | None = None
+                 seconds: float, release: float, sample_rate: int, jobs: int = 2, chunk: int = 64
                  ) -> Iterator[tuple[NoteSpec, np.ndarray, float, float]]:
     """Render `notes` with FluidSynth; yield (spec, float32[seconds*sr] mono, raw peak, duration) in order.
 
-    `jobs` FluidSynth processes run at once, each on `chunk` notes (one MIDI file, one raw file).
-    Raw files live in `workdir` (default: the system temp folder) and are deleted once cut.
+    `jobs` FluidSynth processes run at once, each on `chunk` notes (one MIDI file); at most
+    `jobs + 1` groups of cut notes are held in memory.
     """
     soundfont = Path(soundfont)
     note_samples = int(round(seconds * sample_rate))
@@ -232,31 +263,29 @@ def render_notes(soundfont: str | os.PathLike, notes: list[NoteSpec], *, program
     lead = int(round(0.05 * TICKS_PER_SECOND)) * sample_rate // TICKS_PER_SECOND
     groups = [notes[i:i + chunk] for i in range(0, len(notes), chunk)]
     procs = _Procs()
-    with tempfile.TemporaryDirectory(prefix="fluidsynth-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="fluidsynth-") as tmp:
         tmpd = Path(tmp)
 
-        def render(gi: int) -> Path:
-            midi, raw = tmpd / f"g{gi}.mid", tmpd / f"g{gi}.raw"
+        def render(gi: int) -> list[tuple[NoteSpec, np.ndarray, float, float]]:
+            midi = tmpd / f"g{gi}.mid"
             _write_midi(midi, groups[gi], program=program, bank=bank, drums=drums, seconds=seconds, release=release)
-            _run_fluidsynth(soundfont, midi, raw, sample_rate, procs)
-            return raw
+            return _render_group(soundfont, midi, groups[gi], sample_rate=sample_rate, lead=lead, slot=slot,
+                                 note_samples=note_samples, procs=procs)
 
         with ThreadPoolExecutor(max(1, jobs)) as ex:
-            futures = [ex.submit(render, gi) for gi in range(len(groups))]
+            window = max(1, jobs) + 1
+            futures = [ex.submit(render, gi) for gi in range(min(window, len(groups)))]
             try:
-                for gi, fut in enumerate(futures):
-                    raw = fut.result()
-                    frames = np.memmap(raw, dtype="<f4", mode="r").reshape(-1, 2) if raw.stat().st_size else \
-                        np.zeros((0, 2), np.float32)
-                    for k, spec in enumerate(groups[gi]):
-                        start = lead + k * slot
-                        audio, peak, dur = cut_note(np.asarray(frames[start:start + slot]), sample_rate, note_samples)
-                        yield spec, audio, peak, dur
-                    del frames
-                    raw.unlink()
+                for gi in range(len(groups)):
+                    done = futures[gi].result()
+                    futures[gi] = None
+                    if len(futures) < len(groups):
+                        futures.append(ex.submit(render, len(futures)))
+                    yield from done
             finally:
                 for f in futures:
-                    f.cancel()
+                    if f is not None:
+                        f.cancel()
                 procs.kill()
 
 
@@ -278,7 +307,7 @@ def build(writer, *, soundfont: str | os.PathLike, program: int, bank: int, drum
     sr = writer.sample_rate
     peaks: list[float] = []
     rendered = render_notes(soundfont, specs, program=program, bank=bank, drums=drums, seconds=seconds,
-                            release=release, sample_rate=sr, jobs=jobs, workdir=writer.folder)
+                            release=release, sample_rate=sr, jobs=jobs)
     pending: list[tuple[NoteSpec, float, float]] = []
     for spec, audio, peak, dur in rendered:
         pending.append((spec, peak, dur))
