@@ -17,8 +17,7 @@ from trainer.data.pitch import estimate_f0, hz_to_midi
 from trainer.data.soundfont import DEFAULT_SOUNDFONT, TARGET_PEAK, read_presets
 
 SR = 16000
-FLUID = shutil.which("fluidsynth") is not None and Path(DEFAULT_SOUNDFONT).exists()
-needs_fluid = pytest.mark.skipif(not FLUID, reason="needs fluidsynth and fluid-soundfont-gm (scripts/system_deps.sh)")
+# fluidsynth and fluid-soundfont-gm are system dependencies (scripts/system_deps.sh): no skip without them.
 
 
 def run(*argv: str) -> int:
@@ -43,7 +42,6 @@ def piano(tmp_path_factory):
     return out
 
 
-@needs_fluid
 def test_soundfont_render(piano, capsys):
     ds = OneShotDataset(piano)
     m = json.loads((piano / "manifest.json").read_text())
@@ -65,7 +63,6 @@ def test_soundfont_render(piano, capsys):
         assert np.sqrt(np.mean(loud[-800:] ** 2)) < 0.1 * np.sqrt(np.mean(loud[:1600] ** 2))
 
 
-@needs_fluid
 def test_soundfont_pitch_labels_agree_with_pyin(piano):
     """Acceptance: pYIN on rendered notes agrees with the label within 50 cents."""
     ds = OneShotDataset(piano)
@@ -76,7 +73,6 @@ def test_soundfont_pitch_labels_agree_with_pyin(piano):
         assert conf > 0.5
 
 
-@needs_fluid
 def test_soundfont_drums(tmp_path):
     out = tmp_path / "kit"
     assert run("--drums", "--out", str(out), "--pitches", "36,38,42", "--velocities", "100", "--seconds", "0.5",
@@ -92,7 +88,6 @@ def test_soundfont_drums(tmp_path):
         np.testing.assert_allclose(audio, ds[i]["audio"], atol=2**-22)
 
 
-@needs_fluid
 def test_soundfont_errors_write_nothing(tmp_path, capsys):
     out = tmp_path / "x"
     assert run("--soundfont", DEFAULT_SOUNDFONT, "--program", "0", "--bank", "5", "--out", str(out)) == 2
@@ -107,13 +102,11 @@ def test_soundfont_errors_write_nothing(tmp_path, capsys):
     assert not out.exists() and list(tmp_path.iterdir()) == [bogus]  # no temp folders left either
 
 
-@needs_fluid
 def test_read_presets_lists_gm():
     presets = {(p.bank, p.program): p.name for p in read_presets(DEFAULT_SOUNDFONT)}
     assert presets[(0, 0)] == "Yamaha Grand Piano" and (128, 0) in presets
 
 
-@needs_fluid
 def test_existing_out_needs_force(piano, tmp_path, capsys):
     out = tmp_path / "set"
     shutil.copytree(piano, out)
