@@ -375,9 +375,9 @@ class Engine:
             v.fade_out(victim, self.now, STEAL_FADE_S, self.sample_rate)
             self._pending_xfade.pop(victim, None)
             self.steals += 1
-        free = np.flatnonzero(~v.active)
-        if len(free):
-            return int(free[0])
+        free = int(np.argmin(v.active))
+        if not v.active[free]:
+            return free
         # Every row is busy with fading ghosts: cut the oldest one (rare: many steals inside 5 ms).
         ghosts = np.flatnonzero(v.ghost & v.active)
         i = int(ghosts[np.argmin(v.order[ghosts])])

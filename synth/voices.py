@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 NEVER = np.iinfo(np.int64).max // 4
+_EMPTY = np.zeros(0, np.int64)
 
 
 class VoiceBank:
@@ -67,6 +68,7 @@ class VoiceBank:
         self.end_t = np.zeros(n, np.int64)
         self.gain = np.zeros((2, n), np.float64)
         self._serial = 0
+        self.next_end = NEVER   # no active voice ends before this time (a lower bound)
         size = self.budget
         self._i = np.empty(size, np.int64)
         self._p = np.empty(size, np.float64)
@@ -78,16 +80,16 @@ class VoiceBank:
 
     # ---- per-voice state (called at event times) -----------------------------------------------
     def pos_at(self, v: int, t: int) -> float:
-        """Read position of voice `v` at time `t`, wrapped into its loop."""
-        p = self.seg_pos[v] + self.rate[v] * float(t - self.seg_t[v])
-        le = self.loop_e[v]
+        """Read position of voice `v` at time `t`, wrapped into its loop (same arithmetic as `mix`)."""
+        p = self.seg_pos.item(v) + self.rate.item(v) * float(t - self.seg_t.item(v))
+        le = self.loop_e.item(v)
         if p >= le:
-            ls = self.loop_s[v]
+            ls = self.loop_s.item(v)
             p = ls + math.fmod(p - ls, le - ls)
-        return float(p)
+        return p
 
     def env_at(self, v: int, t: int) -> float:
-        return float(min(1.0, max(0.0, self.env0[v] + self.slope[v] * float(t - self.env_t[v]))))
+        return min(1.0, max(0.0, self.env0.item(v) + self.slope.item(v) * float(t - self.env_t.item(v))))
 
     def _end_of_note(self, v: int) -> int:
         if math.isfinite(self.loop_e[v]):
@@ -102,7 +104,10 @@ class VoiceBank:
         return int(self.env_t[v] + math.ceil(self.env0[v] / -s))
 
     def _update_end(self, v: int) -> None:
-        self.end_t[v] = min(self._end_of_note(v), self._env_end(v))
+        end = min(self._end_of_note(v), self._env_end(v))
+        self.end_t[v] = end
+        if end < self.next_end:
+            self.next_end = end
 
     def start(self, v: int, t: int, entry, chan: int, note: int, preset: int, base_rate: float, bend: float,
               gain_l: float, gain_r: float, pos: float = 0.0, env0: float = 1.0, slope: float = 0.0) -> None:
@@ -168,8 +173,13 @@ class VoiceBank:
         return max(1, min(self.max_frames, self.budget // max(1, voices)))
 
     def dead(self, t: int) -> np.ndarray:
-        """Indices of active voices that are silent for good at time `t`."""
-        return np.flatnonzero(self.active & (self.end_t <= t))
+        """Indices of active voices that are silent for good at time `t` (updates `next_end`)."""
+        if t < self.next_end:
+            return _EMPTY
+        gone = np.flatnonzero(self.active & (self.end_t <= t))
+        still = self.end_t[self.active & (self.end_t > t)]
+        self.next_end = int(still.min()) if len(still) else NEVER
+        return gone
 
     # ---- mixing ---------------------------------------------------------------------------------
     def mix(self, t: int, out: np.ndarray) -> None:
