@@ -255,14 +255,13 @@ class VoiceBank:
             np.fmod(ww, loop_e[:, None] - ls, out=ww)
             ww += ls
             np.copyto(pp, ww, where=pp >= loop_e[:, None])
-        np.floor(pp, out=ww)
-        np.copyto(ii, ww, casting="unsafe")
-        pp -= ww                                  # fractional part
+        np.copyto(ii, pp, casting="unsafe")      # truncation is floor: positions are never negative
+        np.subtract(pp, ii, out=pp)               # fractional part
         np.minimum(ii, self.slot_len - 2, out=ii)
         ii += self.off[rows][:, None]
         np.take(self.bank, ii, out=s0, mode="clip")
         ii += 1
         np.take(self.bank, ii, out=s1, mode="clip")
-        np.subtract(s1, s0, out=ww)
-        ww *= pp
-        ww += s0
+        s1 -= s0
+        np.multiply(s1, pp, out=s1, casting="same_kind")
+        np.add(s1, s0, out=ww)

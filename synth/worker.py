@@ -1,7 +1,7 @@
 """Generator worker: owns the ONNX sessions, batches requests, resamples, publishes into the cache.
 
 Live, it runs as a thread: single-note misses first, then the whole keyboard of the current knob
-state of each preset (at the preset's velocity layers), in chunks of about 30 ms so a miss never
+state of each preset (at the preset's velocity layers), in chunks of about 20 ms so a miss never
 waits long behind a prefill. After a knob move only the newest state is prefilled (a sweep of CC 74
 does not queue 128 keyboards). Offline, the engine calls `generate_now` in its own thread.
 
@@ -28,7 +28,7 @@ from synth.preset import Preset
 
 log = logging.getLogger("synth")
 
-CHUNK_SECONDS = 0.03
+CHUNK_SECONDS = 0.02
 LOOP_XFADE_SECONDS = 0.05
 
 
