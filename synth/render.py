@@ -186,23 +186,82 @@ def _dispatch(engine, kind, ch, a, b, frame) -> None:
 
 
 class _Sink:
-    """Writes engine output to the sound file, dropping the first `skip` frames (the engine latency)."""
+    """Writes engine output to the sound file, dropping the first `skip` frames (the engine latency).
 
-    def __init__(self, f, skip: int):
+    Blocks of any size are gathered into `chunk`-frame buffers that a writer thread encodes and
+    writes (libsndfile releases the GIL), so file output overlaps rendering on a second core and
+    its cost does not depend on the block size. Memory stays bounded: `nbuf` buffers in flight.
+    """
+
+    def __init__(self, f, skip: int, chunk: int = 16384, nbuf: int = 4):
+        import queue
+        import threading
+
         self.f = f
         self.skip = skip
         self.frames = 0
         self.peak = 0.0
+        self._chunk = chunk
+        self._free: queue.Queue = queue.Queue()
+        self._full: queue.Queue = queue.Queue()
+        for _ in range(nbuf):
+            self._free.put(np.empty((chunk, 2), np.float32))
+        self._buf = self._free.get()
+        self._fill = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="render-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._full.get()
+            if item is None:
+                return
+            buf, n = item
+            try:
+                if self._error is None:
+                    self.f.write(buf[:n])
+            except BaseException as e:  # noqa: BLE001 - re-raised in the rendering thread
+                self._error = e
+            self._free.put(buf)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def write(self, block: np.ndarray) -> None:
         if self.skip:
             k = min(self.skip, block.shape[0])
             block = block[k:]
             self.skip -= k
-        if block.shape[0]:
-            self.peak = max(self.peak, float(np.max(np.abs(block))))
-            self.f.write(block)
-            self.frames += block.shape[0]
+        n = block.shape[0]
+        if not n:
+            return
+        self.peak = max(self.peak, float(np.max(np.abs(block))))
+        self.frames += n
+        i = 0
+        while i < n:
+            m = min(self._chunk - self._fill, n - i)
+            self._buf[self._fill:self._fill + m] = block[i:i + m]
+            self._fill += m
+            i += m
+            if self._fill == self._chunk:
+                self._check()
+                self._full.put((self._buf, self._fill))
+                self._buf = self._free.get()
+                self._fill = 0
+
+    def close(self) -> None:
+        """Write what is left and wait for the writer; raises its error, if any."""
+        if self._thread is None:
+            return
+        if self._fill:
+            self._full.put((self._buf, self._fill))
+            self._fill = 0
+        self._full.put(None)
+        self._thread.join()
+        self._thread = None
+        self._check()
 
 
 def render_events(engine, events, sample_rate: int, blocksize: int, sink: _Sink, progress=None) -> None:
@@ -339,7 +398,10 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
                     with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
                                       subtype=FORMATS[fmt]) as f:
                         sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
-                        render_events(engine, events, sample_rate, blocksize, sink, bar)
+                        try:
+                            render_events(engine, events, sample_rate, blocksize, sink, bar)
+                        finally:
+                            sink.close()
                 except OSError as e:
                     raise UserError(f"{out}: cannot write ({e.strerror or e}); check free space and permissions") \
                         from None
