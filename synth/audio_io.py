@@ -248,11 +248,21 @@ class AudioOutput:
     def start(self) -> None:
         self.stream.start()
 
-    def close(self) -> None:
+    def server_lost(self) -> bool:
+        """True when this stream runs on JACK and the JACK server has gone away."""
+        return self.device.hostapi == AUDIO_APIS["jack"] and not jack_server_running()
+
+    def close(self) -> bool:
+        """Stop and close the stream. Returns False, leaving it open, when the JACK server is gone:
+        PortAudio's JACK host API then hangs in close and in Pa_Terminate, so the caller must leave the
+        process with `os._exit` (see `synth.live`)."""
+        if not self.stream.active and self.server_lost():
+            return False
         try:
             self.stream.abort(ignore_errors=True)
         finally:
             self.stream.close(ignore_errors=True)
+        return True
 
 
 def underflow(status) -> bool:

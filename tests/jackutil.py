@@ -170,10 +170,24 @@ class Probe:
             if time.monotonic() > end:
                 raise TimeoutError(f"synth ports did not appear in {timeout} s; ports: {names}")
             time.sleep(0.05)
-        self.client.connect(self.midi_out, midi_port)
+        # The synth connects every MIDI output it sees by itself (hot-plug); either side may win the race.
+        self._connect(self.midi_out.name, midi_port)
         for src, dst in zip(outs[:2], self.ins):
-            self.client.connect(src, dst)
+            self._connect(src, dst.name)
         return outs
+
+    def _connect(self, src: str, dst: str, tries: int = 20) -> None:
+        for i in range(tries):
+            try:
+                self.client.connect(src, dst)
+                return
+            except self.jack.JackErrorCode as e:
+                if e.code == 17:  # EEXIST: already connected
+                    return
+                # A busy server (xruns while the synth starts) can refuse a request; ask again.
+                if i == tries - 1:
+                    raise
+                time.sleep(0.1)
 
     def schedule(self, events: list[tuple[int, bytes]]) -> None:
         with self._lock:
