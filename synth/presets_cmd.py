@@ -13,8 +13,8 @@ from pathlib import Path
 
 from synth.errors import UserError
 
-# Metrics worth a glance in a listing, in this order, when a preset's manifest has them.
-KEY_METRICS = ("pitch_accuracy", "log_mel_distance", "lsd_db", "fad", "ms_per_note", "diversity")
+# Metrics worth a glance in a listing (names from trainer/evaluate.py METRIC_KEYS), when present.
+KEY_METRICS = ("pitch_accuracy", "class_accuracy", "log_mel_distance", "diversity", "ms_per_note", "ms_per_88")
 
 
 class _ArgumentParser(argparse.ArgumentParser):

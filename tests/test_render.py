@@ -4,6 +4,7 @@ path, timing of type 0/1 files with tempo changes, every bad input as exit 2 + o
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -283,6 +284,11 @@ def test_presets_listing(presets, tmp_path, capfd):
     broken = tmp_path / "more" / "broken"
     broken.mkdir(parents=True)
     (broken / "preset.json").write_text('{"format": "neural-synth-preset", "version": 1}')
+    make_tiny_preset(tmp_path / "more", "rated")
+    mf = tmp_path / "more" / "rated" / "preset.json"
+    m = json.loads(mf.read_text())
+    m["metrics"] = {"pitch_accuracy": 0.97, "ms_per_note": 8.14, "eval": {"split": "test"}}
+    mf.write_text(json.dumps(m))
     rc = cli_main(["presets", "--preset-dir", str(presets), "--preset-dir", str(tmp_path / "more")])
     out = capfd.readouterr().out.splitlines()
     assert rc == 0
@@ -291,3 +297,4 @@ def test_presets_listing(presets, tmp_path, capfd):
     assert "pitched" in by_name["piano"] and "MIDI 21-108" in by_name["piano"] and "16000 Hz" in by_name["piano"]
     assert "z=8" in by_name["piano"] and "74:brightness" in by_name["piano"] and str(presets) in by_name["piano"]
     assert "BROKEN" in by_name["broken"] and "missing required field" in by_name["broken"]
+    assert "pitch_accuracy=0.97" in by_name["rated"] and "ms_per_note=8.14" in by_name["rated"]
