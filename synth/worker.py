@@ -39,10 +39,12 @@ def midi_hz(pitch: float) -> float:
 def make_loop(x: np.ndarray, sample_rate: int, pitch: int) -> tuple[float, float] | None:
     """Bake a seamless loop into the sustain portion of note `x` (float32[M], modified in place).
 
-    The loop spans a whole number of pitch periods (chosen so it is nearly an integer number of
-    samples) ending at 85% of the note; the last `LOOP_XFADE_SECONDS` before the loop end are
-    crossfaded with the samples one loop length earlier, so jumping from `end` back to `start`
-    continues the waveform. Returns (start, end) in samples, or None if the note is too short.
+    The loop spans about a whole number of pitch periods (chosen so it is nearly an integer number
+    of samples) ending at 85% of the note; its exact length is then the one within half a period
+    whose crossfade segments correlate best, since a generated note is not exactly in tune. The
+    last `LOOP_XFADE_SECONDS` before the loop end are crossfaded with the samples one loop length
+    earlier, so jumping from `end` back to `start` continues the waveform. Returns (start, end) in
+    samples, or None if the note is too short.
     """
     n = len(x)
     a, b = int(0.3 * n), int(0.85 * n)
@@ -55,8 +57,19 @@ def make_loop(x: np.ndarray, sample_rate: int, pitch: int) -> tuple[float, float
     k = int(ks[np.flatnonzero(err <= err.min() + 1e-3)[-1]])
     length = int(round(k * period))
     end = b
+    xf = min(length // 2, end - length, int(LOOP_XFADE_SECONDS * sample_rate))
+    if xf >= 8:
+        h = max(1, int(round(period / 2)))
+        lo_len, hi_len = max(2 * xf, length - h), min(end - xf - 1, length + h)
+        if hi_len > lo_len:
+            seg = x[end - xf:end].astype(np.float64)
+            base = x[end - hi_len - xf:end - lo_len].astype(np.float64)
+            win = np.lib.stride_tricks.sliding_window_view(base, xf)      # row r: loop length hi_len - r
+            energy = np.convolve(base * base, np.ones(xf), mode="valid")
+            score = (win @ seg) / np.sqrt(np.maximum(energy, 1e-20))
+            length = int(hi_len - np.argmax(score))
+            xf = min(xf, length // 2)
     start = end - length
-    xf = min(length // 2, start, int(LOOP_XFADE_SECONDS * sample_rate))
     if xf >= 8:
         t = (np.arange(xf, dtype=np.float32) + 0.5) / xf
         seg = slice(end - xf, end)
