@@ -177,7 +177,9 @@ class GeneratorWorker:
         n = 0
         with self._gen_lock:
             for name, ks in todo.items():
-                n += self._generate(name, ks, protect)
+                step = self.sessions[name].chunk   # bounds the model output held at once (~64 MB)
+                for s in range(0, len(ks), step):
+                    n += self._generate(name, ks[s:s + step], protect)
         return n
 
     def _generate(self, name: str, keys: list[tuple], protect) -> int:
@@ -193,13 +195,13 @@ class GeneratorWorker:
         vel = np.array([k[3] / 127.0 for k in keys], np.float32)
         audio = sess.generate(z, pitch, vel)
         good = np.isfinite(audio).all(axis=1)
+        resample = None
         if p.sample_rate != self.out_rate:
             import soxr
 
-            # One call for the batch: soxr treats the notes as channels of one signal.
-            res = soxr.resample(np.ascontiguousarray(np.where(good[:, None], audio, 0.0).T), p.sample_rate,
-                                self.out_rate, quality="HQ")
-            audio = np.ascontiguousarray(res.T, dtype=np.float32)
+            def resample(x):
+                # One note per call: soxr is about 4x faster on a mono signal than on notes as channels.
+                return soxr.resample(x, p.sample_rate, self.out_rate, quality="HQ")
         for i, k in enumerate(keys):
             if not good[i]:
                 self.bad_notes += 1
@@ -209,7 +211,7 @@ class GeneratorWorker:
                                 name, k[2], k[3])
                 self.cache.publish(k, None)
                 continue
-            x = audio[i].copy()
+            x = resample(audio[i]) if resample is not None else audio[i].copy()
             loop = make_loop(x, self.out_rate, k[2]) if p.sustain_mode == "loop" and not p.is_drums else None
             if self.cache.publish(k, x, loop, protect) is None:
                 if "full" not in self._warned:
