@@ -92,9 +92,11 @@ class NoteCache:
         if slot >= 0:
             self.refcount[slot] -= 1
 
-    def nearest(self, preset: str, knobkey: tuple, vlayer: int, pitch: int, layers=()) -> NoteEntry | None:
-        """Best cached stand-in for a missing note: the nearest pitch at this knob state and velocity
-        layer, else at the other layers in `layers`, else the nearest pitch at recent knob states."""
+    def nearest(self, preset: str, knobkey: tuple, vlayer: int, pitch: int, layers=(),
+                max_distance: int = 127) -> NoteEntry | None:
+        """Best cached stand-in for a missing note, at most `max_distance` semitones away (0 for drum
+        kits, whose keys are different instruments). Nearest pitch first; among equals, this knob
+        state before recent ones, and this velocity layer before the others in `layers`."""
         states = (knobkey,) + tuple(k for k in self._recent_states.get(preset, ())[:4] if k != knobkey)
         vls = [vlayer] + sorted((v for v in layers if v != vlayer), key=lambda v: abs(v - vlayer))
         best = None
@@ -108,7 +110,7 @@ class NoteCache:
                     if 0 <= c < len(pitches):
                         p = pitches[c]
                         score = (abs(p - pitch), si, li)
-                        if best is None or score < best[0]:
+                        if score[0] <= max_distance and (best is None or score < best[0]):
                             best = (score, (preset, state, p, vl))
             if best is not None and best[0][0] == 0:
                 break

@@ -417,7 +417,7 @@ class Engine:
             return
         # Live miss: ask the worker, and play the best stand-in now.
         self.worker.request(key)
-        fb = self.cache.nearest(p.name, key[1], key[3], key[2], self._layers[pi])
+        fb = self.cache.nearest(p.name, key[1], key[3], key[2], self._layers[pi], 0 if p.is_drums else 127)
         if fb is not None and fb.slot >= 0 and self.cache.acquire(fb):
             fb_base = base * 2.0 ** ((key[2] - fb.pitch) / 12.0)
             i = self._start(pi, fb, ch, note, velocity, fb_base)

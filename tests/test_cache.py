@@ -91,6 +91,9 @@ def test_nearest_pitch_layer_and_state():
     cache.publish(_key(61, knob=(10,)), _note(0.61, 20))
     assert cache.nearest("p", (99,), 100, 61).key == _key(61, knob=(10,))
     assert cache.nearest("q", (64,), 100, 61) is None
+    # Drum kits: only the same key will do.
+    assert cache.nearest("p", (64,), 100, 50, max_distance=0) is None
+    assert cache.nearest("p", (64,), 100, 48, max_distance=0).pitch == 48
 
 
 def test_silent_entries_take_no_memory():
