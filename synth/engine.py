@@ -103,6 +103,11 @@ class Engine:
         self._index = {p.name: i for i, p in enumerate(self.presets)}
         self.mappers = {p.name: LatentMapper(p, knob_map) for p in self.presets}
         self.knobs: dict[str, tuple] = {p.name: self.mappers[p.name].default_key for p in self.presets}
+        for cc, target in (knob_map or {}).items():
+            if all(m.knob_for_cc(cc) is None for m in self.mappers.values()):
+                known = "; ".join(f"{p.name}: " + ", ".join(f"{i}={k.name}" for i, k in enumerate(p.knobs))
+                                  for p in self.presets)
+                raise UserError(f"knob map {cc}={target!r}: no loaded preset has that knob (knobs: {known})")
         self._layers = [GeneratorWorker.layers(p) for p in self.presets]
         self._gain = [10.0 ** (p.gain_db / 20.0) for p in self.presets]
         self._release_s = [max(MIN_RELEASE_S, p.release_seconds) for p in self.presets]

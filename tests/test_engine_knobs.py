@@ -52,6 +52,8 @@ def test_engine_knob_map_and_set_knob(preset):
     assert e.knobs["piano"] == (3, 64)
     e.set_knob(71, 100)
     assert e.knobs["piano"] == (100, 64)
+    with pytest.raises(UserError, match="no loaded preset has that knob"):
+        Engine(presets=[preset], knob_map={71: "warmth"})
 
 
 def test_realtime_knob_move_prefills_the_new_state(preset):
