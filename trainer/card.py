@@ -79,7 +79,8 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
         "## Sound", "",
         f"- {rng}; {sr} Hz, {n} samples per note ({n / sr:.2f} s).",
         f"- Velocity: {'conditioned on' if vel['conditioned'] else 'not conditioned; gain only'}; trained layers "
-        f"{vel['layers']}; gain curve (v/127)^{vel.get('curve', 1.0):g}.",
+        f"{vel['layers']}; gain curve (v/127)^{vel.get('curve', 1.0):g}"
+        + (f" ({tr['velocity_curve_evidence']})" if tr.get("velocity_curve_evidence") else "") + ".",
         f"- Sustain: {m.get('sustain', {}).get('mode', 'oneshot')}"
         + (f" ({tr['sustain_evidence']})" if tr.get("sustain_evidence") else "")
         + f"; release {m['release_seconds']:.2f} s" + (f" ({tr['release_evidence']})" if tr.get("release_evidence")

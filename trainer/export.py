@@ -4,9 +4,9 @@ Steps, all inside a temporary folder beside the destination that is renamed into
 (`synth.fsutil.atomic_dir`), so a crash or a refusal leaves any previous preset untouched:
 
 1. Rebuild the EMA generator from the run folder alone (`trainer.fit.load_generator`).
-2. `torch.onnx.export` (TorchScript exporter, opset 17; the dynamo exporter as a fallback), dynamic
-   batch, inputs z / pitch / velocity, output audio, weights inside the one .onnx file (no external
-   data). metadata_props: name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch,
+2. `torch.onnx.export` (the dynamo exporter, opset 18; the TorchScript exporter, opset 17, as a
+   fallback when dynamo fails or its graph fails the parity check), dynamic batch, inputs z / pitch /
+   velocity, output audio, weights inside the one .onnx file (no external data). metadata_props: name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch,
    created.
 3. Parity: onnxruntime vs torch on random z, pitches and velocities at batch 1 and 8; refuse when
    max |Δ| > 1e-4 (or when the output leaves [-1, 1] or is not finite).
@@ -43,6 +43,7 @@ from synth.errors import UserError
 
 PARITY_TOL = 1e-4
 OPSET = 17
+DYNAMO_OPSET = 18
 MAX_SHIPPED_MB = 10.0
 DEFAULT_CCS = (74, 1, 71, 76)          # CC 74 goes to the brightness-like knob, the rest in rank order
 KNOB_SIGMA = 2.0                       # knob extremes at ±2 prior standard deviations along the direction
@@ -68,14 +69,42 @@ class ExportError(UserError):
 # run folder
 
 def load_run(run_dir: str | os.PathLike):
-    """(G, config) from `trainer.fit.load_generator(run_dir, ema=True)`, with errors naming the folder."""
+    """(G, config, facts, encoder) from a run folder alone.
+
+    G and config come from `trainer.fit.load_generator(run_dir, ema=True)`; facts = {"steps",
+    "minutes"} actually trained, read from checkpoints/last.pt; encoder is the run's E (eval mode)
+    when it trained one, else None.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"{run}: run folder not found; train one with `python -m trainer fit`")
-    from trainer.fit import load_generator
+    from trainer.fit import load_checkpoint, load_generator
 
     G, config = load_generator(run, ema=True)
-    return G, config
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    facts = {"steps": int(ck.get("step", 0)), "minutes": round(float(ck.get("train_seconds", 0.0)) / 60.0, 2)}
+    encoder = None
+    if ck.get("E") is not None:
+        from trainer.models import build_encoder
+
+        encoder = build_encoder(config)
+        if encoder is not None:
+            encoder.load_state_dict(ck["E"])
+            encoder.eval()
+    return G, config, facts, encoder
+
+
+def encoder_codes(encoder, ds, max_notes: int = 512, batch: int = 16) -> np.ndarray:
+    """Posterior means mu float32[M, Z] of up to `max_notes` real notes of `ds` (evenly spread)."""
+    import torch
+
+    idx = np.linspace(0, len(ds) - 1, min(max_notes, len(ds))).round().astype(np.int64)
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(idx), batch):
+            mu, _ = encoder(torch.from_numpy(ds.audio_batch(idx[s:s + batch])))
+            out.append(mu.float().numpy())
+    return np.concatenate(out)
 
 
 def dataset_info(config: dict[str, Any]) -> dict[str, Any]:
@@ -96,35 +125,35 @@ def _int_keys(d: dict | None) -> dict[int, str]:
 # --------------------------------------------------------------------------------------------------
 # ONNX
 
-def onnx_bytes(G, latent_size: int, opset: int = OPSET) -> tuple[bytes, int]:
-    """Serialise G to ONNX (weights inline). Returns (model bytes, opset used)."""
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def onnx_bytes(G, latent_size: int, method: str = "dynamo") -> tuple[bytes, int]:
+    """Serialise G to ONNX with weights inline. Returns (model bytes, opset).
+
+    method "dynamo" (torch.export, opset 18: symbolic shapes, so lengths computed from tensor
+    shapes stay right) or "torchscript" (tracing, opset 17: faster, but it can bake in shapes).
+    """
     import torch
 
     args = (torch.zeros(2, latent_size), torch.tensor([60, 64], dtype=torch.int64), torch.full((2,), 0.5))
     names = dict(input_names=["z", "pitch", "velocity"], output_names=["audio"])
-    errors = []
     try:
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(G, args, buf, opset_version=opset, dynamo=False, do_constant_folding=True,
-                              dynamic_axes={"z": {0: "B"}, "pitch": {0: "B"}, "velocity": {0: "B"},
-                                            "audio": {0: "B"}}, **names)
-        return buf.getvalue(), opset
-    except Exception as e:  # noqa: BLE001 - any failure of the TorchScript path falls back to dynamo
-        errors.append(f"torchscript: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    try:
-        batch = torch.export.Dim("B", min=1, max=4096)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(G, args, dynamo=True, opset_version=max(opset, 18), verbose=False,
+            if method == "torchscript":
+                buf = io.BytesIO()
+                torch.onnx.export(G, args, buf, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                                  dynamic_axes={"z": {0: "B"}, "pitch": {0: "B"}, "velocity": {0: "B"},
+                                                "audio": {0: "B"}}, **names)
+                return buf.getvalue(), OPSET
+            batch = torch.export.Dim("B", min=1, max=4096)
+            prog = torch.onnx.export(G, args, dynamo=True, opset_version=DYNAMO_OPSET, verbose=False,
                                      dynamic_shapes={"z": {0: batch}, "pitch": {0: batch}, "velocity": {0: batch}},
                                      **names)
-        return prog.model_proto.SerializeToString(), max(opset, 18)
-    except Exception as e:  # noqa: BLE001
-        errors.append(f"dynamo: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    raise ExportError("cannot export the generator to ONNX (" + "; ".join(errors)[:400] + "); the model uses an "
-                      "operation ONNX lacks (e.g. torch.stft/istft: write the inverse STFT as a convolution)")
+            return prog.model_proto.SerializeToString(), DYNAMO_OPSET
+    except Exception as e:  # noqa: BLE001 - exporter failures come in many types; the caller tries the next
+        raise ExportError(f"{method} exporter: {str(e).splitlines()[0] if str(e) else type(e).__name__}"[:300]) from e
 
 
 def write_onnx(data: bytes, path: Path, meta: dict[str, Any]) -> None:
@@ -157,7 +186,11 @@ def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: in
     import torch
 
     rng = np.random.default_rng(seed)
-    sess = _ort_session(onnx_path)
+    try:
+        sess = _ort_session(onnx_path)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{onnx_path}: ONNX Runtime cannot load the exported graph "
+                          f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     worst = 0.0
     n = int(G.note_samples)
     for b in (1, 8):
@@ -166,7 +199,11 @@ def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: in
         v = rng.uniform(0.05, 1.0, size=b).astype(np.float32)
         with torch.no_grad():
             ref = G(torch.from_numpy(z), torch.from_numpy(p), torch.from_numpy(v)).float().numpy()
-        got = sess.run(["audio"], {"z": z, "pitch": p, "velocity": v})[0]
+        try:
+            got = sess.run(["audio"], {"z": z, "pitch": p, "velocity": v})[0]
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (Fail, RuntimeException)
+            raise ExportError(f"{onnx_path}: ONNX Runtime fails on a batch of {b} "
+                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
         if got.shape != (b, n) or ref.shape != (b, n):
             raise ExportError(f"{onnx_path}: output shape {list(got.shape)} (torch {list(ref.shape)}), expected "
                               f"[{b}, {n}]; the generator breaks the [B, note_samples] contract")
@@ -205,7 +242,8 @@ def _coarse_features(audio: np.ndarray, sr: int, segments: int = 8) -> np.ndarra
 
 def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr: int, n_knobs: int = 4,
                     default: np.ndarray | None = None, pitched: bool = True, n_samples: int = KNOB_SAMPLES,
-                    seed: int = 0, ccs: tuple[int, ...] = DEFAULT_CCS) -> tuple[list[dict[str, Any]], str]:
+                    seed: int = 0, ccs: tuple[int, ...] = DEFAULT_CCS,
+                    candidates: np.ndarray | None = None) -> tuple[list[dict[str, Any]], str]:
     """Find, rank, measure and name the latent directions that the knobs move along.
 
     gen(z float32[B, Z], pitch int64[B], velocity float32[B]) -> audio float32[B, N] at `sr`.
@@ -220,7 +258,8 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     named from measurement (a candidate changing the log-mel by less than 0.5 dB is dropped): the descriptor (`trainer.evaluate.descriptors`: brightness, decay,
     attack, noise, loudness) that changes most between the ends relative to a clearly audible step
     names the knob, and the direction is signed so that turning the CC up increases it.
-    CC 74 goes to the brightness knob, the others take CC 1, 71, 76 in rank order.
+    CC 74 goes to the brightness knob, the others take CC 1, 71, 76 in rank order. `candidates`
+    (float[K, Z], e.g. the principal axes of an encoder's codes of real notes) are ranked alongside.
 
     Range: z's projection on a unit direction is N(0, 1) under the prior, so the ends sit at
     ±2 standard deviations (the central 95 %) around the default latent; the range is stored as
@@ -245,6 +284,12 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     u, s, _ = np.linalg.svd(f, full_matrices=False)
     n_cand = int(min(2 * n_knobs, latent_size, n_samples - 1, int((s > 1e-9 * max(s[0], 1e-30)).sum())))
     dirs: list[np.ndarray] = []
+    # Given candidates (the principal axes of an encoder's codes) come first, then the features' axes.
+    for w in ([] if candidates is None else list(np.asarray(candidates, np.float64))):
+        for d in dirs:
+            w = w - (w @ d) * d
+        if np.linalg.norm(w) > 1e-8:
+            dirs.append(w / np.linalg.norm(w))
     for c in range(n_cand):
         score = u[:, c] * s[c]
         w = zs.T.astype(np.float64) @ score / max(float(score @ score), 1e-30)
@@ -328,7 +373,8 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     for k in knobs:
         k.pop("_key")
         k.pop("_effect")
-    method = (f"principal components of loudness-normalised log-mel features of {n_samples} random latents "
+    method = (("principal axes of the encoder's codes of real notes and " if candidates is not None else "")
+              + f"principal components of loudness-normalised log-mel features of {n_samples} random latents "
               f"at MIDI {kk} (velocity {velocity:.2f}), mapped back to latent directions by regression, "
               f"ranked by the log-mel distance between each knob's ends, named by the descriptor that changes "
               f"most, ranges ±{KNOB_SIGMA:g} prior standard deviations (see trainer/export.py knob_directions)")
@@ -402,22 +448,27 @@ def envelope_facts(audio: np.ndarray, sr: int, hold_seconds: float | None, kind:
     return mode, evidence, release, rel_ev
 
 
-def velocity_curve(gen, z0: np.ndarray, keys: list[int], layers: list[int], sr: int) -> float:
-    """Exponent c of level ∝ (v/127)^c fitted to the generator's own loudness across velocity layers."""
+def velocity_curve(audio: np.ndarray, keys: np.ndarray, velocities: np.ndarray, sr: int) -> float:
+    """Exponent c of amplitude ∝ (v/127)^c: the slope of level (dB) against 20·log10(v/127) within each key.
+
+    audio float32[B, N] at `sr`, keys int[B], velocities float[B] as MIDI 1..127. 1.0 when the
+    notes hold fewer than two velocities of one key.
+    """
     from trainer.evaluate import descriptors
 
-    if len(layers) < 2:
+    level = descriptors(audio, sr)["loudness"]
+    x = 20 * np.log10(np.asarray(velocities, np.float64) / 127.0)
+    keys = np.asarray(keys)
+    xs, ys = [], []
+    for k in np.unique(keys):
+        m = keys == k
+        if len(np.unique(x[m])) >= 2:
+            xs.append(x[m] - x[m].mean())
+            ys.append(level[m] - level[m].mean())
+    if not xs:
         return 1.0
-    kk = _spread(keys, 3)
-    k = np.repeat(np.asarray(kk, np.int64), len(layers))
-    v = np.tile(np.asarray(layers, np.float32) / 127.0, len(kk))
-    audio = gen(np.repeat(z0[None].astype(np.float32), len(k), 0), k, v)
-    level = descriptors(audio, sr)["loudness"]                       # dB
-    x = 20 * np.log10(v)
-    # Per-key offset removed, then the slope in dB per dB of velocity.
-    xs = (x.reshape(len(kk), -1) - x.reshape(len(kk), -1).mean(1, keepdims=True)).ravel()
-    ys = (level.reshape(len(kk), -1) - level.reshape(len(kk), -1).mean(1, keepdims=True)).ravel()
-    c = float(xs @ ys / max(xs @ xs, 1e-12))
+    xs, ys = np.concatenate(xs), np.concatenate(ys)
+    c = float(xs @ ys / max(float(xs @ xs), 1e-12))
     return float(np.clip(c if math.isfinite(c) else 1.0, 0.1, 10.0))
 
 
@@ -440,20 +491,76 @@ def _real_notes(root: Path | None, sr: int, keys: list[int], max_notes: int = 48
     return ds, idx
 
 
+def _describe_preset(arch: str, kind: str, data: dict[str, Any]) -> str:
+    what = data.get("source preset") or (Path(str(data["root"])).name if data.get("root") else None)
+    sf = Path(str(data["source soundfont"])).name if data.get("source soundfont") else None
+    where = f"{what} ({sf})" if what and sf else (what or "its dataset")
+    return f"{'Drum kit' if kind == 'drums' else 'Pitched instrument'}: a {arch} GAN generator trained on {where}"
+
+
 def _hardware() -> str:
     cpu = platform.processor() or platform.machine()
     return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
 
 
+def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> dict[str, Any]:
+    """steps / minutes actually trained, the budgets, loss, batch, seed and hardware of a run."""
+    tr = config.get("train") if isinstance(config.get("train"), dict) else {}
+    out: dict[str, Any] = {}
+    facts = run_facts or {}
+    out["steps"] = facts.get("steps", config.get("steps"))
+    out["minutes"] = facts.get("minutes", config.get("minutes"))
+    budget = {k: tr[k] for k in ("steps", "minutes") if k in tr}
+    if budget:
+        out["budget"] = budget
+    for k in ("loss", "batch", "spectral_weight", "encoder", "ema"):
+        if k in tr:
+            out[k] = tr[k]
+    if "seed" in config:
+        out["seed"] = config["seed"]
+    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    hw = config.get("hardware") or run.get("hardware")
+    if hw:
+        out["hardware"] = hw
+    else:
+        dev = run.get("device", "?")
+        out["hardware"] = f"not recorded by the run (device setting {dev!r}); exported on {_hardware()}"
+    return out
+
+
+def _commands(config: dict[str, Any], info: dict[str, Any], run_dir, export_cmd: list[str] | None) -> list[str]:
+    """The dataset, fit and export commands that reproduce the preset."""
+    cmds = []
+    src = info.get("source") if isinstance(info.get("source"), dict) else {}
+    if src.get("command"):
+        cmds.append(" ".join(map(str, src["command"])))
+    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    fit = config.get("command") or run.get("command")
+    if fit:
+        cmds.append(fit if isinstance(fit, str) else " ".join(map(str, fit)))
+    elif run_dir is not None and isinstance(config.get("train"), dict):
+        # Not recorded by the run: the equivalent command (the resolved config as the one overlay).
+        cmds.append(f"python -m trainer fit --data {info.get('root', 'DATA')} --config {Path(run_dir) / 'config.json'} "
+                    f"--out {run_dir}")
+    if export_cmd:
+        cmds.append(" ".join(export_cmd))
+    return cmds
+
+
 def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: str | None = None,
                   description: str = "", force: bool = False, run_dir: str | os.PathLike | None = None,
                   data_root: str | os.PathLike | None = None, commands: list[str] | None = None,
-                  n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False):
+                  n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False,
+                  exporters: tuple[str, ...] = EXPORTERS, run_facts: dict[str, Any] | None = None,
+                  encoder=None):
     """Export generator `G` (eval mode; `forward(z float32[B, Z], pitch int64[B], velocity float32[B])
     -> audio float32[B, N]` in [-1, 1]; attributes sample_rate, note_samples, latent_size) with its run's
-    resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`."""
-    import torch
+    resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`.
 
+    run_facts: {"steps", "minutes"} actually trained (from the checkpoint). encoder: the run's
+    E(audio float32[B, N]) -> (mu, logvar) or None; with one, the default latent is the mean code of
+    the real notes and the codes' principal axes join the knob candidates.
+    """
     from synth.fsutil import atomic_dir
     from synth.inference import GeneratorSession
     from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
@@ -496,14 +603,23 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     params = int(sum(p.numel() for p in G.parameters()))
 
     with atomic_dir(dest, replace=force) as tmp:
-        say(f"ONNX export of {arch_name} ({params:,} parameters)")
-        with torch.no_grad():
-            data, opset = onnx_bytes(G, Z)
         meta = {"name": name, "sample_rate": sr, "note_samples": n, "pitch_lo": lo, "pitch_hi": hi,
                 "latent_size": Z, "arch": arch_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         onnx_path = tmp / "generator.onnx"
-        write_onnx(data, onnx_path, meta)
-        worst = parity_check(G, onnx_path, keys, Z, seed=seed, tol=tolerance)
+        errors = []
+        for method in exporters:
+            say(f"ONNX export of {arch_name} ({params:,} parameters, {method} exporter)")
+            try:
+                data, opset = onnx_bytes(G, Z, method)
+                write_onnx(data, onnx_path, meta)
+                worst = parity_check(G, onnx_path, keys, Z, seed=seed, tol=tolerance)
+                break
+            except ExportError as e:
+                errors.append(str(e))
+                say(f"refused: {e}")
+        else:
+            raise ExportError(f"{dest}: no exporter gave a graph that matches torch, nothing was written: "
+                              + " | ".join(errors))
         size_mb = onnx_path.stat().st_size / 1e6
         say(f"parity max |Δ| = {worst:.2e}; {size_mb:.2f} MB")
         if size_mb > MAX_SHIPPED_MB:
@@ -518,16 +634,28 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
                                                 "velocity": np.ascontiguousarray(v[s:s + 32], np.float32)})[0])
             return np.concatenate(out)
 
+        root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
+        real = _real_notes(root, sr, keys)
         z0 = np.zeros(Z, np.float32)
+        default_doc = "zeros: the mean and mode of the N(0, I) prior (the truncation centre)"
+        code_axes = None
+        if encoder is not None and real is not None:
+            from trainer.data import OneShotDataset
+
+            codes = encoder_codes(encoder, OneShotDataset(root, split="train"))
+            z0 = codes.mean(axis=0).astype(np.float32)
+            # Principal axes of the real notes' codes: where the data itself varies in latent space.
+            _, _, vt = np.linalg.svd(codes - z0, full_matrices=False)
+            code_axes = vt[:2 * n_knobs]
+            default_doc = (f"the mean encoder code of {len(codes)} real training notes (the data's own "
+                           "timbre; the run trained an encoder)")
         say("knob directions")
         knobs, knob_method = knob_directions(gen, Z, keys, v_mid, sr, n_knobs=n_knobs, default=z0,
-                                             pitched=kind != "drums", seed=seed)
-        root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
+                                             pitched=kind != "drums", seed=seed, candidates=code_axes)
         src = info.get("source") or {}
         hold = None
         if isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
             hold = float(src["seconds"]) - float(src["release"])
-        real = _real_notes(root, sr, keys)
         if real is not None:
             ds, idx = real
             env_audio, env_from = ds.audio_batch(idx), f"{len(idx)} real notes"
@@ -536,36 +664,35 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
             env_audio = gen(np.repeat(z0[None], len(kk), 0), kk, np.full(len(kk), v_mid, np.float32))
             env_from = f"{len(kk)} generated notes"
         mode, sus_ev, release, rel_ev = envelope_facts(env_audio, sr, hold, kind)
-        curve = velocity_curve(gen, z0, keys, layers, sr) if conditioned else 1.0
+        curve, curve_from = 1.0, "not velocity-conditioned"
+        if conditioned and real is not None:
+            ds, idx = real
+            curve = velocity_curve(ds.audio_batch(idx), ds.pitches[idx], ds.velocities[idx] * 127, sr)
+            curve_from = f"fitted to the loudness of {len(idx)} real notes across velocities"
+        elif conditioned:
+            kk = np.repeat(np.asarray(_spread(keys, 3), np.int64), len(layers))
+            vv = np.tile(np.asarray(layers, np.float32), len(kk) // len(layers))
+            curve = velocity_curve(gen(np.repeat(z0[None], len(kk), 0), kk, vv / 127), kk, vv, sr)
+            curve_from = f"fitted to the loudness of {len(kk)} generated notes across velocities"
         say(f"sustain {mode} ({sus_ev}, {env_from}); release {release:.2f} s; velocity curve {curve:.2f}")
-        tr_keys = ("steps", "minutes", "hardware", "commands", "seed")
-        train = {k: config[k] for k in tr_keys if k in config}
-        train.update({k: v for k, v in (config.get("training") or {}).items() if k in tr_keys}
-                     if isinstance(config.get("training"), dict) else {})
         data_desc = {k: info[k] for k in ("root", "kind", "sample_rate", "note_samples", "pitch_range", "velocities",
                                           "n_notes") if k in info}
         if isinstance(src, dict):
             for k in ("type", "soundfont", "preset", "program", "bank", "seconds", "release"):
                 if k in src:
                     data_desc[f"source {k}"] = src[k]
-            if src.get("command"):
-                data_desc["dataset command"] = " ".join(map(str, src["command"]))
-        cmds = [str(c) for c in (train.pop("commands", None) or [])]
-        if isinstance(src, dict) and src.get("command") and not cmds:
-            cmds.append(" ".join(map(str, src["command"])))
-        if commands:
-            cmds.append(" ".join(commands))
-        training = {"data": data_desc, "arch": arch_name, "params": params, **train,
-                    "run": str(run_dir) if run_dir else None, "commands": cmds, "onnx_opset": opset,
+        training = {"data": data_desc, "arch": arch_name, "params": params, **_train_facts(config, run_facts),
+                    "run": str(run_dir) if run_dir else None,
+                    "commands": _commands(config, info, run_dir, commands), "onnx_opset": opset,
                     "parity_max_abs": float(f"{worst:.3g}"), "knob_method": knob_method,
-                    "default_latent": "zeros: the mean and mode of the N(0, I) prior (the truncation centre)",
-                    "latent_prior": "normal(0, 1)", "sustain_evidence": f"{sus_ev} ({env_from})",
-                    "release_evidence": rel_ev, "hardware": train.get("hardware") or _hardware()}
+                    "default_latent": default_doc, "latent_prior": "normal(0, 1)",
+                    "sustain_evidence": f"{sus_ev} ({env_from})", "release_evidence": rel_ev,
+                    "velocity_curve_evidence": curve_from}
         if isinstance(arch, dict):
             training["arch_details"] = json.dumps(arch, sort_keys=True)[:600]
-        training = {k: v for k, v in training.items() if v is not None}
+        training = {k: v for k, v in training.items() if v is not None and v != ""}
         m = {"format": "neural-synth-preset", "version": 1, "name": name,
-             "description": description or f"{arch_name} generator trained on {data_desc.get('source preset', kind)}",
+             "description": description or _describe_preset(arch_name, kind, data_desc),
              "kind": kind, "sample_rate": sr, "note_samples": n, "pitch_range": [lo, hi],
              "velocity": {"conditioned": conditioned, "layers": layers, "curve": round(curve, 3)},
              "latent": {"size": Z, "default": [float(x) for x in z0]}, "knobs": knobs,
@@ -625,8 +752,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not 0 <= args.knobs <= 8:
         raise UserError(f"--knobs {args.knobs}: must be 0..8")
-    G, config = load_run(args.run)
+    G, config, facts, encoder = load_run(args.run)
     export_preset(G, config, args.preset, name=args.name, description=args.description, force=args.force,
                   run_dir=args.run, data_root=args.data, n_knobs=args.knobs, seed=args.seed,
-                  commands=["python", "-m", "trainer", "export", *argv])
+                  commands=["python", "-m", "trainer", "export", *argv], run_facts=facts, encoder=encoder)
     return 0
