@@ -10,9 +10,10 @@ pyo in fixed chunks of `chunk` frames through a FIFO, so the output never depend
 block size; the price is exactly `chunk` frames of delay, reported as `latency_samples`. CC moves
 take effect at the first chunk that starts at or after their frame, also regardless of blocks.
 
-pyo and servers: pyo 1.1 allows several servers in one process and attaches new objects to the
-"current" one, so each bus builds its chain under a module lock right after `setServer()`. Anything
-that goes wrong while creating or booting a server becomes a `UserError` naming the cause.
+pyo and servers: pyo 1.1 allows several servers in one process (at most 256 alive at once) and
+attaches new objects to the "current" one, so each bus builds its chain under a module lock right
+after `setServer()`, and a 257th open bus is refused with a clear `UserError`, as is anything that
+goes wrong while creating or booting a server.
 
 Everything is off by default: `EffectsBus(48000)` passes audio through untouched, has zero latency
 and never imports pyo.
@@ -31,8 +32,10 @@ from synth.errors import UserError
 
 FX_NAMES = ("filter", "chorus", "reverb")
 DEFAULTS = {"filter": 1.0, "chorus": 0.5, "reverb": 0.3}
+MAX_SERVERS = 256  # pyo's compile-time limit on servers alive at once in one process
 _LOCK = threading.Lock()
 _pyo = None
+_live = 0  # buses holding a pyo server right now
 
 
 def _import_pyo():
@@ -98,8 +101,12 @@ class EffectsBus:
             self._build(filter_value, reverb_size)
 
     def _build(self, filter_value: int, reverb_size: float) -> None:
+        global _live
         pyo = _import_pyo()
         with _LOCK:
+            if _live >= MAX_SERVERS:
+                raise UserError(f"effects: {_live} effects buses are open and pyo allows {MAX_SERVERS} per process; "
+                                f"close() the ones you no longer use")
             try:
                 s = pyo.Server(sr=self.sample_rate, nchnls=2, ichnls=2, buffersize=self.chunk, duplex=1,
                                audio="manual", midi="portmidi", verbosity=0)
@@ -121,10 +128,9 @@ class EffectsBus:
                     sig = pyo.Freeverb(sig, size=reverb_size, damp=0.5, bal=self.reverb)
                     objs.append(sig)
                 sig.out()
-            except UserError:
-                raise
             except Exception as e:  # pyo raises bare Exceptions from its C layer
                 raise UserError(f"effects: cannot start the pyo server ({e}); run without --fx") from None
+            _live += 1
         self._server, self._objs = s, objs
         n = self.chunk * 2
         ia, oa = int(s.getInputAddr(), 16), int(s.getOutputAddr(), 16)
@@ -190,10 +196,15 @@ class EffectsBus:
 
     def close(self) -> None:
         """Stop and free the pyo server. Idempotent."""
-        s, self._server = self._server, None
+        global _live
+        s, self._server = getattr(self, "_server", None), None
         if s is not None:
             with _LOCK:
+                _live -= 1
+                # pyo objects hold references to their server: drop them all, or the server's slot
+                # (one of 256) is not freed.
                 self._objs = []
+                self._cut = None
                 try:
                     s.stop()
                     s.shutdown()

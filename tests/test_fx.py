@@ -105,8 +105,9 @@ def test_parse_fx_spec_and_errors():
 
 
 def test_many_buses_in_one_process_and_quiet_stdout():
-    # pyo allows several manual servers per process; each bus must stay independent, and nothing
-    # may be printed on stdout (pyo prints notices there unless told not to).
+    # pyo allows several manual servers per process (256 at once); each bus must stay independent,
+    # the 257th is refused clearly, and nothing may be printed on stdout (pyo prints notices there
+    # unless told not to).
     code = (
         "import numpy as np\n"
         "from synth.fx import EffectsBus\n"
@@ -117,6 +118,16 @@ def test_many_buses_in_one_process_and_quiet_stdout():
         "for i in range(40):\n"
         "    c = EffectsBus(48000, chorus=1.0); c.process(x.copy()); c.close()\n"
         "a.close(); b.close()\n"
+        "from synth.errors import UserError\n"
+        "from synth.fx import MAX_SERVERS\n"
+        "keep = [EffectsBus(48000, reverb=0.1) for _ in range(MAX_SERVERS)]\n"
+        "try:\n"
+        "    EffectsBus(48000, reverb=0.1)\n"
+        "    raise SystemExit('a bus beyond the limit was accepted')\n"
+        "except UserError as e:\n"
+        "    assert 'pyo allows 256 per process' in str(e), e\n"
+        "keep.pop().close()\n"
+        "EffectsBus(48000, reverb=0.1).close()  # a freed slot can be reused\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
