@@ -223,6 +223,16 @@ def test_prepare_batches_a_file(presets):
     assert e.worker.generated == 3 and e.stats()["cache_misses"] == 0
 
 
+def test_render_into_callers_buffer(presets):
+    e = Engine(sample_rate=SR, presets=[presets["piano"]])
+    assert e.latency_samples == 0
+    buf = np.full((256, 2), 7.0, np.float32)
+    e.note_on(0, 60, 100, frame=10)
+    assert np.shares_memory(e.render(128, out=buf[:128]), buf)
+    assert np.all(buf[128:] == 7.0) and np.all(buf[:10] == 0.0) and np.abs(buf[:128]).max() > 0
+    assert e.render(0).shape == (0, 2)
+
+
 def test_events_beyond_the_block_carry_over(presets):
     e = Engine(sample_rate=SR, presets=[presets["piano"]])
     e.note_on(0, 69, 127, frame=300)
