@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a CC value 0..127 (74=38); repeatable or comma-separated")
     p.add_argument("--program-map", default=None, metavar="P=NAME,...",
                    help="GM program -> preset, e.g. 0=piano,48=strings (unmapped programs use --preset)")
+    p.add_argument("--drums", default=None, metavar="NAME",
+                   help="drum-kit preset for MIDI channel 10 (default: channel 10 plays --preset)")
     p.add_argument("--blocksize", default=str(DEFAULT_BLOCKSIZE), metavar="N",
                    help=f"frames per engine call, 1..{MAX_BLOCKSIZE} (default {DEFAULT_BLOCKSIZE}); "
                         f"does not change the output")
@@ -345,7 +347,8 @@ def make_progress(enabled: bool | None, total_seconds: float):
 
 def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), sample_rate: int = 48000,
                 fmt: str = "pcm16", knobs=(), program_map=None, blocksize: int = DEFAULT_BLOCKSIZE,
-                fx: str | None = None, progress: bool | None = None, engine_kw: dict | None = None) -> RenderResult:
+                fx: str | None = None, progress: bool | None = None, drums: str | None = None,
+                engine_kw: dict | None = None) -> RenderResult:
     """Render MIDI file `input_path` to `output_path` (.wav/.flac). Raises `UserError` on bad input."""
     from synth.fsutil import atomic_path
     from synth.midifile import read_midi
@@ -369,6 +372,12 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
     presets = []
     for n in dict.fromkeys(names):
         presets.append(find_preset(n, list(preset_dirs)))
+    if drums is not None:
+        kit = find_preset(drums, list(preset_dirs))
+        if not kit.is_drums:
+            raise UserError(f"--drums {drums}: is a {kit.kind} preset, not a drum kit (`python -m synth presets` "
+                            f"shows each preset's kind)")
+        presets = [p for p in presets if p.name != kit.name] + [kit]
 
     import soundfile as sf
 
@@ -436,7 +445,7 @@ def main(argv: list[str]) -> int:
     bs = parse_int(args.blocksize, "--blocksize", 1, MAX_BLOCKSIZE, f"choose 1..{MAX_BLOCKSIZE} frames")
     res = render_file(args.input, args.output, preset=args.preset, preset_dirs=args.preset_dir, sample_rate=sr,
                       fmt=args.format, knobs=parse_knobs(args.knob), program_map=parse_program_map(args.program_map),
-                      blocksize=bs, fx=args.fx, progress=args.progress)
+                      blocksize=bs, fx=args.fx, progress=args.progress, drums=args.drums)
     if not args.quiet:
         dur = res.frames / res.sample_rate
         peak_db = 20 * math.log10(res.peak) if res.peak > 0 else float("-inf")

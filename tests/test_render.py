@@ -28,6 +28,7 @@ def presets(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("presets")
     make_tiny_preset(d, "piano", note_seconds=0.25)
     make_tiny_preset(d, "organ", note_seconds=0.25, sustain_mode="loop", seed=3)
+    make_tiny_preset(d, "kit", note_seconds=0.25, kind="drums")
     return d
 
 
@@ -175,6 +176,23 @@ def test_knob_changes_the_sound(presets, tmp_path):
     assert a.shape == b.shape and np.abs(a - b).max() > 1e-3
 
 
+def test_drum_channel_plays_the_kit(presets, tmp_path):
+    mf = mido.MidiFile(type=0, ticks_per_beat=96)
+    tr = mido.MidiTrack()
+    mf.tracks.append(tr)
+    for i, key in enumerate((36, 38, 42, 38)):
+        tr.append(mido.Message("note_on", note=key, velocity=110, channel=9, time=0 if i == 0 else 48))
+        tr.append(mido.Message("note_off", note=key, channel=9, time=10))
+    mid = tmp_path / "drums.mid"
+    mf.save(str(mid))
+    kit = _read(render_file(mid, tmp_path / "kit.wav", preset_dirs=[presets], sample_rate=SR, fmt="float",
+                            drums="kit").path)
+    plain = _read(render_file(mid, tmp_path / "plain.wav", preset_dirs=[presets], sample_rate=SR, fmt="float").path)
+    assert np.abs(kit).max() > 0.01 and np.abs(plain).max() > 0.01
+    n = min(len(kit), len(plain))
+    assert np.abs(kit[:n] - plain[:n]).max() > 1e-3  # channel 10 switched to the kit
+
+
 def test_parsers():
     assert parse_knobs(["74=0.3", "1=100,71=0.5"]) == [(74, 38), (1, 100), (71, 64)]
     assert parse_program_map("0=piano, 48=strings") == {0: "piano", 48: "strings"}
@@ -210,7 +228,8 @@ BAD_ARGS = {
     "type2": ("type2", "type 2"),
     "huge_header": ("huge_header", "header declares"),
     "missing_file": (["nope.mid"], "no such file"),
-    "unknown_preset": (["--preset", "harpsichord"], "known presets: organ, piano"),
+    "unknown_preset": (["--preset", "harpsichord"], "known presets: kit, organ, piano"),
+    "drums_not_a_kit": (["--drums", "organ"], "not a drum kit"),
     "preset_as_path": (["--preset", "../.."], "not a preset name"),
     "preset_as_abs_path": (["--preset", "/etc/passwd"], "not a preset name"),
     "output_folder_missing": (["-o", "{tmp}/no/such/dir/out.wav"], "does not exist"),
