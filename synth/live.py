@@ -92,6 +92,8 @@ class LiveCore:
                 self.panic_request = False
                 self.panics += 1
                 self.engine.panic()
+            if self._lead is None and self.ref_clock is None:
+                self._reference(time_info)   # learn the DAC lead before the first note arrives
             self._dispatch(frames, time_info)
             self.engine.render(frames, out=buf)
             np.clip(buf, -1.0, 1.0, out=buf)
@@ -141,17 +143,17 @@ class LiveCore:
         eng = self.engine
         for ev in _chain(todo, q):
             t, kind, ch, a, b, src = ev
-            off = int((t - ref) * sr + 0.5) + frames
+            off = int((t - ref) * sr + frames + 0.5)
             if off >= frames:
                 if off < 3 * frames:
                     pending.append(ev)
                     continue
                 off = 0   # a clock jump (stream restart): play now rather than never
-            if off < last:
-                off = last
             if off < 0:
                 off = 0
                 self.late_events += 1
+            if off < last:
+                off = last
             if self._duplicate(t, kind, ch, a, b, src):
                 continue
             last = off
@@ -258,6 +260,27 @@ class GcTamer:
             gc.unfreeze()
 
 
+def raise_priority(nice: int) -> str | None:
+    """Ask for a higher scheduling priority (lower nice) for this thread and every thread started later.
+
+    The audio callback runs on a real-time thread (JACK's, or PortAudio's), but it needs the GIL, and
+    the thread holding the GIL is an ordinary one. On a busy machine that thread waits for a CPU while
+    the callback waits for it: a priority inversion that shows up as xruns. A lower nice value lets
+    our threads win the CPU from batch work (measured: docs/live.md). Returns a note when it fails.
+    Call it before any thread starts: on Linux the value is per thread and inherited by new threads.
+    """
+    if nice == 0 or not hasattr(os, "setpriority"):
+        return None
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if current > nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        return (f"note: could not raise priority to nice {nice} (no CAP_SYS_NICE; see docs/live.md, "
+                "'Real-time priority'); playing anyway")
+    return None
+
+
 # -- command line ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m synth [play]", description=(
@@ -289,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval", type=float, default=None,
                    help="seconds between status lines (default: 0.25 on a TTY, 10 otherwise)")
     p.add_argument("--stats-json", default=None, metavar="FILE", help="write final counters here on exit")
+    p.add_argument("--nice", type=int, default=-10,
+                   help="process priority (nice) to ask for; 0 keeps it (default -10; needs CAP_SYS_NICE)")
     p.add_argument("--gc", default="tamed", choices=["tamed", "default"],
                    help="tamed: freeze + gen-0 collections off the audio thread (default)")
     p.add_argument("--switch-interval", type=float, default=0.0005,
@@ -358,6 +383,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     from synth.render import parse_knobs, parse_program_map
 
     knobs = parse_knobs(args.knob)
+    nice_note = raise_priority(args.nice)
     program_map = parse_program_map(args.program_map)
     names = list(dict.fromkeys(args.preset + [n for n in program_map.values()]))
     presets = [find_preset(n, args.preset_dir) for n in names]
@@ -365,6 +391,9 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
     sd = audio_io.load_sounddevice()
     device = audio_io.resolve_device(sd, args.device, audio_api)
+    if midi_api == "alsa" and not audio_io.has_alsa_seq():
+        raise UserError("no MIDI input: /dev/snd/seq is missing and no JACK server runs; load the ALSA "
+                        "sequencer (`modprobe snd-seq`), start JACK, or pass --midi-api none")
     sample_rate, blocksize = args.sample_rate, args.blocksize
     if device.hostapi == audio_io.AUDIO_APIS["jack"]:
         # A JACK client cannot choose the server's rate or period; follow them.
@@ -440,6 +469,8 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
         lat_engine = int(getattr(engine, "latency_samples", 0) or 0)
         status.log(f"audio: {device.name} ({device.hostapi}), {sample_rate} Hz, block {blocksize}, "
                    f"output latency {1e3 * audio.latency_seconds:.1f} ms + engine {lat_engine} samples")
+        if nice_note:
+            status.log(nice_note)
         if midi is not None:
             midi.start()
             status.log(f"midi ({midi_api}): {', '.join(midi.port_names) or 'no ports'}")

@@ -51,6 +51,9 @@ class JackServer:
     def start(self, timeout: float = 15.0) -> None:
         import jack
 
+        # libjack prints "Cannot connect to server socket" for every poll before the server is up.
+        jack.set_error_function(lambda msg: None)
+        jack.set_info_function(lambda msg: None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 ["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate),
@@ -147,11 +150,14 @@ class Probe:
         if self._recording:
             if self.rec_start is None:
                 self.rec_start = fr
-            n = min(frames, len(self.buf) - self.pos)
+            # Index by frame time, not by call count: JACK skips cycles on an xrun, and appending would
+            # shift everything after it.
+            pos = fr - self.rec_start
+            n = min(frames, len(self.buf) - pos)
             if n > 0:
-                self.buf[self.pos:self.pos + n, 0] = self.ins[0].get_array()[:n]
-                self.buf[self.pos:self.pos + n, 1] = self.ins[1].get_array()[:n]
-                self.pos += n
+                self.buf[pos:pos + n, 0] = self.ins[0].get_array()[:n]
+                self.buf[pos:pos + n, 1] = self.ins[1].get_array()[:n]
+                self.pos = pos + n
 
     @property
     def now(self) -> int:
@@ -172,7 +178,7 @@ class Probe:
             time.sleep(0.05)
         # The synth connects every MIDI output it sees by itself (hot-plug); either side may win the race.
         self._connect(self.midi_out.name, midi_port)
-        for src, dst in zip(outs[:2], self.ins):
+        for src, dst in zip(outs[:2], self.ins, strict=True):
             self._connect(src, dst.name)
         return outs
 
@@ -195,6 +201,9 @@ class Probe:
             self._ev_i = 0
 
     def start_recording(self) -> None:
+        self.buf.fill(0)
+        self.rec_start = None
+        self.pos = 0
         self._recording = True
 
     def stop_recording(self) -> np.ndarray:
@@ -206,6 +215,80 @@ class Probe:
             self.client.deactivate()
         finally:
             self.client.close()
+
+
+class SynthProcess:
+    """`python -m synth ...` as a subprocess on `server`; stderr goes to a file we can poll.
+
+    `stats()` reads the counters the synth writes with --stats-json (refreshed every status line)."""
+
+    def __init__(self, server: JackServer, cmd: list[str], workdir: Path):
+        self.stats_path = Path(workdir) / f"stats-{uuid.uuid4().hex[:6]}.json"
+        self.err_path = Path(workdir) / f"synth-{uuid.uuid4().hex[:6]}.log"
+        self.cmd = [*cmd, "--stats-json", str(self.stats_path), "--status-interval", "0.5"]
+        self._err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, env=server.env, stdout=subprocess.PIPE, stderr=self._err,
+                                     stdin=subprocess.DEVNULL, cwd=str(ROOT))
+
+    def __enter__(self) -> SynthProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while text not in self.stderr:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"synth exited with {self.proc.returncode} before {text!r}:\n{self.stderr[-3000:]}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"synth did not print {text!r} in {timeout} s:\n{self.stderr[-3000:]}")
+            time.sleep(0.05)
+
+    def stats(self) -> dict:
+        import json
+
+        return json.loads(self.stats_path.read_text())
+
+    def fresh_stats(self, timeout: float = 5.0) -> dict:
+        """Counters written after this call (waits for the next status tick)."""
+        try:
+            before = self.stats_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            before = 0
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                if self.stats_path.stat().st_mtime_ns != before:
+                    return self.stats()
+            except FileNotFoundError:
+                pass
+            if time.monotonic() > end:
+                raise TimeoutError(f"synth wrote no stats in {timeout} s:\n{self.stderr[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._err.close()
 
 
 def synth_cmd(preset_dir: Path, *args: str, stand_in: str | None = None) -> list[str]:
@@ -233,3 +316,30 @@ def onsets(x: np.ndarray, starts: list[int], window: int, threshold: float = 0.0
         hit = np.flatnonzero(seg > threshold)
         out.append(int(max(0, s) + hit[0]) if hit.size else None)
     return out
+
+
+def note_events(sent: list[int], notes: list[int], velocity: int = 100, hold: int = 2880, channel: int = 0):
+    """Note-on at each frame of `sent` (absolute JACK frames) and note-off `hold` frames later."""
+    evs = []
+    for f, n in zip(sent, notes, strict=True):
+        evs.append((f, bytes([0x90 | channel, n, velocity])))
+        evs.append((f + hold, bytes([0x80 | channel, n, 0])))
+    return evs
+
+
+def play_and_record(probe: Probe, events: list[tuple[int, bytes]], tail_seconds: float = 0.5) -> np.ndarray:
+    """Record from now until `tail_seconds` after the last event; returns float32[n, 2] whose row 0 is
+    absolute frame `probe.rec_start`."""
+    probe.start_recording()
+    probe.schedule(events)
+    last = max(f for f, _ in events)
+    while probe.now < last + int(tail_seconds * probe.sr):
+        time.sleep(0.05)
+    return probe.stop_recording()
+
+
+def dominant_hz(x: np.ndarray, sr: int) -> float:
+    """Frequency of the strongest FFT bin of a mono signal (Hann window)."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    spec[:3] = 0
+    return float(np.argmax(spec) * sr / len(x))

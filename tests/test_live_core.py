@@ -1,0 +1,242 @@
+"""The live audio callback, MIDI parsing and the command's error paths, without a sound card.
+
+`LiveCore` is driven the way PortAudio drives it (outdata, frames, time_info, status); the engine here
+is a small recorder of the calls it receives, because the subject is the callback's timing logic."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import tracemalloc
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from synth.live import LEAD_SAMPLES, LiveCore, velocity_map
+from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM, Parser
+
+SR, BS = 48000, 128
+
+
+class CallLog:
+    """Engine API surface that records (method, args, frame) and renders a constant."""
+
+    latency_samples = 0
+
+    def __init__(self, fail: bool = False):
+        self.calls = []
+        self.fail = fail
+        self.panicked = 0
+
+    def note_on(self, ch, note, vel, frame=0):
+        self.calls.append(("on", ch, note, vel, frame))
+
+    def note_off(self, ch, note, frame=0):
+        self.calls.append(("off", ch, note, frame))
+
+    def control_change(self, ch, cc, v, frame=0):
+        self.calls.append(("cc", ch, cc, v, frame))
+
+    def program_change(self, ch, p, frame=0):
+        self.calls.append(("prog", ch, p, frame))
+
+    def pitch_bend(self, ch, v, frame=0):
+        self.calls.append(("bend", ch, v, frame))
+
+    def panic(self):
+        self.panicked += 1
+
+    def render(self, frames, out=None):
+        if self.fail:
+            raise RuntimeError("boom")
+        out[:] = 2.0  # beyond full scale: the callback must clip
+        return out
+
+
+def flags(underflow=False):
+    return SimpleNamespace(output_underflow=underflow)
+
+
+def tinfo(t, lead=0.004):
+    return SimpleNamespace(currentTime=t, outputBufferDacTime=t + lead)
+
+
+def run_block(core, t=None, frames=BS, underflow=False):
+    out = np.zeros((frames, 2), np.float32)
+    core.callback(out, frames, tinfo(t if t is not None else core.callbacks * frames / SR), flags(underflow))
+    return out
+
+
+def test_event_offsets_follow_event_time_inside_the_block():
+    """With a reference clock (JACK cycle start), an event stamped k frames into the previous block
+    plays at frame k of this one; one stamped inside the current block waits for the next."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 1.0}
+    core.ref_clock = lambda: clock["t"]
+    for k in (0, 5, 77, 127):
+        q.append((1.0 - BS / SR + k / SR, NOTE_ON, 0, 60, 100, 0))
+    q.append((1.0 + 10 / SR, NOTE_OFF, 0, 60, 0, 0))   # stamped in this cycle: next block, frame 10
+    run_block(core)
+    assert [c[-1] for c in eng.calls] == [0, 5, 77, 127]
+    eng.calls.clear()
+    clock["t"] = 1.0 + BS / SR
+    run_block(core)
+    assert eng.calls == [("off", 0, 60, 10)]
+
+
+def test_dac_time_reference_and_late_events():
+    """Without a reference clock the DAC time minus the learnt lead is the reference; late events play
+    at frame 0 and are counted; order is kept even when clock noise would reverse two events."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    for i in range(1, LEAD_SAMPLES + 1):
+        run_block(core, t=i * BS / SR)
+    assert core._lead == pytest.approx(0.004)
+    eng.calls.clear()
+    t0 = (LEAD_SAMPLES + 1) * BS / SR
+    q.extend([(t0 - BS / SR + 40 / SR, NOTE_ON, 0, 60, 90, 0),
+              (t0 - BS / SR + 30 / SR, NOTE_ON, 0, 61, 90, 0),    # arrived later, stamped earlier
+              (t0 - 3 * BS / SR, NOTE_ON, 0, 62, 90, 0)])         # two blocks late
+    run_block(core, t=t0)
+    assert [c[-1] for c in eng.calls] == [40, 40, 40]
+    assert core.late_events == 1
+    eng.calls.clear()
+    q.append((t0 - 2 * BS / SR, NOTE_OFF, 0, 60, 0, 0))
+    run_block(core, t=t0 + BS / SR)
+    assert eng.calls == [("off", 0, 60, 0)] and core.late_events == 2
+
+
+def test_duplicates_from_two_ports_play_once():
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    core.ref_clock = lambda: 1.0
+    t = 1.0 - BS / SR
+    q.extend([(t, NOTE_ON, 0, 60, 100, 1), (t + 1e-4, NOTE_ON, 0, 60, 100, 2),   # same message, 2 ports
+              (t + 2e-4, NOTE_ON, 0, 62, 100, 1), (t + 2e-4, NOTE_ON, 0, 62, 100, 1),  # re-strike, 1 port
+              (t + 3e-4, NOTE_ON, 0, 64, 100, 1), (t + 3e-4, NOTE_ON, 0, 64, 101, 2)])  # different velocity
+    run_block(core)
+    assert [c[2] for c in eng.calls] == [60, 62, 62, 64, 64]
+    assert core.deduped == 1
+
+
+def test_every_event_kind_reaches_the_engine():
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    core.ref_clock = lambda: 1.0
+    t = 1.0 - BS / SR
+    q.extend([(t, CC, 3, 74, 99, 0), (t, PROGRAM, 3, 1, 0, 0), (t, BEND, 3, -8192, 0, 0),
+              (t, NOTE_ON, 3, 60, 1, 0), (t, NOTE_OFF, 3, 60, 0, 0)])
+    run_block(core)
+    assert eng.calls == [("cc", 3, 74, 99, 0), ("prog", 3, 1, 0), ("bend", 3, -8192, 0), ("on", 3, 60, 1, 0),
+                         ("off", 3, 60, 0)]
+
+
+def test_callback_clips_counts_and_survives_errors():
+    core = LiveCore(CallLog(), SR, BS)
+    out = run_block(core, underflow=True)
+    assert np.all(out == 1.0) and core.underflows == 1
+    core.panic_request = True
+    run_block(core)
+    assert core.engine.panicked == 1 and core.panics == 1
+    bad = LiveCore(CallLog(fail=True), SR, BS)
+    out = run_block(bad)
+    assert np.all(out == 0) and bad.errors == 1 and "boom" in bad.first_error
+    load = core.load()
+    assert load["n"] == 2 and 0 <= load["p50"] <= load["p99"] <= load["max"]
+
+
+def test_callback_allocates_nothing_large_in_steady_state():
+    """1000 blocks with a note every block: traced allocations stay under 64 KiB at peak, far below
+    one block buffer per call (which would be 1 KiB x 1000)."""
+    eng = CallLog()
+    eng.calls = collections.deque(maxlen=4)
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    tref = {"t": 1.0}
+    core.ref_clock = lambda: tref["t"]
+    out = np.zeros((BS, 2), np.float32)
+    ti, st = tinfo(0.0), flags()
+    for _ in range(50):
+        core.callback(out, BS, ti, st)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(1000):
+        q.append((tref["t"] - BS / SR, NOTE_ON, 0, 60 + i % 12, 100, 0))
+        core.callback(out, BS, ti, st)
+        tref["t"] += BS / SR
+    cur, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak - base < 64 * 1024, (cur - base, peak - base)
+
+
+def _parse(chunks):
+    out = []
+    p = Parser()
+    for c in chunks:
+        p.feed(c, 0.5, 7, out.append)
+    return [e[1:5] for e in out]
+
+
+def test_parser_running_status_sysex_and_realtime():
+    msgs = _parse([[0x90, 60, 100, 62, 90],          # running status: two note-ons
+                   [64, 0],                          # running status across buffers; velocity 0 = off
+                   [0xF8],                           # clock: skipped, running status kept
+                   [65, 10],
+                   [0xF0, 1, 2, 3, 0xF7],            # sysex: dropped, ends running status
+                   [70, 70],                         # orphan data bytes: ignored
+                   [0xB2, 74, 127, 0xC2, 5, 0xE2, 0, 64, 0xE2, 127, 127, 0xD2, 9, 0x82, 60, 64]])
+    assert msgs == [(NOTE_ON, 0, 60, 100), (NOTE_ON, 0, 62, 90), (NOTE_OFF, 0, 64, 0), (NOTE_ON, 0, 65, 10),
+                    (CC, 2, 74, 127), (PROGRAM, 2, 5, 0), (BEND, 2, 0, 0), (BEND, 2, 8191, 0),
+                    (NOTE_OFF, 2, 60, 64)]
+
+
+def test_velocity_map():
+    assert velocity_map(1.0) is None
+    heavy, light = velocity_map(2.0), velocity_map(0.5)
+    assert heavy[0] == 0 and heavy[127] == 127 and light[127] == 127
+    assert all(1 <= heavy[v] <= v <= light[v] for v in range(1, 128))
+    assert heavy == sorted(heavy) and light == sorted(light)
+
+
+def _synth(args, tiny_preset, extra_env=None):
+    env = dict(os.environ, JACK_DEFAULT_SERVER=f"absent{os.getpid()}", JACK_NO_START_SERVER="1", PYO_GUI_WX="0",
+               **(extra_env or {}))
+    return subprocess.run([sys.executable, "-m", "synth", *args, "--preset-dir", str(tiny_preset.path.parent)],
+                          env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(os.path.exists("/dev/snd"), reason="this machine has a sound card")
+def test_no_audio_device_is_one_clear_line(tiny_preset):
+    r = _synth(["--preset", "piano"], tiny_preset)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no audio output device" in lines[0] and "JACK" in lines[0] \
+        and "--device" in lines[0], r.stderr
+    r = _synth(["--preset", "piano", "--audio-api", "jack"], tiny_preset)
+    assert r.returncode == 2 and "start a JACK server" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_flags_are_user_errors(tiny_preset):
+    for args, needle in ((["--preset", "piano", "--blocksize", "3"], "--blocksize"),
+                         (["--preset", "piano", "--knob", "74"], "--knob"),
+                         (["--preset", "nope"], "unknown preset"),
+                         (["--preset", "piano", "--audio-api", "beos"], "--audio-api")):
+        r = _synth(args, tiny_preset)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_devices_lists_apis_without_any_device():
+    env = dict(os.environ, JACK_DEFAULT_SERVER=f"absent{os.getpid()}", JACK_NO_START_SERVER="1")
+    r = subprocess.run([sys.executable, "-m", "synth", "devices"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "JACK server: not running" in r.stdout and "MIDI input ports" in r.stdout
+    assert "audio host APIs" in r.stdout
