@@ -48,7 +48,7 @@ class NoteCache:
         self.cap_bytes = self.n_slots * slot_bytes
         # np.zeros maps untouched pages lazily, so an unused cap costs no memory.
         self.bank = np.zeros(self.n_slots * self.slot_len + int(pad), np.float32)
-        self.refcount = np.zeros(self.n_slots, np.int32)
+        self.refcount = [0] * self.n_slots   # a list: item updates cost a tenth of numpy's
         self._entries: dict[tuple, NoteEntry] = {}
         self._index: dict[tuple, tuple[int, ...]] = {}       # (preset, knobkey, vlayer) -> sorted pitches
         self._recent_states: dict[str, tuple] = {}          # preset -> knob keys, newest first

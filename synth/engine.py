@@ -109,6 +109,9 @@ class Engine:
                                   for p in self.presets)
                 raise UserError(f"knob map {cc}={target!r}: no loaded preset has that knob (knobs: {known})")
         self._layers = [GeneratorWorker.layers(p) for p in self.presets]
+        # Velocity → the nearest generated layer (ties to the louder one), per preset.
+        self._vlayer = [[min(ls, key=lambda v, vel=vel: (abs(v - vel), -v)) for vel in range(128)]
+                        for ls in self._layers]
         self._gain = [10.0 ** (p.gain_db / 20.0) for p in self.presets]
         self._release_s = [max(MIN_RELEASE_S, p.release_seconds) for p in self.presets]
         pitched = [i for i, p in enumerate(self.presets) if not p.is_drums]
@@ -247,9 +250,7 @@ class Engine:
             lo, hi = p.pitch_range
             mkey = min(hi, max(lo, note))
             base = 2.0 ** ((note - mkey) / 12.0)
-        layers = self._layers[pi]
-        vlayer = min(layers, key=lambda v: (abs(v - velocity), -v))
-        return (p.name, knobkey, mkey, vlayer), base
+        return (p.name, knobkey, mkey, self._vlayer[pi][velocity]), base
 
     def _velocity_gain(self, pi: int, velocity: int, vlayer: int) -> float:
         p = self.presets[pi]
@@ -356,21 +357,21 @@ class Engine:
             else:
                 self._chan_preset[ch] = pi
 
+    def _free(self, i: int) -> None:
+        self.cache.release(int(self.voices.slot[i]))
+        self.voices.free_row(i)
+        self._pending_xfade.pop(i, None)
+
     def _reap(self) -> None:
-        v = self.voices
-        for i in v.dead(self.now):
-            i = int(i)
-            v.active[i] = False
-            self.cache.release(int(v.slot[i]))
-            v.slot[i] = -1
-            self._pending_xfade.pop(i, None)
+        for i in self.voices.dead(self.now):
+            self._free(int(i))
 
     def _alloc_voice(self) -> int:
         """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
         self._reap()
         v = self.voices
-        live = v.active & ~v.ghost
-        if np.count_nonzero(live) >= self.polyphony:
+        if v.n_live >= self.polyphony:
+            live = v.active & ~v.ghost
             cand = np.flatnonzero(live & v.released)
             if len(cand) == 0:
                 cand = np.flatnonzero(live & v.sustained)
@@ -380,15 +381,13 @@ class Engine:
             v.fade_out(victim, self.now, STEAL_FADE_S, self.sample_rate)
             self._pending_xfade.pop(victim, None)
             self.steals += 1
-        free = int(np.argmin(v.active))
-        if not v.active[free]:
-            return free
+        row = v.take_row()
+        if row is not None:
+            return row
         # Every row is busy with fading ghosts: cut the oldest one (rare: many steals inside 5 ms).
         ghosts = np.flatnonzero(v.ghost & v.active)
-        i = int(ghosts[np.argmin(v.order[ghosts])])
-        v.active[i] = False
-        self.cache.release(int(v.slot[i]))
-        return i
+        self._free(int(ghosts[np.argmin(v.order[ghosts])]))
+        return v.take_row()
 
     def _start(self, pi: int, entry, ch: int, note: int, velocity: int, base: float, pos: float = 0.0,
                env0: float = 1.0, slope: float = 0.0) -> int:

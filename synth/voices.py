@@ -69,6 +69,8 @@ class VoiceBank:
         self.gain = np.zeros((2, n), np.float64)
         self._serial = 0
         self.next_end = NEVER   # no active voice ends before this time (a lower bound)
+        self.n_live = 0         # active voices that are not ghosts
+        self._free = list(range(n - 1, -1, -1))   # free rows, lowest on top
         size = self.budget
         self._i = np.empty(size, np.int64)
         self._p = np.empty(size, np.float64)
@@ -111,7 +113,8 @@ class VoiceBank:
 
     def start(self, v: int, t: int, entry, chan: int, note: int, preset: int, base_rate: float, bend: float,
               gain_l: float, gain_r: float, pos: float = 0.0, env0: float = 1.0, slope: float = 0.0) -> None:
-        """Start voice row `v` at time `t` playing cache `entry` (acquired by the caller)."""
+        """Start voice row `v` (from `take_row`) at time `t` playing cache `entry` (acquired by the caller)."""
+        self.n_live += 1
         self.active[v] = True
         self.ghost[v] = False
         self.held[v] = True
@@ -162,11 +165,25 @@ class VoiceBank:
 
     def fade_out(self, v: int, t: int, seconds: float, sample_rate: int) -> None:
         """Turn `v` into a ghost that fades out quickly (steals, all-sound-off, crossfades)."""
+        if not self.ghost[v]:
+            self.n_live -= 1
         self.ghost[v] = True
         self.held[v] = False
         self.sustained[v] = False
         self.released[v] = True
         self.ramp(v, t, seconds, sample_rate)
+
+    def take_row(self) -> int | None:
+        """A free row for `start`, or None when every row is busy."""
+        return self._free.pop() if self._free else None
+
+    def free_row(self, v: int) -> None:
+        """Stop voice `v` at once and return its row (the caller releases its cache slot)."""
+        if not self.ghost[v]:
+            self.n_live -= 1
+        self.active[v] = False
+        self.slot[v] = -1
+        self._free.append(v)
 
     def frames_for(self, voices: int) -> int:
         """Frames one `mix` call may cover with `voices` active voices."""

@@ -42,6 +42,16 @@ def drive(engine: Engine, events, total: int, bs: int) -> np.ndarray:
     return out
 
 
+def check_rows(e: Engine) -> None:
+    """The voice bookkeeping agrees with the voice arrays."""
+    v = e.voices
+    assert v.n_live == np.count_nonzero(v.active & ~v.ghost)
+    assert sorted(v._free) == np.flatnonzero(~v.active).tolist()
+    held = [s for s in v.slot[v.active].tolist() if s >= 0]
+    for slot in set(held):
+        assert e.cache.refcount[slot] == held.count(slot)
+
+
 def first_nonzero(x: np.ndarray) -> int:
     nz = np.flatnonzero(np.any(x != 0, axis=1))
     return int(nz[0]) if len(nz) else -1
@@ -106,8 +116,10 @@ def test_stealing_prefers_released_then_oldest(presets):
     e.note_on(0, 69, 100)     # nothing released: the oldest (60) goes
     e.render(64)
     assert sorted(v.note[v.active & ~v.ghost].tolist()) == [62, 65, 67, 69]
+    check_rows(e)
     e.render(SR // 100)       # the 5 ms steal fades are over
     assert e.stats()["voices"] == 4 and e.stats()["fading"] == 0
+    check_rows(e)
 
 
 def test_sustain_pedal(presets):
@@ -151,6 +163,7 @@ def test_panic_and_all_sound_off(presets):
     e.control_change(2, 120, 0)
     e.render(SR // 100)
     assert e.voices.note[e.voices.active].tolist() == [62]
+    check_rows(e)
 
 
 def test_limiter_bound_with_256_loud_voices(presets):
@@ -159,6 +172,7 @@ def test_limiter_bound_with_256_loud_voices(presets):
         e.note_on(i % 16, 21 + i % 88, 127, frame=i % 128)
     out = np.concatenate([e.render(128) for _ in range(40)])
     assert e.stats()["voices"] == 256
+    check_rows(e)
     assert np.isfinite(out).all() and np.abs(out).max() <= 1.0 and np.abs(out).max() > 0.9
 
 
@@ -341,6 +355,7 @@ def test_realtime_miss_falls_back_then_crossfades(presets):
         e.render(int(0.03 * SR))
         assert e.stats()["fading"] == 0
         assert v.slot[v.active & ~v.ghost].tolist() == [exact.slot]
+        check_rows(e)
     finally:
         e.close()
 
@@ -417,3 +432,37 @@ def test_bad_arguments(presets):
         Engine(presets=[])
     with pytest.raises(UserError, match="not loaded"):
         Engine(presets=[presets["piano"]], program_map={0: "strings"})
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_event_storms(presets, seed):
+    """Random notes, pedals, bends, knob moves, program changes and panics on 3 presets with 6 voices:
+    the bookkeeping stays consistent, the output is bounded and independent of the block size."""
+    rng = np.random.default_rng(seed)
+    total = 24000
+    script = []
+    for f in np.sort(rng.integers(0, total, 250)).tolist():
+        r = rng.random()
+        ch = int(rng.choice([0, 1, 9]))
+        if r < 0.45:
+            script.append((f, "note_on", (ch, int(rng.integers(30, 90)), int(rng.integers(1, 128)))))
+        elif r < 0.75:
+            script.append((f, "note_off", (ch, int(rng.integers(30, 90)))))
+        elif r < 0.82:
+            script.append((f, "control_change", (ch, 64, int(rng.choice([0, 127])))))
+        elif r < 0.88:
+            script.append((f, "pitch_bend", (ch, int(rng.integers(-8192, 8192)))))
+        elif r < 0.93:
+            script.append((f, "control_change", (ch, int(rng.choice([1, 74])), int(rng.integers(0, 128)))))
+        elif r < 0.97:
+            script.append((f, "program_change", (ch, int(rng.integers(0, 3)))))
+        else:
+            script.append((f, "control_change", (ch, int(rng.choice([120, 123])), 0)))
+    outs = []
+    for bs in (37, 4096):
+        e = Engine(sample_rate=SR, presets=[presets["piano"], presets["loop"], presets["drums"]], polyphony=6)
+        outs.append(drive(e, script, total, bs))
+        check_rows(e)
+        assert e.stats()["voices"] <= 6
+    assert np.array_equal(outs[0], outs[1])
+    assert np.isfinite(outs[0]).all() and np.abs(outs[0]).max() <= 1.0 and np.abs(outs[0]).max() > 0
