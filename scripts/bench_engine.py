@@ -133,7 +133,7 @@ def bench_miss_and_prefill(preset, which: str, quick: bool) -> list[dict]:
                          f"{len(keys)} keys x 1 velocity layer in one batch, resampled and cached; {prov}; {which}"))
         if full_s is not None:
             rows.append(_row(f"engine.prefill_all_layers_{_short(prov)}", full_s, "s", "info", None,
-                             f"start-up prefill through the worker thread in ~30 ms chunks: {len(keys)} keys x "
+                             f"start-up prefill through the worker thread in ~20 ms chunks: {len(keys)} keys x "
                              f"{n_layers} velocity layers; {prov}; {which}"))
     finally:
         e.close()
