@@ -109,6 +109,7 @@ class GeneratorWorker:
         self.last_miss_ms: float | None = None
         self.last_prefill_s: float | None = None
         self._prefill_t0: dict[str, float] = {}
+        self._kb = None
 
     # ---- control (any thread; the audio thread only appends and sets an Event) -------------------
     def request(self, key: tuple) -> None:
@@ -156,10 +157,14 @@ class GeneratorWorker:
     # ---- generation -------------------------------------------------------------------------------
     def keyboard(self, preset: str, knobkey: tuple) -> list[tuple]:
         """Every key of a prefill, most useful first: the loudest-used layer, pitches from middle C out."""
+        if self._kb is not None and self._kb[0] == (preset, knobkey):
+            return self._kb[1]
         p = self.presets[preset]
         layers = sorted(self.layers(p), key=lambda v: abs(v - 100))
         pitches = sorted(p.playable_keys(), key=lambda k: (abs(k - 60), k))
-        return [(preset, knobkey, k, v) for v in layers for k in pitches]
+        keys = [(preset, knobkey, k, v) for v in layers for k in pitches]
+        self._kb = ((preset, knobkey), keys)   # the prefill loop asks again every chunk
+        return keys
 
     @staticmethod
     def layers(p: Preset) -> tuple[int, ...]:
