@@ -8,6 +8,7 @@ a warm-up): ms per note (bar <= 20 ms), ms per 88-key batch (bar <= 1 s), and th
 generator.onnx (bar <= 10 MB). Then the `trainer eval` figures stored in each manifest's metrics
 (written by `python -m trainer eval ... --update-preset`), with the issue-7 bars where one applies:
 pitch accuracy >= 0.95 (pitched), log-mel distance <= 6.5 dB (piano), drum class accuracy >= 0.9.
+Without --quick it also measures a scale for the log-mel distance between real pianos (`lmd_scale`).
 `run(quick)` returns rows for `scripts/bench.py`; `--quick` repeats fewer times.
 """
 
@@ -59,6 +60,63 @@ def _stored(p) -> list[dict]:
     return rows
 
 
+SCALE_KEYS = list(range(28, 97, 6))
+SCALE_VELS = [25, 50, 75, 100, 127]
+
+
+def lmd_scale() -> list[dict]:
+    """Log-mel distances between real pianos, to give `trainer eval`'s figure a scale.
+
+    Renders FluidR3_GM programs 0 (acoustic grand), 1 (bright acoustic) and 2 (electric grand) at
+    MIDI 28-96 in steps of 6 and five velocities with `python -m trainer dataset` (24 kHz, 4 s), and
+    measures program 0 against: itself at the adjacent velocity layer, program 1, program 2.
+    """
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from trainer.data import OneShotDataset
+    from trainer.data.cli import main as dataset_main
+    from trainer.data.soundfont import DEFAULT_SOUNDFONT
+    from trainer.evaluate import log_mel_distance
+
+    if shutil.which("fluidsynth") is None or not Path(DEFAULT_SOUNDFONT).exists():
+        return [_row("model: log-mel distance scale", float("nan"), "dB", "", None,
+                     "skipped: fluidsynth or fluid-soundfont-gm missing")]
+    with tempfile.TemporaryDirectory(prefix="bench-lmd-") as tmp:
+        sets = {}
+        for prog in (0, 1, 2):
+            out = Path(tmp) / f"p{prog}"
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                dataset_main(["--program", str(prog), "--out", str(out), "--pitches", ",".join(map(str, SCALE_KEYS)),
+                              "--velocities", ",".join(map(str, SCALE_VELS)), "--quiet"])
+            ds = OneShotDataset(out)
+            sets[prog] = (ds, {(int(p), round(float(v) * 127)): i
+                               for i, (p, v) in enumerate(zip(ds.pitches, ds.velocities, strict=True))})
+        ds0, idx0 = sets[0]
+        pairs = sorted(set(idx0) & set(sets[1][1]) & set(sets[2][1]))
+        a = ds0.audio_batch(np.array([idx0[k] for k in pairs]))
+        sr = ds0.info["sample_rate"]
+        adj = []
+        for p, v in pairs:
+            j = SCALE_VELS.index(v)
+            adj.append(idx0[(p, SCALE_VELS[j + 1] if j + 1 < len(SCALE_VELS) else SCALE_VELS[j - 1])])
+        rows = []
+        note = f"FluidR3_GM program 0 vs ..., {len(pairs)} notes (MIDI 28-96 step 6 x 5 velocities), mean"
+        for label, b in (("adjacent velocity layer", ds0.audio_batch(np.array(adj))),
+                         ("program 1 bright acoustic (same samples)",
+                          sets[1][0].audio_batch(np.array([sets[1][1][k] for k in pairs]))),
+                         ("program 2 electric grand",
+                          sets[2][0].audio_batch(np.array([sets[2][1][k] for k in pairs])))):
+            d = log_mel_distance(a, b, sr)
+            rows.append(_row(f"model: log-mel distance scale, piano vs {label}", float(d.mean()), "dB", "", None,
+                             note))
+    return rows
+
+
 def run(quick: bool = False, preset_dirs: list[str] | None = None) -> list[dict]:
     from synth.errors import UserError
     from synth.preset import REPO_PRESETS, load_preset_dir
@@ -86,6 +144,8 @@ def run(quick: bool = False, preset_dirs: list[str] | None = None) -> list[dict]
         rows.append(_row(f"model {p.name}: generator.onnx size", mb, "MB", "<= 10 MB", mb <= 10.0,
                          f"arch {p.training.get('arch', '?')}, {p.training.get('params', '?')} parameters"))
         rows.extend(_stored(p))
+    if not quick and not preset_dirs:
+        rows.extend(lmd_scale())
     return rows
 
 

@@ -22,6 +22,9 @@ log_mel_distance (dB)
     10·log10(max(P, 1e-8)) dB (so a floor 80 dB below the note's mean power). The distance of a pair
     is the mean absolute difference of the two dB spectrograms over all time-frequency bins; the
     figure is the mean over the notes. Identical notes measure 0; a gain change measures 0.
+    For scale (`python scripts/bench_model.py`, 60 notes of FluidR3_GM at 24 kHz): the acoustic
+    grand against itself one velocity layer away 1.2 dB, against the Bright Acoustic program (the
+    same samples, brighter) 2.5 dB, against the Electric Grand 18.5 dB.
 
 diversity (dB)
     Mean pairwise log-mel distance (as above) between notes from `--latents`+2 random latents at the
