@@ -101,6 +101,7 @@ def bench_miss_and_prefill(preset, which: str, quick: bool) -> list[dict]:
     try:
         e.wait_ready(600)
         prov = e.providers[preset.name]
+        threads = e.worker.sessions[preset.name].session.get_session_options().intra_op_num_threads
         full_s = e.worker.last_prefill_s
         n_layers = len(e._layers[0])
         # Single-note misses through the worker thread, at a knob state nothing was generated for.
@@ -130,7 +131,8 @@ def bench_miss_and_prefill(preset, which: str, quick: bool) -> list[dict]:
         kb = time.perf_counter() - t0
         rows.append(_row(f"engine.prefill_keyboard_{_short(prov)}", kb, "s", "<= 1 s" if prov.startswith("CPU") else
                          "info", bool(kb <= 1.0) if prov.startswith("CPU") else None,
-                         f"{len(keys)} keys x 1 velocity layer in one batch, resampled and cached; {prov}; {which}"))
+                         f"{len(keys)} keys x 1 velocity layer in one batch, resampled and cached; {prov}, live "
+                         f"settings ({threads} intra-op thread(s)); {which}"))
         if full_s is not None:
             rows.append(_row(f"engine.prefill_all_layers_{_short(prov)}", full_s, "s", "info", None,
                              f"start-up prefill through the worker thread in ~20 ms chunks: {len(keys)} keys x "

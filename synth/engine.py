@@ -68,7 +68,7 @@ class Engine:
     `knob_map`: {cc: knob index or name} overriding the presets' CC assignment. `fx`: an object
     with `process(block float32[F, 2])` working in place (e.g. `synth.fx.EffectsBus`), applied
     before the limiter. `providers`: ONNX Runtime providers ("auto": TensorRT → CUDA → CPU).
-    `threads`: ONNX intra-op threads (default 1 live, all cores offline).
+    `threads`: ONNX intra-op threads (default: all cores offline, all but one live).
     `program_map`: {program: preset name}, as `set_program_map`.
     """
 
@@ -132,7 +132,9 @@ class Engine:
         self.cache = NoteCache(cache_mb, slot_len, pad=self.max_chunk)
         self.voices = VoiceBank(polyphony + max(32, polyphony // 4), self.cache.bank, slot_len, self.max_chunk)
         if threads is None:
-            threads = 1 if self.realtime else (os.cpu_count() or 1)
+            # Live, one core stays free for the audio callback.
+            cores = os.cpu_count() or 1
+            threads = max(1, cores - 1) if self.realtime else cores
         self.worker = GeneratorWorker(self.presets, self.mappers, self.cache, sample_rate, providers=providers,
                                       threads=threads)
         self.providers = {n: s.provider for n, s in self.worker.sessions.items()}
