@@ -466,3 +466,31 @@ def test_random_event_storms(presets, seed):
         assert e.stats()["voices"] <= 6
     assert np.array_equal(outs[0], outs[1])
     assert np.isfinite(outs[0]).all() and np.abs(outs[0]).max() <= 1.0 and np.abs(outs[0]).max() > 0
+
+
+def test_realtime_knob_sweep_while_playing(presets):
+    """Live: CC 74 sweeps every block while notes arrive; every note sounds in its own block (exact
+    note or stand-in), nothing waits silently, and the worker catches up afterwards."""
+    e = Engine(sample_rate=SR, blocksize=128, presets=[presets["piano"]], realtime=True)
+    try:
+        assert e.wait_ready(60)
+        rng = np.random.default_rng(0)
+        played = 0
+        for b in range(200):
+            e.control_change(0, 74, (b * 3) % 128)
+            if b % 2 == 0:
+                note = int(rng.integers(21, 109))
+                e.note_on(0, note, 100, frame=int(rng.integers(0, 128)))
+                e.note_off(0, note, frame=127)
+                played += 1
+            out = e.render(128)
+            assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
+            if b % 2 == 0:
+                assert np.abs(out).max() > 0       # the note sounds in the block it was played
+            assert not e._pending_start
+        s = e.stats()
+        assert s["cache_hits"] + e.fallbacks == played and e.fallbacks > 0
+        assert e.wait_ready(60)
+        assert all(e.cache.peek(("piano", e.knobs["piano"], p, 96)) is not None for p in range(21, 109))
+    finally:
+        e.close()
