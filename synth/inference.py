@@ -27,7 +27,12 @@ CHUNK_BYTES = 64 * 1024 * 1024
 _EXPECTED_INPUTS = {"z": ("tensor(float)", 2), "pitch": ("tensor(int64)", 1), "velocity": ("tensor(float)", 1)}
 
 
-def _provider_options(name: str) -> dict:
+# TensorRT builds one engine per input-shape profile; a dynamic batch without a profile would
+# rebuild (seconds) for every new batch size, so one profile covers 1..TRT_MAX_BATCH.
+TRT_MAX_BATCH = 256
+
+
+def _provider_options(name: str, latent_size: int) -> dict:
     if name == "CUDAExecutionProvider":
         # HEURISTIC avoids the exhaustive cuDNN search on every new batch shape (a miss is one note,
         # a prefill a whole keyboard); the default stream keeps copies ordered without extra syncs.
@@ -35,7 +40,12 @@ def _provider_options(name: str) -> dict:
                 "arena_extend_strategy": "kSameAsRequested"}
     if name == "TensorrtExecutionProvider":
         cache = os.path.join(os.path.expanduser("~"), ".cache", "neural-synth", "trt")
-        return {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1", "trt_engine_cache_path": cache}
+        def shapes(b):
+            return f"z:{b}x{latent_size},pitch:{b},velocity:{b}"
+
+        return {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1", "trt_engine_cache_path": cache,
+                "trt_profile_min_shapes": shapes(1), "trt_profile_opt_shapes": shapes(16),
+                "trt_profile_max_shapes": shapes(TRT_MAX_BATCH)}
     return {}
 
 
@@ -97,7 +107,8 @@ class GeneratorSession:
             plist = wanted[i:]
             try:
                 self.session = ort.InferenceSession(where, sess_options=so, providers=plist,
-                                                    provider_options=[_provider_options(p) for p in plist])
+                                                    provider_options=[_provider_options(p, preset.latent_size)
+                                                                      for p in plist])
                 break
             except Exception as e:  # noqa: BLE001 - ORT raises many types (InvalidProtobuf, Fail, RuntimeException)
                 errors.append(f"{plist[0]}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
@@ -110,6 +121,8 @@ class GeneratorSession:
         self._check_contract()
         self.note_samples = int(preset.note_samples)
         self.chunk = max(1, CHUNK_BYTES // (4 * self.note_samples))
+        if self.provider == "TensorrtExecutionProvider":
+            self.chunk = min(self.chunk, TRT_MAX_BATCH)
         self.seconds_per_note = None
         log.info("preset %s: ONNX Runtime %s on %s (intra-op threads %d, no spinning)", preset.name, ort.__version__,
                  self.provider, so.intra_op_num_threads)
