@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import os
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -151,6 +152,8 @@ class Engine:
         self._closed = False
         if self.realtime:
             self.worker.start()
+            # An engine dropped without close() must not leave its generator thread behind.
+            weakref.finalize(self, self.worker.request_stop)
             order = [self._default_preset] + [i for i in range(len(self.presets)) if i != self._default_preset]
             for i in order:
                 p = self.presets[i]
