@@ -35,6 +35,7 @@ from synth.errors import UserError
 from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM
 
 RING = 8192            # callback timings kept for the load percentiles (about 22 s at 128 frames)
+HIST_BINS = 300        # load histogram: 1% bins from 0 to 300% of the block time, cumulative
 DEDUP_SECONDS = 0.003  # the same message from two ports this close together is one message twice
 LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
 CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF = 120, 123
@@ -59,6 +60,8 @@ class LiveCore:
         self._pending: list[tuple] = []
         self._durations = np.zeros(RING, np.float64)   # seconds per callback
         self._periods = np.zeros(RING, np.float64)     # seconds of audio per callback
+        # Cumulative, so a benchmark can subtract two snapshots and get exact window percentiles.
+        self.load_hist = np.zeros(HIST_BINS, np.int64)
         self.callbacks = 0
         self.underflows = 0
         self.overruns = 0         # callbacks that took longer than their block lasts
@@ -107,7 +110,9 @@ class LiveCore:
         i = self.callbacks % RING
         self._durations[i] = dt
         self._periods[i] = frames / self.sr
-        if dt * self.sr > frames:
+        share = dt * self.sr / frames
+        self.load_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
+        if share > 1.0:
             self.overruns += 1
         self.callbacks += 1
 
@@ -559,6 +564,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "gc_collections": tamer.collections,
         "gc_collect_ms_max": round(1e3 * tamer.collect_seconds_max, 3),
         "latency_samples": int(getattr(engine, "latency_samples", 0) or 0),
+        "load_hist_pct": core.load_hist.tolist(),
         "engine": _engine_stats(engine),
         "pid": os.getpid(),
     }

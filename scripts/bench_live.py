@@ -1,0 +1,75 @@
+"""Live-playing benchmarks for `make bench`: the JACK probe of `scripts/latency_probe.py` as rows.
+
+    python scripts/bench_live.py [--quick]
+
+`run(quick)` returns rows for `scripts/bench.py`. Quick mode plays fewer notes and a 10-second
+session instead of 60 seconds. Uses the shipped `presets/piano` when it exists, else the tiny test
+preset; the notes say which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _row(name, value, unit, bar, ok, notes):
+    return {"name": name, "value": None if value is None else float(value), "unit": unit, "bar": bar,
+            "pass": ok, "notes": notes}
+
+
+def rows_from(res: dict) -> list[dict]:
+    which = f"preset {res['preset']} from {res['preset_dir']}"
+    lat, miss, ses = res["latency_128"], res["miss_128"], res["session_512"]
+    rows = [
+        _row("live.latency_median_128", lat["latency_ms_median"], "ms", "<= 8 ms",
+             lat["sounded"] == lat["notes"] and lat["latency_ms_median"] <= 8.0,
+             f"JACK dummy 48 kHz, period 128 ({lat['period_ms']:.2f} ms): MIDI send frame -> first frame of the "
+             f"note, {lat['sounded']}/{lat['notes']} cached notes at random offsets; engine latency "
+             f"{lat['engine_latency_samples']} samples; {which}"),
+        _row("live.jitter_p95_p5_128", lat["jitter_ms"], "ms", "<= 1 ms", lat["jitter_ms"] <= 1.0,
+             f"p5 {lat['latency_ms_p5']:.3f} ms, p95 {lat['latency_ms_p95']:.3f} ms, max {lat['latency_ms_max']:.3f} ms; "
+             f"xruns during the run: synth {lat['xruns_synth']}, JACK {lat['xruns_jack']} (not judged at 128)"),
+        _row("live.callback_p99_128", None if lat["load"]["p99"] is None else 100 * lat["load"]["p99"],
+             "% of block", "<= 50%", lat["load"]["p99"] is not None and lat["load"]["p99"] <= 0.5,
+             f"callback duration over {lat['load']['callbacks']} callbacks while playing (1% bins); p50 "
+             f"{100 * (lat['load']['p50'] or 0):.0f}%"),
+        _row("live.cache_miss_latency_max_128", miss["latency_ms_max"], "ms",
+             "<= cached latency + 1 period",
+             miss["sounded"] == miss["notes"] and miss["latency_ms_max"] <= lat["latency_ms_median"] + miss["period_ms"],
+             f"--cache-mb 4: {miss['misses']} misses, {miss['fallbacks']} nearest-pitch fallbacks among "
+             f"{miss['notes']} notes across the keyboard, all sounded ({miss['sounded']}); median "
+             f"{miss['latency_ms_median']:.3f} ms"),
+        _row("live.session_xruns_512", ses["xruns_synth"] + ses["xruns_jack"], "xruns", "0",
+             ses["xruns_synth"] + ses["xruns_jack"] == 0,
+             f"{ses['seconds']:.0f} s at period 512: 256-voice cluster (8 ch x 32), CC74 sweeps on 8 channels, "
+             f"{ses['notes_per_second']:.0f} notes/s; synth xruns {ses['xruns_synth']}, JACK xrun callbacks "
+             f"{ses['xruns_jack']}; events {ses['events_played']}/{ses['events_sent']}; "
+             f"{ses['knob_states_generated']} notes generated for knob moves; peak {ses['peak']:.3f}"),
+        _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
+             "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks)"),
+    ]
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    import latency_probe
+
+    return rows_from(latency_probe.run(quick=quick))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    print(json.dumps(run(args.quick), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Live-playing probe on a private JACK server (dummy driver): latency, jitter, callback load, xruns.
+
+    python scripts/latency_probe.py                       # all three parts, 60 s session
+    python scripts/latency_probe.py --session-seconds 10  # short session (CI)
+    python scripts/latency_probe.py --preset piano --preset-dir presets --json out.json
+
+Parts (the bars are issue 6's):
+1. latency, 128 frames: cached notes at random offsets inside the period; key-to-sound latency is the
+   probe's send frame to the first frame of the note in the synth's output (the onset detector's
+   attack bias is measured on an offline render of the same note and taken off). Median <= 8 ms,
+   jitter p95 - p5 <= 1 ms; the callback's duration p99 over the playing window <= 50% of a block.
+2. cache miss, 128 frames: a small note cache (--cache-mb) so that most keys miss; every note must
+   still sound within one period of the cached-note latency (nearest-pitch fallback).
+3. session, 512 frames: a 256-voice cluster (8 channels x 32 notes, held), CC 74 sweeps on every
+   channel (each new value is a new knob state: the worker prefills the keyboard again), and 50 notes
+   per second on top. Zero xruns: the synth's own counter and JACK's xrun callback.
+
+The synth runs as `python -m synth` in a subprocess; the probe is a JACK-Client client in this one.
+Without --preset the repo's `piano` is used when installed, else the tiny test preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PYO_GUI_WX", "0")
+
+from jackutil import JackServer, Probe, SynthProcess, note_events, onsets, play_and_record, synth_cmd  # noqa: E402
+
+SR = 48000
+THRESHOLD = 0.005
+
+
+def _preset_args(preset: str | None, preset_dir: str | None, work: Path) -> tuple[Path, str]:
+    """(preset folder parent, name): the given one, the repo's piano, or the tiny test preset."""
+    from synth.preset import available_presets
+
+    if preset:
+        found = available_presets([preset_dir] if preset_dir else None)
+        if preset not in found:
+            raise SystemExit(f"latency_probe: unknown preset {preset!r}; known: {', '.join(found) or 'none'}")
+        return found[preset].parent, preset
+    if (ROOT / "presets" / "piano" / "preset.json").is_file():
+        return ROOT / "presets", "piano"
+    from tinymodel import make_tiny_preset
+
+    make_tiny_preset(work / "presets")
+    return work / "presets", "piano"
+
+
+def _cmd(parent: Path, name: str, *args: str) -> list[str]:
+    cmd = synth_cmd(parent, *args)
+    i = cmd.index("--preset")
+    cmd[i + 1] = name
+    return cmd
+
+
+def onset_bias(parent: Path, name: str, notes: list[int], velocity: int) -> dict[int, int]:
+    """Frames from note start to the detector's onset, per note, on an offline render."""
+    from synth.engine import Engine
+    from synth.preset import find_preset
+
+    out = {}
+    with Engine(sample_rate=SR, blocksize=512, presets=[find_preset(name, [parent])], realtime=False) as eng:
+        for n in sorted(set(notes)):
+            eng.panic()
+            eng.render(4800)
+            eng.note_on(0, n, velocity)
+            x = eng.render(4800)
+            hit = onsets(x, [0], 4800, THRESHOLD)[0]
+            out[n] = int(hit) if hit is not None else 0
+            eng.note_off(0, n)
+    return out
+
+
+def hist_percentile(hist: list[int], q: float) -> float | None:
+    """Percentile (0..100) of a 1%-bin load histogram, as a share of the block (0.01 resolution)."""
+    h = np.asarray(hist, np.int64)
+    total = int(h.sum())
+    if total == 0:
+        return None
+    idx = int(np.searchsorted(np.cumsum(h), q / 100.0 * total))
+    return (idx + 1) / 100.0
+
+
+def window_load(before: dict, after: dict) -> dict:
+    d = np.asarray(after["load_hist_pct"]) - np.asarray(before["load_hist_pct"])
+    return {"p50": hist_percentile(d, 50), "p99": hist_percentile(d, 99), "callbacks": int(d.sum())}
+
+
+def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_mb: float | None = None,
+                    pitches: list[int] | None = None, seed: int = 0) -> dict:
+    """Part 1 (or 2 with a small cache and many pitches): 128-frame latency and callback load."""
+    rng = np.random.default_rng(seed)
+    pitches = pitches or [69]
+    seq = [pitches[i % len(pitches)] for i in range(notes)]
+    vel = 100
+    bias = onset_bias(parent, name, seq, vel)
+    extra = ["--cache-mb", str(cache_mb)] if cache_mb else []
+    with JackServer(period=128) as srv, SynthProcess(srv, _cmd(parent, name, *extra), work) as sp:
+        sp.wait_for("ready")
+        probe = Probe(srv, record_seconds=notes * 0.12 + 3)
+        try:
+            probe.connect_synth()
+            time.sleep(0.3)
+            before = sp.fresh_stats()
+            xr0 = probe.xruns
+            base = probe.now + SR // 4
+            sent = [base + i * int(0.12 * SR) + int(rng.integers(0, 128)) for i in range(notes)]
+            x = play_and_record(probe, note_events(sent, seq, velocity=vel, hold=int(0.04 * SR)))
+            after = sp.fresh_stats()
+            start, xr = probe.rec_start, probe.xruns - xr0
+        finally:
+            probe.close()
+        sp.stop()
+    found = onsets(x, [f - start for f in sent], int(0.1 * SR), THRESHOLD)
+    lat = [(o + start - f - bias[n]) / SR * 1e3 for o, f, n in zip(found, sent, seq, strict=True) if o is not None]
+    arr = np.array(lat) if lat else np.array([np.nan])
+    p5, p50, p95 = np.percentile(arr, [5, 50, 95])
+    eng0, eng1 = before.get("engine", {}), after.get("engine", {})
+    return {
+        "notes": notes, "sounded": len(lat), "latency_ms_median": float(p50), "latency_ms_p5": float(p5),
+        "latency_ms_p95": float(p95), "latency_ms_max": float(arr.max()), "jitter_ms": float(p95 - p5),
+        "period_ms": 128 / SR * 1e3, "engine_latency_samples": after.get("latency_samples", 0),
+        "load": window_load(before, after), "xruns_synth": after["xruns"] - before["xruns"], "xruns_jack": xr,
+        "late_events": after["late_events"] - before["late_events"],
+        "fallbacks": eng1.get("fallbacks", 0) - eng0.get("fallbacks", 0),
+        "misses": eng1.get("cache_misses", 0) - eng0.get("cache_misses", 0),
+        "peak": float(np.abs(x).max()),
+    }
+
+
+def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: float = 50.0, seed: int = 1,
+            sweeps: bool = True, cluster: bool = True, synth_args: tuple[str, ...] = ()) -> dict:
+    """Part 3: 512 frames, 256-voice cluster + CC 74 sweeps + `rate` notes/s for `seconds`.
+    `sweeps`, `cluster` and `synth_args` exist to take the load apart (see docs/live.md)."""
+    rng = np.random.default_rng(seed)
+    cmd = _cmd(parent, name, "--midi-port", "^probe:", *synth_args)
+    with JackServer(period=512) as srv, SynthProcess(srv, cmd, work) as sp:
+        sp.wait_for("ready")
+        probe = Probe(srv, record_seconds=seconds + 3)
+        try:
+            probe.connect_synth()
+            time.sleep(0.5)
+            before = sp.fresh_stats()
+            xr0 = probe.xruns
+            t0 = probe.now + SR // 4
+            ev: list[tuple[int, bytes]] = []
+            for ch in range(8 if cluster else 0):        # the cluster: held for the whole session
+                for k in range(32):
+                    ev.append((t0 + ch * 64 + k, bytes([0x90 | ch, 36 + k + ch, 40 + k])))
+            end = t0 + int(seconds * SR)
+            for ch in range(8):
+                ev.append((end, bytes([0xB0 | ch, 123, 0])))
+            sweep_period = 2.0                           # s per up-and-down sweep
+            steps = 32
+            n_sweeps = int(seconds / sweep_period) if sweeps else 0
+            for s in range(n_sweeps):
+                for j in range(steps):
+                    v = int(round(127 * (1 - abs(1 - 2 * j / (steps - 1)))))
+                    f = t0 + int((s * sweep_period + j * sweep_period / steps) * SR)
+                    for ch in range(8):
+                        ev.append((f, bytes([0xB0 | ch, 74, v])))
+            n = int(seconds * rate)
+            times = np.sort(rng.uniform(0, seconds - 0.3, n))
+            for t in times:                              # 50 notes/s on channels 8..11
+                ch = 8 + int(rng.integers(0, 4))
+                note = int(rng.integers(36, 96))
+                f = t0 + int(t * SR)
+                ev.append((f, bytes([0x90 | ch, note, int(rng.integers(30, 127))])))
+                ev.append((f + int(0.15 * SR), bytes([0x80 | ch, note, 0])))
+            x = play_and_record(probe, ev, tail_seconds=0.3)
+            after = sp.fresh_stats()
+            xr = probe.xruns - xr0
+        finally:
+            probe.close()
+        rc = sp.stop()
+    eng0, eng1 = before.get("engine", {}), after.get("engine", {})
+    return {
+        "seconds": seconds, "notes_per_second": rate, "events_sent": len(ev),
+        "events_played": after["events"] - before["events"], "xruns_synth": after["xruns"] - before["xruns"],
+        "xruns_jack": xr, "load": window_load(before, after), "max_voices_requested": 256 + int(rate * 0.15) + 1,
+        "knob_states_generated": eng1.get("generated", 0) - eng0.get("generated", 0),
+        "steals": eng1.get("steals", 0) - eng0.get("steals", 0), "peak": float(np.abs(x).max()),
+        "finite": bool(np.isfinite(x).all()), "exit_code": rc,
+    }
+
+
+def run(quick: bool = False, preset: str | None = None, preset_dir: str | None = None,
+        session_seconds: float | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="latency-probe-") as tmp:
+        work = Path(tmp)
+        parent, name = _preset_args(preset, preset_dir, work)
+        out = {"preset": name, "preset_dir": str(parent)}
+        out["latency_128"] = measure_latency(parent, name, work, notes=24 if quick else 60)
+        out["miss_128"] = measure_latency(parent, name, work, notes=12 if quick else 24, cache_mb=4,
+                                          pitches=[30, 97, 41, 86, 52, 75, 35, 92, 47, 80, 58, 69], seed=2)
+        out["session_512"] = session(parent, name, work,
+                                     seconds=session_seconds or (10.0 if quick else 60.0))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--preset-dir", default=None)
+    ap.add_argument("--session-seconds", type=float, default=60.0)
+    ap.add_argument("--quick", action="store_true", help="fewer notes, 10 s session")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    res = run(args.quick, args.preset, args.preset_dir, None if args.quick else args.session_seconds)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.json:
+        from synth.fsutil import atomic_write_text
+
+        atomic_write_text(args.json, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
