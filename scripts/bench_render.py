@@ -64,9 +64,10 @@ def _wall(cmd: list[str]) -> float:
     return dt
 
 
-def _fluid_cmd(mid: Path, wav: Path) -> list[str]:
+def _fluid_cmd(mid: Path, wav: Path, dry: bool = True) -> list[str]:
     # -R 0 -C 0: reverb and chorus off, so both sides render dry.
-    return ["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-F", str(wav), "-r", str(RATE), str(SF2), str(mid)]
+    fx = ["-R", "0", "-C", "0"] if dry else []
+    return ["fluidsynth", "-ni", "-q", *fx, "-F", str(wav), "-r", str(RATE), str(SF2), str(mid)]
 
 
 def _ours_cmd(mid: Path, wav: Path, pdir: list[str]) -> list[str]:
@@ -152,6 +153,12 @@ def run(quick: bool = False) -> list[dict]:
              "bar": "", "pass": None, "notes": f"{info.frames / info.samplerate:.0f} s of 48 kHz stereo audio "
                                                 f"(with release tail) per {our_best:.2f} s wall"},
         ]
+
+        if not quick:
+            fs_fx = _wall(_fluid_cmd(mid, tmp / "fs_fx.wav", dry=False))
+            rows.append({"name": "render: FluidSynth wall time, default reverb + chorus", "value": fs_fx, "unit": "s",
+                         "bar": "", "pass": None, "notes": f"one run; the command without -R 0 -C 0 "
+                                                          f"(ratio vs ours: {fs_fx / our_best:.2f}x)"})
 
         tmid = tmp / "timing.mid"
         want = _timing_file(tmid)
