@@ -30,6 +30,7 @@ METRIC_ROWS: tuple[tuple[str, str, str, str, Any], ...] = (
     ("log_mel_distance", "log-mel distance to real held-out notes (dB)", "{:.2f}", "<= 6.5 (piano)", None),
     ("diversity", "diversity across latents (dB)", "{:.2f}", "", None),
     ("class_accuracy", "drum class accuracy (generated hits)", "{:.3f}", ">= 0.9", lambda v: v >= 0.9),
+    ("class_accuracy_default", "↳ default latent", "{:.3f}", "", None),
     ("class_accuracy_real", "↳ the classifier on real held-out hits", "{:.3f}", "", None),
     ("ms_per_note", "ms per note (CPU, 1 thread)", "{:.1f}", "<= 20", lambda v: v <= 20),
     ("ms_per_88", "ms per 88-key batch (CPU, 1 thread)", "{:.0f}", "<= 1000", lambda v: v <= 1000),
