@@ -79,6 +79,7 @@ class VoiceBank:
         self._s1 = np.empty(size, np.float32)
         self._o = np.empty((2, self.max_frames), np.float64)
         self._ar = np.arange(self.max_frames, dtype=np.int64)
+        self._arf = np.arange(self.max_frames, dtype=np.float64)
 
     # ---- per-voice state (called at event times) -----------------------------------------------
     def pos_at(self, v: int, t: int) -> float:
@@ -254,16 +255,20 @@ class VoiceBank:
         out[:] = o.T
 
     def _mix_slow(self, t: int, rows: np.ndarray, ww: np.ndarray, f: int) -> None:
-        """Samples of voices `rows` for frames [t, t + f) into ww float64[len(rows), f], interpolated."""
+        """Samples of voices `rows` for frames [t, t + f) into ww float64[len(rows), f], interpolated.
+
+        Integer sample counts are exact in float64, so pos = seg_pos + rate * n is computed the same
+        way whatever the block boundaries. Casts between int and float are numpy's slowest loops,
+        hence only one (the final index).
+        """
         nv = len(rows)
         n = nv * f
-        ar = self._ar[None, :f]
         ii = self._i[:n].reshape(nv, f)
         pp = self._p[:n].reshape(nv, f)
         s0 = self._s0[:n].reshape(nv, f)
         s1 = self._s1[:n].reshape(nv, f)
-        np.add((t - self.seg_t[rows])[:, None], ar, out=ii)
-        np.multiply(ii, self.rate[rows][:, None], out=pp)
+        np.add((t - self.seg_t[rows]).astype(np.float64)[:, None], self._arf[None, :f], out=pp)
+        pp *= self.rate[rows][:, None]
         pp += self.seg_pos[rows][:, None]
         loop_e = self.loop_e[rows]
         if np.isfinite(loop_e).any():
@@ -272,10 +277,11 @@ class VoiceBank:
             np.fmod(ww, loop_e[:, None] - ls, out=ww)
             ww += ls
             np.copyto(pp, ww, where=pp >= loop_e[:, None])
-        np.copyto(ii, pp, casting="unsafe")      # truncation is floor: positions are never negative
-        np.subtract(pp, ii, out=pp)               # fractional part
-        np.minimum(ii, self.slot_len - 2, out=ii)
-        ii += self.off[rows][:, None]
+        np.floor(pp, out=ww)
+        pp -= ww                                  # fractional part
+        np.minimum(ww, self.slot_len - 2, out=ww)
+        ww += self.off[rows][:, None]
+        np.copyto(ii, ww, casting="unsafe")
         np.take(self.bank, ii, out=s0, mode="clip")
         ii += 1
         np.take(self.bank, ii, out=s1, mode="clip")
