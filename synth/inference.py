@@ -146,7 +146,7 @@ class GeneratorSession:
             raise PresetError(f"{where}: input 'z' has {z_dim} latent dimensions but preset.json says "
                               f"latent.size = {p.latent_size}; the manifest and the graph disagree, re-export")
         outs = self.session.get_outputs()
-        if len(outs) != 1 or outs[0].type != "tensor(float)" or len(outs[0].shape) != 2:
+        if len(outs) != 1 or outs[0].name != "audio" or outs[0].type != "tensor(float)" or len(outs[0].shape) != 2:
             desc = ", ".join(f"{o.name}: {o.type}{list(o.shape)}" for o in outs)
             raise PresetError(f"{where}: generator outputs are [{desc}], the contract needs one float32[B, N] "
                               "'audio'; re-export the preset")

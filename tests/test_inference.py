@@ -86,6 +86,16 @@ def test_wrong_input_dtype(tiny_preset):
         GeneratorSession(tiny_preset)
 
 
+def test_wrong_output(tiny_preset):
+    model = onnx.load(str(tiny_preset.generator_path))
+    model.graph.output[0].name = "wave"
+    for node in model.graph.node:
+        node.output[:] = ["wave" if o == "audio" else o for o in node.output]
+    _replace_graph(tiny_preset, model)
+    with pytest.raises(PresetError, match=r"generator\.onnx: generator outputs are \[wave: tensor\(float\)"):
+        GeneratorSession(tiny_preset)
+
+
 def test_latent_size_mismatch(tmp_path):
     preset = make_tiny_preset(tmp_path, latent_size=8)
     _replace_graph(preset, build_graph(16000, preset.note_samples, 4, True, "oneshot"))
