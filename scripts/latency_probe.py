@@ -94,9 +94,11 @@ def hist_percentile(hist: list[int], q: float) -> float | None:
     return (idx + 1) / 100.0
 
 
-def window_load(before: dict, after: dict) -> dict:
-    d = np.asarray(after["load_hist_pct"]) - np.asarray(before["load_hist_pct"])
-    return {"p50": hist_percentile(d, 50), "p99": hist_percentile(d, 99), "callbacks": int(d.sum())}
+def window_load(before: dict, after: dict, key: str = "load_hist_pct") -> dict:
+    d = np.asarray(after[key]) - np.asarray(before[key])
+    nz = np.flatnonzero(d)
+    return {"p50": hist_percentile(d, 50), "p99": hist_percentile(d, 99), "callbacks": int(d.sum()),
+            "max": (int(nz[-1]) + 1) / 100.0 if nz.size else None}
 
 
 def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_mb: float | None = None,
@@ -190,7 +192,8 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
     return {
         "seconds": seconds, "notes_per_second": rate, "events_sent": len(ev),
         "events_played": after["events"] - before["events"], "xruns_synth": after["xruns"] - before["xruns"],
-        "xruns_jack": xr, "load": window_load(before, after), "max_voices_requested": 256 + int(rate * 0.15) + 1,
+        "xruns_jack": xr, "load": window_load(before, after),
+        "entry_delay": window_load(before, after, "entry_hist_pct"), "max_voices_requested": 256 + int(rate * 0.15) + 1,
         "knob_states_generated": eng1.get("generated", 0) - eng0.get("generated", 0),
         "steals": eng1.get("steals", 0) - eng0.get("steals", 0), "peak": float(np.abs(x).max()),
         "finite": bool(np.isfinite(x).all()), "exit_code": rc,

@@ -38,7 +38,13 @@ RING = 8192            # callback timings kept for the load percentiles (about 2
 HIST_BINS = 300        # load histogram: 1% bins from 0 to 300% of the block time, cumulative
 DEDUP_SECONDS = 0.003  # the same message from two ports this close together is one message twice
 LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
-CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF = 120, 123
+# Work per callback must stay bounded: starting a voice costs the engine ~0.25 ms here (measured
+# with 200 voices playing), so a 256-note cluster arriving at once would take ~60 ms in one block.
+# At most one note-on per 32 frames (4 per 128-frame block) starts per block; the rest, and every
+# event after them, wait for the next block (counted in `deferred`). MIDI over a DIN cable needs
+# ~1 ms per note-on, so even the cap is three times faster than a hardware keyboard.
+FRAMES_PER_NOTE_ON = 32
+MIN_NOTE_ONS = 4
 
 
 class LiveCore:
@@ -68,6 +74,8 @@ class LiveCore:
         self.events = 0
         self.late_events = 0      # events that arrived after their block had started to play
         self.deduped = 0
+        self.deferred = 0         # events held for the next block by the note-on cap
+        self.max_note_ons = max(MIN_NOTE_ONS, blocksize // FRAMES_PER_NOTE_ON)
         self.errors = 0
         self.first_error: str | None = None
         self._leads: list[float] = []
@@ -79,6 +87,10 @@ class LiveCore:
         # Optional: a callable giving the reference time of this block on the events' clock, for
         # inputs stamped on a clock other than PortAudio's (JACK MIDI: JACK's frame clock).
         self.ref_clock: Callable[[], float] | None = None
+        # Optional: frames from the start of the host's cycle to this callback's first line (JACK). The
+        # callback's own duration misses the wait for the GIL before it starts; this catches it.
+        self.entry_delay: Callable[[], int] | None = None
+        self.entry_hist = np.zeros(HIST_BINS, np.int64)   # 1% of a block per bin, cumulative
         self.panic_request = False   # set by any thread; the audio thread calls engine.panic()
         self.panics = 0
 
@@ -86,6 +98,9 @@ class LiveCore:
     def callback(self, outdata, frames: int, time_info, status) -> None:
         """sounddevice callback: `outdata` float32[frames, 2]. Runs on the audio thread."""
         t0 = time.perf_counter()
+        if self.entry_delay is not None:
+            d = self.entry_delay()
+            self.entry_hist[min(max(d, 0) * 100 // frames, HIST_BINS - 1)] += 1
         if status.output_underflow:
             self.underflows += 1
         try:
@@ -146,7 +161,14 @@ class LiveCore:
         pending.clear()
         last = 0
         eng = self.engine
+        budget = self.max_note_ons * frames // self.blocksize if frames != self.blocksize else self.max_note_ons
+        budget = max(budget, 1)
+        capped = False
         for ev in _chain(todo, q):
+            if capped:
+                pending.append(ev)
+                self.deferred += 1
+                continue
             t, kind, ch, a, b, src = ev
             off = int((t - ref) * sr + frames + 0.5)
             if off >= frames:
@@ -165,6 +187,9 @@ class LiveCore:
             self.events += 1
             if kind == NOTE_ON:
                 eng.note_on(ch, a, b, frame=off)
+                budget -= 1
+                if budget == 0:
+                    capped = True
             elif kind == NOTE_OFF:
                 eng.note_off(ch, a, frame=off)
             elif kind == CC:
@@ -463,6 +488,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
 
             midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=status.log)
             core.ref_clock = midi.cycle_clock
+            core.entry_delay = midi.cycle_delay
         elif midi_api in ("alsa", "jack-rtmidi"):
             from synth.midi_in import MidiInput
 
@@ -553,6 +579,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "events": core.events,
         "late_events": core.late_events,
         "deduplicated": core.deduped,
+        "deferred": core.deferred,
         "callback_errors": core.errors,
         "panics": core.panics,
         "load_p50": round(load["p50"], 4),
@@ -565,6 +592,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "gc_collect_ms_max": round(1e3 * tamer.collect_seconds_max, 3),
         "latency_samples": int(getattr(engine, "latency_samples", 0) or 0),
         "load_hist_pct": core.load_hist.tolist(),
+        "entry_hist_pct": core.entry_hist.tolist(),
         "engine": _engine_stats(engine),
         "pid": os.getpid(),
     }

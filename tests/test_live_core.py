@@ -122,8 +122,30 @@ def test_duplicates_from_two_ports_play_once():
               (t + 2e-4, NOTE_ON, 0, 62, 100, 1), (t + 2e-4, NOTE_ON, 0, 62, 100, 1),  # re-strike, 1 port
               (t + 3e-4, NOTE_ON, 0, 64, 100, 1), (t + 3e-4, NOTE_ON, 0, 64, 101, 2)])  # different velocity
     run_block(core)
+    run_block(core)   # more than 4 note-ons: the rest start one block later
     assert [c[2] for c in eng.calls] == [60, 62, 62, 64, 64]
     assert core.deduped == 1
+
+
+def test_note_on_burst_is_spread_over_blocks_in_order():
+    """A 20-note chord plus its note-offs: 4 note-ons per 128-frame block, nothing reordered, nothing lost."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 1.0}
+    core.ref_clock = lambda: clock["t"]
+    t = 1.0 - BS / SR
+    q.extend([(t + i / SR, NOTE_ON, 0, 40 + i, 100, 0) for i in range(20)])
+    q.append((t + 30 / SR, NOTE_OFF, 0, 40, 0, 0))
+    per_block = []
+    for _ in range(6):
+        n0 = len(eng.calls)
+        run_block(core)
+        clock["t"] += BS / SR
+        per_block.append(sum(1 for c in eng.calls[n0:] if c[0] == "on"))
+    assert per_block == [4, 4, 4, 4, 4, 0]
+    assert [c[2] for c in eng.calls if c[0] == "on"] == list(range(40, 60))
+    assert eng.calls[-1][:3] == ("off", 0, 40) and core.events == 21 and core.deferred > 0
 
 
 def test_every_event_kind_reaches_the_engine():
