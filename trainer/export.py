@@ -254,11 +254,12 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     these features. Each component's latent direction is the regression of z on its score (the
     direction in latent space that moves the features along the component), made unit length and
     orthogonal to the earlier ones. The 2·n_knobs candidates are then ranked by audible effect:
-    the mean log-mel distance between the notes at the two ends of the knob. The `n_knobs` best are
+    the mean log-mel distance between the notes at the two ends of the knob. The `n_knobs` best,
+    preferring ones whose main descriptor (below) differs from every stronger knob's, are
     named from measurement (a candidate changing the log-mel by less than 0.5 dB is dropped): the descriptor (`trainer.evaluate.descriptors`: brightness, decay,
     attack, noise, loudness) that changes most between the ends relative to a clearly audible step
     names the knob, and the direction is signed so that turning the CC up increases it.
-    CC 74 goes to the brightness knob, the others take CC 1, 71, 76 in rank order. `candidates`
+    CC 74 goes to the brightness knob, the others take CC 1, 71, 76 in rank order (and CC 74 last). `candidates`
     (float[K, Z], e.g. the principal axes of an encoder's codes of real notes) are ranked alongside.
 
     Range: z's projection on a unit direction is N(0, 1) under the prior, so the ends sit at
@@ -325,7 +326,20 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
             change[key] = float(np.mean(delta))
         measured.append((effect, d, change, dl, dh))
     measured.sort(key=lambda t: -t[0])
-    chosen = [m for m in measured if m[0] >= MIN_EFFECT_DB][:n_knobs]
+    audible = [m for m in measured if m[0] >= MIN_EFFECT_DB]
+
+    def primary(m) -> str:
+        return max(m[2], key=lambda k: abs(m[2][k]) / DESCRIPTORS[k][1])
+
+    # Prefer knobs that do different things: in order of effect, first the candidates whose main
+    # descriptor no stronger knob already has, then the rest.
+    firsts, seen = [], set()
+    for m in audible:
+        if primary(m) not in seen:
+            seen.add(primary(m))
+            firsts.append(m)
+    chosen = (firsts + [m for m in audible if not any(m is f for f in firsts)])[:n_knobs]
+    chosen.sort(key=lambda t: -t[0])
 
     base_err = None
     if pitched:
@@ -336,14 +350,21 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     used_names: set[str] = set()
     for rank, (effect, d, change, dl, dh) in enumerate(chosen):
         # The most audible descriptor names the knob; a name already taken falls to the next
-        # clearly audible one, else to a plain "timbre N".
+        # clearly audible one, else to a numbered one ("decay 2"), else (no descriptor moves
+        # audibly although the spectrum does) to "timbre N".
         scores = sorted(((abs(v) / DESCRIPTORS[k][1], k) for k, v in change.items()), reverse=True)
-        key = scores[0][1]
-        name = f"timbre {rank + 1}"
+        key, name = scores[0][1], None
         for i, (sc, k) in enumerate(scores):
             if DESCRIPTORS[k][0] not in used_names and (sc >= 1.0 or i == 0):
                 name, key = DESCRIPTORS[k][0], k
                 break
+        if name is None and scores[0][0] >= 1.0:
+            base, num = DESCRIPTORS[key][0], 2
+            while f"{base} {num}" in used_names:
+                num += 1
+            name = f"{base} {num}"
+        if name is None:
+            name = f"timbre {rank + 1}"
         used_names.add(name)
         if change[key] < 0:
             d = -d
@@ -362,8 +383,10 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
                       "default": 64, "description": _describe(name, key, change, dl, dh, effect, r),
                       "_key": key, "_effect": effect})
     # CC 74 to the brightness-like knob, the others in rank order.
-    free = [c for c in ccs]
-    bright = next((k for k in knobs if k["_key"] == "brightness"), None)
+    # CC 74 is the brightness control on most keyboards: it goes to the brightness knob, and to
+    # another knob only when every other CC is taken.
+    free = [c for c in ccs if c != 74] + [c for c in ccs if c == 74]
+    bright = next((k for k in knobs if k["name"] == "brightness"), None)
     if bright is not None and 74 in free:
         bright["cc"] = 74
         free.remove(74)
