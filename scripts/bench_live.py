@@ -54,6 +54,18 @@ def rows_from(res: dict) -> list[dict]:
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
              "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks)"),
     ]
+    g = res.get("gc_gil")
+    if g:
+        rows.append(_row("live.gc_full_pause", g["gc_full_ms"], "ms", "", None,
+                         f"gc.collect(2) with the engine loaded ({g['gc_objects']} objects); after gc.freeze() "
+                         f"{g['gc_full_frozen_ms']:.4f} ms, gen-0 {g['gc_gen0_frozen_ms']:.4f} ms. The synth "
+                         "freezes after loading and runs gen-0 collections off the audio thread"))
+        a, b = g["gil_wait_switch_5ms"], g["gil_wait_switch_0.5ms"]
+        rows.append(_row("live.gil_wait_p99_switch_0.5ms", b["p99"], "ms", "", None,
+                         f"SCHED_FIFO Python thread waking every 1 ms while the worker regenerates the keyboard "
+                         f"(knob moved every 60 ms): p99 {b['p99']:.2f} ms / max {b['max']:.1f} ms with "
+                         f"sys.setswitchinterval(0.0005) vs p99 {a['p99']:.2f} ms / max {a['max']:.1f} ms with "
+                         "Python's default 5 ms"))
     return rows
 
 

@@ -200,6 +200,74 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
     }
 
 
+def gc_and_gil(parent: Path, name: str, churn_seconds: float = 2.4) -> dict:
+    """GC pauses and GIL waits in a synth-like process (engine loaded, realtime worker running).
+
+    - full collection (gen 2) time before and after `gc.freeze()` (what an automatic collection would
+      cost the audio thread if it struck there);
+    - wake lateness of a SCHED_FIFO Python thread that sleeps 1 ms in a loop (it needs the GIL to wake,
+      like the audio callback) while the worker regenerates the keyboard for a knob moved every 60 ms,
+      with Python's default switch interval (5 ms) and with the synth's (0.5 ms).
+    """
+    import gc
+    import threading
+
+    from synth.engine import Engine
+    from synth.preset import find_preset
+
+    out: dict = {}
+    eng = Engine(sample_rate=SR, blocksize=512, presets=[find_preset(name, [parent])], realtime=True)
+    try:
+        eng.wait_ready(60)
+        out["gc_objects"] = len(gc.get_objects())
+
+        def timed(fn, n=5):
+            ts = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return float(np.median(ts) * 1e3)
+
+        out["gc_full_ms"] = timed(lambda: gc.collect(2))
+        gc.freeze()
+        out["gc_full_frozen_ms"] = timed(lambda: gc.collect(2))
+        out["gc_gen0_frozen_ms"] = timed(lambda: gc.collect(0))
+        gc.unfreeze()
+        old = sys.getswitchinterval()
+        for interval in (0.005, 0.0005):
+            sys.setswitchinterval(interval)
+            lat: list[float] = []
+            stop = threading.Event()
+
+            def probe(stop=stop, lat=lat):
+                try:
+                    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+                except (OSError, AttributeError):
+                    pass
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    time.sleep(0.001)
+                    lat.append(time.perf_counter() - t0 - 0.001)
+
+            th = threading.Thread(target=probe)
+            th.start()
+            for i in range(int(churn_seconds / 0.06)):
+                eng.set_knob(74, (i * 13 + int(interval * 1e4)) % 128)
+                time.sleep(0.06)
+            stop.set()
+            th.join()
+            eng.wait_ready(60)
+            a = np.array(lat) * 1e3
+            key = f"gil_wait_switch_{interval * 1e3:g}ms"
+            out[key] = {"p50": float(np.median(a)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
+                        "n": len(a)}
+        sys.setswitchinterval(old)
+    finally:
+        eng.close()
+    return out
+
+
 def run(quick: bool = False, preset: str | None = None, preset_dir: str | None = None,
         session_seconds: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="latency-probe-") as tmp:
@@ -211,6 +279,7 @@ def run(quick: bool = False, preset: str | None = None, preset_dir: str | None =
                                           pitches=[30, 97, 41, 86, 52, 75, 35, 92, 47, 80, 58, 69], seed=2)
         out["session_512"] = session(parent, name, work,
                                      seconds=session_seconds or (10.0 if quick else 60.0))
+        out["gc_gil"] = gc_and_gil(parent, name)
     return out
 
 
