@@ -6,8 +6,8 @@ Steps, all inside a temporary folder beside the destination that is renamed into
 1. Rebuild the EMA generator from the run folder alone (`trainer.fit.load_generator`).
 2. `torch.onnx.export` (the dynamo exporter, opset 18; the TorchScript exporter, opset 17, as a
    fallback when dynamo fails or its graph fails the parity check), dynamic batch, inputs z / pitch /
-   velocity, output audio, weights inside the one .onnx file (no external data). metadata_props: name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch,
-   created.
+   velocity, output audio, weights inside the one .onnx file (no external data). metadata_props:
+   name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch, created.
 3. Parity: onnxruntime vs torch on random z, pitches and velocities at batch 1 and 8; refuse when
    max |Δ| > 1e-4 (or when the output leaves [-1, 1] or is not finite).
 4. Knob directions (`knob_directions`), measured on the exported graph; see its docstring.
@@ -20,7 +20,13 @@ Steps, all inside a temporary folder beside the destination that is renamed into
 
 Default latent: the zero vector. Generators here draw z ~ N(0, I), whose mean and mode is 0; it is
 the centre that the truncation trick shrinks towards, so it gives the most typical timbre, and each
-knob's range is measured from it in units of the prior's standard deviation.
+knob's range is measured from it in units of the prior's standard deviation. When the run trained
+an encoder (`train.encoder`), the default is instead the mean of its codes (posterior means) of the
+real training notes: the latent that reconstructs the data's own timbre on average.
+
+Dataset facts come from the run's resolved config (`config["data"]`); the real notes (for the
+envelope facts, the velocity curve, the encoder codes and the card's spectrograms) from the folder
+it records (`data.root`) or `--data`. Without them the same facts are measured on generated notes.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ KNOB_SAMPLES = 96                      # latents sampled for the feature PCA
 MIN_EFFECT_DB = 0.5                    # a direction that changes the log-mel by less is not a knob
 SUSTAIN_DB = -10.0                     # median level just before note-off within 10 dB of the peak: sustained
 
-# Descriptor -> (knob name, change that is clearly audible, unit shown, how to show a change)
+# Descriptor (`trainer.evaluate.descriptors`) -> (knob name, a clearly audible change, its unit)
 DESCRIPTORS = {
     "brightness": ("brightness", 1.0, "semitones of spectral centroid"),
     "decay": ("decay", 0.3, "log2 of the -20 dB decay time"),
@@ -254,13 +260,14 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     these features. Each component's latent direction is the regression of z on its score (the
     direction in latent space that moves the features along the component), made unit length and
     orthogonal to the earlier ones. The 2·n_knobs candidates are then ranked by audible effect:
-    the mean log-mel distance between the notes at the two ends of the knob. The `n_knobs` best,
-    preferring ones whose main descriptor (below) differs from every stronger knob's, are
-    named from measurement (a candidate changing the log-mel by less than 0.5 dB is dropped): the descriptor (`trainer.evaluate.descriptors`: brightness, decay,
-    attack, noise, loudness) that changes most between the ends relative to a clearly audible step
-    names the knob, and the direction is signed so that turning the CC up increases it.
-    CC 74 goes to the brightness knob, the others take CC 1, 71, 76 in rank order (and CC 74 last). `candidates`
-    (float[K, Z], e.g. the principal axes of an encoder's codes of real notes) are ranked alongside.
+    the mean log-mel distance between the notes at the two ends of the knob (a candidate that
+    changes it by less than 0.5 dB is dropped). The `n_knobs` best are kept, preferring ones whose
+    main descriptor differs from every stronger knob's, and named from measurement: the descriptor
+    (`trainer.evaluate.descriptors`: brightness, decay, attack, noise, loudness) that changes most
+    between the ends relative to a clearly audible step names the knob, and the direction is
+    signed so that turning the CC up increases it. CC 74 goes to the brightness knob, the others
+    take CC 1, 71, 76 in rank order (and CC 74 last). `candidates` (float[K, Z], e.g. the
+    principal axes of an encoder's codes of real notes) are ranked alongside.
 
     Range: z's projection on a unit direction is N(0, 1) under the prior, so the ends sit at
     ±2 standard deviations (the central 95 %) around the default latent; the range is stored as
