@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from array import array
 from dataclasses import dataclass
@@ -133,13 +134,20 @@ def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
     where = str(path)
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if p.is_dir():
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
             raise MidiFileError(f"{where}: is a folder, not a MIDI file")
-        if size > max_bytes:
-            raise MidiFileError(f"{where}: {size} bytes is over the {max_bytes}-byte limit for MIDI files "
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would block forever and /dev/zero would never end: refuse before opening.
+            raise MidiFileError(f"{where}: not a regular file (a pipe, device or socket); save the MIDI data "
+                                f"to a .mid file first")
+        if st.st_size > max_bytes:
+            raise MidiFileError(f"{where}: {st.st_size} bytes is over the {max_bytes}-byte limit for MIDI files "
                                 f"(a long dense piece is well under 1 MB); split the file")
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)  # bounded even if the file grows after stat()
+        if len(data) > max_bytes:
+            raise MidiFileError(f"{where}: over the {max_bytes}-byte limit for MIDI files; split the file")
     except FileNotFoundError:
         raise MidiFileError(f"{where}: no such file; check the path") from None
     except PermissionError:

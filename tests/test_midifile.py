@@ -139,11 +139,16 @@ def test_bad_files_raise_one_line_naming_the_file(tmp_path, case):
     assert "\n" not in msg
 
 
-def test_missing_file_and_folder(tmp_path):
+def test_missing_file_folder_and_special_files(tmp_path):
     with pytest.raises(MidiFileError, match="no such file"):
         read_midi(tmp_path / "nope.mid")
     with pytest.raises(MidiFileError, match="folder"):
         read_midi(tmp_path)
+    fifo = tmp_path / "pipe.mid"
+    os.mkfifo(fifo)  # opening it would block forever
+    for p in (fifo, "/dev/zero"):  # /dev/zero would never end
+        with pytest.raises(MidiFileError, match="not a regular file"):
+            read_midi(p)
 
 
 def test_size_and_event_limits_are_explicit(tmp_path):
