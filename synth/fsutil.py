@@ -26,6 +26,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _default_mode(is_dir: bool) -> int:
+    """The mode open()/mkdir() would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
+    mask = 0o022
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+                    break
+    except (OSError, ValueError):
+        pass
+    return (0o777 if is_dir else 0o666) & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is fsynced and renamed onto `dest`.
@@ -42,6 +56,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _default_mode(is_dir=False))
         os.replace(tmp_path, dest)
         _fsync_dir(parent)
     except BaseException:
@@ -75,6 +90,7 @@ def atomic_dir(dest: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=parent))
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(is_dir=True))
         old = None
         if dest.exists():
             if not replace:

@@ -4,6 +4,8 @@ refuses a graph that differs from torch; a failing export leaves the previous pr
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import onnx
@@ -27,8 +29,12 @@ CFG = {"dataset": {"sample_rate": 16000, "note_samples": 8000, "kind": "pitched"
 def exported(tmp_path_factory):
     G = TinyTorchGenerator().eval()
     dest = tmp_path_factory.mktemp("presets") / "tiny"
-    preset = ex.export_preset(G, CFG, dest, description="tiny test tone", quiet=True,
-                              commands=["python", "-m", "trainer", "export", "RUN", "--preset", str(dest)])
+    old_mask = os.umask(0o022)
+    try:
+        preset = ex.export_preset(G, CFG, dest, description="tiny test tone", quiet=True,
+                                  commands=["python", "-m", "trainer", "export", "RUN", "--preset", str(dest)])
+    finally:
+        os.umask(old_mask)
     return G, preset
 
 
@@ -36,6 +42,9 @@ def test_export_writes_a_preset_the_synth_plays(exported):
     G, preset = exported
     folder = preset.path
     assert sorted(p.name for p in folder.iterdir()) == ["card.md", "generator.onnx", "preset.json", "spectrograms.png"]
+    # Readable by everyone under umask 022, like any other file (not the 0700/0600 of temp files).
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
     p = load_preset_dir(folder)
     assert (p.name, p.sample_rate, p.note_samples, p.pitch_range, p.latent_size) == ("tiny", 16000, 8000, (40, 84), 8)
     assert p.velocity_layers == (40, 80, 120) and p.velocity_conditioned

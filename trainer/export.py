@@ -505,8 +505,9 @@ def velocity_curve(audio: np.ndarray, keys: np.ndarray, velocities: np.ndarray, 
 # --------------------------------------------------------------------------------------------------
 # the export
 
-def _real_notes(root: Path | None, sr: int, keys: list[int], max_notes: int = 48):
-    """Real notes from the dataset at `root` (train split) for the envelope facts and the grid, or None."""
+def _real_notes(root: Path | None, sr: int, keys: list[int], n_keys: int = 12):
+    """(dataset, indices): every note (all velocities, all splits) of up to `n_keys` keys spread over
+    `keys`, for the envelope facts, the velocity curve and the grid; None without a usable dataset."""
     if root is None or not (Path(root) / "manifest.json").is_file():
         return None
     from trainer.data import OneShotDataset
@@ -514,10 +515,10 @@ def _real_notes(root: Path | None, sr: int, keys: list[int], max_notes: int = 48
     ds = OneShotDataset(root)
     if not len(ds) or ds.info["sample_rate"] != sr:
         return None
-    idx = np.nonzero(np.isin(ds.pitches, keys))[0]
-    if not len(idx):
+    present = sorted(set(ds.pitches.tolist()) & set(keys))
+    if not present:
         return None
-    idx = idx[np.linspace(0, len(idx) - 1, min(max_notes, len(idx))).round().astype(int)]
+    idx = np.nonzero(np.isin(ds.pitches, _spread(present, n_keys)))[0]
     return ds, idx
 
 
