@@ -14,7 +14,9 @@ for at most `MAX_TAIL_SECONDS`. The engine's reported latency (the effects FIFO)
 event times in the file and in the output agree.
 
 The file is written to a temporary file beside OUT and renamed at the end: any error leaves no
-output behind (and an existing OUT untouched).
+output behind (and an existing OUT untouched). A writer thread encodes and writes fixed-size
+buffers while the engine renders the next ones. Files longer than `MAX_SECONDS` (4 h; usually a
+broken tempo map) are refused before any work.
 """
 
 from __future__ import annotations
