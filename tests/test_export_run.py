@@ -4,6 +4,7 @@ generator from the run folder alone, and the preset reloads and plays."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import onnx
@@ -30,6 +31,11 @@ def test_fit_export_reload_play(tmp_path):
     assert p.description == "one step" and p.training["arch"] == "ddsp" and p.training["steps"] == 1
     assert p.training["data"]["root"] == str(data)
     assert any(c.startswith("python -m trainer export") for c in p.training["commands"])
+    # The fit command resolves to the same config: non-default settings as flags, the rest inline.
+    fit_cmd = next(c for c in p.training["commands"] if c.startswith("python -m trainer fit"))
+    assert f"--data {data.resolve()} --arch ddsp" in fit_cmd and "--steps 1" in fit_cmd and "--batch 4" in fit_cmd
+    overlay = json.loads(shlex.split(fit_cmd.split("<(echo ", 1)[1][:-1])[0])
+    assert overlay == {"model": TINY["model"], "disc": TINY["disc"]}
     meta = {m.key: m.value for m in onnx.load(str(dest / "generator.onnx")).metadata_props}
     assert meta["arch"] == "ddsp" and int(meta["latent_size"]) == p.latent_size
     audio = GeneratorSession(p, providers="cpu", threads=1).generate(

@@ -137,6 +137,9 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
             lines.append(f"| {k['cc']} | {k['name']} | {k.get('description', '')} | "
                          f"{k['range'][0]:+.2f} … {k['range'][1]:+.2f} |")
         lines.append("")
+    else:
+        lines += ["No knobs: no latent direction changed the sound audibly (less than 0.5 dB of log-mel "
+                  "change between its ends); the generator (nearly) ignores its latent.", ""]
     if tr.get("knob_method"):
         lines.append(f"How the directions were found: {tr['knob_method']}")
     if tr.get("default_latent"):

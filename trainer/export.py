@@ -559,6 +559,55 @@ def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> di
     return out
 
 
+FIT_FLAGS = {("arch",): "--arch", ("seed",): "--seed", ("name",): "--name", ("train", "loss"): "--loss",
+             ("train", "spectral_weight"): "--spectral-weight", ("train", "steps"): "--steps",
+             ("train", "minutes"): "--minutes", ("train", "batch"): "--batch"}
+
+
+def _diff(cfg: Any, base: Any) -> Any:
+    """The parts of `cfg` that differ from `base` (nested dicts), or None when equal."""
+    if isinstance(cfg, dict) and isinstance(base, dict):
+        out = {k: d for k, v in cfg.items() if (d := _diff(v, base.get(k, _MISSING))) is not None}
+        return out or None
+    return None if cfg == base else cfg
+
+
+_MISSING = object()
+
+
+def fit_command(config: dict[str, Any], info: dict[str, Any], run_dir) -> str:
+    """A `trainer fit` command line that resolves to `config` again.
+
+    Settings that differ from `trainer.config`'s defaults become flags where fit has one; any
+    others go in a `--config` overlay, written inline as JSON (shell-quoted) so the line stands
+    alone. The "run" section (device, precision) does not change what is trained and is left out.
+    """
+    import shlex
+
+    root = info.get("root", "DATA")
+    try:
+        from trainer import config as C
+
+        base = C.resolve([{"arch": config["arch"]}], config.get("data") or {})
+    except Exception:  # noqa: BLE001 - a config from another version: fall back to the file itself
+        return f"python -m trainer fit --data {root} --config {Path(run_dir) / 'config.json'} --out {run_dir}"
+    body = {k: v for k, v in config.items() if k not in ("run", "data")}
+    diff = _diff(body, {k: v for k, v in base.items() if k not in ("run", "data")}) or {}
+    flags = [f"--arch {config['arch']}"]
+    for path, flag in FIT_FLAGS.items():
+        node = diff
+        for k in path[:-1]:
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and path[-1] in node and path != ("arch",):
+            flags.append(f"{flag} {shlex.quote(str(node.pop(path[-1])))}")
+    diff.pop("arch", None)
+    diff = {k: v for k, v in diff.items() if v not in ({}, None)}
+    cmd = f"python -m trainer fit --data {root} " + " ".join(flags)
+    if diff:
+        cmd += f" --config <(echo {shlex.quote(json.dumps(diff, sort_keys=True))})"
+    return cmd
+
+
 def _commands(config: dict[str, Any], info: dict[str, Any], run_dir, export_cmd: list[str] | None) -> list[str]:
     """The dataset, fit and export commands that reproduce the preset."""
     cmds = []
@@ -570,9 +619,7 @@ def _commands(config: dict[str, Any], info: dict[str, Any], run_dir, export_cmd:
     if fit:
         cmds.append(fit if isinstance(fit, str) else " ".join(map(str, fit)))
     elif run_dir is not None and isinstance(config.get("train"), dict):
-        # Not recorded by the run: the equivalent command (the resolved config as the one overlay).
-        cmds.append(f"python -m trainer fit --data {info.get('root', 'DATA')} --config {Path(run_dir) / 'config.json'} "
-                    f"--out {run_dir}")
+        cmds.append(fit_command(config, info, run_dir))
     if export_cmd:
         cmds.append(" ".join(export_cmd))
     return cmds
@@ -684,8 +731,8 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
         knobs, knob_method = knob_directions(gen, Z, keys, v_mid, sr, n_knobs=n_knobs, default=z0,
                                              pitched=kind != "drums", seed=seed, candidates=code_axes)
         src = info.get("source") or {}
-        hold = None
-        if isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
+        hold = info.get("hold_seconds")
+        if hold is None and isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
             hold = float(src["seconds"]) - float(src["release"])
         if real is not None:
             ds, idx = real
