@@ -145,3 +145,34 @@ def test_failing_export_leaves_the_old_preset_intact(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]      # no temporary folder left behind
     assert json.loads((dest / "preset.json").read_text())["name"] == "tiny"
+
+
+def _enveloped(level_db_per_s: float, hold: float, release_tau: float, sr: int = 8000, seconds: float = 2.0):
+    t = np.arange(int(seconds * sr)) / sr
+    env = 10 ** (-level_db_per_s * np.minimum(t, hold) / 20) * np.exp(-np.maximum(0.0, t - hold) / release_tau)
+    return (0.5 * env * np.sin(2 * np.pi * 220 * t) * np.minimum(1, t / 0.005)).astype(np.float32)
+
+
+def test_envelope_facts_sustain_and_release():
+    sr = 8000
+    # Organ-like: level held until note-off at 1.5 s, then a release with tau 0.05 s (30 dB in
+    # 0.05·ln(10^1.5) = 0.17 s).
+    organ = np.stack([_enveloped(1.0, 1.5, 0.05) for _ in range(3)])
+    mode, evidence, release, _ = ex.envelope_facts(organ, sr, hold_seconds=1.5, kind="pitched")
+    assert mode == "loop" and "note-off" in evidence
+    assert release == pytest.approx(0.05 * np.log(10 ** 1.5), abs=0.02)
+    # Piano-like: 20 dB per second of decay is 30 dB down by note-off.
+    piano = np.stack([_enveloped(20.0, 1.5, 0.05)])
+    assert ex.envelope_facts(piano, sr, hold_seconds=1.5, kind="pitched")[0] == "oneshot"
+    # Unknown note-off: judged over the note's last 10 %.
+    assert ex.envelope_facts(organ[:, :int(1.4 * sr)], sr, None, "pitched")[0] == "loop"
+    assert ex.envelope_facts(organ, sr, None, "drums")[0] == "oneshot"
+
+
+def test_velocity_curve_recovers_the_exponent():
+    sr, keys, vels = 8000, np.repeat([48, 60], 4), np.tile([32, 64, 96, 127], 2)
+    t = np.arange(sr) / sr
+    for c in (1.0, 2.0):
+        audio = np.stack([(v / 127) ** c * 0.5 * np.sin(2 * np.pi * 220 * 2 ** ((k - 57) / 12) * t)
+                          for k, v in zip(keys, vels, strict=True)]).astype(np.float32)
+        assert ex.velocity_curve(audio, keys, vels, sr) == pytest.approx(c, abs=0.02)

@@ -78,8 +78,8 @@ def load_run(run_dir: str | os.PathLike):
     """(G, config, facts, encoder) from a run folder alone.
 
     G and config come from `trainer.fit.load_generator(run_dir, ema=True)`; facts = {"steps",
-    "minutes"} actually trained, read from checkpoints/last.pt; encoder is the run's E (eval mode)
-    when it trained one, else None.
+    "minutes"} actually trained (and "hardware" when the checkpoint records it), read from
+    checkpoints/last.pt; encoder is the run's E (eval mode) when it trained one, else None.
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -89,6 +89,8 @@ def load_run(run_dir: str | os.PathLike):
     G, config = load_generator(run, ema=True)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     facts = {"steps": int(ck.get("step", 0)), "minutes": round(float(ck.get("train_seconds", 0.0)) / 60.0, 2)}
+    if isinstance(ck.get("hardware"), str):
+        facts["hardware"] = ck["hardware"]
     encoder = None
     if ck.get("E") is not None:
         from trainer.models import build_encoder
@@ -550,7 +552,7 @@ def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> di
     if "seed" in config:
         out["seed"] = config["seed"]
     run = config.get("run") if isinstance(config.get("run"), dict) else {}
-    hw = config.get("hardware") or run.get("hardware")
+    hw = facts.get("hardware") or config.get("hardware") or run.get("hardware")
     if hw:
         out["hardware"] = hw
     else:
