@@ -144,7 +144,7 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
 
 
 def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: float = 50.0, seed: int = 1,
-            sweeps: bool = True, cluster: bool = True, synth_args: tuple[str, ...] = ()) -> dict:
+            sweeps: bool = True, cluster: bool = True, synth_args: tuple[str, ...] = (), sweep_cc: int = 74) -> dict:
     """Part 3: 512 frames, 256-voice cluster + CC 74 sweeps + `rate` notes/s for `seconds`.
     `sweeps`, `cluster` and `synth_args` exist to take the load apart (see docs/live.md)."""
     rng = np.random.default_rng(seed)
@@ -173,7 +173,7 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
                     v = int(round(127 * (1 - abs(1 - 2 * j / (steps - 1)))))
                     f = t0 + int((s * sweep_period + j * sweep_period / steps) * SR)
                     for ch in range(8):
-                        ev.append((f, bytes([0xB0 | ch, 74, v])))
+                        ev.append((f, bytes([0xB0 | ch, sweep_cc, v])))
             n = int(seconds * rate)
             times = np.sort(rng.uniform(0, seconds - 0.3, n))
             for t in times:                              # 50 notes/s on channels 8..11

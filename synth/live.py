@@ -1,17 +1,19 @@
 """`python -m synth [play] --preset NAME`: play live, MIDI in (rtmidi), audio out (sounddevice).
 
-Threads (see docs/architecture.md):
-- rtmidi's thread (ALSA) or JACK's process thread: stamp each message with the stream clock and append
-  it to a deque (`synth.midi_in`);
+Threads (see docs/architecture.md and docs/live.md):
+- MIDI: rtmidi's thread (ALSA), or the process thread of our JACK MIDI client: stamp each message and
+  append it to a deque (`synth.midi_in`); nothing else;
 - the audio callback (`LiveCore.callback`): drain the deque, turn each event's time into a frame
   offset inside this block, call the engine, `engine.render(frames, out=...)`, write `outdata[:]`;
 - this module's main thread: status line, GC gen-0 collections, port hot-plug is on its own thread;
 - the engine's generator worker (owned by the engine).
 
-Event timing: an event stamped at stream time `t` sounds at `t + one block + output latency`. The
-callback knows when its block reaches the DAC (`time_info.outputBufferDacTime`), so the offset is
-`(t - block_start_reference) * sr + blocksize`, clamped at 0 for late events and deferred to the next
-block when it falls past this one. So timing is kept inside the block and never jitters by a whole one.
+Event timing: an event stamped at time `t` sounds one block after `t`. The reference is the time of
+this block's start on the events' clock: JACK's cycle start for JACK MIDI (frame-exact), else the
+block's DAC time (`time_info.outputBufferDacTime`) minus the typical DAC lead, both on the PortAudio
+stream clock that rtmidi events are stamped with. The offset `(t - reference) * sr + blocksize` is
+clamped at 0 for late events and deferred to the next block when it falls past this one, so timing
+is kept inside the block and never jitters by a whole one.
 """
 
 from __future__ import annotations
@@ -87,10 +89,13 @@ class LiveCore:
         # Optional: a callable giving the reference time of this block on the events' clock, for
         # inputs stamped on a clock other than PortAudio's (JACK MIDI: JACK's frame clock).
         self.ref_clock: Callable[[], float] | None = None
-        # Optional: frames from the start of the host's cycle to this callback's first line (JACK). The
-        # callback's own duration misses the wait for the GIL before it starts; this catches it.
-        self.entry_delay: Callable[[], int] | None = None
-        self.entry_hist = np.zeros(HIST_BINS, np.int64)   # 1% of a block per bin, cumulative
+        # With a reference clock (JACK): how late in the cycle this callback started, in 1% of a block,
+        # cumulative. The callback's own duration misses the wait for the GIL before it starts; this
+        # catches it. PortAudio's JACK `currentTime` is JACK's current frame at entry minus a constant,
+        # so `currentTime - cycle start` is the delay plus that constant; its minimum stands for zero.
+        # Costs no extra call into JACK (each such call releases the GIL: another chance to lose it).
+        self.entry_hist = np.zeros(HIST_BINS, np.int64)
+        self._entry_min = math.inf
         self.panic_request = False   # set by any thread; the audio thread calls engine.panic()
         self.panics = 0
 
@@ -98,13 +103,24 @@ class LiveCore:
     def callback(self, outdata, frames: int, time_info, status) -> None:
         """sounddevice callback: `outdata` float32[frames, 2]. Runs on the audio thread."""
         t0 = time.perf_counter()
-        if self.entry_delay is not None:
-            d = self.entry_delay()
-            self.entry_hist[min(max(d, 0) * 100 // frames, HIST_BINS - 1)] += 1
+        ref = None
+        if self.ref_clock is not None:
+            # Read JACK's cycle clock every block (its 32-bit unwrap must not miss a wrap).
+            ref = self.ref_clock()
+            raw = time_info.currentTime - ref
+            if raw < self._entry_min:
+                self._entry_min = raw
+            share = (raw - self._entry_min) * self.sr / frames
+            self.entry_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
         if status.output_underflow:
             self.underflows += 1
         try:
-            buf = self._block if frames == self.blocksize else self._buf[:frames]
+            if frames == self.blocksize:
+                buf = self._block
+            else:
+                if frames > len(self._buf):   # a host that changed its block size: grow once
+                    self._buf = np.zeros((frames, 2), np.float32)
+                buf = self._buf[:frames]
             if self.panic_request:
                 # engine.panic() touches the voices, so it must run here, between renders.
                 self.panic_request = False
@@ -112,7 +128,7 @@ class LiveCore:
                 self.engine.panic()
             if self._lead is None and self.ref_clock is None:
                 self._reference(time_info)   # learn the DAC lead before the first note arrives
-            self._dispatch(frames, time_info)
+            self._dispatch(frames, time_info, ref)
             self.engine.render(frames, out=buf)
             np.clip(buf, -1.0, 1.0, out=buf)
             outdata[:] = buf
@@ -146,14 +162,11 @@ class LiveCore:
             return now
         return dac - self._lead
 
-    def _dispatch(self, frames: int, time_info) -> None:
+    def _dispatch(self, frames: int, time_info, ref: float | None) -> None:
         q = self.queue
-        ref_clock = self.ref_clock
-        # Read JACK's cycle clock every block so its 32-bit unwrap never misses a wrap.
-        ref = ref_clock() if ref_clock is not None else 0.0
         if not q and not self._pending:
             return
-        if ref_clock is None:
+        if ref is None:
             ref = self._reference(time_info)
         sr = self.sr
         pending = self._pending
@@ -488,7 +501,6 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
 
             midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=status.log)
             core.ref_clock = midi.cycle_clock
-            core.entry_delay = midi.cycle_delay
         elif midi_api in ("alsa", "jack-rtmidi"):
             from synth.midi_in import MidiInput
 

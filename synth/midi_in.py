@@ -274,10 +274,6 @@ class FrameClock:
         self._last = frame
         return frame + (self._wraps << 32)
 
-    def cycle_delay(self) -> int:
-        """Frames between the start of JACK's current cycle and now: how late a process callback began."""
-        return self._client.frame_time - self._client.last_frame_time
-
     def cycle_start(self) -> float:
         """Seconds (frames / sample rate) at the start of JACK's current process cycle. Valid from any
         JACK process callback of this server, e.g. PortAudio's audio callback under JACK."""
@@ -325,9 +321,7 @@ class JackMidiInput:
         self.sample_rate = self.client.samplerate
         self.port = self.client.midi_inports.register(VIRTUAL_PORT)
         self._clock = FrameClock(self.client, self.sample_rate)
-        fc = FrameClock(self.client, self.sample_rate)
-        self.cycle_clock = fc.cycle_start
-        self.cycle_delay = fc.cycle_delay
+        self.cycle_clock = FrameClock(self.client, self.sample_rate).cycle_start
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

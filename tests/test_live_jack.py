@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,5 +221,22 @@ def test_stand_in_engine_gets_exact_frame_offsets(presets, tmp_path):
                 probe.close()
             assert sp.stop() == 0
     found = onsets(x, [f - start for f in sent], 4800, 0.01)
+    assert all(o is not None for o in found), (found, sp.stderr[-2000:])
     delays = [o + start - f for o, f in zip(found, sent, strict=True)]
     assert all(256 <= d <= 256 + 4 for d in delays), delays
+
+
+def test_short_session_cluster_sweeps_and_note_stream_has_no_xruns(presets, tmp_path):
+    """The bench session, 6 s: 256 held voices (8 channels x 32), CC 74 sweeps on every channel (a new
+    knob state, so a keyboard prefill, about 16 times a second) and 50 notes/s, at 512 frames: no
+    xrun in the synth or in JACK, every event played, output finite and within +-1."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import latency_probe
+
+    r = latency_probe.session(presets, "piano", tmp_path, seconds=6.0)
+    assert r["exit_code"] == 0
+    assert r["finite"] and r["peak"] <= 1.0
+    assert r["events_played"] == r["events_sent"], r
+    assert r["xruns_synth"] == 0 and r["xruns_jack"] == 0, r
