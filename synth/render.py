@@ -427,9 +427,9 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
             if bar is not None:
                 bar.close()
     finally:
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        engine.close()
+        if kw.get("fx") is not None:
+            kw["fx"].close()  # frees its pyo server now rather than at garbage collection
     return RenderResult(path=out, sample_rate=sample_rate, frames=sink.frames, notes=events.note_count(),
                         peak=sink.peak, seconds_prepare=t_prep, seconds_total=time.perf_counter() - t0,
                         notes_prepared=n_prep)
