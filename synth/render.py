@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,37 +364,70 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
     if not 8000 <= sample_rate <= 192000:
         raise UserError(f"--sample-rate {sample_rate}: choose 8000..192000 Hz")
     container = check_output(out, inp, fmt)
-    events = read_midi(inp)
-    if events.note_count() == 0:
-        raise UserError(f"{inp}: the file has no notes; nothing to render")
-    if events.end_time > MAX_SECONDS:
-        raise UserError(f"{inp}: the file lasts {events.end_time / 3600:.1f} hours, over the "
-                        f"{MAX_SECONDS / 3600:.0f}-hour render limit; its tempo map or timing is probably broken")
-    program_map = dict(program_map or {})
-    names = [preset] + [n for n in program_map.values() if n != preset]
-    presets = []
-    for n in dict.fromkeys(names):
-        presets.append(find_preset(n, list(preset_dirs)))
-    if drums is not None:
-        kit = find_preset(drums, list(preset_dirs))
-        if not kit.is_drums:
-            raise UserError(f"--drums {drums}: is a {kit.kind} preset, not a drum kit (`python -m synth presets` "
-                            f"shows each preset's kind)")
-        presets = [p for p in presets if p.name != kit.name] + [kit]
+    # mido parses in Python while the engine's ONNX session is created in C++ (without the GIL):
+    # overlap the two. A bad MIDI file is reported first, whatever else fails.
+    parsed: dict = {}
+
+    def parse() -> None:
+        try:
+            parsed["events"] = read_midi(inp)
+        except BaseException as e:  # noqa: BLE001 - re-raised below in the calling thread
+            parsed["error"] = e
+
+    reader = threading.Thread(target=parse, name="midi-reader", daemon=True)
+    reader.start()
+
+    def midi_events():
+        reader.join()
+        if "error" in parsed:
+            raise parsed["error"]
+        return parsed["events"]
+
+    kw: dict = {}
+    try:
+        program_map = dict(program_map or {})
+        names = [preset] + [n for n in program_map.values() if n != preset]
+        presets = []
+        for n in dict.fromkeys(names):
+            presets.append(find_preset(n, list(preset_dirs)))
+        if drums is not None:
+            kit = find_preset(drums, list(preset_dirs))
+            if not kit.is_drums:
+                raise UserError(f"--drums {drums}: is a {kit.kind} preset, not a drum kit (`python -m synth presets` "
+                                f"shows each preset's kind)")
+            presets = [p for p in presets if p.name != kit.name] + [kit]
+
+        from synth.engine import Engine
+
+        kw = dict(sample_rate=sample_rate, blocksize=blocksize, presets=presets, realtime=False)
+        if program_map:
+            kw["program_map"] = program_map
+        if fx:
+            from synth.fx import parse_fx
+
+            kw["fx"] = parse_fx(fx, sample_rate, chunk=256)
+        kw.update(engine_kw or {})
+        engine = Engine(**kw)
+    except BaseException:
+        midi_events()  # a MIDI error wins over the preset/engine error
+        if kw.get("fx") is not None:
+            kw["fx"].close()
+        raise
+    try:
+        events = midi_events()
+        if events.note_count() == 0:
+            raise UserError(f"{inp}: the file has no notes; nothing to render")
+        if events.end_time > MAX_SECONDS:
+            raise UserError(f"{inp}: the file lasts {events.end_time / 3600:.1f} hours, over the {MAX_SECONDS / 3600:.0f}"
+                            f"-hour render limit; its tempo map or timing is probably broken")
+    except BaseException:
+        engine.close()
+        if kw.get("fx") is not None:
+            kw["fx"].close()
+        raise
 
     import soundfile as sf
 
-    from synth.engine import Engine
-
-    kw = dict(sample_rate=sample_rate, blocksize=blocksize, presets=presets, realtime=False)
-    if program_map:
-        kw["program_map"] = program_map
-    if fx:
-        from synth.fx import parse_fx
-
-        kw["fx"] = parse_fx(fx, sample_rate, chunk=256)
-    kw.update(engine_kw or {})
-    engine = Engine(**kw)
     try:
         for cc, v in knobs:
             for ch in range(16):

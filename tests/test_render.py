@@ -290,6 +290,14 @@ def test_bad_input_exits_2_with_one_line_and_no_output(presets, tmp_path, capfd,
     assert out.read_bytes() == b"previous render"
 
 
+def test_a_bad_midi_file_is_reported_before_a_bad_preset(presets, tmp_path, capfd):
+    bad = _bad_midi(tmp_path, "zero_division")
+    rc = cli_main(["render", str(bad), "-o", str(tmp_path / "o.wav"), "--preset", "nosuch",
+                   "--preset-dir", str(presets)])
+    err = capfd.readouterr().err
+    assert rc == 2 and "time division is 0" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_input_in_a_real_process(presets, tmp_path):
     bad = _bad_midi(tmp_path, "truncated")
     r = subprocess.run([sys.executable, "-m", "synth", "render", str(bad), "-o", str(tmp_path / "o.wav"),
