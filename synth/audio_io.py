@@ -85,9 +85,9 @@ def jack_server_info() -> tuple[int, int] | None:
 def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, str]:
     """Resolve "auto" for the audio and MIDI APIs.
 
-    When `/dev/snd/seq` is missing and a JACK server runs, both go through JACK. Otherwise audio uses
-    PortAudio's default output ("auto" stays "auto") and MIDI uses ALSA, unless ALSA MIDI is missing and
-    JACK runs. Explicit choices are kept as given.
+    A running JACK server owns the sound card, so when one runs both go through JACK (always so when
+    `/dev/snd/seq` is missing: then there is no other MIDI). Otherwise audio uses PortAudio's default
+    output ("auto" stays "auto") and MIDI uses ALSA. Explicit choices are kept as given.
     """
     if audio_api not in AUDIO_APIS:
         raise UserError(f"--audio-api {audio_api!r} is not known; choose from {', '.join(AUDIO_APIS)}")
@@ -96,11 +96,10 @@ def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, s
     if audio_api != "auto" and midi_api != "auto":
         return audio_api, midi_api
     jack = jack_server_running()
-    seq = has_alsa_seq()
-    if audio_api == "auto" and jack and not seq:
+    if audio_api == "auto" and jack:
         audio_api = "jack"
     if midi_api == "auto":
-        midi_api = "jack" if jack and (not seq or audio_api == "jack") else "alsa"
+        midi_api = "jack" if jack and (audio_api == "jack" or not has_alsa_seq()) else "alsa"
     return audio_api, midi_api
 
 

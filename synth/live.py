@@ -40,6 +40,7 @@ RING = 8192            # callback timings kept for the load percentiles (about 2
 HIST_BINS = 300        # load histogram: 1% bins from 0 to 300% of the block time, cumulative
 DEDUP_SECONDS = 0.003  # the same message from two ports this close together is one message twice
 LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
+ENTRY_BASE = 64        # callbacks used to learn the usual entry delay under JACK
 # Work per callback must stay bounded: starting a voice costs the engine ~0.25 ms here (measured
 # with 200 voices playing), so a 256-note cluster arriving at once would take ~60 ms in one block.
 # At most one note-on per 32 frames (4 per 128-frame block) starts per block; the rest, and every
@@ -92,10 +93,12 @@ class LiveCore:
         # With a reference clock (JACK): how late in the cycle this callback started, in 1% of a block,
         # cumulative. The callback's own duration misses the wait for the GIL before it starts; this
         # catches it. PortAudio's JACK `currentTime` is JACK's current frame at entry minus a constant,
-        # so `currentTime - cycle start` is the delay plus that constant; its minimum stands for zero.
+        # so `currentTime - cycle start` is the delay plus that constant. The median over the first
+        # ENTRY_BASE callbacks stands for the usual delay; the histogram counts the delay beyond it.
         # Costs no extra call into JACK (each such call releases the GIL: another chance to lose it).
         self.entry_hist = np.zeros(HIST_BINS, np.int64)
-        self._entry_min = math.inf
+        self._entry_raw: list[float] = []
+        self._entry_base: float | None = None
         self.panic_request = False   # set by any thread; the audio thread calls engine.panic()
         self.panics = 0
 
@@ -108,10 +111,13 @@ class LiveCore:
             # Read JACK's cycle clock every block (its 32-bit unwrap must not miss a wrap).
             ref = self.ref_clock()
             raw = time_info.currentTime - ref
-            if raw < self._entry_min:
-                self._entry_min = raw
-            share = (raw - self._entry_min) * self.sr / frames
-            self.entry_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
+            if self._entry_base is None:
+                self._entry_raw.append(raw)
+                if len(self._entry_raw) >= ENTRY_BASE:
+                    self._entry_base = float(np.median(self._entry_raw))
+            else:
+                share = (raw - self._entry_base) * self.sr / frames
+                self.entry_hist[min(max(int(share * 100.0), 0), HIST_BINS - 1)] += 1
         if status.output_underflow:
             self.underflows += 1
         try:
@@ -499,8 +505,11 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
         if midi_api == "jack":
             from synth.midi_in import JackMidiInput
 
-            midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=status.log)
-            core.ref_clock = midi.cycle_clock
+            on_jack = device.hostapi == audio_io.AUDIO_APIS["jack"]
+            midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=status.log,
+                                 clock=None if on_jack else audio.time)
+            if on_jack:
+                core.ref_clock = midi.cycle_clock
         elif midi_api in ("alsa", "jack-rtmidi"):
             from synth.midi_in import MidiInput
 

@@ -287,7 +287,9 @@ class JackMidiInput:
     the same time and timing jitters by a whole period (measured: p95-p5 of 2.5 ms at 128 frames).
     Here one JACK client `neural-synth` owns the input port `neural-synth`; each event is stamped with
     `last_frame_time + offset`, in seconds of JACK's frame clock, so `cycle_clock()` (JACK cycle start,
-    same clock) lets the audio callback place it at the exact frame one period later.
+    same clock) lets the audio callback place it at the exact frame one period later. When the audio does
+    not go through JACK, pass `clock` (the audio stream's clock) instead: events are then stamped on it,
+    accurate to about a JACK period.
 
     "Every input port" maps to JACK's many-to-one connections: every other client's MIDI output is
     connected to our port (JACK merges them, so a source connected twice cannot double its notes). A
@@ -297,7 +299,7 @@ class JackMidiInput:
 
     def __init__(self, queue: collections.deque, port_patterns: list[str] | None = None, virtual: bool = True,
                  poll_seconds: float = 1.0, velocity_map: list[int] | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None):
         try:
             import jack
         except (ImportError, OSError) as e:
@@ -306,6 +308,7 @@ class JackMidiInput:
         self._jack = jack
         self.api = "jack"
         self.queue = queue
+        self.clock = clock   # None: stamp in JACK frames (audio on JACK too); else the audio stream's clock
         try:
             self.patterns = [re.compile(p, re.I) for p in (port_patterns or [])]
         except re.error as e:
@@ -335,8 +338,13 @@ class JackMidiInput:
         sr = self.sample_rate
         for offset, data in events:
             if base is None:
-                base = self._clock.unwrap(self.client.last_frame_time)
-            self._parser.feed(bytes(data), (base + offset) / sr, 0, self._emit)
+                if self.clock is None:
+                    base = self._clock.unwrap(self.client.last_frame_time) / sr
+                else:
+                    # Audio is not on JACK: no shared frame clock. The events of this cycle happened during
+                    # the last period, so place them one period back on the audio stream's clock.
+                    base = self.clock() - frames / sr
+            self._parser.feed(bytes(data), base + offset / sr, 0, self._emit)
 
     def _emit(self, ev: tuple) -> None:
         vmap = self.velocity_map

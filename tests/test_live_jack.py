@@ -240,3 +240,22 @@ def test_short_session_cluster_sweeps_and_note_stream_has_no_xruns(presets, tmp_
     assert r["finite"] and r["peak"] <= 1.0
     assert r["events_played"] == r["events_sent"], r
     assert r["xruns_synth"] == 0 and r["xruns_jack"] == 0, r
+
+
+def test_devices_lists_the_jack_device_and_midi_ports():
+    import subprocess
+    import sys
+
+    with JackServer(period=256) as srv:
+        probe = Probe(srv, name="keys")
+        try:
+            r = subprocess.run([sys.executable, "-m", "synth", "devices"], env=srv.env, capture_output=True,
+                               text=True, timeout=60)
+        finally:
+            probe.close()
+    assert r.returncode == 0, r.stderr
+    assert "JACK server: running, 48000 Hz, period 256" in r.stdout
+    assert "play would use: audio jack, MIDI jack" in r.stdout
+    # PortAudio lists every JACK client with audio inputs as an output device; `system` is the default.
+    assert "JACK Audio Connection Kit: 2 output device(s)" in r.stdout and "*  0  system" in r.stdout, r.stdout
+    assert "keys:midi_out" in r.stdout
