@@ -185,6 +185,7 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
             x = play_and_record(probe, ev, tail_seconds=0.3)
             after = sp.fresh_stats()
             xr = probe.xruns - xr0
+            xrun_at = [round((f - t0) / SR, 2) for f in probe.xrun_frames[xr0:]]
         finally:
             probe.close()
         rc = sp.stop()
@@ -192,11 +193,11 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
     return {
         "seconds": seconds, "notes_per_second": rate, "events_sent": len(ev),
         "events_played": after["events"] - before["events"], "xruns_synth": after["xruns"] - before["xruns"],
-        "xruns_jack": xr, "load": window_load(before, after),
-        "entry_delay": window_load(before, after, "entry_hist_pct"), "max_voices_requested": 256 + int(rate * 0.15) + 1,
+        "xruns_jack": xr, "load": window_load(before, after), "max_voices_requested": 256 + int(rate * 0.15) + 1,
         "knob_states_generated": eng1.get("generated", 0) - eng0.get("generated", 0),
         "steals": eng1.get("steals", 0) - eng0.get("steals", 0), "peak": float(np.abs(x).max()),
-        "finite": bool(np.isfinite(x).all()), "exit_code": rc,
+        "finite": bool(np.isfinite(x).all()), "exit_code": rc, "xrun_seconds": xrun_at,
+        "entry_delay": window_load(before, after, "entry_hist_pct"),
     }
 
 

@@ -124,12 +124,15 @@ class Probe:
         self._lock = threading.Lock()
         self.late_midi = 0
         self.xruns = 0
+        self.xrun_frames: list[int] = []   # JACK frame time at each xrun report
         self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._xrun)
         self.client.activate()
 
     def _xrun(self, delay_usecs: float) -> None:
         self.xruns += 1
+        if len(self.xrun_frames) < 10000:
+            self.xrun_frames.append(self.client.frame_time)
 
     def _process(self, frames: int) -> None:
         fr = self.client.last_frame_time
