@@ -156,7 +156,8 @@ def test_latency_and_jitter_at_128_frames(presets, tmp_path):
 
 
 def test_hotplug_port_is_connected_and_plays(presets, tmp_path):
-    """A MIDI port that appears after start is connected within ~1 s; its notes sound once it is."""
+    """A MIDI port that appears after start is connected within ~1 s; its notes sound once it is.
+    SIGUSR1 (panic) silences a held note within a block plus the 5 ms fade."""
     with JackServer(period=512) as srv, _start(srv, presets, tmp_path) as sp:
         probe = Probe(srv, name="late-keyboard")
         try:
@@ -170,11 +171,24 @@ def test_hotplug_port_is_connected_and_plays(presets, tmp_path):
             base = probe.now + SR // 4
             x = play_and_record(probe, note_events([base], [60]))
             start = probe.rec_start
+            held = probe.now + SR // 10
+            probe.start_recording()
+            probe.schedule([(held, bytes([0x90, 64, 110]))])          # no note-off: held
+            while probe.now < held + int(0.25 * SR):
+                time.sleep(0.01)
+            sp.proc.send_signal(signal.SIGUSR1)
+            panic_at = probe.now
+            time.sleep(0.3)
+            y = probe.stop_recording()
+            y_start = probe.rec_start
         finally:
             probe.close()
         sp.wait_for("port gone: late-keyboard:midi_out", timeout=5)
         assert sp.stop() == 0
     assert onsets(x, [base - start], int(0.2 * SR), THRESHOLD)[0] is not None
+    p = panic_at - y_start
+    assert np.abs(y[p - SR // 10:p]).max() > 0.02                    # sounding before the panic
+    assert np.abs(y[p + int(0.06 * SR):]).max() < 1e-4, np.abs(y[p:]).max(axis=1)[::480]  # silent after
 
 
 def test_rtmidi_jack_backend_plays_and_dedups(presets, tmp_path):
