@@ -43,8 +43,9 @@ def rows_from(res: dict) -> list[dict]:
              "<= cached latency + 1 period",
              miss["sounded"] == miss["notes"] and miss["latency_ms_max"] <= lat["latency_ms_median"] + miss["period_ms"],
              f"--cache-mb 4: {miss['misses']} misses, {miss['fallbacks']} nearest-pitch fallbacks among "
-             f"{miss['notes']} notes across the keyboard, all sounded ({miss['sounded']}); median "
-             f"{miss['latency_ms_median']:.3f} ms"),
+             f"{miss['notes']} notes across the keyboard, {miss['sounded']} sounded; median "
+             f"{miss['latency_ms_median']:.3f} ms; MIDI events reaching the synth {miss['events_played']}/"
+             f"{miss['events_sent']} (JACK drops a period's events on an xrun: {miss['xruns_jack']} here)"),
         _row("live.session_xruns_512", ses["xruns_synth"] + ses["xruns_jack"], "xruns", "0",
              ses["xruns_synth"] + ses["xruns_jack"] == 0,
              f"{ses['seconds']:.0f} s at period 512: 256-voice cluster (8 ch x 32), CC74 sweeps on 8 channels, "

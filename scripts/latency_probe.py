@@ -137,6 +137,7 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
         "period_ms": 128 / SR * 1e3, "engine_latency_samples": after.get("latency_samples", 0),
         "load": window_load(before, after), "xruns_synth": after["xruns"] - before["xruns"], "xruns_jack": xr,
         "late_events": after["late_events"] - before["late_events"],
+        "events_sent": 2 * notes, "events_played": after["events"] - before["events"],
         "fallbacks": eng1.get("fallbacks", 0) - eng0.get("fallbacks", 0),
         "misses": eng1.get("cache_misses", 0) - eng0.get("cache_misses", 0),
         "peak": float(np.abs(x).max()),
