@@ -47,6 +47,17 @@ class Preset:
     bank: int
 
 
+def _next_chunk(data: bytes, pos: int) -> int:
+    """Where the next RIFF chunk starts after one ending at `pos`.
+
+    RIFF pads odd-sized chunks to an even offset, but some SF3 writers (MuseScore_General.sf3) do
+    not, so take the unpadded offset when a chunk id (4 ASCII letters) starts there.
+    """
+    if pos & 1 and not data[pos:pos + 4].isalpha():
+        return pos + 1
+    return pos
+
+
 def read_presets(path: str | os.PathLike) -> list[Preset]:
     """The presets of an SF2/SF3 file, from its `pdta/phdr` chunk (38-byte records, last is EOP).
 
@@ -80,8 +91,8 @@ def read_presets(path: str | os.PathLike) -> list[Preset]:
                     if out:
                         return out
                     break
-                sub += 8 + ssize + (ssize & 1)
-        pos = body + size + (size & 1)
+                sub = _next_chunk(data, sub + 8 + ssize)
+        pos = _next_chunk(data, body + size)
     raise UserError(f"{path}: SoundFont has no preset headers (truncated or corrupt file); try another SoundFont")
 
 
