@@ -1,12 +1,17 @@
-"""Live MIDI input: the only module that imports rtmidi (python-rtmidi), lazily.
+"""Live MIDI input: the only module that imports rtmidi (python-rtmidi) and, for JACK MIDI, JACK-Client;
+both lazily.
 
-`MidiInput` opens a virtual input port named `neural-synth` plus every existing input port (or those
-matching `--midi-port`), and a background thread re-scans the port list about once a second: new
-ports are opened, vanished ones closed, and sound never stops for it.
+- `MidiInput` (rtmidi; ALSA, or `--midi-api jack-rtmidi`) opens a virtual input port named
+  `neural-synth` plus every existing input port (or those matching `--midi-port`). A background thread
+  re-scans the port list about once a second: new ports are opened, vanished ones closed, and the sound
+  never stops for it. The rtmidi callback stamps each message with the audio stream's clock.
+- `JackMidiInput` (JACK-Client; `--midi-api jack`) owns the JACK port `neural-synth:neural-synth`,
+  connects every MIDI output to it (hot-plug likewise), and stamps each event with its exact JACK
+  frame.
 
-The rtmidi callback runs on rtmidi's thread (ALSA) or on the JACK process thread (JACK). It only
-stamps each message with the stream clock, parses it into channel events and appends them to a deque;
-the audio callback drains the deque. Sysex, clock and active sensing are ignored at the source.
+Either way, the MIDI thread only stamps, parses (running status) into channel events and appends them
+to a deque, which the audio callback drains. Sysex, clock and active sensing are dropped at the source.
+Events are tuples `(t_seconds, kind, channel, a, b, source_id)`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import collections
 import re
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 from synth.errors import UserError
@@ -415,15 +419,3 @@ def list_ports(api: str) -> list[str]:
     finally:
         m.delete()
 
-
-def wait_clock(clock: Callable[[], float], timeout: float = 1.0) -> None:
-    """Wait until `clock()` answers (the stream clock may fail for a moment right after start)."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            clock()
-            return
-        except Exception:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.01)
