@@ -199,6 +199,7 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
         "steals": eng1.get("steals", 0) - eng0.get("steals", 0), "peak": float(np.abs(x).max()),
         "finite": bool(np.isfinite(x).all()), "exit_code": rc, "xrun_seconds": xrun_at,
         "entry_delay": window_load(before, after, "entry_hist_pct"),
+        "gc_collect_ms_max": after.get("gc_collect_ms_max"),
     }
 
 

@@ -42,7 +42,7 @@ DEDUP_SECONDS = 0.003  # the same message from two ports this close together is 
 LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
 ENTRY_BASE = 64        # callbacks used to learn the usual entry delay under JACK
 GC_TICK = 0.25         # seconds between gen-0 collections on the main thread (GC is off elsewhere)
-GC_GEN1_EVERY = 120    # ticks between gen-1 collections (30 s)
+GC_GEN1_EVERY = 8      # ticks between gen-1 collections (2 s: each one stays small)
 # Work per callback must stay bounded: starting a voice costs the engine ~0.25 ms here (measured
 # with 200 voices playing), so a 256-note cluster arriving at once would take ~60 ms in one block.
 # At most one note-on per 32 frames (4 per 128-frame block) starts per block; the rest, and every
