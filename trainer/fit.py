@@ -142,6 +142,16 @@ def _set_rng_state(st: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(st["cuda"], device)
 
 
+def _fingerprint(*modules: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal on all DDP ranks iff their weights are bitwise equal."""
+    import hashlib
+    h = hashlib.sha256()
+    for m in modules:
+        for t in m.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_generator(run_dir: str | os.PathLike, ema: bool = True):
     """(G in eval mode on CPU, resolved config) rebuilt from a run folder alone (config + last.pt)."""
     from trainer.models import build_generator
@@ -393,9 +403,13 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
             import torch.distributed as dist
             rngs: list[Any] = [None] * world
             poss: list[Any] = [None] * world
+            prints: list[Any] = [None] * world
             dist.all_gather_object(rngs, rng)
             dist.all_gather_object(poss, pos)
+            dist.all_gather_object(prints, _fingerprint(G, D))
             rng, pos = rngs, poss
+            if len(set(prints)) != 1:
+                raise RuntimeError(f"DDP ranks diverged at step {step}: weight fingerprints {prints}")
         if master:
             st = {"step": step, "config": json.dumps(cfg, sort_keys=True), "G": G.state_dict(),
                   "G_ema": G_ema.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
@@ -403,6 +417,8 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
                   "arch": cfg["arch"]}
             if E is not None:
                 st["E"] = E.state_dict()
+            if ddp:
+                st["rank_fingerprints"] = prints
             _save(st, ckdir, int(tr["keep"]), step)
 
     bar = None

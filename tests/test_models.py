@@ -1,0 +1,151 @@
+"""Models: every arch builds from a config, honours the generator contract and exports to ONNX
+with onnxruntime parity <= 1e-4; the export-safe DSP blocks match direct references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import config as C
+from trainer.models import ARCHS, build_discriminator, build_encoder, build_generator
+from trainer.nn.dsp import InverseSTFT, harmonic_bank, make_noise_bank, noise_bank_synth
+from trainer.nn.layers import PhaseShuffle
+
+TINY = {
+    "model": {"ddsp": {"n_harmonics": 8, "n_noise_bands": 4, "hop": 64, "hidden": 32, "ctrl_frames": 8,
+                       "ctrl_bands": 4, "noise_seconds": 0.064},
+              "spectral": {"n_fft": 256, "hop": 64, "n_mels": 32, "channels": 8, "blocks": 3, "latent_size": 8},
+              "wavegan": {"model_size": 4, "latent_size": 8}},
+    "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]},
+             "spectral": {"channels": 4, "blocks": 2}, "wavegan": {"model_size": 4}},
+}
+DATA = {"sample_rate": 8000, "note_samples": 4096, "kind": "pitched", "pitch_range": [40, 80],
+        "hold_seconds": 0.4}
+
+
+def tiny_cfg(arch: str, **data) -> dict:
+    return C.resolve([TINY, {"arch": arch}], {**DATA, **data})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generator_contract_and_discriminator(arch):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(arch)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    assert (G.sample_rate, G.note_samples) == (8000, 4096)
+    B = 3
+    z = torch.randn(B, G.latent_size)
+    y = G(z, torch.tensor([40, 60, 80]), torch.tensor([0.2, 0.6, 1.0]))
+    assert y.shape == (B, 4096) and y.dtype == torch.float32
+    assert torch.isfinite(y).all() and y.abs().max() <= 1.0 and y.abs().max() > 0
+    logit, aux = D(y, torch.tensor([40, 60, 80]), torch.tensor([0.2, 0.6, 1.0]))
+    assert logit.shape == (B,) and aux.shape == (B, 128)
+    (logit.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad)
+
+
+def test_drum_conditioning_uses_the_key():
+    torch.manual_seed(0)
+    G = build_generator(tiny_cfg("ddsp", kind="drums"))
+    z = torch.zeros(2, G.latent_size)
+    y = G(z, torch.tensor([36, 38]), torch.tensor([1.0, 1.0]))
+    assert not torch.allclose(y[0], y[1])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnx_export_parity(arch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(1)
+    G = build_generator(tiny_cfg(arch)).eval()
+    z = torch.randn(2, G.latent_size)
+    args = (z, torch.tensor([45, 70]), torch.tensor([0.5, 0.9]))
+    path = tmp_path / "g.onnx"
+    dyn = {n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")}
+    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes=dyn, dynamo=False)
+    import onnx
+    model = onnx.load(str(path))
+    assert not any(n.op_type in ("DFT", "STFT") for n in model.graph.node)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for B in (1, 5):   # the batch axis is dynamic
+        zz = torch.randn(B, G.latent_size)
+        p = torch.randint(40, 81, (B,))
+        v = torch.rand(B)
+        with torch.no_grad():
+            ref = G(zz, p, v).numpy()
+        out = sess.run(None, {"z": zz.numpy(), "pitch": p.numpy(), "velocity": v.numpy()})[0]
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= 1e-4
+
+
+def test_encoder_shapes():
+    cfg = tiny_cfg("ddsp")
+    cfg["train"]["encoder"] = True
+    E = build_encoder(cfg)
+    mu, logvar = E(torch.randn(2, 4096))
+    assert mu.shape == logvar.shape == (2, cfg["model"]["ddsp"]["latent_size"])
+
+
+def test_harmonic_bank_matches_direct_oscillators():
+    sr, hop, M = 8000, 40, 12
+    torch.manual_seed(0)
+    amps = torch.rand(2, M + 1, 3, dtype=torch.float64)
+    freqs = torch.tensor([[110.0, 220.0, 1234.5], [50.0, 3000.0, 3999.0]], dtype=torch.float64)
+    y = harmonic_bank(amps, freqs, sr, hop)
+    t = torch.arange(M * hop, dtype=torch.float64)
+    pos = t / hop
+    lo = pos.floor().long()
+    fr = (pos - lo).view(1, -1, 1)
+    a = amps[:, lo] * (1 - fr) + amps[:, lo + 1] * fr                   # linear interpolation
+    ref = (a * torch.sin(2 * math.pi * freqs.unsqueeze(1) * (t / sr).view(1, -1, 1))).sum(-1)
+    assert torch.allclose(y, ref, atol=1e-9)
+
+
+def test_noise_bank_loops_and_interpolates():
+    sr, hop = 8000, 32
+    bank = torch.from_numpy(make_noise_bank(sr, 10 * hop, 3)).double()
+    assert torch.allclose(bank.pow(2).mean(1), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    amps = torch.rand(1, 26, 3, dtype=torch.float64)                  # 25 frames: 2.5 loops of the bank
+    y = noise_bank_synth(amps, bank, hop)
+    n = torch.arange(25 * hop)
+    pos = n.double() / hop
+    lo = pos.floor().long()
+    fr = (pos - lo).view(-1, 1)
+    a = amps[0, lo] * (1 - fr) + amps[0, lo + 1] * fr
+    ref = (a * bank[:, n % bank.shape[1]].t()).sum(-1)
+    assert torch.allclose(y[0], ref, atol=1e-9)
+
+
+def test_inverse_stft_inverts_torch_stft():
+    n_fft, hop, T = 256, 64, 30
+    x = torch.randn(2, T * hop)
+    S = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), center=True,
+                   return_complex=True)[:, :, :T].transpose(1, 2)
+    inv = InverseSTFT(n_fft, hop, T)
+    assert (inv(S.real, S.imag) - x).abs().max() < 1e-5      # edges included
+
+
+def test_phase_shuffle_shifts_in_train_only():
+    ps = PhaseShuffle(2)
+    x = torch.arange(20.0).view(1, 1, 20).repeat(4, 3, 1)
+    torch.manual_seed(0)
+    y = ps.train()(x)
+    assert y.shape == x.shape
+    shifts = {int(y[b, 0, 10] - x[b, 0, 10]) for b in range(4)}
+    assert shifts <= {-2, -1, 0, 1, 2}
+    assert torch.equal(y[:, 0], y[:, 2])                  # one shift per example, all channels
+    assert torch.equal(ps.eval()(x), x)
+
+
+def test_config_rejects_unknown_keys_and_hash_ignores_run():
+    from synth.errors import UserError
+    with pytest.raises(UserError, match="unknown key"):
+        C.resolve([{"train": {"stepz": 3}}], DATA)
+    a = C.resolve([{"run": {"device": "cpu"}}], DATA)
+    b = C.resolve([{"run": {"device": "cuda"}}], DATA)
+    c = C.resolve([{"train": {"batch": 3}}], DATA)
+    assert C.config_hash(a) == C.config_hash(b) != C.config_hash(c)
+    assert a["train"]["lr_g"] == C.ARCH_TRAIN["ddsp"]["lr_g"]
