@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,11 +252,15 @@ def load_preset_dir(path: str | os.PathLike) -> Preset:
     path = Path(path)
     mf = path / MANIFEST
     try:
-        size = mf.stat().st_size
+        st = mf.stat()
     except FileNotFoundError:
         raise PresetError(f"{mf}: no preset manifest here") from None
     except OSError as e:
         raise PresetError(f"{mf}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the read forever and /dev/zero would never end it.
+        raise PresetError(f"{mf}: not a regular file (a folder, pipe or device); restore the preset's manifest")
+    size = st.st_size
     if size > MAX_MANIFEST_BYTES:
         raise PresetError(f"{mf}: manifest is {size} bytes, larger than the {MAX_MANIFEST_BYTES} allowed")
     try:
@@ -266,6 +271,8 @@ def load_preset_dir(path: str | os.PathLike) -> Preset:
         raise PresetError(f"{mf}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise PresetError(f"{mf}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (sys.int_info.str_digits_check_threshold)
+        raise PresetError(f"{mf}: invalid JSON ({e}"[:300] + ")") from None
     return validate_manifest(m, path)
 
 
