@@ -31,12 +31,12 @@ DEFAULTS: dict[str, Any] = {
         "wavegan": {"latent_size": 100, "model_size": 16, "cond_dim": 64},
     },
     "disc": {
-        "ddsp": {"channels": 128, "n_mels": 80, "layers": 4, "resolutions": [[2048, 512], [1024, 256], [512, 128]]},
+        "ddsp": {"channels": 64, "n_mels": 80, "layers": 4, "resolutions": [[2048, 512], [512, 128]]},
         "spectral": {"channels": 32, "blocks": 5},
         "wavegan": {"model_size": 16, "phase_shuffle": 2},
     },
     "train": {
-        "steps": 3000, "minutes": 60.0, "batch": 16,
+        "steps": 3000, "minutes": 60.0, "batch": 8, "spec_ffts": [2048, 1024, 256],
         "lr_g": None, "lr_d": None, "betas": None,
         "loss": "hinge", "spectral_weight": None, "adv_weight": 1.0, "aux_weight": 0.1, "gp_weight": 10.0,
         "encoder": False, "kl_weight": 0.01,
@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Per-architecture training defaults, used where "train" leaves a value as None.
 ARCH_TRAIN: dict[str, dict[str, Any]] = {
-    "ddsp": {"lr_g": 2e-3, "lr_d": 2e-4, "betas": [0.8, 0.99], "spectral_weight": 10.0},
+    "ddsp": {"lr_g": 3e-3, "lr_d": 2e-4, "betas": [0.8, 0.99], "spectral_weight": 10.0},
     "spectral": {"lr_g": 4e-4, "lr_d": 4e-4, "betas": [0.0, 0.99], "spectral_weight": 1.0},
     "wavegan": {"lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "spectral_weight": 1.0},
 }
