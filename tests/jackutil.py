@@ -95,6 +95,12 @@ class JackServer:
             self.log_path.unlink()
         except OSError:
             pass
+        # A server that had to be killed leaves its clients' semaphores behind; they are ours alone.
+        for leftover in Path("/dev/shm").glob(f"jack_sem.*_{self.name}_*"):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
 
 
 class Probe:
