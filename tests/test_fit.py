@@ -52,13 +52,19 @@ def _state(run: Path) -> dict:
 def test_each_arch_trains_and_reloads(arch, data, overlay, tmp_path):
     run = tmp_path / "run"
     loss = "wgan-gp" if arch == "wavegan" else "ns" if arch == "spectral" else "hinge"
-    assert _fit("--data", data, "--arch", arch, "--loss", loss, "--steps", 3, "--config", overlay,
+    extra = []
+    if arch == "ddsp":   # the reconstruction-assisted path: encoder + KL
+        enc = tmp_path / "enc.json"
+        enc.write_text(json.dumps({"train": {"encoder": True}}))
+        extra = ["--config", enc]
+    assert _fit("--data", data, "--arch", arch, "--loss", loss, "--steps", 3, "--config", overlay, *extra,
                 "--out", run) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["arch"] == arch and cfg["train"]["loss"] == loss
     assert cfg["data"]["sample_rate"] == 8000 and cfg["data"]["note_samples"] == 2048
     ck = _state(run)
     assert ck["step"] == 3
+    assert ("E" in ck) == (arch == "ddsp")
     assert (run / "checkpoints" / "step-0000003.pt").exists()
     assert any((run / "tb").iterdir())
     G, cfg2 = fit.load_generator(run)
@@ -118,6 +124,7 @@ def test_ddp_two_gloo_processes_keep_identical_weights(data, overlay, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ck = _state(run)
     assert ck["step"] == 3
+    assert ("E" in ck) == (arch == "ddsp")
     prints = ck["rank_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
     assert len(ck["rng"]) == 2 and len(ck["data_pos"]) == 2
