@@ -6,12 +6,12 @@ VPY := $(VENV)/bin/python
 STAMPS := .stamps
 export PYO_GUI_WX := 0
 
-.PHONY: demo test bench lint soak presets sysdeps clean help
+.PHONY: demo test bench bench-quick lint soak presets sysdeps clean help
 
 help:
 	@echo "make demo    set up and render examples/demo.mid with the piano preset to demo.wav"
 	@echo "make test    set up (train + dev extras) and run the whole test suite"
-	@echo "make bench   benchmarks: JSON in bench-out/, table in docs/benchmarks.md"
+	@echo "make bench   benchmarks: JSON in bench-out/, table in docs/benchmarks.md (bench-quick: fewer repeats)"
 	@echo "make lint    ruff"
 	@echo "make soak    10-minute live soak under JACK dummy"
 	@echo "make presets retrain the shipped presets (long)"
@@ -55,6 +55,9 @@ test: $(STAMPS)/sysdeps $(STAMPS)/venv-full
 
 bench: $(STAMPS)/sysdeps $(STAMPS)/venv-full
 	$(VPY) scripts/bench.py --out bench-out --table docs/benchmarks.md
+
+bench-quick: $(STAMPS)/sysdeps $(STAMPS)/venv-full
+	$(VPY) scripts/bench.py --quick --out bench-out
 
 soak: $(STAMPS)/sysdeps $(STAMPS)/venv-full
 	$(VPY) scripts/soak.py --minutes 10
