@@ -52,6 +52,7 @@ class NoteCache:
         self._entries: dict[tuple, NoteEntry] = {}
         self._index: dict[tuple, tuple[int, ...]] = {}       # (preset, knobkey, vlayer) -> sorted pitches
         self._recent_states: dict[str, tuple] = {}          # preset -> knob keys, newest first
+        self._layer_order: dict[tuple, tuple] = {}          # (layer, layers) -> layers, nearest first
         self._lru: OrderedDict[tuple, None] = OrderedDict()  # writer-side only
         self._touched: deque = deque(maxlen=1 << 16)         # reader → writer LRU hints
         self._free = list(range(self.n_slots - 1, -1, -1))
@@ -97,12 +98,19 @@ class NoteCache:
         """Best cached stand-in for a missing note, at most `max_distance` semitones away (0 for drum
         kits, whose keys are different instruments). Nearest pitch first; among equals, this knob
         state before recent ones, and this velocity layer before the others in `layers`."""
-        states = (knobkey,) + tuple(k for k in self._recent_states.get(preset, ())[:4] if k != knobkey)
-        vls = [vlayer] + sorted((v for v in layers if v != vlayer), key=lambda v: abs(v - vlayer))
+        layers = layers if isinstance(layers, tuple) else tuple(layers)
+        vls = self._layer_order.get((vlayer, layers))
+        if vls is None:
+            vls = (vlayer,) + tuple(sorted((v for v in layers if v != vlayer), key=lambda v: abs(v - vlayer)))
+            self._layer_order[(vlayer, layers)] = vls
         best = None
-        for si, state in enumerate(states):
+        index = self._index
+        si = 0
+        for state in (knobkey,) + self._recent_states.get(preset, ())[:4]:
+            if si and state == knobkey:
+                continue
             for li, vl in enumerate(vls):
-                pitches = self._index.get((preset, state, vl))
+                pitches = index.get((preset, state, vl))
                 if not pitches:
                     continue
                 j = bisect.bisect_left(pitches, pitch)
@@ -112,8 +120,11 @@ class NoteCache:
                         score = (abs(p - pitch), si, li)
                         if score[0] <= max_distance and (best is None or score < best[0]):
                             best = (score, (preset, state, p, vl))
+                if best is not None and best[0][0] == 0:
+                    break   # exact pitch in this state: later layers and states score worse
             if best is not None and best[0][0] == 0:
                 break
+            si += 1
         if best is None:
             return None
         return self._entries.get(best[1])

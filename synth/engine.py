@@ -125,6 +125,9 @@ class Engine:
             self._chan_preset[DRUM_CHANNEL] = self._drum_preset
         self._sustain = [False] * 16
         self._bend = [1.0] * 16
+        # Note-on path lookups (a 256-note chord must start within one 128-frame block live).
+        self._pan_table = [self._pan_calc(n) for n in range(128)]
+        self._vgain_memo: dict[tuple, float] = {}
         if program_map:
             self.set_program_map(program_map)
 
@@ -258,15 +261,24 @@ class Engine:
         return (p.name, knobkey, mkey, self._vlayer[pi][velocity]), base
 
     def _velocity_gain(self, pi: int, velocity: int, vlayer: int) -> float:
+        g = self._vgain_memo.get((pi, velocity, vlayer))
+        if g is None:
+            g = self._vgain_memo[(pi, velocity, vlayer)] = self._velocity_gain_calc(pi, velocity, vlayer)
+        return g * self.master_gain   # outside the memo: master_gain is a public attribute
+
+    def _velocity_gain_calc(self, pi: int, velocity: int, vlayer: int) -> float:
         p = self.presets[pi]
         g = (velocity / 127.0) ** p.velocity_curve
         if p.velocity_conditioned:
             # The model already plays the layer's loudness; bridge the gap to the exact velocity.
             g /= (vlayer / 127.0) ** p.velocity_curve
-        return g * self._gain[pi] * self.master_gain
+        return g * self._gain[pi]
 
     def _pan(self, pi: int, note: int) -> tuple[float, float]:
         """Constant-power pan spread by pitch (low notes left, high right, as seen from the player)."""
+        return self._pan_table[note]
+
+    def _pan_calc(self, note: int) -> tuple[float, float]:
         pos = 0.5 + self.pan_spread * (note - 64) / 128.0
         theta = min(1.0, max(0.0, pos)) * (math.pi / 2)
         return math.cos(theta), math.sin(theta)
@@ -373,16 +385,11 @@ class Engine:
 
     def _alloc_voice(self) -> int:
         """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
-        self._reap()
         v = self.voices
+        if self.now >= v.next_end:
+            self._reap()
         if v.n_live >= self.polyphony:
-            live = v.active & ~v.ghost
-            cand = np.flatnonzero(live & v.released)
-            if len(cand) == 0:
-                cand = np.flatnonzero(live & v.sustained)
-            if len(cand) == 0:
-                cand = np.flatnonzero(live)
-            victim = int(cand[np.argmin(v.order[cand])])
+            victim = v.victim()
             v.fade_out(victim, self.now, STEAL_FADE_S, self.sample_rate)
             self._pending_xfade.pop(victim, None)
             self.steals += 1
@@ -390,8 +397,7 @@ class Engine:
         if row is not None:
             return row
         # Every row is busy with fading ghosts: cut the oldest one (rare: many steals inside 5 ms).
-        ghosts = np.flatnonzero(v.ghost & v.active)
-        self._free(int(ghosts[np.argmin(v.order[ghosts])]))
+        self._free(v.oldest_ghost())
         return v.take_row()
 
     def _start(self, pi: int, entry, ch: int, note: int, velocity: int, base: float, pos: float = 0.0,
@@ -445,8 +451,7 @@ class Engine:
             if self.presets[pi].is_drums:
                 continue  # drum hits play out, as on any GM kit
             if self._sustain[ch]:
-                v.held[i] = False
-                v.sustained[i] = True
+                v.sustain(i)
             else:
                 v.release(i, self.now, self._release_s[pi], self.sample_rate)
 
@@ -498,7 +503,10 @@ class Engine:
             held, sustained = bool(v.held[i]), bool(v.sustained[i])
             v.fade_out(i, self.now, XFADE_S, self.sample_rate)
             j = self._start(pi, e, ch, note, vel, base, pos=pos, env0=0.0, slope=1.0 / (XFADE_S * self.sample_rate))
-            v.held[j], v.sustained[j] = held, sustained
+            if sustained:
+                v.sustain(j)
+            elif not held:
+                v.held[j] = False
         for (ch, note), (key, base, vel, pi) in list(self._pending_start.items()):
             e = self.cache.peek(key)
             if e is None:

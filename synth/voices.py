@@ -22,6 +22,8 @@ import numpy as np
 
 NEVER = np.iinfo(np.int64).max // 4
 _EMPTY = np.zeros(0, np.int64)
+_SUSTAINED = 1 << 44      # steal-priority tiers above the start serial
+_HELD = 2 << 44
 
 
 class VoiceBank:
@@ -53,6 +55,10 @@ class VoiceBank:
         self.note = np.zeros(n, np.int64)
         self.preset = np.zeros(n, np.int64)
         self.order = np.zeros(n, np.int64)    # start serial: smaller is older
+        # Steal priority, kept current at event times so choosing a victim is one argmin:
+        # released < sustained < held, then oldest first; free rows and ghosts never win.
+        self.steal_key = np.full(n, NEVER, np.int64)
+        self.ghost_key = np.full(n, NEVER, np.int64)   # start serial of ghosts, NEVER for the rest
         self.slot = np.full(n, -1, np.int64)
         self.off = np.zeros(n, np.int64)
         self.length = np.zeros(n, np.int64)
@@ -95,16 +101,17 @@ class VoiceBank:
         return min(1.0, max(0.0, self.env0.item(v) + self.slope.item(v) * float(t - self.env_t.item(v))))
 
     def _end_of_note(self, v: int) -> int:
-        if math.isfinite(self.loop_e[v]):
+        # .item() reads Python scalars: numpy scalar arithmetic costs ~10x more per operation.
+        if self.loop_e.item(v) != math.inf:
             return NEVER
-        remaining = self.length[v] - self.seg_pos[v]
-        return int(self.seg_t[v] + max(0, math.ceil(remaining / self.rate[v])))
+        remaining = self.length.item(v) - self.seg_pos.item(v)
+        return self.seg_t.item(v) + max(0, math.ceil(remaining / self.rate.item(v)))
 
     def _env_end(self, v: int) -> int:
-        s = self.slope[v]
+        s = self.slope.item(v)
         if s >= 0:
-            return NEVER if self.env0[v] > 0 or s > 0 else int(self.env_t[v])
-        return int(self.env_t[v] + math.ceil(self.env0[v] / -s))
+            return NEVER if self.env0.item(v) > 0 or s > 0 else self.env_t.item(v)
+        return self.env_t.item(v) + math.ceil(self.env0.item(v) / -s)
 
     def _update_end(self, v: int) -> None:
         end = min(self._end_of_note(v), self._env_end(v))
@@ -126,6 +133,7 @@ class VoiceBank:
         self.preset[v] = preset
         self._serial += 1
         self.order[v] = self._serial
+        self.steal_key[v] = _HELD + self._serial
         self.slot[v] = entry.slot
         self.off[v] = entry.offset
         self.length[v] = entry.length
@@ -140,7 +148,19 @@ class VoiceBank:
         self.slope[v] = slope
         self.gain[0, v] = gain_l
         self.gain[1, v] = gain_r
-        self._update_end(v)
+        # _update_end from the arguments (Python floats) rather than re-reading the arrays: the
+        # same arithmetic, at a fraction of the cost, on the note-on path.
+        if entry.loop_end != math.inf:
+            end = NEVER
+        else:
+            end = t + max(0, math.ceil((entry.length - pos) / (base_rate * bend)))
+        if slope < 0:
+            end = min(end, t + math.ceil(env0 / -slope))
+        elif slope == 0 and env0 <= 0:
+            end = t
+        self.end_t[v] = end
+        if end < self.next_end:
+            self.next_end = end
 
     def set_bend(self, v: int, t: int, bend: float) -> None:
         """New pitch-bend factor for voice `v` from time `t` on (a new position segment)."""
@@ -162,13 +182,32 @@ class VoiceBank:
         self.held[v] = False
         self.sustained[v] = False
         self.released[v] = True
+        if not self.ghost[v]:
+            self.steal_key[v] = self.order[v]
         self.ramp(v, t, seconds, sample_rate)
+
+    def sustain(self, v: int) -> None:
+        """Key up with the pedal down: voice `v` keeps playing, held by the pedal."""
+        self.held[v] = False
+        self.sustained[v] = True
+        if not self.ghost[v] and not self.released[v]:
+            self.steal_key[v] = _SUSTAINED + self.order[v]
+
+    def oldest_ghost(self) -> int:
+        """The oldest fading ghost (only meaningful when one exists)."""
+        return int(np.argmin(self.ghost_key))
+
+    def victim(self) -> int:
+        """The voice to steal: a released one first, then a sustained one, then the oldest held one."""
+        return int(np.argmin(self.steal_key))
 
     def fade_out(self, v: int, t: int, seconds: float, sample_rate: int) -> None:
         """Turn `v` into a ghost that fades out quickly (steals, all-sound-off, crossfades)."""
         if not self.ghost[v]:
             self.n_live -= 1
         self.ghost[v] = True
+        self.steal_key[v] = NEVER
+        self.ghost_key[v] = self.order[v]
         self.held[v] = False
         self.sustained[v] = False
         self.released[v] = True
@@ -183,6 +222,8 @@ class VoiceBank:
         if not self.ghost[v]:
             self.n_live -= 1
         self.active[v] = False
+        self.steal_key[v] = NEVER
+        self.ghost_key[v] = NEVER
         self.slot[v] = -1
         self._free.append(v)
 

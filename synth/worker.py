@@ -115,8 +115,12 @@ class GeneratorWorker:
     def request(self, key: tuple) -> None:
         """Ask for one missing note, ahead of any prefill. Never blocks."""
         self._misses.append(key)
-        self._idle.clear()
-        self._wake.set()
+        # Event.clear/set take a lock each; a burst of misses (a chord) checks the flags instead.
+        # The worker re-reads `pending` before it declares itself idle, so no request is lost.
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def prefill(self, preset: str, knobkey: tuple) -> None:
         """Fill the whole keyboard of `preset` at `knobkey` (replacing an unfinished older prefill)."""
