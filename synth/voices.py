@@ -262,14 +262,27 @@ class VoiceBank:
             ls = self.loop_s[idx]
             p0 = np.where(looped, ls + np.fmod(p0 - ls, loop_e - ls), p0)
         simple = (rate == 1.0) & (p0 == np.floor(p0)) & (p0 + f <= loop_e)
-        fast = idx[simple]
-        slow = idx[~simple]
-        nf = len(fast)
+        ramp = self.slope[idx] != 0.0
+        # Rows of ww in four groups: straight-ahead voices with a constant envelope, straight-ahead
+        # ramping, interpolated ramping, interpolated constant. The ramping ones are then one
+        # contiguous range [r0, r1) that the envelope multiplies in place.
+        m0, m1 = simple & ~ramp, simple & ramp
+        fast0, fast1 = idx[m0], idx[m1]
+        nf, r0 = len(fast0) + len(fast1), len(fast0)
+        if simple.all():
+            slow = _EMPTY
+            fast = np.concatenate((fast0, fast1)) if len(fast1) else fast0
+            r1 = nf
+        else:
+            slow1, slow0 = idx[~simple & ramp], idx[~simple & ~ramp]
+            fast = np.concatenate((fast0, fast1))
+            slow = np.concatenate((slow1, slow0))
+            r1 = nf + len(slow1)
         order = np.concatenate((fast, slow)) if len(slow) else fast
         n = nv * f
         ww = self._w[:n].reshape(nv, f)
         if nf:
-            start = p0[simple].astype(np.int64)
+            start = np.concatenate((p0[m0], p0[m1])).astype(np.int64)
             rows = self._win[self.off[fast] + start, :f]
             if start.max() + f > self.slot_len:
                 for r in np.flatnonzero(start + f > self.slot_len):
@@ -278,19 +291,21 @@ class VoiceBank:
             np.copyto(ww[:nf], rows)
         if len(slow):
             self._mix_slow(t, slow, ww[nf:], f)
-        slope = self.slope[order]
         # env0 is always within [0, 1]; a voice without a ramp has a constant envelope, folded into its gains.
         gain = self.gain[:, order] * self.env0[order]
-        er = np.flatnonzero(slope)
-        if len(er):
-            oe = order[er]
-            env = (t - self.env_t[oe])[:, None] + self._ar[None, :f]
-            env = env * slope[er][:, None]
+        if r1 > r0:
+            oe = order[r0:r1]
+            # float(t - env_t + n) is exact (integers < 2**53), as the int64 sum it replaces was.
+            env = self._p[:(r1 - r0) * f].reshape(r1 - r0, f)
+            np.add((t - self.env_t[oe]).astype(np.float64)[:, None], self._arf[None, :f], out=env)
+            env *= self.slope[oe][:, None]
             env += self.env0[oe][:, None]
-            np.maximum(env, 0.0, out=env)
-            np.minimum(env, 1.0, out=env)
-            ww[er] *= env
-            gain[:, er] = self.gain[:, oe]
+            ends = env[:, ::f - 1] if f > 1 else env
+            if ends.min() < 0.0 or ends.max() > 1.0:
+                # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
+                np.clip(env, 0.0, 1.0, out=env)
+            ww[r0:r1] *= env
+            gain[:, r0:r1] = self.gain[:, oe]
         o = self._o[:, :f]
         np.matmul(gain, ww, out=o)
         out[:] = o.T
