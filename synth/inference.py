@@ -188,6 +188,14 @@ class GeneratorSession:
         if z.ndim != 2 or z.shape[1] != self.preset.latent_size or pitch.shape != (b,) or velocity.shape != (b,):
             raise ValueError(f"generate: need z[B, {self.preset.latent_size}], pitch[B], velocity[B]; got "
                              f"{z.shape}, {pitch.shape}, {velocity.shape}")
+        if b <= self.chunk:
+            # One run: hand back ONNX Runtime's own array. Copying it into `out` would hold the GIL
+            # for milliseconds (numpy copies do not release it) while the audio thread may wait.
+            res = self.session.run([self.output_name], {"z": z, "pitch": pitch, "velocity": velocity})[0]
+            if res.shape != (b, self.note_samples) or res.dtype != np.float32:
+                raise PresetError(f"{self.path}: generator returned shape {list(res.shape)}, expected "
+                                  f"[{b}, {self.note_samples}]; re-export the preset")
+            return res
         out = np.empty((b, self.note_samples), np.float32)
         for s in range(0, b, self.chunk):
             e = min(b, s + self.chunk)

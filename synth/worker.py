@@ -207,7 +207,6 @@ class GeneratorWorker:
         pitch = np.array([k[2] for k in keys], np.int64)
         vel = np.array([k[3] / 127.0 for k in keys], np.float32)
         audio = sess.generate(z, pitch, vel)
-        good = np.isfinite(audio).all(axis=1)
         resample = None
         if p.sample_rate != self.out_rate:
             import soxr
@@ -216,7 +215,9 @@ class GeneratorWorker:
                 # One note per call: soxr is about 4x faster on a mono signal than on notes as channels.
                 return soxr.resample(x, p.sample_rate, self.out_rate, quality="HQ")
         for i, k in enumerate(keys):
-            if not good[i]:
+            # Checked note by note: numpy holds the GIL through a reduction, and one over a whole
+            # batch (64 notes) would hold it for milliseconds beside the audio thread.
+            if not np.isfinite(audio[i]).all():
                 self.bad_notes += 1
                 if (name, k[2]) not in self._warned:
                     self._warned.add((name, k[2]))
