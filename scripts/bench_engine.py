@@ -1,4 +1,4 @@
-"""Engine benchmarks: mixing cost, single-note miss, keyboard prefill, event cost.
+"""Engine benchmarks: mixing cost, live note-on bursts, single-note miss, keyboard prefill, event cost.
 
     python scripts/bench_engine.py [--quick]
 
@@ -91,6 +91,67 @@ def bench_events(preset, which: str) -> list[dict]:
     return [_row("engine.cluster_256_note_ons", dt * 1e3, "ms", "info", None,
                  f"one render(128) that starts 256 voices (8 channels x 32 notes): {dt / 256 * 1e6:.0f} us per "
                  f"note-on incl. mixing; a 512-frame period lasts 10.7 ms; {which}")]
+
+
+def bench_live_note_ons(preset, which: str, quick: bool) -> list[dict]:
+    """256 note-ons (8 channels x 32 notes) applied in one realtime render(128): cached notes, the
+    same with all 256 voices busy (every note-on steals), and uncached notes (nearest-pitch fallbacks).
+
+    Best of N, with the audio thread's own CPU time (time.thread_time) beside the wall time, since
+    other processes share the cores.
+    """
+    from synth.engine import Engine
+
+    block_ms = BLOCK / SR * 1e3
+    reps = 5 if quick else 9
+    e = Engine(sample_rate=SR, blocksize=BLOCK, presets=[preset], realtime=True, polyphony=256)
+    rows = []
+    try:
+        e.wait_ready(600)
+        keys = preset.playable_keys()
+        out = np.zeros((BLOCK, 2), np.float32)
+
+        def burst(shift: int = 0) -> tuple[float, float]:
+            for i in range(256):
+                e.note_on(i % 8, keys[(i * 5 + shift) % len(keys)], 100)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            e.render(BLOCK, out=out)
+            return (time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3
+
+        def settle():
+            e.panic()
+            for _ in range(10):
+                e.render(BLOCK, out=out)
+
+        hit = []
+        for _ in range(reps):
+            hit.append(burst())
+            settle()
+        burst()
+        steal = [burst(shift=k + 1) for k in range(reps)]
+        settle()
+        # The worker is stopped so nothing new arrives: every note-on below plays a stand-in.
+        e.worker.stop()
+        miss = []
+        for k in range(reps):
+            e.control_change(0, 74, (5 + 13 * k) % 128)
+            e.render(BLOCK, out=out)
+            miss.append(burst())
+            settle()
+        for name, res, bar, what in (("engine.live_256_note_ons_one_block", hit, 2.67, "cached notes"),
+                                     ("engine.live_256_note_ons_stealing", steal, None,
+                                      "all 256 voices busy, so each note-on steals one"),
+                                     ("engine.live_256_note_ons_fallback", miss, None,
+                                      "uncached knob state: each note-on plays the nearest cached stand-in")):
+            w = min(r[0] for r in res)
+            c = min(r[1] for r in res)
+            rows.append(_row(name, w, "ms", f"<= {bar} ms" if bar else "info", bool(w <= bar) if bar else None,
+                             f"256 note-ons (8 ch x 32) + render(128), realtime=True, {what}: best of {len(res)} "
+                             f"wall {w:.2f} ms, audio-thread CPU {c:.2f} ms ({c / 256 * 1e3:.1f} us per note-on); "
+                             f"one block lasts {block_ms:.2f} ms; {which}"))
+    finally:
+        e.close()
+    return rows
 
 
 def bench_miss_and_prefill(preset, which: str, quick: bool) -> list[dict]:
@@ -186,6 +247,7 @@ def run(quick: bool = False) -> list[dict]:
         preset, which = _preset(Path(tmp))
         rows = bench_mixing(preset, which, quick)
         rows += bench_events(preset, which)
+        rows += bench_live_note_ons(preset, which, quick)
         rows += bench_offline(preset, which, quick)
         rows += bench_miss_and_prefill(preset, which, quick)
     return rows

@@ -195,11 +195,11 @@ class VoiceBank:
 
     def oldest_ghost(self) -> int:
         """The oldest fading ghost (only meaningful when one exists)."""
-        return int(np.argmin(self.ghost_key))
+        return int(self.ghost_key.argmin())   # the method skips np.argmin's Python wrapper
 
     def victim(self) -> int:
         """The voice to steal: a released one first, then a sustained one, then the oldest held one."""
-        return int(np.argmin(self.steal_key))
+        return int(self.steal_key.argmin())
 
     def fade_out(self, v: int, t: int, seconds: float, sample_rate: int) -> None:
         """Turn `v` into a ghost that fades out quickly (steals, all-sound-off, crossfades)."""
