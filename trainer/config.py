@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "wavegan": {"latent_size": 100, "model_size": 16, "cond_dim": 64},
     },
     "disc": {
-        "ddsp": {"channels": 64, "n_mels": 80, "layers": 4, "resolutions": [[2048, 512], [512, 128]]},
+        "ddsp": {"channels": 64, "n_mels": 80, "layers": 4, "resolutions": [[2048, 512], [1024, 256]]},
         "spectral": {"channels": 32, "blocks": 5},
         "wavegan": {"model_size": 16, "phase_shuffle": 2},
     },

@@ -4,7 +4,7 @@ Single process or `torchrun` (DistributedDataParallel: nccl on GPUs, gloo on CPU
 Run folder `runs/<name>-<hash8>/` (or `--out`): `config.json` (fully resolved, dataset facts
 included), `checkpoints/last.pt` + `checkpoints/step-XXXXXXX.pt` (the last `train.keep`), `tb/`.
 
-Each step: one discriminator update on (real, G(z)) with the adversarial loss and an auxiliary
+Each step: one generator forward G(z, p, v); one discriminator update on (real, G(z) detached) with the adversarial loss and an auxiliary
 pitch/class cross-entropy (plus a gradient penalty for wgan-gp); then one generator update with the
 adversarial loss, the auxiliary loss and a paired multi-resolution spectral L1 between G(z, p, v)
 and the real note x with the same pitch and velocity (plus, with `train.encoder`, the
@@ -450,18 +450,27 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
             B = x.shape[0]
             z = torch.randn(B, Z, device=device)
 
-            # discriminator
-            with torch.no_grad(), autocast():
-                fake = Gm(z, p, v).float()
+            # one generator forward serves both updates: D sees it detached, then G backpropagates
+            # through D (after D's step) into it
             with autocast():
-                logit, aux = Dm(torch.cat([x, fake]), torch.cat([p, p]), torch.cat([v, v]))
+                if Em is not None:
+                    mu, logvar = Em(x)
+                    zr = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+                    both = Gm(torch.cat([z, zr]), torch.cat([p, p]), torch.cat([v, v])).float()
+                    fake, rec = both[:B], both[B:]
+                else:
+                    fake = Gm(z, p, v).float()
+
+            # discriminator
+            with autocast():
+                logit, aux = Dm(torch.cat([x, fake.detach()]), torch.cat([p, p]), torch.cat([v, v]))
             logit, aux = logit.float(), aux.float()
             l_d = d_adv_loss(kind, logit[:B], logit[B:])
             l_aux_d = F.cross_entropy(aux[:B], p)
             loss_d = adv_w * l_d + aux_w * l_aux_d
             logs_d = {"adv/d": l_d.item(), "aux/d": l_aux_d.item()}
             if kind == "wgan-gp":
-                gp = gradient_penalty(D, x, fake, p, v)
+                gp = gradient_penalty(D, x, fake.detach(), p, v)
                 loss_d = loss_d + float(tr["gp_weight"]) * gp
                 logs_d["adv/gp"] = gp.item()
             opt_D.zero_grad(set_to_none=True)
@@ -472,13 +481,6 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
             if not ddp:
                 D.requires_grad_(False)
             with autocast():
-                if Em is not None:
-                    mu, logvar = Em(x)
-                    zr = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-                    both = Gm(torch.cat([z, zr]), torch.cat([p, p]), torch.cat([v, v])).float()
-                    fake, rec = both[:B], both[B:]
-                else:
-                    fake = Gm(z, p, v).float()
                 lf, af = Dm(fake, p, v)
             l_g = g_adv_loss(kind, lf.float())
             l_aux_g = F.cross_entropy(af.float(), p)
