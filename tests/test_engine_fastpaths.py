@@ -1,0 +1,180 @@
+"""Fast paths of the engine: steal priority kept as a key, nearest-pitch fallback, burst note-ons,
+worker coalescing of knob sweeps, and ONNX output handed back without a copy."""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+import numpy as np
+import pytest
+from tinymodel import make_tiny_preset
+
+from synth.cache import NoteCache
+from synth.engine import Engine
+from synth.inference import GeneratorSession
+from synth.worker import GeneratorWorker
+
+SR = 48000
+
+
+@pytest.fixture(scope="module")
+def piano(tmp_path_factory):
+    return make_tiny_preset(tmp_path_factory.mktemp("fast"), "piano", note_seconds=0.5)
+
+
+def reference_victim(v) -> int:
+    """Steal choice as a scan of the flag arrays: released, then sustained, then any live; oldest first."""
+    live = v.active & ~v.ghost
+    for cand in (np.flatnonzero(live & v.released), np.flatnonzero(live & v.sustained), np.flatnonzero(live)):
+        if len(cand):
+            return int(cand[np.argmin(v.order[cand])])
+    raise AssertionError("no live voice")
+
+
+def check_keys(e: Engine) -> None:
+    v = e.voices
+    if v.n_live:
+        assert v.victim() == reference_victim(v)
+    ghosts = np.flatnonzero(v.active & v.ghost)
+    if len(ghosts):
+        assert v.oldest_ghost() == int(ghosts[np.argmin(v.order[ghosts])])
+    assert (v.steal_key[~v.active | v.ghost] > (3 << 44)).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_steal_key_matches_a_scan_of_the_flags(piano, seed):
+    """After every event of a random storm (pedal, releases, steals, all-sound-off), the kept steal
+    priority picks the same victim as scanning the flags, and free rows and ghosts never win."""
+    rng = np.random.default_rng(seed)
+    e = Engine(sample_rate=SR, presets=[piano], polyphony=8)
+    e.prepare([(0, n, v) for n in range(40, 80) for v in (40, 100)])
+    for _ in range(400):
+        r = rng.random()
+        ch = int(rng.integers(0, 3))
+        if r < 0.5:
+            e.note_on(ch, int(rng.integers(40, 80)), int(rng.choice([40, 100])))
+        elif r < 0.8:
+            e.note_off(ch, int(rng.integers(40, 80)))
+        elif r < 0.95:
+            e.control_change(ch, 64, int(rng.choice([0, 127])))
+        else:
+            e.control_change(ch, 120, 0)
+        e.render(int(rng.integers(1, 300)))
+        check_keys(e)
+    assert e.steals > 0
+
+
+def reference_nearest(cache: NoteCache, preset, knobkey, vlayer, pitch, layers, max_distance):
+    """The fallback search written out plainly: nearest pitch, then this knob state before recent ones,
+    then the nearest velocity layer."""
+    states = [knobkey] + [k for k in cache._recent_states.get(preset, ())[:4] if k != knobkey]
+    vls = [vlayer] + sorted((v for v in layers if v != vlayer), key=lambda v: abs(v - vlayer))
+    best = None
+    for si, st in enumerate(states):
+        for li, vl in enumerate(vls):
+            pitches = cache._index.get((preset, st, vl), ())
+            j = bisect.bisect_left(pitches, pitch)
+            for c in (j - 1, j):
+                if 0 <= c < len(pitches) and abs(pitches[c] - pitch) <= max_distance:
+                    score = (abs(pitches[c] - pitch), si, li)
+                    if best is None or score < best[0]:
+                        best = (score, (preset, st, pitches[c], vl))
+    return None if best is None else cache.peek(best[1])
+
+
+def test_nearest_matches_plain_search():
+    rng = np.random.default_rng(3)
+    cache = NoteCache(4, 64)
+    layers = (32, 64, 96, 127)
+    states = [(i,) for i in range(6)]
+    for _ in range(150):
+        key = ("p", states[int(rng.integers(0, 6))], int(rng.integers(21, 109)), int(rng.choice(layers)))
+        cache.publish(key, np.ones(10, np.float32))
+    for _ in range(500):
+        args = ("p", states[int(rng.integers(0, 6))], int(rng.choice(layers)), int(rng.integers(0, 128)), layers,
+                int(rng.choice([0, 3, 127])))
+        assert cache.nearest(*args) == reference_nearest(cache, *args)
+
+
+def test_256_note_ons_in_one_live_block_are_cheap(piano):
+    """A 256-voice cluster (8 channels x 32 notes) starts inside one 128-frame render. The bar in
+    scripts/bench_engine.py is 2.67 ms; this guard is 4x looser (CPU time of this thread, best of 5),
+    so a shared CI machine does not fail it while a return of the old ~30 ms path would."""
+    e = Engine(sample_rate=SR, blocksize=128, presets=[piano], realtime=True, polyphony=256)
+    try:
+        assert e.wait_ready(60)
+        keys = piano.playable_keys()
+        out = np.zeros((128, 2), np.float32)
+        best = []
+        for shift in range(5):
+            for i in range(256):
+                e.note_on(i % 8, keys[(i * 5 + shift) % len(keys)], 100)
+            c0 = time.thread_time()
+            e.render(128, out=out)
+            best.append(time.thread_time() - c0)
+            assert e.stats()["voices"] == 256
+            check_keys(e)
+        assert min(best) * 1e3 <= 4 * 2.67
+        assert np.abs(out).max() > 0
+    finally:
+        e.close()
+
+
+def test_worker_prefills_only_the_newest_knob_state(piano):
+    """A sweep posts many knob states before the worker runs: only the last one is generated."""
+    e = Engine(sample_rate=SR, presets=[piano])   # offline: no thread, the worker is driven by hand
+    w = e.worker
+    mapper = e.mappers["piano"]
+    key = e.knobs["piano"]
+    for value in range(0, 128, 4):
+        key = mapper.with_cc(key, 74, value)
+        w.prefill("piano", key)
+    while w._step():
+        pass
+    kb = w.keyboard("piano", key)
+    assert w.generated == len(kb) and all(e.cache.peek(k) is not None for k in kb)
+    assert w.pending == 0
+
+
+def test_burst_of_misses_is_served(piano):
+    """Many misses in one block (one flag check each, no Event lock) are all generated."""
+    e = Engine(sample_rate=SR, blocksize=128, presets=[piano], realtime=True)
+    try:
+        assert e.wait_ready(60)
+        e.control_change(0, 1, 99)
+        e.render(128)
+        for n in range(30, 90):
+            e.note_on(1, n, 100)
+        e.render(128)
+        assert e.fallbacks > 0
+        assert e.wait_ready(60)
+        assert all(e.cache.peek(("piano", e.knobs["piano"], n, 96)) is not None for n in range(30, 90))
+    finally:
+        e.close()
+
+
+def test_generate_in_one_run_or_in_chunks_is_the_same(piano):
+    s = GeneratorSession(piano, providers="cpu")
+    rng = np.random.default_rng(0)
+    b = 7
+    z = rng.standard_normal((b, piano.latent_size)).astype(np.float32)
+    pitch = np.arange(50, 50 + b)
+    vel = np.full(b, 0.75, np.float32)
+    one = s.generate(z, pitch, vel)
+    s.chunk = 3
+    chunked = s.generate(z, pitch, vel)
+    assert one.shape == (b, piano.note_samples) and one.dtype == np.float32
+    np.testing.assert_allclose(one, chunked, rtol=1e-5, atol=1e-6)
+    assert np.abs(one).max() > 0
+
+
+def test_worker_layers_helper_is_used_for_fallback_order(piano):
+    """The memoised layer order of the fallback search is the nearest-first order of the preset's layers."""
+    cache = NoteCache(1, 64)
+    layers = GeneratorWorker.layers(piano)
+    cache.publish(("piano", (0,), 60, layers[0]), np.ones(8, np.float32))
+    cache.publish(("piano", (0,), 60, layers[-1]), np.ones(8, np.float32))
+    got = cache.nearest("piano", (0,), layers[-2], 60, list(layers))
+    assert got is not None and got.key[3] == layers[-1]   # 96 is nearer to 127 than to 32
+    assert cache._layer_order[(layers[-2], tuple(layers))][0] == layers[-2]
