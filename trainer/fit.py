@@ -502,7 +502,8 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
             if not ddp:
                 D.requires_grad_(True)
             with torch.no_grad():
-                decay = float(tr["ema"])
+                # warm-up: early weights are poor, so the average must not remember them for long
+                decay = min(float(tr["ema"]), (1.0 + step) / (10.0 + step))
                 for pe, pg in zip(G_ema.parameters(), G.parameters(), strict=True):
                     pe.lerp_(pg.detach(), 1.0 - decay)
             step += 1
