@@ -481,13 +481,23 @@ class Engine:
             name = self.presets[self._chan_preset[ch]].name
             self._set_knobkey(name, self.mappers[name].with_cc(self.knobs[name], cc, value))
 
-    def _check_pending(self) -> None:
-        """Live: swap fallbacks for exact notes the worker has published since the last block."""
+    def _check_pending(self, frames: int) -> None:
+        """Live: swap fallbacks for exact notes the worker has published since the last block.
+
+        At most one swap per 8 frames of block, and only while a free voice row is left for the
+        crossfade: a prefill chunk can publish the exact notes of a whole cluster at once, and 256
+        crossfades in one block would cost milliseconds (and cut fading voices). The others keep
+        their stand-in a block or two longer.
+        """
         v = self.voices
+        budget = max(8, frames // 8)
         for i, (key, base, vel) in list(self._pending_xfade.items()):
             e = self.cache.peek(key)
             if e is None:
                 continue
+            if budget <= 0 or not v._free:
+                break
+            budget -= 1
             del self._pending_xfade[i]
             if not v.active[i] or v.ghost[i]:
                 continue
@@ -511,6 +521,9 @@ class Engine:
             e = self.cache.peek(key)
             if e is None:
                 continue
+            if budget <= 0:
+                break
+            budget -= 1
             del self._pending_start[(ch, note)]
             if e.slot >= 0 and self.cache.acquire(e):
                 self._start(pi, e, ch, note, vel, base)
@@ -525,7 +538,7 @@ class Engine:
         if out is None:
             out = np.empty((frames, 2), np.float32)
         if self.realtime and (self._pending_xfade or self._pending_start):
-            self._check_pending()
+            self._check_pending(frames)
         evs = self._carry
         while self._events:
             evs.append(self._events.popleft())
