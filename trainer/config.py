@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "wavegan": {"model_size": 16, "phase_shuffle": 2},
     },
     "train": {
-        "steps": 3000, "minutes": 60.0, "batch": 8, "spec_ffts": [2048, 1024, 256],
+        "steps": 6000, "minutes": 60.0, "batch": 8, "spec_ffts": [2048, 1024, 256],
         "lr_g": None, "lr_d": None, "betas": None,
         "loss": "hinge", "spectral_weight": None, "adv_weight": 1.0, "aux_weight": 0.1, "gp_weight": 10.0,
         "encoder": False, "kl_weight": 0.01,
