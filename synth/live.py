@@ -43,8 +43,10 @@ LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTi
 ENTRY_BASE = 64        # callbacks used to learn the usual entry delay under JACK
 GC_TICK = 0.25         # seconds between gen-0 collections on the main thread (GC is off elsewhere)
 GC_GEN1_EVERY = 8      # ticks between gen-1 collections (2 s: each one stays small)
-# Work per callback must stay bounded: starting a voice costs the engine ~0.25 ms here (measured
-# with 200 voices playing), so a 256-note cluster arriving at once would take ~60 ms in one block.
+# Work per callback must stay bounded. Starting a voice costs the engine ~15 us with 256 voices
+# playing (6 us cached and idle, up to ~20 us when it steals or plays a stand-in; bench_engine), but
+# raising the cap made the 512-frame JACK session test worse on a loaded 2-core machine (longest
+# callback 1.3-3x the period against 0.4-0.6x), so it stays conservative.
 # At most one note-on per 32 frames (4 per 128-frame block) starts per block; the rest, and every
 # event after them, wait for the next block (counted in `deferred`). MIDI over a DIN cable needs
 # ~1 ms per note-on, so even the cap is three times faster than a hardware keyboard.
