@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import tomllib
 
+import tomllib
 from conftest import ROOT
 
 
