@@ -22,8 +22,10 @@ Schema (version 1), all keys required unless marked optional:
                        "range": [lo, hi], "default": 0..127}]
                      latent = default + sum_k (lo_k + (hi_k - lo_k) * cc_k / 127) * direction_k
     release_seconds  float >= 0, the release envelope after note-off
-    sustain          {"mode": "oneshot" | "loop"}  "loop": the engine loops the note's sustain
-                     portion, crossfaded, for as long as the key is held (optional, default oneshot)
+    sustain          {"mode": "oneshot" | "loop", "loop_end_seconds": float}  "loop": the engine loops
+                     the note's sustain portion, crossfaded, for as long as the key is held (optional,
+                     default oneshot). loop_end_seconds (optional): where the sustain ends in the
+                     generated note, i.e. before the note-off of the training data; default 85 % of it
     gain_db          float, preset output trim (optional, default 0)
     generator        file name of the ONNX graph inside the folder (default "generator.onnx")
     training         free-form dict: data, arch, steps, minutes, hardware, commands (optional)
@@ -90,6 +92,7 @@ class Preset:
     knobs: tuple[Knob, ...]
     release_seconds: float
     sustain_mode: str = "oneshot"
+    loop_end_seconds: float | None = None
     gain_db: float = 0.0
     drum_classes: dict[int, str] = field(default_factory=dict)
     description: str = ""
@@ -227,6 +230,13 @@ def validate_manifest(m: Any, path: Path, check_files: bool = True) -> Preset:
     mode = sustain.get("mode", "oneshot")
     if mode not in ("oneshot", "loop"):
         raise _fail(where, f"sustain.mode must be 'oneshot' or 'loop', got {mode!r}")
+    loop_end = sustain.get("loop_end_seconds")
+    if loop_end is not None:
+        if isinstance(loop_end, bool) or not isinstance(loop_end, (int, float)) or not math.isfinite(loop_end):
+            raise _fail(where, f"sustain.loop_end_seconds must be a number, got {loop_end!r}")
+        loop_end = float(loop_end)
+        if not 0.05 <= loop_end <= n / sr:
+            raise _fail(where, f"sustain.loop_end_seconds = {loop_end} is outside the note (0.05..{n / sr:.3f} s)")
     gain_db = _get(m, "gain_db", where, float, optional=True, default=0.0)
     if not -60 <= gain_db <= 24:
         raise _fail(where, f"gain_db = {gain_db} is out of range -60..24")
@@ -239,7 +249,7 @@ def validate_manifest(m: Any, path: Path, check_files: bool = True) -> Preset:
     preset = Preset(path=path, name=name, kind=kind, sample_rate=sr, note_samples=n, pitch_range=(pr[0], pr[1]),
                     velocity_conditioned=conditioned, velocity_layers=tuple(layers), velocity_curve=curve,
                     latent_size=z, default_latent=default, knobs=tuple(knobs), release_seconds=release,
-                    sustain_mode=mode, gain_db=gain_db, drum_classes=drum_classes, description=description,
+                    sustain_mode=mode, loop_end_seconds=loop_end, gain_db=gain_db, drum_classes=drum_classes, description=description,
                     generator=gen, training=training, metrics=metrics)
     if check_files and not preset.generator_path.is_file():
         raise _fail(str(preset.generator_path), "generator file is missing; re-export the preset with "
@@ -315,6 +325,13 @@ def find_preset(name: str, preset_dirs=None) -> Preset:
     return load_preset_dir(known[name])
 
 
+def _sustain_dict(p: Preset) -> dict[str, Any]:
+    d: dict[str, Any] = {"mode": p.sustain_mode}
+    if p.loop_end_seconds is not None:
+        d["loop_end_seconds"] = p.loop_end_seconds
+    return d
+
+
 def manifest_dict(p: Preset) -> dict[str, Any]:
     """The JSON-able manifest for `p` (inverse of `validate_manifest`)."""
     m: dict[str, Any] = {
@@ -325,7 +342,7 @@ def manifest_dict(p: Preset) -> dict[str, Any]:
         "latent": {"size": p.latent_size, "default": list(p.default_latent)},
         "knobs": [{"cc": k.cc, "name": k.name, "description": k.description, "direction": list(k.direction),
                    "range": list(k.range), "default": k.default} for k in p.knobs],
-        "release_seconds": p.release_seconds, "sustain": {"mode": p.sustain_mode}, "gain_db": p.gain_db,
+        "release_seconds": p.release_seconds, "sustain": _sustain_dict(p), "gain_db": p.gain_db,
         "generator": p.generator, "training": p.training, "metrics": p.metrics,
     }
     if p.is_drums:

@@ -36,18 +36,21 @@ def midi_hz(pitch: float) -> float:
     return 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
 
 
-def make_loop(x: np.ndarray, sample_rate: int, pitch: int) -> tuple[float, float] | None:
+def make_loop(x: np.ndarray, sample_rate: int, pitch: int, end_seconds: float | None = None
+              ) -> tuple[float, float] | None:
     """Bake a seamless loop into the sustain portion of note `x` (float32[M], modified in place).
 
     The loop spans about a whole number of pitch periods (chosen so it is nearly an integer number
-    of samples) ending at 85% of the note; its exact length is then the one within half a period
+    of samples) ending at `end_seconds` (default 85% of the note; the preset sets it just before
+    the training data's note-off, so the loop never takes in the release); its exact length is then the one within half a period
     whose crossfade segments correlate best, since a generated note is not exactly in tune. The
     last `LOOP_XFADE_SECONDS` before the loop end are crossfaded with the samples one loop length
     earlier, so jumping from `end` back to `start` continues the waveform. Returns (start, end) in
     samples, or None if the note is too short.
     """
     n = len(x)
-    a, b = int(0.3 * n), int(0.85 * n)
+    b = int(0.85 * n) if end_seconds is None else min(n, int(end_seconds * sample_rate))
+    a = min(int(0.3 * n), b // 2)
     period = sample_rate / midi_hz(pitch)
     if b - a < 4 * period or b - a < 256:
         return None
@@ -226,7 +229,7 @@ class GeneratorWorker:
                 self.cache.publish(k, None)
                 continue
             x = resample(audio[i]) if resample is not None else audio[i].copy()
-            loop = make_loop(x, self.out_rate, k[2]) if p.sustain_mode == "loop" and not p.is_drums else None
+            loop = make_loop(x, self.out_rate, k[2], p.loop_end_seconds) if p.sustain_mode == "loop" and not p.is_drums else None
             if self.cache.publish(k, x, loop, protect) is None:
                 if "full" not in self._warned:
                     self._warned.add("full")

@@ -307,6 +307,20 @@ def test_loop_seam_is_smooth_for_detuned_notes(detune):
     assert np.abs(y[end - 2400:end]).max() > 0.95 * np.abs(x[end - 2400:end]).max()
 
 
+def test_loop_stays_before_the_release_when_the_preset_says_where_it_ends():
+    from synth.worker import make_loop
+
+    t = np.arange(SR) / SR
+    env = np.where(t < 0.6, 1.0, np.exp(-(t - 0.6) * 20.0))     # held to 0.6 s, then released
+    y = (np.sin(2 * np.pi * 220.0 * t) * env).astype(np.float32)
+    start, end = map(int, make_loop(y.copy(), SR, 57, end_seconds=0.55))
+    assert end == int(0.55 * SR) and start >= 0.25 * SR
+    assert np.abs(y[start:end]).max() > 0.99 and np.abs(y[end - 200:end]).max() > 0.99   # no release inside
+    # Without the hint the loop would end at 85 % of the note, deep in the release.
+    _, end85 = make_loop(y.copy(), SR, 57)
+    assert env[int(end85) - 1] < 0.01
+
+
 def test_program_change_and_drum_channel(presets):
     e = Engine(sample_rate=SR, presets=[presets["piano"], presets["flat"], presets["drums"]])
     e.note_on(9, 38, 100)              # channel 10: the drum kit

@@ -85,8 +85,8 @@ PATHS = [("format",), ("version",), ("name",), ("kind",), ("sample_rate",), ("no
          ("velocity", "layers", 0), ("velocity", "curve"), ("latent",), ("latent", "size"), ("latent", "default"),
          ("latent", "default", 1), ("knobs",), ("knobs", 0), ("knobs", 0, "cc"), ("knobs", 0, "direction"),
          ("knobs", 0, "direction", 0), ("knobs", 0, "range"), ("knobs", 0, "default"), ("knobs", 0, "name"),
-         ("release_seconds",), ("sustain",), ("sustain", "mode"), ("gain_db",), ("generator",), ("training",),
-         ("metrics",), ("description",), ("drum_classes",)]
+         ("release_seconds",), ("sustain",), ("sustain", "mode"), ("sustain", "loop_end_seconds"), ("gain_db",),
+         ("generator",), ("training",), ("metrics",), ("description",), ("drum_classes",)]
 
 
 def _set(m, path, value, delete=False):

@@ -754,6 +754,10 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
             vv = np.tile(np.asarray(layers, np.float32), len(kk) // len(layers))
             curve = velocity_curve(gen(np.repeat(z0[None], len(kk), 0), kk, vv / 127), kk, vv, sr)
             curve_from = f"fitted to the loudness of {len(kk)} generated notes across velocities"
+        sustain: dict = {"mode": mode}
+        if mode == "loop" and hold is not None and 0.2 < hold <= n / sr:
+            # loop the held part only: end 50 ms before the data's note-off, where the release begins
+            sustain["loop_end_seconds"] = round(float(hold) - 0.05, 3)
         say(f"sustain {mode} ({sus_ev}, {env_from}); release {release:.2f} s; velocity curve {curve:.2f}")
         data_desc = {k: info[k] for k in ("root", "kind", "sample_rate", "note_samples", "pitch_range", "velocities",
                                           "n_notes") if k in info}
@@ -776,7 +780,7 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
              "kind": kind, "sample_rate": sr, "note_samples": n, "pitch_range": [lo, hi],
              "velocity": {"conditioned": conditioned, "layers": layers, "curve": round(curve, 3)},
              "latent": {"size": Z, "default": [float(x) for x in z0]}, "knobs": knobs,
-             "release_seconds": round(release, 3), "sustain": {"mode": mode}, "gain_db": 0.0,
+             "release_seconds": round(release, 3), "sustain": sustain, "gain_db": 0.0,
              "generator": "generator.onnx", "training": training, "metrics": {}}
         if drum_classes:
             m["drum_classes"] = {str(k): v for k, v in sorted(drum_classes.items())}
