@@ -176,3 +176,32 @@ def test_velocity_curve_recovers_the_exponent():
         audio = np.stack([(v / 127) ** c * 0.5 * np.sin(2 * np.pi * 220 * 2 ** ((k - 57) / 12) * t)
                           for k, v in zip(keys, vels, strict=True)]).astype(np.float32)
         assert ex.velocity_curve(audio, keys, vels, sr) == pytest.approx(c, abs=0.02)
+
+
+def test_default_latent_is_chosen_by_sound_on_train_and_valid_notes_only(tmp_path):
+    """The default latent is searched for the one that sounds most like the real notes; the test split
+    never takes part, so `trainer eval` stays held out."""
+    from fitdata import make_dataset, tone
+
+    from trainer.data import OneShotDataset
+
+    sr, n = 8000, 4096
+    root = make_dataset(tmp_path / "data", sample_rate=sr, note_samples=n, pitches=range(48, 73, 2))
+    ds = OneShotDataset(root)
+    test = {int(i) for i in np.nonzero(np.asarray([x["split"] for x in ds.notes]) == "test")[0]}
+    seen = []
+
+    def gen(z, pitch, velocity):
+        # The real notes are tone(); the further z[:, 0] is from 1.5, the more a buzz covers them.
+        seen.append(set(zip(pitch.tolist(), np.round(velocity, 4).tolist(), strict=True)))
+        t = np.arange(n) / sr
+        out = np.stack([tone(int(p), int(round(v * 127)), sr, n, 0.75 * n / sr) for p, v in
+                        zip(pitch, velocity, strict=True)])
+        buzz = 0.2 * np.sign(np.sin(2 * np.pi * 1234.0 * t))[None] * np.exp(-3 * t)[None]
+        return (out + np.abs(z[:, :1] - 1.5) * buzz).astype(np.float32)
+
+    z, doc = ex.choose_default_latent(gen, root, sr, list(range(40, 90)), np.zeros(4, np.float32), "zeros", seed=1,
+                                      n_random=12, per_round=8)
+    assert abs(z[0] - 1.5) < 0.5 and "test split is not used" in doc and "zeros" in doc
+    test_pairs = {(int(ds.pitches[i]), round(float(ds.velocities[i]), 4)) for i in test}
+    assert test_pairs and not any(test_pairs & s for s in seen)

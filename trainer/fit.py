@@ -508,9 +508,11 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
                     pe.lerp_(pg.detach(), 1.0 - decay)
             step += 1
 
-            if not all(math.isfinite(val) for val in (*logs_d.values(), *logs_g.values())):
-                raise UserError(f"{run_dir}: training diverged at step {step} (non-finite loss); lower --spectral-"
-                                f"weight or the learning rates in an overlay, or --resume from an earlier checkpoint")
+            bad = [k for k, val in (*logs_d.items(), *logs_g.items()) if not math.isfinite(val)]
+            if bad:
+                raise UserError(f"{run_dir}: training diverged at step {step} (non-finite {', '.join(bad)}); lower "
+                                "--spectral-weight or the learning rates in an overlay, or --resume from an earlier "
+                                "checkpoint")
             now = time.monotonic()
             if master and (step % int(tr["log_every"]) == 0 or step == steps_total):
                 rate = (step - step_last) / max(now - t_last, 1e-9)
