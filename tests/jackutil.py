@@ -327,6 +327,14 @@ def onsets(x: np.ndarray, starts: list[int], window: int, threshold: float = 0.0
     return out
 
 
+def silent_before(x: np.ndarray, starts: list[int], window: int, threshold: float) -> list[bool]:
+    """For each row index in `starts`, True when |x| stays below `threshold` on both channels for the
+    `window` rows before it (the key is pressed in silence, so an onset after it is this note's).
+    Rows before the recording count as silent."""
+    env = np.abs(x).max(axis=1)
+    return [bool(s <= 0 or env[max(0, s - window):s].max(initial=0.0) < threshold) for s in starts]
+
+
 def note_events(sent: list[int], notes: list[int], velocity: int = 100, hold: int = 2880, channel: int = 0):
     """Note-on at each frame of `sent` (absolute JACK frames) and note-off `hold` frames later."""
     evs = []

@@ -163,6 +163,32 @@ def test_latency_and_jitter_at_128_frames(presets, tmp_path):
     assert len(ms) >= 18, (len(ms), xruns)
     p5, p50, p95 = np.percentile(ms, [5, 50, 95])
     assert p50 <= 8.0 and p95 - p5 <= 1.0, (p50, p95 - p5, ms)
+    # Causality: JACK MIDI sounds one period after the send frame; earlier is a measurement artefact.
+    assert ms.min() >= 128 / SR * 1e3 - 1e-9, ms
+
+
+def test_probe_latency_is_one_period_even_with_a_long_release(tmp_path):
+    """The bench's probe (scripts/latency_probe.py) on a preset whose 0.3 s release outlasts the old
+    0.12 s note spacing: each note must be measured from silence, so cached notes come out at exactly
+    one period (never below: the old probe found the previous note's tail and reported -1.3 ms), and
+    misses (a 1 MB cache) at one period too once the stand-in's resampled attack is taken off."""
+    import sys
+
+    from tinymodel import make_tiny_preset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import latency_probe
+
+    parent = tmp_path / "presets"
+    make_tiny_preset(parent, release_seconds=0.3)
+    r = latency_probe.measure_latency(parent, "piano", tmp_path, notes=10)
+    assert r["not_silent"] == 0 and r["negative"] == 0 and r["measured"] == 10, r
+    assert all(d == 128 for d in r["latency_frames"]), r["latency_frames"]
+    m = latency_probe.measure_latency(parent, "piano", tmp_path, notes=8, cache_mb=1,
+                                      pitches=[30, 97, 41, 86, 52, 75, 35, 92], seed=2)
+    assert m["misses"] >= 4 and m["fallbacks"] >= 4, m
+    assert m["not_silent"] == 0 and m["negative"] == 0 and m["measured"] == 8, m
+    assert all(128 - 16 <= d <= 2 * 128 for d in m["latency_frames"]), m["latency_frames"]
 
 
 def test_hotplug_port_is_connected_and_plays(presets, tmp_path):
