@@ -346,11 +346,12 @@ class Engine:
         return program if program < len(self.presets) else None
 
     # ---- event application (render thread) -----------------------------------------------------
-    def _set_knobkey(self, name: str, key: tuple) -> None:
+    def _set_knobkey(self, name: str, key: tuple, settle: bool = False) -> None:
         if key != self.knobs[name]:
             self.knobs[name] = key
             if self.realtime and not self._closed:
-                self.worker.prefill(name, key)
+                # A CC move waits for the knob to settle before the keyboard is prefilled (worker.py).
+                self.worker.prefill(name, key, settle)
 
     def _apply(self, kind: str, args: tuple) -> None:
         if kind == "on":
@@ -479,7 +480,7 @@ class Engine:
             self._apply("bend", (ch, 0))
         else:
             name = self.presets[self._chan_preset[ch]].name
-            self._set_knobkey(name, self.mappers[name].with_cc(self.knobs[name], cc, value))
+            self._set_knobkey(name, self.mappers[name].with_cc(self.knobs[name], cc, value), settle=True)
 
     def _check_pending(self, frames: int) -> None:
         """Live: swap fallbacks for exact notes the worker has published since the last block.

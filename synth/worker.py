@@ -3,7 +3,11 @@
 Live, it runs as a thread: single-note misses first, then the whole keyboard of the current knob
 state of each preset (at the preset's velocity layers), in chunks of about 20 ms so a miss never
 waits long behind a prefill. After a knob move only the newest state is prefilled (a sweep of CC 74
-does not queue 128 keyboards). Offline, the engine calls `generate_now` in its own thread.
+does not queue 128 keyboards), and only once the knob has been still for `SETTLE_SECONDS` (or has
+kept moving for `MAX_DEFER_SECONDS`): a sweep abandons each state within one step, so prefilling
+them only burned CPU beside the audio thread (about 100 notes/s in the 512-frame session). Notes
+played during a sweep are single-note misses, with the same pitch of a recent state as stand-in.
+Offline, the engine calls `generate_now` in its own thread.
 
 Each note is resampled once to the output rate with soxr (HQ). Model output with NaN/Inf becomes
 a silent entry and a warning; it is never cached as audio. An exception in the worker is logged
@@ -29,6 +33,8 @@ from synth.preset import Preset
 log = logging.getLogger("synth")
 
 CHUNK_SECONDS = 0.02
+SETTLE_SECONDS = 0.15     # a moved knob's keyboard is prefilled once the knob is this still ...
+MAX_DEFER_SECONDS = 1.0   # ... or has kept moving this long (one prefill start per second at most)
 LOOP_XFADE_SECONDS = 0.05
 
 
@@ -112,6 +118,10 @@ class GeneratorWorker:
         self.last_miss_ms: float | None = None
         self.last_prefill_s: float | None = None
         self._prefill_t0: dict[str, float] = {}
+        # Knob-move debounce: preset -> (knob key, due time, first unsettled move), written by prefill();
+        # preset -> the knob key whose prefill has begun, written by the worker only.
+        self._settle: dict[str, tuple] = {}
+        self._begun: dict[str, tuple] = {}
         self._kb = None
 
     # ---- control (any thread; the audio thread only appends and sets an Event) -------------------
@@ -125,10 +135,20 @@ class GeneratorWorker:
         if not self._wake.is_set():
             self._wake.set()
 
-    def prefill(self, preset: str, knobkey: tuple) -> None:
-        """Fill the whole keyboard of `preset` at `knobkey` (replacing an unfinished older prefill)."""
+    def prefill(self, preset: str, knobkey: tuple, settle: bool = False) -> None:
+        """Fill the whole keyboard of `preset` at `knobkey` (replacing an unfinished older prefill).
+
+        `settle` (a knob move): begin only after the knob has been still for SETTLE_SECONDS, or once
+        MAX_DEFER_SECONDS have passed since the first move that has not been prefilled yet."""
+        now = time.perf_counter()
+        if settle:
+            prev = self._settle.get(preset)
+            first = prev[2] if prev is not None and self._begun.get(preset) != prev[0] else now
+            self._settle[preset] = (knobkey, min(now + SETTLE_SECONDS, first + MAX_DEFER_SECONDS), first)
+        else:
+            self._settle.pop(preset, None)
         self._targets[preset] = knobkey
-        self._prefill_t0[preset] = time.perf_counter()
+        self._prefill_t0[preset] = now
         self._idle.clear()
         self._wake.set()
 
@@ -245,7 +265,7 @@ class GeneratorWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.25)
+            self._wake.wait(self._nap())
             self._wake.clear()
             while not self._stop.is_set():
                 try:
@@ -259,6 +279,24 @@ class GeneratorWorker:
                     self._done.update(self._targets)
             if not self.pending:
                 self._idle.set()
+
+    def _unsettled(self, name: str, knobkey: tuple, now: float) -> float:
+        """Seconds until the prefill of `knobkey` may begin (0: now)."""
+        s = self._settle.get(name)
+        if s is None or s[0] != knobkey or self._begun.get(name) == knobkey:
+            return 0.0
+        return max(0.0, s[1] - now)
+
+    def _nap(self) -> float:
+        """How long the idle worker may sleep: until the next settled knob state, 0.25 s at most."""
+        now = time.perf_counter()
+        wait = 0.25
+        for name, knobkey in list(self._targets.items()):
+            if self._done.get(name) != knobkey:
+                left = self._unsettled(name, knobkey, now)
+                if left > 0.0:
+                    wait = min(wait, left + 0.001)
+        return wait
 
     def _step(self) -> bool:
         """One unit of work: all queued misses, else one prefill chunk. False when nothing is left."""
@@ -276,6 +314,9 @@ class GeneratorWorker:
         for name, knobkey in list(self._targets.items()):
             if self._done.get(name) == knobkey:
                 continue
+            if self._unsettled(name, knobkey, time.perf_counter()) > 0.0:
+                continue   # the knob is still moving: misses are served meanwhile
+            self._begun[name] = knobkey
             todo = [k for k in self.keyboard(name, knobkey) if self.cache.peek(k) is None]
             if not todo:
                 self._done[name] = knobkey

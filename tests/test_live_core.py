@@ -262,3 +262,49 @@ def test_devices_lists_apis_without_any_device():
     assert r.returncode == 0, r.stderr
     assert "JACK server: not running" in r.stdout and "MIDI input ports" in r.stdout
     assert "audio host APIs" in r.stdout
+
+
+def test_knob_sweep_prefills_only_once_the_knob_settles(tiny_preset):
+    """Live engine, real worker: a CC 74 sweep (a new knob state every 20 ms) generates nothing while
+    it lasts (no note is played, so there is no miss); the last state's keyboard is prefilled once the
+    knob has been still for SETTLE_SECONDS, and the states passed through are never generated. A knob
+    that keeps moving still gets a prefill begun after MAX_DEFER_SECONDS."""
+    import time
+
+    from synth.engine import Engine
+    from synth.worker import MAX_DEFER_SECONDS, SETTLE_SECONDS
+
+    e = Engine(sample_rate=SR, blocksize=BS, presets=[tiny_preset], realtime=True)
+    try:
+        assert e.wait_ready(60)
+        g0 = e.worker.generated
+        keys = []
+        t0 = time.perf_counter()
+        for i in range(15):                       # 0.3 s, well under MAX_DEFER_SECONDS
+            e.control_change(0, 74, 10 + 7 * i)
+            e.render(BS)
+            keys.append(e.knobs["piano"])
+            time.sleep(0.02)
+        assert time.perf_counter() - t0 < MAX_DEFER_SECONDS
+        assert e.worker.generated == g0, "prefilled while the knob was moving"
+        t_last = time.perf_counter()
+        while e.worker.generated == g0:
+            assert time.perf_counter() - t_last < 10, "the settled knob state was never prefilled"
+            time.sleep(0.005)
+        assert time.perf_counter() - t_last >= SETTLE_SECONDS - 0.03   # 20 ms of sleep slop
+        assert e.wait_ready(60)
+        assert all(e.cache.peek(("piano", keys[-1], p, 96)) is not None for p in range(21, 109))
+        assert all(e.cache.peek(("piano", k, 60, 96)) is None for k in keys[:-1])
+        # A knob that never settles: one prefill begins within MAX_DEFER_SECONDS (+ a nap).
+        g1 = e.worker.generated
+        t0 = time.perf_counter()
+        i = 0
+        while e.worker.generated == g1:
+            assert time.perf_counter() - t0 < MAX_DEFER_SECONDS + 2.0, "a moving knob was never prefilled"
+            e.control_change(0, 74, (i * 5) % 128)
+            e.render(BS)
+            i += 1
+            time.sleep(0.05)
+        assert time.perf_counter() - t0 >= MAX_DEFER_SECONDS - 0.06
+    finally:
+        e.close()
