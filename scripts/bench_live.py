@@ -62,7 +62,8 @@ def rows_from(res: dict) -> list[dict]:
              f"{ses['seconds']:.0f} s at period 512: 256-voice cluster (8 ch x 32), CC74 sweeps on 8 channels, "
              f"{ses['notes_per_second']:.0f} notes/s; synth xruns {ses['xruns_synth']}, JACK xrun callbacks "
              f"{ses['xruns_jack']}; events {ses['events_played']}/{ses['events_sent']}; "
-             f"{ses['knob_states_generated']} notes generated for knob moves; peak {ses['peak']:.3f}"),
+             f"{ses['knob_states_generated']} notes generated (misses at new knob states, and keyboard prefills once "
+             f"a knob settles); peak {ses['peak']:.3f}"),
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
              "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks)"),
     ]
