@@ -149,8 +149,12 @@ class GeneratorWorker:
             self._settle.pop(preset, None)
         self._targets[preset] = knobkey
         self._prefill_t0[preset] = now
-        self._idle.clear()
-        self._wake.set()
+        # Called by the audio thread for every knob CC: check the flags first, as request() does, so it
+        # takes an Event's lock only when the worker sleeps.
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self) -> None:
         if self._thread is None:
