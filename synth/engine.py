@@ -45,6 +45,13 @@ XFADE_S = 0.02             # fallback → exact note crossfade
 MIN_RELEASE_S = 0.002
 LIMIT_KNEE = 0.9           # the soft limiter is linear below this and bends smoothly into ±1.0
 BEND_SEMITONES = 2.0
+MAX_SPLITS = 8             # live: a block is cut at most this many times by events (a flood's bound)
+_VOICE_CCS = frozenset((64, 120, 121, 123))   # CCs that act on playing voices at their frame
+
+
+def _touches_voices(kind: str, args: tuple) -> bool:
+    """True for events that change playing voices at their frame (the mix must be cut there)."""
+    return kind in ("on", "off", "bend") or (kind == "cc" and args[1] in _VOICE_CCS)
 
 
 def soft_limit(x: np.ndarray, knee: float = LIMIT_KNEE) -> None:
@@ -547,17 +554,30 @@ class Engine:
         if evs:
             evs.sort(key=lambda e: (e[0], e[1]))
         cur = 0
-        for ev in evs:
+        grid = self._split_grid(evs, frames) if self.realtime and len(evs) > MAX_SPLITS else 0
+        skip = self._superseded(evs, frames, grid) if grid > 1 else ()
+        for n, ev in enumerate(evs):
             f = ev[0]
             if f >= frames:
                 self._carry.append((f - frames,) + ev[1:])
                 continue
+            if grid and not _touches_voices(ev[2], ev[3]):
+                # Live: knob CCs and program changes change no voice at their frame, so the mix is not
+                # cut there (the same samples either way: voices are functions of absolute time).
+                if n not in skip:
+                    self._apply(ev[2], ev[3])
+                if ev[2] == "cc" and self._fx_cc is not None:
+                    self._fx_cc(ev[3][1], ev[3][2], f)
+                continue
+            if grid > 1:
+                f -= f % grid
             if f > cur:
                 self._mix(out[cur:f])
                 cur = f
-            self._apply(ev[2], ev[3])
+            if n not in skip:
+                self._apply(ev[2], ev[3])
             if ev[2] == "cc" and self._fx_cc is not None:
-                self._fx_cc(ev[3][1], ev[3][2], f)
+                self._fx_cc(ev[3][1], ev[3][2], ev[0])
         if cur < frames:
             self._mix(out[cur:frames])
         self._reap()
@@ -569,6 +589,44 @@ class Engine:
                 self._nan_guard(out)
         soft_limit(out)
         return out
+
+    @staticmethod
+    def _split_grid(evs: list, frames: int) -> int:
+        """Live: how finely this block may be cut at events. 1 (every event at its exact frame) while
+        at most MAX_SPLITS distinct frames carry voice events; else a grid of frames / MAX_SPLITS, so a
+        MIDI flood costs at most MAX_SPLITS mixes per block (each costs the same whatever its length)."""
+        seen = set()
+        for ev in evs:
+            if ev[0] < frames and _touches_voices(ev[2], ev[3]):
+                seen.add(ev[0])
+        return 1 if len(seen) <= MAX_SPLITS else -(-frames // MAX_SPLITS)
+
+    @staticmethod
+    def _superseded(evs: list, frames: int, grid: int) -> set:
+        """Events of a flooded block (grid > 1) whose effect a later one replaces before anything can
+        hear the difference: a pitch bend followed by another on the same channel at the same grid
+        frame (both re-segment the voices at one time), and a knob CC followed by the same CC on the
+        same channel with no note-on or program change between (only the last knob state is played)."""
+        skip = set()
+        last_bend: dict = {}
+        last_cc: dict = {}
+        for n, ev in enumerate(evs):
+            f, kind, args = ev[0], ev[2], ev[3]
+            if f >= frames:
+                continue
+            if kind == "bend":
+                k = (args[0], f - f % grid)
+                if k in last_bend:
+                    skip.add(last_bend[k])
+                last_bend[k] = n
+            elif kind == "cc" and args[1] not in _VOICE_CCS:
+                k = (args[0], args[1])
+                if k in last_cc:
+                    skip.add(last_cc[k])
+                last_cc[k] = n
+            elif kind in ("on", "prog"):
+                last_cc.clear()
+        return skip
 
     def _nan_guard(self, out: np.ndarray) -> None:
         self.nan_blocks += 1
