@@ -10,8 +10,10 @@ played during a sweep are single-note misses, with the same pitch of a recent st
 Offline, the engine calls `generate_now` in its own thread.
 
 Each note is resampled once to the output rate with soxr (HQ). Model output with NaN/Inf becomes
-a silent entry and a warning; it is never cached as audio. An exception in the worker is logged
-and the engine keeps playing what is cached.
+a silent entry and a warning; it is never cached as audio. A batch that raises is retried note by
+note: a note that fails alone becomes a silent entry (a bad note) and the others are generated. Any
+other exception in the worker is logged and the engine keeps playing what is cached. At most
+MAX_MISSES single-note requests wait; a flood drops the oldest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CHUNK_SECONDS = 0.02
 SETTLE_SECONDS = 0.15     # a moved knob's keyboard is prefilled once the knob is this still ...
 MAX_DEFER_SECONDS = 1.0   # ... or has kept moving this long (one prefill start per second at most)
 LOOP_XFADE_SECONDS = 0.05
+MAX_MISSES = 256          # queued single-note requests; a flood drops the oldest (they keep their stand-in)
 
 
 def midi_hz(pitch: float) -> float:
@@ -101,7 +104,8 @@ class GeneratorWorker:
         self.out_rate = int(out_rate)
         self.sessions = sessions if sessions is not None else {
             p.name: GeneratorSession(p, providers=providers, threads=threads) for p in presets}
-        self._misses: deque = deque()
+        self._misses: deque = deque(maxlen=MAX_MISSES)
+        self.misses_dropped = 0
         self._targets: dict[str, tuple] = {}   # written by the engine only
         self._done: dict[str, tuple] = {}      # written by the worker only
         self._wake = threading.Event()
@@ -127,6 +131,8 @@ class GeneratorWorker:
     # ---- control (any thread; the audio thread only appends and sets an Event) -------------------
     def request(self, key: tuple) -> None:
         """Ask for one missing note, ahead of any prefill. Never blocks."""
+        if len(self._misses) >= MAX_MISSES:
+            self.misses_dropped += 1   # the deque drops its oldest request: that voice keeps its stand-in
         self._misses.append(key)
         # Event.clear/set take a lock each; a burst of misses (a chord) checks the flags instead.
         # The worker re-reads `pending` before it declares itself idle, so no request is lost.
@@ -284,6 +290,35 @@ class GeneratorWorker:
             if not self.pending:
                 self._idle.set()
 
+    def _generate_each(self, keys: list[tuple], protect: tuple | None = None) -> None:
+        """`generate_now(keys)`; when the batch raises, each note alone, so a bad note costs only
+        itself: a note that raises on its own is published as silent (a bad note, never retried) and
+        the rest of the batch is generated."""
+        try:
+            self.generate_now(keys, protect)
+            return
+        except Exception as e:  # noqa: BLE001 - a model failure must not stop the worker
+            self._failed(e)
+            log.exception("generator worker failed on a batch of %d notes; retrying note by note "
+                          "(cached notes keep playing)", len(keys))
+        for k in keys:
+            if self._stop.is_set():
+                return
+            try:
+                self.generate_now([k], protect)
+            except Exception as e:  # noqa: BLE001
+                self._failed(e)
+                self.bad_notes += 1
+                if (k[0], k[2]) not in self._warned:
+                    self._warned.add((k[0], k[2]))
+                    log.warning("preset %s: the model failed for pitch %d velocity %d (%s); it plays as silence",
+                                k[0], k[2], k[3], self.last_error)
+                self.cache.publish(k, None)
+
+    def _failed(self, e: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{type(e).__name__}: {e}"
+
     def _unsettled(self, name: str, knobkey: tuple, now: float) -> float:
         """Seconds until the prefill of `knobkey` may begin (0: now)."""
         s = self._settle.get(name)
@@ -312,7 +347,7 @@ class GeneratorWorker:
                     keys.append(k)
             if keys:
                 t0 = time.perf_counter()
-                self.generate_now(keys)
+                self._generate_each(keys)
                 self.last_miss_ms = (time.perf_counter() - t0) * 1e3
             return True
         for name, knobkey in list(self._targets.items()):
@@ -329,7 +364,7 @@ class GeneratorWorker:
                     self.last_prefill_s = time.perf_counter() - t0
                 continue
             before = len(self.cache)
-            self.generate_now(todo[:self._chunk(name)], protect=(name, knobkey))
+            self._generate_each(todo[:self._chunk(name)], protect=(name, knobkey))
             if len(self.cache) == before:
                 # Nothing fitted: the cache is full of this very keyboard or of playing notes.
                 self._done[name] = knobkey
