@@ -52,6 +52,21 @@ GC_GEN1_EVERY = 8      # ticks between gen-1 collections (2 s: each one stays sm
 # ~1 ms per note-on, so even the cap is three times faster than a hardware keyboard.
 FRAMES_PER_NOTE_ON = 32
 MIN_NOTE_ONS = 4
+# A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
+# endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
+MAX_DEFER_SECONDS = 0.5
+
+
+class EventQueue(collections.deque):
+    """The MIDI -> audio deque. `append` (the MIDI thread) also counts panic messages (CC 120
+    all-sound-off, CC 123 all-notes-off), so the callback reaches them past a flood's backlog."""
+
+    panics = 0
+
+    def append(self, ev) -> None:
+        super().append(ev)
+        if ev[1] == CC and (ev[3] == 120 or ev[3] == 123):
+            self.panics += 1
 
 
 class LiveCore:
@@ -66,11 +81,12 @@ class LiveCore:
         self.engine = engine
         self.sr = float(sample_rate)
         self.blocksize = blocksize
-        self.queue = queue if queue is not None else collections.deque()
+        self.queue = queue if queue is not None else EventQueue()
         # Room for the largest block PortAudio may hand over (variable-size hosts give up to 4x).
         self._buf = np.zeros((max(blocksize, 1) * 4, 2), np.float32)
         self._block = self._buf[:blocksize]
-        self._pending: list[tuple] = []
+        self._pending: collections.deque = collections.deque()   # events held for a later block
+        self._panics_seen = 0
         self._durations = np.zeros(RING, np.float64)   # seconds per callback
         self._periods = np.zeros(RING, np.float64)     # seconds of audio per callback
         # Cumulative, so a benchmark can subtract two snapshots and get exact window percentiles.
@@ -82,6 +98,7 @@ class LiveCore:
         self.late_events = 0      # events that arrived after their block had started to play
         self.deduped = 0
         self.deferred = 0         # events held for the next block by the note-on cap
+        self.dropped = 0          # note-ons dropped after waiting MAX_DEFER_SECONDS (a flood) or before a panic
         self.max_note_ons = max(MIN_NOTE_ONS, blocksize // FRAMES_PER_NOTE_ON)
         self.errors = 0
         self.first_error: str | None = None
@@ -174,29 +191,48 @@ class LiveCore:
 
     def _dispatch(self, frames: int, time_info, ref: float | None) -> None:
         q = self.queue
-        if not q and not self._pending:
+        pending = self._pending
+        if not q and not pending:
             return
         if ref is None:
             ref = self._reference(time_info)
         sr = self.sr
-        pending = self._pending
-        todo = pending[:] if pending else ()
-        pending.clear()
         last = 0
         eng = self.engine
         budget = self.max_note_ons * frames // self.blocksize if frames != self.blocksize else self.max_note_ons
         budget = max(budget, 1)
         capped = False
-        for ev in _chain(todo, q):
-            if capped:
-                pending.append(ev)
-                self.deferred += 1
-                continue
+        # A flood (more note-ons than the cap lets through): the backlog waits in the deques and costs
+        # nothing per block; a note-on that has waited MAX_DEFER_SECONDS is dropped (bounded backlog and
+        # delay), and a panic message (CC 120/123, counted by EventQueue on arrival) is reached past the
+        # backlog in this block, dropping the note-ons before it.
+        urgent = getattr(q, "panics", 0) - self._panics_seen
+        stale = ref - MAX_DEFER_SECONDS
+        future = []
+        while True:
+            if pending:
+                ev = pending.popleft()
+                from_q = False
+            elif q:
+                ev = q.popleft()
+                from_q = True
+            else:
+                break
             t, kind, ch, a, b, src = ev
+            if capped and urgent <= 0 and t >= stale:
+                (q if from_q else pending).appendleft(ev)
+                self.deferred += len(pending) + len(q)
+                break
+            if from_q and kind == CC and (a == 120 or a == 123):
+                self._panics_seen += 1
+                urgent -= 1
+            if kind == NOTE_ON and (capped or t < stale):
+                self.dropped += 1
+                continue
             off = int((t - ref) * sr + frames + 0.5)
             if off >= frames:
                 if off < 3 * frames:
-                    pending.append(ev)
+                    future.append(ev)
                     continue
                 off = 0   # a clock jump (stream restart): play now rather than never
             if off < 0:
@@ -221,6 +257,8 @@ class LiveCore:
                 eng.program_change(ch, a, frame=off)
             elif kind == BEND:
                 eng.pitch_bend(ch, a, frame=off)
+        if future:
+            pending.extendleft(reversed(future))
 
     def _duplicate(self, t: float, kind: int, ch: int, a: int, b: int, src: int) -> bool:
         """True for the second copy of a message that reached us through two ports (a source that is
@@ -252,13 +290,6 @@ class LiveCore:
     def durations_ms(self) -> np.ndarray:
         n = min(self.callbacks, RING)
         return self._durations[:n] * 1e3
-
-
-def _chain(first, q: collections.deque):
-    yield from first
-    popleft = q.popleft
-    while q:
-        yield popleft()
 
 
 def velocity_map(curve: float) -> list[int] | None:
@@ -479,7 +510,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
             for ch in range(16):
                 engine.control_change(ch, cc, v)
 
-    queue: collections.deque = collections.deque()
+    queue: collections.deque = EventQueue()
     core = LiveCore(engine, sample_rate, blocksize, queue)
     tamer = GcTamer(args.gc, args.switch_interval)
     stop = threading.Event()
@@ -607,6 +638,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "late_events": core.late_events,
         "deduplicated": core.deduped,
         "deferred": core.deferred,
+        "dropped": core.dropped,
         "callback_errors": core.errors,
         "panics": core.panics,
         "load_p50": round(load["p50"], 4),
