@@ -111,14 +111,45 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _save(ck: dict[str, Any], ckdir: Path, keep: int, step: int) -> None:
-    ckdir.mkdir(parents=True, exist_ok=True)
+    """Write step-XXXXXXX.pt then last.pt, each atomically; prune to the last `keep` step files.
+
+    A failed write (full disk, file size limit, I/O error) removes its temporary file, leaves the
+    previous last.pt as it was and raises a one-line `UserError`.
+    """
+    try:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{ckdir}: cannot create the checkpoint folder ({e.strerror or e})") from None
     for dest in (ckdir / f"step-{step:07d}.pt", ckdir / "last.pt"):
-        with atomic_path(dest) as tmp:
-            torch.save(ck, tmp)
+        try:
+            with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+                torch.save(ck, f)    # through a Python file, so an OS error keeps its errno (as __context__)
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"{dest}: writing the step-{step} checkpoint failed ({_io_reason(e)}); the previous "
+                            f"{ckdir / 'last.pt'} is intact: free space, then continue with --resume "
+                            f"{ckdir.parent}") from None
     olds = sorted(ckdir.glob("step-*.pt"))
     for p in olds[:-keep] if keep > 0 else olds:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def _io_reason(e: BaseException) -> str:
+    """A short reason for a failed checkpoint write (torch wraps the OS error in a RuntimeError)."""
+    import errno as _errno
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return f"{_errno.errorcode.get(seen.errno, seen.errno)}: {seen.strerror}"
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e).split())
+    for code, what in ((_errno.ENOSPC, "No space left on device"), (_errno.EFBIG, "File too large"),
+                       (_errno.EDQUOT, "Disk quota exceeded")):
+        if what.lower() in text.lower():
+            return f"{_errno.errorcode[code]}: {what}"
+    return (text[:160] + "...") if len(text) > 160 else (text or type(e).__name__)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
