@@ -657,6 +657,7 @@ class Engine:
                 "cache_evictions": c["evictions"], "fallbacks": self.fallbacks, "steals": self.steals,
                 "nan_blocks": self.nan_blocks, "bad_notes": self.worker.bad_notes,
                 "worker_pending": self.worker.pending, "worker_errors": self.worker.errors,
+                "misses_dropped": self.worker.misses_dropped, "misses_stale": self.worker.misses_stale,
                 "generated": self.worker.generated, "last_miss_ms": self.worker.last_miss_ms,
                 "last_prefill_s": self.worker.last_prefill_s, "providers": dict(self.providers),
                 "time_s": self.now / self.sample_rate}

@@ -106,6 +106,7 @@ class GeneratorWorker:
             p.name: GeneratorSession(p, providers=providers, threads=threads) for p in presets}
         self._misses: deque = deque(maxlen=MAX_MISSES)
         self.misses_dropped = 0
+        self.misses_stale = 0
         self._targets: dict[str, tuple] = {}   # written by the engine only
         self._done: dict[str, tuple] = {}      # written by the worker only
         self._wake = threading.Event()
@@ -294,13 +295,14 @@ class GeneratorWorker:
         """`generate_now(keys)`; when the batch raises, each note alone, so a bad note costs only
         itself: a note that raises on its own is published as silent (a bad note, never retried) and
         the rest of the batch is generated."""
-        try:
-            self.generate_now(keys, protect)
-            return
-        except Exception as e:  # noqa: BLE001 - a model failure must not stop the worker
-            self._failed(e)
-            log.exception("generator worker failed on a batch of %d notes; retrying note by note "
-                          "(cached notes keep playing)", len(keys))
+        if len(keys) > 1:
+            try:
+                self.generate_now(keys, protect)
+                return
+            except Exception as e:  # noqa: BLE001 - a model failure must not stop the worker
+                self._failed(e)
+                log.exception("generator worker failed on a batch of %d notes; retrying note by note "
+                              "(cached notes keep playing)", len(keys))
         for k in keys:
             if self._stop.is_set():
                 return
@@ -308,6 +310,8 @@ class GeneratorWorker:
                 self.generate_now([k], protect)
             except Exception as e:  # noqa: BLE001
                 self._failed(e)
+                if len(keys) == 1:
+                    log.exception("generator worker failed (cached notes keep playing)")
                 self.bad_notes += 1
                 if (k[0], k[2]) not in self._warned:
                     self._warned.add((k[0], k[2]))
@@ -343,6 +347,10 @@ class GeneratorWorker:
             keys = []
             while self._misses:
                 k = self._misses.popleft()
+                if k[0] in self._settle and self._targets.get(k[0], k[1]) != k[1]:
+                    # Its knob has moved on since (a sweep, a CC storm): the note keeps its stand-in.
+                    self.misses_stale += 1
+                    continue
                 if k not in keys and self.cache.peek(k) is None:
                     keys.append(k)
             if keys:
