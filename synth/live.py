@@ -209,6 +209,7 @@ class LiveCore:
         urgent = getattr(q, "panics", 0) - self._panics_seen
         stale = ref - MAX_DEFER_SECONDS
         future = []
+        held: dict = {}
         while True:
             if pending:
                 ev = pending.popleft()
@@ -223,12 +224,24 @@ class LiveCore:
                 (q if from_q else pending).appendleft(ev)
                 self.deferred += len(pending) + len(q)
                 break
-            if from_q and kind == CC and (a == 120 or a == 123):
+            panic = kind == CC and (a == 120 or a == 123)
+            if from_q and panic:
                 self._panics_seen += 1
                 urgent -= 1
             if kind == NOTE_ON and (capped or t < stale):
                 self.dropped += 1
                 continue
+            if capped and not panic and urgent > 0:
+                # On the way to a panic: keep only the final controller state and the note-offs,
+                # applied just before it (thousands of flood events in one block would overrun it).
+                key = (kind, ch, a if kind in (CC, NOTE_OFF) else 0)
+                held.pop(key, None)
+                held[key] = ev
+                continue
+            if panic and held:
+                # Its channel's note-offs change nothing any more: CC 120/123 stops every voice there.
+                for k in [k for k in held if k[0] == NOTE_OFF and k[1] == ch]:
+                    del held[k]
             off = int((t - ref) * sr + frames + 0.5)
             if off >= frames:
                 if off < 3 * frames:
@@ -249,16 +262,33 @@ class LiveCore:
                 budget -= 1
                 if budget == 0:
                     capped = True
-            elif kind == NOTE_OFF:
-                eng.note_off(ch, a, frame=off)
-            elif kind == CC:
-                eng.control_change(ch, a, b, frame=off)
-            elif kind == PROGRAM:
-                eng.program_change(ch, a, frame=off)
-            elif kind == BEND:
-                eng.pitch_bend(ch, a, frame=off)
+            else:
+                self._send(kind, ch, a, b, off)
+            if held and urgent <= 0:
+                self._send_held(held, last)
+        if held:
+            self._send_held(held, last)
         if future:
             pending.extendleft(reversed(future))
+
+    def _send_held(self, held: dict, off: int) -> None:
+        for h in held.values():
+            self.events += 1
+            self._send(h[1], h[2], h[3], h[4], off)
+        held.clear()
+
+    def _send(self, kind: int, ch: int, a: int, b: int, off: int) -> None:
+        eng = self.engine
+        if kind == NOTE_ON:
+            eng.note_on(ch, a, b, frame=off)
+        elif kind == NOTE_OFF:
+            eng.note_off(ch, a, frame=off)
+        elif kind == CC:
+            eng.control_change(ch, a, b, frame=off)
+        elif kind == PROGRAM:
+            eng.program_change(ch, a, frame=off)
+        elif kind == BEND:
+            eng.pitch_bend(ch, a, frame=off)
 
     def _duplicate(self, t: float, kind: int, ch: int, a: int, b: int, src: int) -> bool:
         """True for the second copy of a message that reached us through two ports (a source that is
