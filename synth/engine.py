@@ -247,9 +247,8 @@ class Engine:
         self._carry = []
         self._pending_start.clear()
         v = self.voices
-        for i in np.flatnonzero(v.active):
-            v.fade_out(int(i), self.now, SOUND_OFF_FADE_S, self.sample_rate)
-            self._pending_xfade.pop(int(i), None)
+        v.fade_out_rows(np.flatnonzero(v.active), self.now, SOUND_OFF_FADE_S, self.sample_rate)
+        self._pending_xfade.clear()
         self._sustain = [False] * 16
         self._bend = [1.0] * 16
 
@@ -473,9 +472,11 @@ class Engine:
                     v.release(i, self.now, self._release_s[int(v.preset[i])], self.sample_rate)
             self._sustain[ch] = on
         elif cc == 120:
-            for i in np.flatnonzero(v.active & (v.chan == ch)):
-                v.fade_out(int(i), self.now, SOUND_OFF_FADE_S, self.sample_rate)
-                self._pending_xfade.pop(int(i), None)
+            rows = np.flatnonzero(v.active & (v.chan == ch))
+            v.fade_out_rows(rows, self.now, SOUND_OFF_FADE_S, self.sample_rate)
+            if self._pending_xfade:
+                for i in rows.tolist():
+                    self._pending_xfade.pop(i, None)
             self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
         elif cc == 123:
             for i in np.flatnonzero(v.active & ~v.ghost & ~v.released & (v.chan == ch)):

@@ -54,7 +54,7 @@ FRAMES_PER_NOTE_ON = 32
 MIN_NOTE_ONS = 4
 # A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
 # endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
-MAX_DEFER_SECONDS = 0.5
+MAX_DEFER_SECONDS = 0.3
 
 
 class EventQueue(collections.deque):

@@ -213,6 +213,32 @@ class VoiceBank:
         self.released[v] = True
         self.ramp(v, t, seconds, sample_rate)
 
+    def fade_out_rows(self, rows: np.ndarray, t: int, seconds: float, sample_rate: int) -> None:
+        """`fade_out` for many rows at once (all-sound-off, panic): the same arithmetic, vectorised."""
+        if len(rows) == 0:
+            return
+        self.n_live -= int(np.count_nonzero(~self.ghost[rows]))
+        e = np.clip(self.env0[rows] + self.slope[rows] * (t - self.env_t[rows]).astype(np.float64), 0.0, 1.0)
+        slope = -1.0 / max(1.0, seconds * sample_rate)
+        self.ghost[rows] = True
+        self.steal_key[rows] = NEVER
+        self.ghost_key[rows] = self.order[rows]
+        self.held[rows] = False
+        self.sustained[rows] = False
+        self.released[rows] = True
+        self.env0[rows] = e
+        self.env_t[rows] = t
+        self.slope[rows] = slope
+        end = t + np.ceil(e / -slope).astype(np.int64)
+        le = self.loop_e[rows]
+        one_shot = le == np.inf
+        if one_shot.any():
+            rem = self.length[rows] - self.seg_pos[rows]
+            note_end = self.seg_t[rows] + np.maximum(0, np.ceil(rem / self.rate[rows])).astype(np.int64)
+            end = np.where(one_shot, np.minimum(end, note_end), end)
+        self.end_t[rows] = end
+        self.next_end = min(self.next_end, int(end.min()))
+
     def take_row(self) -> int | None:
         """A free row for `start`, or None when every row is busy."""
         return self._free.pop() if self._free else None
