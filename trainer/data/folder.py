@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from synth.errors import UserError
 from trainer.data.format import GM_DRUMS
@@ -22,6 +26,42 @@ from trainer.data.samples import AUDIO_EXTENSIONS, Skip, parse_name, prepare, re
 MIN_CONFIDENCE = 0.5     # below this a pYIN estimate does not label a note
 MISMATCH_SEMITONES = 1.0  # name and confident estimate further apart than this: a warning
 PITCH_EXCERPT_S = 1.0    # pYIN looks at the first second of the note (cost ~20 ms)
+MAX_FILE_SECONDS = 600.0  # a declared length above this is not a one-shot sample (and would be read whole)
+MAX_CHANNELS = 64
+MAX_SET_LEVEL = 1e3       # with one set-wide gain, one absurdly loud float file would silence every other note
+SAMPLE_RATES = (1000, 768000)
+
+
+def check_file(path: Path) -> None:
+    """Refuse, before any audio is read, what is not a plain file or whose header is implausible.
+
+    A FIFO or device named *.wav would block or never end; a header declaring hours of audio,
+    hundreds of channels or a nonsense sample rate would make the reader allocate for it.
+    Raises `Skip`.
+    """
+    import soundfile as sf
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise Skip(f"unreadable: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Skip("not a regular file")
+    if st.st_size == 0:
+        raise Skip("empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types for corrupt or unknown data
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Skip(f"unreadable: {msg}") from None
+    if not SAMPLE_RATES[0] <= info.samplerate <= SAMPLE_RATES[1]:
+        raise Skip(f"implausible sample rate {info.samplerate} Hz in the header (expected "
+                   f"{SAMPLE_RATES[0]}..{SAMPLE_RATES[1]})")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise Skip(f"implausible channel count {info.channels} in the header (expected 1..{MAX_CHANNELS})")
+    if info.frames > MAX_FILE_SECONDS * info.samplerate:
+        raise Skip(f"too long: the header declares {info.frames / info.samplerate:.0f} s "
+                   f"(a one-shot sample is at most {MAX_FILE_SECONDS:.0f} s)")
 
 
 def list_audio(root: Path) -> tuple[list[Path], int]:
@@ -52,11 +92,19 @@ def process_file(path: Path, root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """Everything about one file, in a worker process: a note dict with 'audio', or {'skip': reason}."""
     rel = str(path.relative_to(root))
     try:
+        check_file(path)
         data, sr = read_audio(path)
         prep = prepare(data, sr, target_sr=cfg["sample_rate"], note_samples=cfg["note_samples"],
                        min_seconds=cfg["min_seconds"], normalize=cfg["normalize"])
+        del data
+        if not np.isfinite(prep.audio).all():
+            raise Skip("corrupt: samples so large that mixing or resampling overflowed")
+        if cfg["normalize"] == "set" and float(np.abs(prep.audio).max()) > MAX_SET_LEVEL:
+            raise Skip(f"implausible level: peak above {MAX_SET_LEVEL:g} (full scale is 1.0); corrupt float data?")
     except Skip as s:
         return {"file": rel, "skip": str(s)}
+    except MemoryError:
+        return {"file": rel, "skip": "too large to read into memory"}
     note: dict[str, Any] = {"file": rel, "audio": prep.audio, "duration": prep.duration,
                             "source_rate": prep.source_rate, "source_channels": prep.source_channels}
     pitch, velocity, how = parse_name(path.stem)
@@ -95,7 +143,11 @@ def _ordered(items: list[Path], fn: Callable[[Path], dict[str, Any]], jobs: int)
         futs = [ex.submit(fn, p) for p in items[:window]]
         nxt = len(futs)
         for i in range(len(items)):
-            res = futs[i].result()
+            try:
+                res = futs[i].result()
+            except BrokenProcessPool:
+                raise UserError(f"{items[i]}: an import worker process died (out of memory or a crash in the "
+                                "audio library); move this file away or retry with --jobs 1") from None
             futs[i] = None  # free the audio once written
             if nxt < len(items):
                 futs.append(ex.submit(fn, items[nxt]))
