@@ -21,6 +21,7 @@ one() {  # name, dataset flags..., -- eval pitches
   fi
   $PY -m trainer export "runs/$name" --preset "presets/$name" --force
   $PY -m trainer eval "presets/$name" --data "data/$name" ${pitches:+--pitches "$pitches"} --update-preset
+  $PY scripts/make_preset_demo.py "presets/$name"     # presets/$name/demo.flac
 }
 
 for p in "${@:-piano strings marimba drums}"; do
