@@ -38,6 +38,7 @@ from synth.errors import UserError
 from synth.fsutil import atomic_path, atomic_write_text
 from trainer import config as C
 
+MAX_BAD_STEPS = 20       # consecutive steps with non-finite gradients before a run counts as diverged
 CKPT_KEYS = ("step", "config", "G", "G_ema", "D", "opt_G", "opt_D", "rng", "data_pos")
 
 
@@ -371,6 +372,22 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
     g_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     opt_G = torch.optim.Adam(g_params, lr=tr["lr_g"], betas=tuple(tr["betas"]))
     opt_D = torch.optim.Adam(D.parameters(), lr=tr["lr_d"], betas=tuple(tr["betas"]))
+    d_params = list(D.parameters())
+    bad_steps = skipped_total = 0
+
+    def finite_step(opt, params, clip) -> bool:
+        """Clip (if `clip`) and step; a step whose gradients are not finite is skipped (as AMP's scaler
+        does), so one 0/0 in a backward pass cannot turn the weights into NaN. True if it stepped."""
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else math.inf)
+        if scaler.is_enabled():
+            scaler.step(opt)            # the scaler skips non-finite steps itself and lowers its scale
+            return True
+        if not torch.isfinite(norm):
+            opt.zero_grad(set_to_none=True)
+            return False
+        opt.step()
+        return True
     sampler = Sampler(len(ds), int(tr["batch"]), seed, rank, world)
     step, train_seconds = 0, 0.0
     if ck is not None:
@@ -506,7 +523,7 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
                 logs_d["adv/gp"] = gp.item()
             opt_D.zero_grad(set_to_none=True)
             scaler.scale(loss_d).backward()
-            scaler.step(opt_D)
+            skipped_d = not finite_step(opt_D, d_params, None)
 
             # generator
             if not ddp:
@@ -525,11 +542,16 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
                 logs_g.update({"rec/l1": l_rec.item(), "rec/kl": kl.item()})
             opt_G.zero_grad(set_to_none=True)
             scaler.scale(loss_g).backward()
-            if tr.get("grad_clip"):
-                scaler.unscale_(opt_G)
-                torch.nn.utils.clip_grad_norm_(g_params, float(tr["grad_clip"]))
-            scaler.step(opt_G)
+            skipped_g = not finite_step(opt_G, g_params, tr.get("grad_clip"))
             scaler.update()
+            bad_steps = bad_steps + 1 if (skipped_d or skipped_g) else 0
+            skipped_total += int(skipped_d or skipped_g)
+            if skipped_total:
+                logs_g["skipped"] = float(skipped_total)
+            if bad_steps > MAX_BAD_STEPS:
+                raise UserError(f"{run_dir}: training diverged at step {step} ({bad_steps} steps in a row with "
+                                "non-finite gradients); lower --spectral-weight or the learning rates in an overlay, "
+                                "or --resume from an earlier checkpoint")
             if not ddp:
                 D.requires_grad_(True)
             with torch.no_grad():
