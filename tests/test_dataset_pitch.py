@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -51,18 +49,6 @@ def test_noise_and_silence_are_unsure():
     assert np.isnan(f0) and conf == 0.0
     f0, conf = estimate_f0(np.zeros(10, np.float32), sr)  # shorter than one frame
     assert np.isnan(f0) and conf == 0.0
-
-
-def test_speed_one_second_excerpt():
-    sr = 24000
-    x = harmonic(440.0, sr)
-    estimate_f0(x, sr)
-    t = time.perf_counter()
-    for _ in range(5):
-        estimate_f0(x, sr)
-    per = (time.perf_counter() - t) / 5
-    # The bar is 50 ms (scripts/bench_dataset.py measures it); 4x headroom for a busy shared CI machine.
-    assert per < 0.2
 
 
 @pytest.mark.parametrize("stem, want", [
