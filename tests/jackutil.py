@@ -3,6 +3,13 @@ frame times and records audio. Nothing is mocked: the synth under test talks to 
 
 Each server gets a unique name (pid + random), so parallel test runs never share one; the server is
 killed in teardown, and a server that fails to come up raises with its log.
+
+jackd keeps a registry of running servers in shared memory with room for 8, and it frees a slot only
+when a server exits cleanly or a new server of the *same name* finds the old one dead. Servers that
+were killed (the tests kill some on purpose) under unique names would therefore fill the registry
+for good, and every later jackd on the machine fails with "Too many servers already active". So
+before each start, and after each stop, `reclaim_stale_servers` clears the slots of this user's
+servers whose process is gone: what jackd itself does for a dead server of the same name.
 """
 
 from __future__ import annotations
@@ -24,6 +31,56 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def have_jackd() -> bool:
     return shutil.which("jackd") is not None
+
+
+JACK_REGISTRY = Path("/dev/shm/jack-shm-registry")
+_MAX_SERVERS = 8     # jack2 shm.h MAX_SERVERS
+_HEADER_FIXED = 24   # magic, protocol, type, size, hdr_len, entry_len (then the server slots)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # someone else's live process
+    return True
+
+
+def reclaim_stale_servers(registry: Path = JACK_REGISTRY) -> list[str]:
+    """Clear this user's server slots in jackd's shared-memory registry whose process is dead.
+
+    Returns the names of the slots cleared. Slots of live processes and of other users are never
+    touched; a registry of an unknown layout is left alone. jackd takes a SysV semaphore around its
+    own registry edits; this does not, so a slot is only cleared when its pid is dead (no live
+    server can be writing it), and the write is a single pwrite of zeros over that slot.
+    """
+    try:
+        fd = os.open(registry, os.O_RDWR)
+    except OSError:
+        return []
+    cleared: list[str] = []
+    try:
+        head = os.pread(fd, _HEADER_FIXED, 0)
+        if len(head) < _HEADER_FIXED or head[:4] != b"KCAJ":
+            return []
+        hdr_len = int.from_bytes(head[16:20], "little")
+        stride, rest = divmod(hdr_len - _HEADER_FIXED, _MAX_SERVERS)
+        if rest or not 8 <= stride <= 4096:
+            return []
+        prefix = f"jack-{os.getuid()}:".encode()
+        for i in range(_MAX_SERVERS):
+            off = _HEADER_FIXED + i * stride
+            slot = os.pread(fd, stride, off)
+            pid = int.from_bytes(slot[:4], "little", signed=True)
+            name = slot[4:].split(b"\0", 1)[0]
+            if pid > 0 and name.startswith(prefix) and not _pid_alive(pid):
+                os.pwrite(fd, bytes(stride), off)
+                cleared.append(name.decode(errors="replace"))
+    finally:
+        os.close(fd)
+    return cleared
 
 
 class JackServer:
@@ -54,6 +111,7 @@ class JackServer:
         # libjack prints "Cannot connect to server socket" for every poll before the server is up.
         jack.set_error_function(lambda msg: None)
         jack.set_info_function(lambda msg: None)
+        reclaim_stale_servers()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 ["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate),
@@ -91,12 +149,15 @@ class JackServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        reclaim_stale_servers()   # a killed server leaves its registry slot behind
         try:
             self.log_path.unlink()
         except OSError:
             pass
-        # A server that had to be killed leaves its clients' semaphores behind; they are ours alone.
-        for leftover in Path("/dev/shm").glob(f"jack_sem.*_{self.name}_*"):
+        # A server that had to be killed leaves its clients' semaphores and its sockets behind; they
+        # are ours alone.
+        shm = Path("/dev/shm")
+        for leftover in [*shm.glob(f"jack_sem.*_{self.name}_*"), *shm.glob(f"jack_{self.name}_*")]:
             try:
                 leftover.unlink()
             except OSError:
