@@ -1,0 +1,113 @@
+"""Side-by-side of the trainer's architectures at one training budget (issue #4's table).
+
+    python scripts/compare_archs.py --minutes 15 [--archs ddsp,wavegan,spectral] [--data data/piano]
+
+For each arch, one after the other on the same machine, with the default recipe of that arch:
+`trainer fit --minutes M` -> `trainer export` -> `trainer eval` (split test, MIDI 28-96 for the
+piano), exactly the commands a user types. The figures (steps reached, pitch accuracy, log-mel
+distance, diversity, ONNX size and speed) go to `docs/arch_comparison.json`, which
+`scripts/bench_archs.py` turns into rows of `docs/benchmarks.md` without retraining (training takes
+M minutes per arch, far longer than `make bench` should). The data set is built first when missing
+(`trainer dataset --program 0`, the GM piano).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_JSON = ROOT / "docs" / "arch_comparison.json"
+ARCHS = ("ddsp", "wavegan", "spectral")
+
+
+def _run(cmd: list[str], log) -> None:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    log.write(("+ " + " ".join(cmd) + "\n").encode())
+    log.flush()
+    p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                       env=dict(os.environ, PYO_GUI_WX="0"))
+    if p.returncode != 0:
+        raise SystemExit(f"compare_archs: `{' '.join(cmd)}` failed with exit {p.returncode} (log: {log.name})")
+
+
+def one(arch: str, data: Path, minutes: float, work: Path, pitches: str, log) -> dict:
+    py = sys.executable
+    run = work / f"run-{arch}"
+    preset = work / f"preset-{arch}"
+    report = work / f"eval-{arch}.json"
+    t0 = time.monotonic()
+    if (run / "checkpoints" / "last.pt").exists():
+        _run([py, "-m", "trainer", "fit", "--resume", str(run), "--minutes", f"{minutes:g}", "--quiet"], log)
+    else:
+        _run([py, "-m", "trainer", "fit", "--data", str(data), "--arch", arch, "--minutes", f"{minutes:g}",
+              "--steps", "1000000", "--out", str(run), "--name", f"compare-{arch}", "--quiet"], log)
+    fit_s = time.monotonic() - t0
+    _run([py, "-m", "trainer", "export", str(run), "--preset", str(preset), "--force"], log)
+    _run([py, "-m", "trainer", "eval", str(preset), "--data", str(data), "--pitches", pitches,
+          "--out", str(report)], log)
+    rep = json.loads(report.read_text())
+    man = json.loads((preset / "preset.json").read_text())
+    training = man.get("training", {})
+    return {
+        "arch": arch,
+        "steps": training.get("steps"),
+        "training_minutes": training.get("minutes"),
+        "fit_wall_s": round(fit_s, 1),
+        "onnx_mb": round((preset / "generator.onnx").stat().st_size / 1e6, 3),
+        "eval": rep,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=15.0, help="training budget per arch (default 15)")
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--data", default="data/piano")
+    ap.add_argument("--pitches", default="28-96")
+    ap.add_argument("--work", default="runs/compare", help="run and preset folders (kept for inspection)")
+    ap.add_argument("--json", default=str(OUT_JSON))
+    args = ap.parse_args(argv)
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad:
+        raise SystemExit(f"compare_archs: unknown arch {bad[0]!r} (one of {', '.join(ARCHS)})")
+    data = (ROOT / args.data).resolve()
+    work = (ROOT / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "compare.log", "ab") as log:
+        if not (data / "manifest.json").exists():
+            _run([sys.executable, "-m", "trainer", "dataset", "--program", "0", "--out", str(data), "--quiet"], log)
+        started = dt.datetime.now(dt.timezone.utc)
+        results = [one(a, data, args.minutes, work, args.pitches, log) for a in archs]
+    out = {
+        "what": "trainer fit -> export -> eval per arch at one budget, default recipe of each arch",
+        "run": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "minutes_per_arch": args.minutes,
+        "data": str(Path(args.data)),
+        "pitches": args.pitches,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "command": "python scripts/compare_archs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "results": results,
+    }
+    from synth.fsutil import atomic_write_text
+
+    atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
+    for r in results:
+        e = r["eval"]
+        print(f"{r['arch']:9s} steps {r['steps']}  pitch acc {e.get('pitch_accuracy')}  "
+              f"log-mel {e.get('log_mel_distance')} dB  diversity {e.get('diversity')}  {r['onnx_mb']} MB")
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
