@@ -1,12 +1,24 @@
-"""`make soak`: a long live session on a private JACK dummy server, judged like the bench session.
+"""`make soak`: a long live session on a private JACK dummy server, judged like the bench session,
+after issue 8's MIDI flood.
 
-    python scripts/soak.py --minutes 10 [--preset piano --preset-dir DIR] [--json soak.json]
+    python scripts/soak.py --minutes 10 --flood-seconds 30 [--preset piano --preset-dir DIR] [--json soak.json]
 
-It plays the `scripts/latency_probe.py` session at 512 frames: a 256-voice cluster, CC 74 sweeps
+With --flood-seconds S (default 0: no flood) it first floods the synth on its own JACK server at 512
+frames (`python -m synth --cache-mb 128`, same preset as the session): S seconds of 10,000 JACK
+MIDI events per second (note-ons without note-offs, running status, sysex and junk, CC storms on
+every knob of the preset's preset.json, bends...), then CC 120 + CC 123 on all 16 channels. It is
+`jackutil.run_flood`, the measurement tests/test_reliability_live.py makes for 5 s. Figures under
+"flood" in the JSON and "flood:" rows in the table: xruns from 1 s to the flood's end (synth and
+JACK), RSS at 1 s and 0.5 s after the end, events / dropped / deferred, callback p99 / max, peak and
+finiteness, and the time to silence after the panic. It fails on any xrun after the first second,
+RSS growth of 5% or more, a non-finite sample, a peak beyond 1.0, output not exactly 0 from 2
+periods + 6 ms after the panic, a non-zero exit of the synth, or a flood that could not be run.
+
+Then it plays the `scripts/latency_probe.py` session at 512 frames: a 256-voice cluster, CC 74 sweeps
 and 50 notes/s. It samples the synth's RSS (/proc) every second, prints the counters and a table
 (RSS growth after the first minute, xruns, callback p99), and exits 1 on any xrun, lost event,
 non-finite sample, a peak beyond 1.0, RSS growth of 5% or more after the first minute, or a
-non-zero exit of the synth.
+non-zero exit of the synth (or on a failed flood).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import latency_probe  # noqa: E402
+from jackutil import knob_ccs, run_flood  # noqa: E402  (tests/ is on sys.path through latency_probe)
 
 
 def main(argv=None) -> int:
@@ -32,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default=None)
     ap.add_argument("--preset-dir", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--flood-seconds", type=float, default=0.0,
+                    help="first flood the synth for S s at 10k MIDI events/s (issue 8); 0: no flood")
     args = ap.parse_args(argv)
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -39,6 +54,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
         parent, name = latency_probe._preset_args(args.preset, args.preset_dir, work)
+        # Before the sampler starts: it follows the first synth child it finds.
+        flood = _flood(parent, name, work, args.flood_seconds) if args.flood_seconds > 0 else None
         sampler.start()
         try:
             res = latency_probe.session(parent, name, work, seconds=args.minutes * 60.0)
@@ -46,6 +63,10 @@ def main(argv=None) -> int:
             stop.set()
             sampler.join(5)
     res["rss"] = _rss_figures(samples)
+    log_tail = None
+    if flood is not None:
+        log_tail = flood.pop("log_tail", None)
+        res["flood"] = flood
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:
@@ -61,6 +82,8 @@ def main(argv=None) -> int:
             ("RSS at 1 min / end / max (MB)", f"{rss.get('at_1min_mb')} / {rss.get('end_mb')} / {rss.get('max_mb')}"),
             ("RSS growth after the first minute", "-" if growth is None else f"{growth:+.2f}%"),
             ("peak, finite", f"{res['peak']:.3f}, {res['finite']}"), ("exit code", str(res["exit_code"]))]
+    if flood is not None:
+        rows += _flood_rows(flood)
     w = max(len(k) for k, _ in rows)
     print("| " + "what".ljust(w) + " | figure |\n|" + "-" * (w + 2) + "|--------|")
     for k, v in rows:
@@ -68,9 +91,61 @@ def main(argv=None) -> int:
     ok = (res["xruns_synth"] == 0 and res["xruns_jack"] == 0 and res["events_played"] == res["events_sent"]
           and res["finite"] and res["peak"] <= 1.0 and res["exit_code"] == 0
           and (growth is None or growth < 5.0))
+    flood_note = ""
+    if flood is not None:
+        flood_ok = _flood_ok(flood)
+        if not flood_ok and log_tail:
+            print("soak: the flood's synth log ends:\n" + log_tail, file=sys.stderr)
+        ok = ok and flood_ok
+        flood_note = (f"; flood {args.flood_seconds:g} s {'ok' if flood_ok else 'FAILED'}"
+                      + (f": {flood['error']}" if "error" in flood else
+                         f", xruns after 1 s {flood['xruns_synth_after_1s']} synth / "
+                         f"{flood['xruns_jack_after_1s']} JACK"))
     print(f"soak: {'PASS' if ok else 'FAIL'} ({args.minutes:g} min, xruns {res['xruns_synth']} synth / "
-          f"{res['xruns_jack']} JACK, events {res['events_played']}/{res['events_sent']})", file=sys.stderr)
+          f"{res['xruns_jack']} JACK, events {res['events_played']}/{res['events_sent']}{flood_note})",
+          file=sys.stderr)
     return 0 if ok else 1
+
+
+def _flood(parent: Path, name: str, work: Path, seconds: float) -> dict:
+    """Issue 8's flood on the session's preset (knob CCs from its preset.json), at 512 frames."""
+    cmd = latency_probe._cmd(parent, name, "--midi-port", "^probe:", "--cache-mb", "128")
+    knobs = knob_ccs(parent / name)
+    try:
+        return run_flood(cmd, work, seconds, knobs=knobs, rate=10_000, period=512)
+    except (RuntimeError, TimeoutError, OSError) as e:   # the synth or jackd died, or never came up
+        return {"seconds": seconds, "knobs": list(knobs), "error": f"{type(e).__name__}: {str(e)[-1500:]}"}
+
+
+def _flood_ok(fl: dict) -> bool:
+    return ("error" not in fl and fl["xruns_synth_after_1s"] == 0 and fl["xruns_jack_after_1s"] == 0
+            and fl["rss_growth_pct"] is not None and fl["rss_growth_pct"] < 5.0 and fl["finite"]
+            and fl["peak"] <= 1.0 and fl["silent_after_panic"] and fl["exit_code"] == 0)
+
+
+def _flood_rows(fl: dict) -> list[tuple[str, str]]:
+    if "error" in fl:
+        return [("flood: error", fl["error"].splitlines()[0] if fl["error"] else "?")]
+    if fl["silent_after_panic"]:
+        silent = f"yes, {fl['silence_ms']} ms (bar {fl['silence_bar_ms']} ms)"
+    elif fl["silence_ms"] is None:
+        silent = f"NO: still sounding at the recording's end (peak {fl['post_panic_peak']:.3g} past the bar)"
+    else:
+        silent = f"NO: last non-zero frame {fl['silence_ms']} ms after (bar {fl['silence_bar_ms']} ms)"
+    growth = "-" if fl["rss_growth_pct"] is None else f"{fl['rss_growth_pct']:+.2f}%"
+    return [
+        ("flood: seconds, events sent (knob CCs), late from the probe",
+         f"{fl['seconds']:g}, {fl['events_sent']} ({', '.join(map(str, fl['knobs']))}), {fl['late_midi_probe']}"),
+        ("flood: events to the synth / dropped / deferred", f"{fl['events']} / {fl['dropped']} / {fl['deferred']}"),
+        ("flood: xruns 1 s to the end (synth / JACK)", f"{fl['xruns_synth_after_1s']} / {fl['xruns_jack_after_1s']}"),
+        ("flood: xruns over the whole run (synth / JACK)", f"{fl['xruns_synth_all']} / {fl['xruns_jack_all']}"),
+        ("flood: callback p99 / max (share of the block)", f"{fl['load_p99']} / {fl['load_max']}"),
+        ("flood: RSS at 1 s / 0.5 s after the end (MB)",
+         f"{fl['rss_1s_mb']} / {fl['rss_end_mb']} ({growth})"),
+        ("flood: peak, finite", f"{fl['peak']:.3f}, {fl['finite']}"),
+        ("flood: silent after the panic, time to silence", silent),
+        ("flood: exit code", str(fl["exit_code"])),
+    ]
 
 
 def _synth_pid() -> int | None:

@@ -421,3 +421,141 @@ def dominant_hz(x: np.ndarray, sr: int) -> float:
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     spec[:3] = 0
     return float(np.argmax(spec) * sr / len(x))
+
+
+# -- the MIDI flood of issue 8 (tests/test_reliability_live.py, and `scripts/soak.py --flood-seconds`) ----------
+
+FLOOD_KNOBS = (1, 74)   # the tiny test preset's knob CCs
+
+
+def knob_ccs(preset_folder: Path) -> tuple[int, ...]:
+    """The `knobs[].cc` list of `preset_folder/preset.json`, in manifest order."""
+    import json
+
+    m = json.loads((Path(preset_folder) / "preset.json").read_text())
+    return tuple(int(k["cc"]) for k in m.get("knobs", []))
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of `pid` in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def flood_events(t0: int, seconds: float, rate: float = 10_000, seed: int = 3, knobs: tuple[int, ...] = FLOOD_KNOBS,
+                 sr: int = 48000) -> list[tuple[int, bytes]]:
+    """`rate` JACK MIDI events per second from frame t0: note-ons without note-offs (some packed with
+    running status), CC storms on every knob (`knobs`: CC numbers) of every channel, other CCs, bends,
+    program changes, aftertouch, sysex and junk bytes without a status. Sorted by frame. With no knobs,
+    the storm goes to CC 1 and 74."""
+    knobs = tuple(knobs) or FLOOD_KNOBS
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    frames = t0 + np.sort(rng.integers(0, int(seconds * sr), n))
+    kinds = rng.random(n)
+    ch = rng.integers(0, 16, n)
+    d1 = rng.integers(0, 128, n)
+    d2 = rng.integers(1, 128, n)
+    ev = []
+    for f, r, c, a, b in zip(frames.tolist(), kinds.tolist(), ch.tolist(), d1.tolist(), d2.tolist(), strict=True):
+        if r < 0.35:
+            data = bytes([0x90 | c, a, b])
+        elif r < 0.45:
+            data = bytes([0x90 | c, a, b, (a + 7) % 128, b, (a + 12) % 128, b])   # running status
+        elif r < 0.75:
+            data = bytes([0xB0 | c, knobs[a % len(knobs)], b])                    # knob storm
+        elif r < 0.80:
+            data = bytes([0xB0 | c, (7, 10, 11, 64, 91)[a % 5], b])
+        elif r < 0.85:
+            data = bytes([0xE0 | c, a, b])
+        elif r < 0.88:
+            data = bytes([0xC0 | c, a % 2])
+        elif r < 0.90:
+            data = bytes([0xA0 | c, a, b])
+        elif r < 0.95:
+            data = bytes([0xF0, a, b, 0x7F, 0xF7]) if r < 0.93 else bytes([a, b])   # sysex / junk
+        else:
+            data = bytes([0x80 | c, a, 0])
+        ev.append((f, data))
+    return ev
+
+
+def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, ...] = FLOOD_KNOBS,
+              rate: float = 10_000, seed: int = 3, period: int = 512) -> dict:
+    """Issue 8's flood, measured: a private `jackd -d dummy -p PERIOD`, the synth `cmd` (it must take
+    MIDI from `^probe:`), `seconds` of `flood_events` at `rate`, then CC 120 + CC 123 on all 16
+    channels at the flood's end; the output is recorded until 0.5 s after it.
+
+    Returns the figures (JSON-ready): xruns from 1 s to the flood's end (the synth's counter, read at
+    its status ticks, and JACK's xrun callback), RSS at 1 s and 0.5 s after the end, the synth's
+    event counters and callback load, the output's peak and finiteness, the peak of the flood's
+    middle (it did sound), whether the output is exactly 0 from 2 periods + 6 ms after the panic, and
+    the time from the panic to the last non-zero frame. `log_tail` is the end of the synth's stderr."""
+    with JackServer(period=period) as srv, SynthProcess(srv, cmd, workdir) as sp:
+        sr = srv.rate
+        sp.wait_for("ready")
+        probe = Probe(srv, record_seconds=seconds + 3)
+        try:
+            probe.connect_synth()
+            time.sleep(0.5)
+            rel = flood_events(0, seconds, rate, seed, knobs, sr)   # built before t0 is fixed: 30 s takes a while
+            t0 = probe.now + sr // 4
+            ev = [(f + t0, d) for f, d in rel]
+            end = t0 + int(seconds * sr)
+            ev += [(end, bytes([0xB0 | c, cc, 0])) for c in range(16) for cc in (120, 123)]
+            probe.start_recording()
+            probe.schedule(ev)
+            while probe.now < t0 + sr + period:
+                time.sleep(0.02)
+            one = sp.fresh_stats()
+            rss1 = rss_mb(sp.proc.pid)
+            while probe.now < end - period:
+                time.sleep(0.01)
+            flood_end = sp.fresh_stats()
+            while probe.now < end + int(0.5 * sr):
+                time.sleep(0.05)
+            rss2 = rss_mb(sp.proc.pid)
+            x = probe.stop_recording()
+            start = probe.rec_start
+            after = sp.fresh_stats()
+            xr_jack = [f for f in probe.xrun_frames if t0 + sr < f < end]
+            xrun_seconds = [round((f - t0) / sr, 3) for f in probe.xrun_frames]
+            late_midi = probe.late_midi
+        finally:
+            probe.close()
+        alive = sp.proc.poll() is None
+        rc = sp.stop()
+        log_tail = sp.stderr[-2000:]
+    env = np.abs(x).max(axis=1) if len(x) else np.zeros(1, np.float32)
+    panic_row = end - start
+    quiet_row = panic_row + 2 * period + int(0.006 * sr)
+    tail = env[panic_row:]
+    nz = np.flatnonzero(tail)
+    # Frames from the panic to the last non-zero one; None when the recording ends still sounding.
+    silence = (int(nz[-1]) + 1 if nz.size else 0) if not (nz.size and nz[-1] == len(tail) - 1) else None
+    eng = after.get("engine", {})
+    periods = (end - t0 - sr) / period
+    return {
+        "seconds": seconds, "rate": rate, "period": period, "knobs": list(knobs), "events_sent": len(ev),
+        "late_midi_probe": late_midi,
+        "events": after["events"], "dropped": after["dropped"], "deferred": after["deferred"],
+        "late_events": after["late_events"], "callback_errors": after["callback_errors"],
+        "periods_judged": periods,
+        "xruns_synth_after_1s": flood_end["xruns"] - one["xruns"], "xruns_synth_all": after["xruns"],
+        "xruns_jack_after_1s": len(xr_jack), "xruns_jack_all": len(xrun_seconds),
+        "jack_xrun_seconds": xrun_seconds[:100],
+        "load_p99": after["load_p99"], "load_max": after["load_max"],
+        "rss_1s_mb": round(rss1, 1), "rss_end_mb": round(rss2, 1),
+        "rss_growth_pct": round(100.0 * (rss2 - rss1) / rss1, 2) if rss1 else None,
+        "peak": float(env.max()), "finite": bool(np.isfinite(x).all()),
+        "flood_peak": float(env[max(0, t0 - start + sr // 2):panic_row].max(initial=0.0)),
+        "silence_bar_ms": round((quiet_row - panic_row) / sr * 1e3, 3),
+        "silent_after_panic": bool(len(env) > quiet_row and env[quiet_row:].max() == 0.0),
+        "silence_ms": None if silence is None else round(silence / sr * 1e3, 3),
+        "post_panic_peak": float(env[quiet_row:].max(initial=0.0)),
+        "voices": eng.get("voices"), "misses_dropped": eng.get("misses_dropped"),
+        "misses_stale": eng.get("misses_stale"),
+        "alive": alive, "exit_code": rc, "log_tail": log_tail,
+    }
