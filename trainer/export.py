@@ -9,7 +9,14 @@ Steps, all inside a temporary folder beside the destination that is renamed into
    velocity, output audio, weights inside the one .onnx file (no external data). metadata_props:
    name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch, created.
 3. Parity: onnxruntime vs torch on random z, pitches and velocities at batch 1 and 8; refuse when
-   max |Δ| > 1e-4 (or when the output leaves [-1, 1] or is not finite).
+   max |Δ| > 1e-4 (or when the output leaves [-1, 1] or is not finite). One exception, measured:
+   a sustained note's phase drifts, since its partials' frequencies come from the network and
+   float32 GEMMs in torch and ORT round differently (~1e-7 relative); after N samples that is a
+   phase error of 2*pi*f*N/sr*1e-7, which grows linearly along the note (a 4-s strings note:
+   4.6e-5 in the first 16384 samples, 1.9e-4 at 3 s, magnitude spectra equal to 7e-5 of their
+   peak). Such a graph is accepted when the first 16384 samples (WaveGAN's note length) meet the
+   1e-4 bar *and* the STFT magnitudes of the whole note agree within 1e-3 of their peak *and*
+   the whole-note max |Δ| stays under 1e-2; all three figures go into the manifest.
 4. Knob directions (`knob_directions`), measured on the exported graph; see its docstring.
 5. Envelope facts from the real notes when the run's dataset folder is reachable (else from
    generated notes): sustain mode, release time, velocity curve.
@@ -48,6 +55,9 @@ import numpy as np
 from synth.errors import UserError
 
 PARITY_TOL = 1e-4
+PARITY_EARLY = 16384                   # samples held to PARITY_TOL whatever the note length
+PARITY_SPECTRAL_TOL = 1e-3             # whole-note STFT magnitude difference / peak magnitude
+PARITY_DRIFT_CAP = 1e-2                # whole-note max |Δ| allowed for a phase drift
 OPSET = 17
 DYNAMO_OPSET = 18
 MAX_SHIPPED_MB = 10.0
@@ -185,11 +195,24 @@ def _ort_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: int = 0,
-                 tol: float = PARITY_TOL) -> float:
-    """Max |Δ| between torch G and the ONNX graph at batch 1 and 8; raise ExportError above `tol`.
+def _stft_mag(x: np.ndarray, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
+    """|STFT| of float[B, N] (Hann, float64): float[B, frames, n_fft // 2 + 1]."""
+    x = x.astype(np.float64)
+    if x.shape[-1] < n_fft:
+        x = np.pad(x, [(0, 0), (0, n_fft - x.shape[-1])])
+    fr = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[:, ::hop, :]
+    return np.abs(np.fft.rfft(fr * np.hanning(n_fft), axis=-1))
 
-    Also refuses outputs that are not finite, outside [-1, 1], or of the wrong shape.
+
+def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: int = 0,
+                 tol: float = PARITY_TOL, details: dict[str, float] | None = None) -> float:
+    """Max |Δ| between torch G and the ONNX graph at batch 1 and 8; raise ExportError when it fails.
+
+    Passes when the whole-note max |Δ| <= `tol`, or, for a phase drift along long notes (module
+    docstring, step 3), when the first PARITY_EARLY samples are within `tol`, the whole-note STFT
+    magnitudes within PARITY_SPECTRAL_TOL of their peak and the whole-note max |Δ| under
+    PARITY_DRIFT_CAP. Also refuses outputs that are not finite, outside [-1, 1], or of the wrong
+    shape. Returns the whole-note max |Δ|; `details` (if given) receives all three figures.
     """
     import torch
 
@@ -199,7 +222,7 @@ def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: in
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{onnx_path}: ONNX Runtime cannot load the exported graph "
                           f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
-    worst = 0.0
+    worst = early = spectral = 0.0
     n = int(G.note_samples)
     for b in (1, 8):
         z = rng.standard_normal((b, latent_size)).astype(np.float32)
@@ -221,9 +244,17 @@ def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: in
         if peak > 1.0 + 1e-6:
             raise ExportError(f"{onnx_path}: the generator outputs peaks of {peak:.3f}, outside [-1, 1]; end the "
                               "model with tanh or a clamp")
-        worst = max(worst, float(np.abs(got - ref).max()))
-    if not worst <= tol:
-        raise ExportError(f"{onnx_path}: ONNX Runtime differs from torch by max |Δ| = {worst:.3g} > {tol:g}; "
+        d = np.abs(got - ref)
+        worst = max(worst, float(d.max()))
+        early = max(early, float(d[:, :PARITY_EARLY].max()))
+        S, T = _stft_mag(ref), _stft_mag(got)
+        spectral = max(spectral, float((np.abs(S - T).max(axis=(1, 2)) / np.maximum(S.max(axis=(1, 2)), 1e-12)).max()))
+    if details is not None:
+        details.update({"max_abs": worst, "max_abs_first_16384": early, "spectral_rel": spectral})
+    drift_ok = early <= tol and spectral <= PARITY_SPECTRAL_TOL and worst <= PARITY_DRIFT_CAP
+    if not (worst <= tol or drift_ok):
+        raise ExportError(f"{onnx_path}: ONNX Runtime differs from torch by max |Δ| = {worst:.3g} > {tol:g} "
+                          f"(first {PARITY_EARLY} samples {early:.3g}, spectra {spectral:.3g} of the peak); "
                           "nothing was written. An op is exported wrongly: try another opset, or replace "
                           "the op (data-dependent control flow, in-place index writes)")
     return worst
@@ -748,7 +779,8 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
             try:
                 data, opset = onnx_bytes(G, Z, method)
                 write_onnx(data, onnx_path, meta)
-                worst = parity_check(G, onnx_path, keys, Z, seed=seed, tol=tolerance)
+                parity: dict[str, float] = {}
+                worst = parity_check(G, onnx_path, keys, Z, seed=seed, tol=tolerance, details=parity)
                 break
             except ExportError as e:
                 errors.append(str(e))
@@ -757,7 +789,8 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
             raise ExportError(f"{dest}: no exporter gave a graph that matches torch, nothing was written: "
                               + " | ".join(errors))
         size_mb = onnx_path.stat().st_size / 1e6
-        say(f"parity max |Δ| = {worst:.2e}; {size_mb:.2f} MB")
+        say(f"parity max |Δ| = {worst:.2e} (first {PARITY_EARLY} samples {parity['max_abs_first_16384']:.2e}, "
+            f"spectra {parity['spectral_rel']:.2e} of the peak); {size_mb:.2f} MB")
         if size_mb > MAX_SHIPPED_MB:
             say(f"warning: {size_mb:.1f} MB is over the {MAX_SHIPPED_MB:g} MB bar for shipped presets")
         sess = _ort_session(onnx_path)
@@ -829,7 +862,9 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
         training = {"data": data_desc, "arch": arch_name, "params": params, **_train_facts(config, run_facts),
                     "run": str(run_dir) if run_dir else None,
                     "commands": _commands(config, info, run_dir, commands), "onnx_opset": opset,
-                    "parity_max_abs": float(f"{worst:.3g}"), "knob_method": knob_method,
+                    "parity_max_abs": float(f"{worst:.3g}"),
+                    "parity_max_abs_first_16384": float(f"{parity['max_abs_first_16384']:.3g}"),
+                    "parity_spectral_rel": float(f"{parity['spectral_rel']:.3g}"), "knob_method": knob_method,
                     "default_latent": default_doc, "latent_prior": "normal(0, 1)",
                     "sustain_evidence": f"{sus_ev} ({env_from})", "release_evidence": rel_ev,
                     "velocity_curve_evidence": curve_from}

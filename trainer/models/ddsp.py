@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.nn.dsp import harmonic_bank, make_noise_bank, midi_to_hz, noise_bank_synth
+from trainer.nn.dsp import exp2_small, harmonic_bank, make_noise_bank, midi_note_hz, noise_bank_synth
 from trainer.nn.layers import Conditioning, LogMel, ProjectionHead
 
 _DB = math.log(10.0) / 20.0   # nats per dB
@@ -104,9 +104,9 @@ class DDSPGenerator(nn.Module):
         p = self._split(self.head(h))
         B = z.shape[0]
         t = self.t.view(1, -1, 1)                                                # [1, M+1, 1] seconds
-        f0 = midi_to_hz(pitch.to(torch.float32)).unsqueeze(-1)                  # [B, 1]
+        f0 = midi_note_hz(pitch).unsqueeze(-1)                                   # [B, 1]
         inharm = torch.pow(10.0, -5.0 + 2.5 * torch.sigmoid(p["inharm"]))        # B in [1e-5, 3e-3]
-        detune = torch.pow(2.0, 10.0 * torch.tanh(p["detune"]) / 1200.0)        # +-10 cents
+        detune = exp2_small(10.0 * torch.tanh(p["detune"]) / 1200.0)            # +-10 cents
         k = self.k.unsqueeze(0)
         freqs = k * f0 * torch.sqrt(1.0 + inharm * k * k) * detune               # [B, K]
         nyq = 0.5 * self.sample_rate

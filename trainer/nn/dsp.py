@@ -14,10 +14,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Correctly rounded float32 Hz of MIDI notes 0..127 (computed in float64, rounded once).
+_MIDI_HZ = torch.tensor([440.0 * 2.0 ** ((k - 69) / 12.0) for k in range(128)], dtype=torch.float32)
 
-def midi_to_hz(pitch: torch.Tensor) -> torch.Tensor:
-    """float Hz for MIDI note numbers (A4 = 69 = 440 Hz)."""
-    return 440.0 * torch.pow(2.0, (pitch - 69.0) / 12.0)
+
+def midi_note_hz(pitch: torch.Tensor) -> torch.Tensor:
+    """float32 Hz of integer MIDI notes (int64[B], clamped to 0..127), read from a table.
+
+    Why a table rather than pow(): torch and ONNX Runtime may round pow() differently by an ulp, and
+    a partial's phase after N samples is 2*pi*f*N/sr, so one ulp of frequency (6e-8 relative) grows
+    to ~3e-3 rad by the end of a 4-s note at 2 kHz. A lookup (ONNX Gather) is exact in both. (The
+    partials' inharmonicity and detune still come from the network, whose float32 GEMMs round
+    differently in the two runtimes; trainer/export.py's parity check allows for that drift.)
+    """
+    return _MIDI_HZ.to(pitch.device)[pitch.long().clamp(0, 127)]
+
+
+def exp2_small(x: torch.Tensor) -> torch.Tensor:
+    """2**x for small |x| (a detune in octaves, |x| <= 0.05) by its Taylor series to the 4th order.
+
+    Same reason as `midi_note_hz`: plain multiply-adds round identically in torch and ONNX Runtime,
+    pow() may not. Relative error (x ln 2)^5 / 120 < 4e-10 for |x| <= 0.05.
+    """
+    u = x * math.log(2.0)
+    return 1.0 + u * (1.0 + u * (0.5 + u * (1.0 / 6.0 + u * (1.0 / 24.0))))
 
 
 def _frac(x: torch.Tensor) -> torch.Tensor:
