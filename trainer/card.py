@@ -107,7 +107,7 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
     for key, label in (("arch", "architecture"), ("params", "generator parameters"), ("steps", "steps"),
                        ("minutes", "training minutes"), ("hardware", "hardware"), ("run", "run folder"),
                        ("parity_max_abs", "ONNX vs torch max |Δ|"),
-                       ("parity_max_abs_first_16384", "ONNX vs torch max |Δ| over the first 16384 samples"),
+                       ("parity_max_abs_attack", "ONNX vs torch max |Δ| over the first 4096 samples"),
                        ("parity_spectral_rel", "ONNX vs torch STFT magnitude difference (share of the peak)")):
         if key in tr:
             v = tr[key]
