@@ -1,6 +1,6 @@
 """Render a shipped preset's short demo: `python scripts/make_preset_demo.py presets/NAME`.
 
-Writes `presets/NAME/demo.flac` (about 9 s, 24 kHz, 16-bit, well under 500 kB), rendered by
+Writes `presets/NAME/demo.flac` (about 9 s, 24 kHz, 16-bit, under 500 kB: mono when stereo would be larger), rendered by
 `python -m synth render` from a phrase written for the preset's kind and playable range:
 - pitched, one-shot (struck/plucked): an arpeggiated I-vi-IV-V progression with a melody on top;
 - pitched, looped (sustained): four held chords, each longer than the training notes, so the
@@ -11,6 +11,7 @@ The MIDI file (`demo.mid` beside it) is written with mido and is the same every 
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,9 @@ def write_midi(events, path: Path, bpm: float) -> None:
     mid.save(str(path))
 
 
+MAX_DEMO_BYTES = 500_000
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python scripts/make_preset_demo.py presets/NAME", file=sys.stderr)
@@ -119,7 +123,23 @@ def main(argv: list[str]) -> int:
            "--preset-dir", str(folder.parent), "--sample-rate", str(p.sample_rate), "-q"]
     if p.is_drums:
         cmd += ["--drums", p.name]
-    return subprocess.call(cmd)
+    rc = subprocess.call(cmd)
+    demo = folder / "demo.flac"
+    if rc == 0 and demo.stat().st_size > MAX_DEMO_BYTES:
+        # Dense sustained sounds compress less; a mono demo keeps the preset folder within the bar.
+        import numpy as np
+        import soundfile as sf
+
+        from synth.fsutil import atomic_write_bytes
+
+        audio, sr = sf.read(str(demo), dtype="float32")
+        mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(mono, -1.0, 1.0), sr, format="FLAC", subtype="PCM_16")
+        atomic_write_bytes(demo, buf.getvalue())
+        print(f"{demo}: over {MAX_DEMO_BYTES // 1000} kB in stereo, written in mono "
+              f"({demo.stat().st_size // 1000} kB)", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":
