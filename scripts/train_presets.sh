@@ -10,28 +10,36 @@ MINUTES=${MINUTES:-60}
 SF=${SOUNDFONT:-/usr/share/sounds/sf2/FluidR3_GM.sf2}
 export PYO_GUI_WX=0
 
-one() {  # name, dataset flags..., -- eval pitches
+one() {  # name, eval pitches, dataset flags...; returns non-zero at the first failing step
   local name=$1; shift
   local pitches=$1; shift
-  [ -f "data/$name/manifest.json" ] || $PY -m trainer dataset --soundfont "$SF" --out "data/$name" "$@"
-  if [ -f "runs/$name/checkpoints/last.pt" ]; then
-    $PY -m trainer fit --resume "runs/$name" --minutes "$MINUTES"
-  else
-    $PY -m trainer fit --data "data/$name" --minutes "$MINUTES" --steps 100000 --out "runs/$name" --name "$name"
+  if [ ! -f "data/$name/manifest.json" ]; then
+    $PY -m trainer dataset --soundfont "$SF" --out "data/$name" "$@" || return 1
   fi
-  $PY -m trainer export "runs/$name" --preset "presets/$name" --force
-  $PY -m trainer eval "presets/$name" --data "data/$name" ${pitches:+--pitches "$pitches"} --update-preset
-  $PY scripts/make_preset_demo.py "presets/$name"     # presets/$name/demo.flac
+  if [ -f "runs/$name/checkpoints/last.pt" ]; then
+    $PY -m trainer fit --resume "runs/$name" --minutes "$MINUTES" || return 1
+  else
+    $PY -m trainer fit --data "data/$name" --minutes "$MINUTES" --steps 100000 --out "runs/$name" --name "$name" || return 1
+  fi
+  $PY -m trainer export "runs/$name" --preset "presets/$name" --force || return 1
+  $PY -m trainer eval "presets/$name" --data "data/$name" ${pitches:+--pitches "$pitches"} --update-preset || return 1
+  $PY scripts/make_preset_demo.py "presets/$name" || return 1     # presets/$name/demo.flac
 }
 
+# One preset failing (a refused export, say) does not stop the others; the exit status says so.
+failed=()
 for p in "${@:-piano strings marimba drums}"; do
   for name in $p; do
     case $name in
-      piano)   one piano 28-96 --program 0 ;;
-      strings) one strings "" --program 48 --pitches 36-96 ;;
-      marimba) one marimba "" --program 12 --pitches 45-96 --seconds 3 ;;
-      drums)   one drums "" --drums --seconds 2 ;;
+      piano)   one piano 28-96 --program 0 || failed+=(piano) ;;
+      strings) one strings "" --program 48 --pitches 36-96 || failed+=(strings) ;;
+      marimba) one marimba "" --program 12 --pitches 45-96 --seconds 3 || failed+=(marimba) ;;
+      drums)   one drums "" --drums --seconds 2 || failed+=(drums) ;;
       *) echo "unknown preset $name (piano strings marimba drums)" >&2; exit 2 ;;
     esac
   done
 done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "train_presets: failed: ${failed[*]} (see the messages above)" >&2
+  exit 1
+fi
