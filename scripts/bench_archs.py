@@ -44,7 +44,7 @@ def run(quick: bool = False) -> list[dict]:
         rows.append(_row(f"archs {r['arch']}: pitch accuracy", pa, "share", ">= 0.95 (piano, 60 min)",
                          None, f"after {m:g} min"))
     for r in d["results"]:
-        n = r["eval"].get("eval", {}).get("log_mel_distance_notes", "?")
+        n = r["eval"].get("log_mel_distance_notes", "?")
         rows.append(_row(f"archs {r['arch']}: log-mel distance to real test notes", ev(r, "log_mel_distance"), "dB",
                          "<= 6.5 dB (piano, 60 min)", None,
                          f"after {m:g} min, {n} test notes" + ("; lowest of the archs" if r is best else "")))
