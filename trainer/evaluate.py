@@ -139,7 +139,8 @@ def log_mel(audio: np.ndarray, sr: int, n_mels: int = N_MELS, normalise: bool = 
             rms = np.sqrt(np.mean(x ** 2, axis=1, keepdims=True))
             x = x / np.where(rms > 1e-12, rms, 1.0)
         p = power_spectrogram(x.astype(np.float32), sr) @ fb.T
-        out.append(10.0 * np.log10(np.maximum(p, DB_FLOOR_POWER)))
+        # float64: float32's log10(1e-8) rounds to -80.00001, below the documented floor
+        out.append(10.0 * np.log10(np.maximum(p.astype(np.float64), DB_FLOOR_POWER)))
     res = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0, n_mels), np.float32)
     return res[0] if single else res
 
