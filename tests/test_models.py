@@ -149,3 +149,46 @@ def test_config_rejects_unknown_keys_and_hash_ignores_run():
     c = C.resolve([{"train": {"batch": 3}}], DATA)
     assert C.config_hash(a) == C.config_hash(b) != C.config_hash(c)
     assert a["train"]["lr_g"] == C.ARCH_TRAIN["ddsp"]["lr_g"]
+
+
+def test_drum_kits_get_the_fine_noise_head_and_overlays_still_win():
+    drums = C.resolve([], {**DATA, "kind": "drums"})["model"]["ddsp"]
+    for k, v in C.KIND_MODEL["drums"]["ddsp"].items():
+        assert drums[k] == v
+    pitched = C.resolve([], DATA)["model"]["ddsp"]
+    assert (pitched["n_noise_bands"], pitched["noise_ctrl_bands"], pitched["noise_decay_stages"]) == (16, 0, 1)
+    over = C.resolve([{"model": {"ddsp": {"noise_decay_stages": 1}}}], {**DATA, "kind": "drums"})["model"]["ddsp"]
+    assert over["noise_decay_stages"] == 1 and over["n_noise_bands"] == 64
+
+
+def test_coarse_noise_grid_interpolates_across_bands_and_exports(tmp_path):
+    """noise_ctrl_bands < n_noise_bands: the correction grid lives on a coarse band axis (end bands map
+    to end control bands, the rest interpolate); two-stage noise decays; ONNX parity as for every arch."""
+    ort = pytest.importorskip("onnxruntime")
+    from trainer.models.ddsp import DDSPGenerator
+
+    torch.manual_seed(2)
+    kw = dict(sample_rate=8000, note_samples=4096, kind="drums", n_harmonics=8, hop=64, hidden=32, ctrl_frames=8,
+              ctrl_bands=4, noise_seconds=0.064, n_noise_bands=12, noise_ctrl_bands=4, noise_decay_stages=2)
+    G = DDSPGenerator(**kw).eval()
+    assert G.Wq.shape == (12, 4)
+    assert torch.allclose(G.Wq.sum(1), torch.ones(12))
+    assert G.Wq[0, 0] == 1 and G.Wq[-1, -1] == 1
+    assert {"n_fast", "n_slow", "n_mix"} <= set(G.sizes) and "n_decay" not in G.sizes
+    assert G.sizes["n_grid"] == 8 * 4
+    per_band = DDSPGenerator(**{**kw, "noise_ctrl_bands": 0})
+    assert torch.equal(per_band.Wq, torch.eye(12)) and per_band.sizes["n_grid"] == 8 * 12
+    z = torch.randn(3, G.latent_size)
+    p, v = torch.tensor([36, 42, 81]), torch.tensor([0.2, 0.6, 1.0])
+    with torch.no_grad():
+        y = G(z, p, v)
+    assert torch.isfinite(y).all() and 0 < y.abs().max() <= 1.0
+    path = tmp_path / "g.onnx"
+    dyn = {n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")}
+    torch.onnx.export(G, (z, p, v), str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes=dyn, dynamo=False)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": z.numpy(), "pitch": p.numpy(), "velocity": v.numpy()})[0]
+    assert np.abs(out - y.numpy()).max() <= 1e-4
+    with pytest.raises(ValueError, match="noise_decay_stages"):
+        DDSPGenerator(**{**kw, "noise_decay_stages": 3})

@@ -25,7 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {},
     "model": {
         "ddsp": {"latent_size": 16, "n_harmonics": 96, "n_noise_bands": 16, "hop": 240, "hidden": 256,
-                 "layers": 3, "ctrl_frames": 48, "ctrl_bands": 8, "noise_seconds": 0.5},
+                 "layers": 3, "ctrl_frames": 48, "ctrl_bands": 8, "noise_seconds": 0.5,
+                 "noise_ctrl_bands": 0, "noise_decay_stages": 1},
         "spectral": {"latent_size": 64, "n_fft": 1024, "hop": 256, "n_mels": 256, "channels": 32, "blocks": 5,
                      "cond_dim": 64},
         "wavegan": {"latent_size": 100, "model_size": 16, "cond_dim": 64},
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "wavegan": {"model_size": 16, "phase_shuffle": 2},
     },
     "train": {
-        "steps": 6000, "minutes": 60.0, "batch": 8, "spec_ffts": [2048, 1024, 256],
+        "steps": 6000, "minutes": 60.0, "batch": 8, "spec_ffts": [2048, 1024, 256], "spec_floor_db": -80.0,
         "lr_g": None, "lr_d": None, "betas": None,
         "loss": "hinge", "spectral_weight": None, "adv_weight": 1.0, "aux_weight": 0.1, "gp_weight": 10.0,
         "encoder": False, "kl_weight": 0.01,
@@ -44,6 +45,13 @@ DEFAULTS: dict[str, Any] = {
         "ckpt_every": 250, "keep": 3, "log_every": 10, "sample_every": 500, "threads": 0,
     },
     "run": {"device": "auto", "amp": False},
+}
+
+# Per-kind model defaults, between DEFAULTS and the overlays. Drum kits get a finer noise bank (64
+# mel bands with a 16-band correction grid and two-stage decays): what tells one hit from another is
+# spectral detail and decay shape, not partials at the key's frequency.
+KIND_MODEL: dict[str, dict[str, Any]] = {
+    "drums": {"ddsp": {"n_noise_bands": 64, "noise_ctrl_bands": 16, "noise_decay_stages": 2}},
 }
 
 # Per-architecture training defaults, used where "train" leaves a value as None.
@@ -82,8 +90,10 @@ def load_overlay(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def resolve(overlays: list[dict[str, Any]], data_info: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS <- overlays (in order) <- dataset facts; fill per-arch training defaults."""
+    """DEFAULTS <- KIND_MODEL[data kind] <- overlays (in order) <- dataset facts; fill per-arch training defaults."""
     cfg = copy.deepcopy(DEFAULTS)
+    for arch, kw in KIND_MODEL.get(str(data_info.get("kind")), {}).items():
+        cfg["model"][arch].update(copy.deepcopy(kw))
     for o in overlays:
         cfg = deep_merge(cfg, o)
     from trainer.models import ARCHS
