@@ -422,7 +422,8 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=amp_dtype)
 
-    spec = MultiResSTFTLoss(tuple(tr["spec_ffts"])).to(device)
+    # Runs made before the relative floor existed keep their absolute one, so --resume stays exact.
+    spec = MultiResSTFTLoss(tuple(tr["spec_ffts"]), relative_floor_db=tr.get("spec_floor_db")).to(device)
     kind, lam = tr["loss"], float(tr["spectral_weight"])
     adv_w, aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
     Z = cfg["model"][cfg["arch"]]["latent_size"]

@@ -38,26 +38,50 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, pitch, velocity)
 
 
 class MultiResSTFTLoss(torch.nn.Module):
-    """Paired spectral distance between x[B, N] and y[B, N] over several STFT sizes.
+    """Paired spectral distance between x[B, N] (generated) and y[B, N] (real) over several STFT sizes.
 
     Sum over resolutions of: spectral convergence ||S_x - S_y||_F / ||S_y||_F plus mean |log S_x -
-    log S_y| (natural log, floor `eps`). The log term weighs quiet tails and upper partials like
-    the log-mel metric the bars use; the linear term pins loud partials.
+    log S_y| (natural log). The log term weighs quiet tails and upper partials like the log-mel
+    metric the bars use; the linear term pins loud partials.
+
+    `relative_floor_db` (the default, -80): both notes are first divided by the real note's RMS, and
+    the log floor sits that many dB below a unit-RMS white noise's magnitude per bin, so the floor is
+    relative to each note's loudness, as in `trainer.evaluate`'s log-mel distance (80 dB below the
+    note's mean power). With the old absolute floor (`relative_floor_db=None`, `eps`), a velocity-25
+    note's release tail and a drum hit's decay fell under the floor and cost nothing in training
+    while the metric counted them: the shipped piano's upper notes were 20-28 dB too loud after the
+    note-off. The convergence term is taken per note, so quiet notes count as much as loud ones.
     """
 
-    def __init__(self, ffts=(2048, 1024, 512, 256), eps: float = 1e-5, log_weight: float = 1.0) -> None:
+    def __init__(self, ffts=(2048, 1024, 512, 256), eps: float = 1e-5, log_weight: float = 1.0,
+                 relative_floor_db: float | None = -80.0) -> None:
         super().__init__()
         self.ffts, self.eps, self.log_weight = tuple(ffts), eps, log_weight
+        self.relative = relative_floor_db is not None
+        self.floors = {}
         for n in self.ffts:
-            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+            w = torch.hann_window(n)
+            self.register_buffer(f"win{n}", w, persistent=False)
+            if self.relative:
+                self.floors[n] = float(10.0 ** (relative_floor_db / 20.0) * w.pow(2).sum().sqrt())
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         total = x.new_zeros(())
+        x, y = x.float(), y.float()
+        if self.relative:
+            scale = y.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-6)
+            x, y = x / scale, y / scale
         for n in self.ffts:
             w = getattr(self, f"win{n}")
-            Sx = torch.stft(x.float(), n, n // 4, window=w, return_complex=True).abs()
-            Sy = torch.stft(y.float(), n, n // 4, window=w, return_complex=True).abs()
-            sc = torch.linalg.norm(Sx - Sy) / (torch.linalg.norm(Sy) + 1e-7)
-            lg = (torch.log(Sx + self.eps) - torch.log(Sy + self.eps)).abs().mean()
+            Sx = torch.stft(x, n, n // 4, window=w, return_complex=True).abs()
+            Sy = torch.stft(y, n, n // 4, window=w, return_complex=True).abs()
+            if self.relative:
+                eps = self.floors[n]
+                sc = (torch.linalg.norm((Sx - Sy).flatten(1), dim=1)
+                      / (torch.linalg.norm(Sy.flatten(1), dim=1) + 1e-7)).mean()
+            else:
+                eps = self.eps
+                sc = torch.linalg.norm(Sx - Sy) / (torch.linalg.norm(Sy) + 1e-7)
+            lg = (torch.log(Sx + eps) - torch.log(Sy + eps)).abs().mean()
             total = total + sc + self.log_weight * lg
         return total / len(self.ffts)
