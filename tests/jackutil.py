@@ -436,6 +436,22 @@ def knob_ccs(preset_folder: Path) -> tuple[int, ...]:
     return tuple(int(k["cc"]) for k in m.get("knobs", []))
 
 
+def cache_accounting(rss1: float, rss2: float, eng1: dict, eng2: dict) -> dict:
+    """RSS growth with the note cache's fill taken out, from two engine stats snapshots.
+
+    The cache is one bank of `--cache-mb` whose pages the OS maps as notes are first written, so RSS
+    rises as it fills, up to its cap, and then stays flat (slots are reused). That rise is bounded
+    by design; what must not grow is everything else. Returns cache MB at both points, its cap, and
+    `rss_growth_excl_cache_pct` (None when the synth reported no cache figures).
+    """
+    c1, c2, cap = eng1.get("cache_mb"), eng2.get("cache_mb"), eng2.get("cache_cap_mb")
+    if c1 is None or c2 is None or not rss1:
+        return {"cache_1s_mb": c1, "cache_end_mb": c2, "cache_cap_mb": cap, "rss_growth_excl_cache_pct": None}
+    base = rss1 - c1
+    return {"cache_1s_mb": round(c1, 1), "cache_end_mb": round(c2, 1), "cache_cap_mb": cap,
+            "rss_growth_excl_cache_pct": round(100.0 * ((rss2 - c2) - base) / base, 2) if base > 0 else None}
+
+
 def rss_mb(pid: int) -> float:
     """VmRSS of `pid` in MB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -549,6 +565,7 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
         "load_p99": after["load_p99"], "load_max": after["load_max"],
         "rss_1s_mb": round(rss1, 1), "rss_end_mb": round(rss2, 1),
         "rss_growth_pct": round(100.0 * (rss2 - rss1) / rss1, 2) if rss1 else None,
+        **cache_accounting(rss1, rss2, one.get("engine", {}), after.get("engine", {})),
         "peak": float(env.max()), "finite": bool(np.isfinite(x).all()),
         "flood_peak": float(env[max(0, t0 - start + sr // 2):panic_row].max(initial=0.0)),
         "silence_bar_ms": round((quiet_row - panic_row) / sr * 1e3, 3),
