@@ -4,6 +4,7 @@ gloo DDP run keeps both ranks' weights identical; corrupt checkpoints give a cle
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -74,6 +75,26 @@ def test_each_arch_trains_and_reloads(arch, data, overlay, tmp_path):
     assert y.shape == (2, 2048) and torch.isfinite(y).all()
     # the EMA differs from the raw weights after training (it is a real average, not a copy)
     assert any(not torch.equal(ck["G"][k], ck["G_ema"][k]) for k in ck["G"])
+
+
+def test_drum_kit_trains_with_its_keys_tuning_in_the_config(overlay, tmp_path):
+    """A drum set: the resolved config carries each key's measured peak (fitdata's tones: the key's
+    note frequency, so the measurement is checked too) and the kit's noise head; the reloaded
+    generator (built from the run folder alone) uses them."""
+    drums = make_dataset(tmp_path / "kit", note_samples=2048, pitches=(36, 38, 42), kind="drums")
+    run = tmp_path / "run"
+    assert _fit("--data", drums, "--steps", 2, "--config", overlay, "--out", run) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    hz = cfg["data"]["key_hz"]
+    assert sorted(hz) == ["36", "38", "42"]
+    for key, f in hz.items():
+        assert abs(1200 * math.log2(f / (440.0 * 2 ** ((int(key) - 69) / 12)))) < 25, (key, f)
+    assert cfg["model"]["ddsp"]["noise_decay_stages"] == 2
+    G, _ = fit.load_generator(run)
+    assert float(G.key_hz[38]) == pytest.approx(hz["38"])
+    with torch.no_grad():
+        y = G(torch.zeros(3, G.latent_size), torch.tensor([36, 38, 42]), torch.ones(3))
+    assert torch.isfinite(y).all()
 
 
 def test_resume_is_exact(data, overlay, tmp_path):

@@ -192,3 +192,30 @@ def test_coarse_noise_grid_interpolates_across_bands_and_exports(tmp_path):
     assert np.abs(out - y.numpy()).max() <= 1e-4
     with pytest.raises(ValueError, match="noise_decay_stages"):
         DDSPGenerator(**{**kw, "noise_decay_stages": 3})
+
+
+def test_drum_keys_put_their_partials_at_the_measured_peak():
+    """key_hz (from the data: trainer.fit.drum_key_hz) replaces a kit key's note frequency as the
+    partials' f0; keys without a measurement keep the note frequency; the config carries it to export."""
+    from trainer.nn.dsp import midi_note_hz
+
+    cfg = tiny_cfg("ddsp", kind="drums", key_hz={"38": 196.5, "56": 471.0})
+    G = build_generator(cfg)
+    z = torch.zeros(3, G.latent_size)
+    with torch.no_grad():
+        c = G.controls(z, torch.tensor([38, 56, 42]), torch.full((3,), 0.5))
+    f0 = c["freqs"][:, 0] / torch.sqrt(1.0 + c["inharmonicity"][:, 0])   # undo the learned stretch of partial 1
+    cents = 1200 * torch.log2(f0 / torch.tensor([196.5, 471.0, float(midi_note_hz(torch.tensor(42)))]))
+    assert cents.abs().max() <= 10.0 + 1e-3   # the generator's detune is at most +-10 cents
+
+
+def test_dominant_peak_finds_a_drums_tuning():
+    from trainer.data.pitch import dominant_peak_hz
+
+    sr = 24000
+    t = np.arange(sr // 2) / sr
+    rng = np.random.default_rng(0)
+    hits = [np.exp(-t * d) * (np.sin(2 * np.pi * 147.3 * t) + 0.3 * rng.standard_normal(len(t))) * g
+            for d, g in ((8.0, 1.0), (12.0, 0.05))]
+    assert abs(dominant_peak_hz(np.stack(hits), sr) - 147.3) < 1.0
+    assert np.isnan(dominant_peak_hz(np.zeros((1, 4800)), sr))

@@ -91,7 +91,25 @@ def data_info(ds) -> dict[str, Any]:
         if not 0.0 < hold < info["note_samples"] / info["sample_rate"]:
             hold = None
     info["hold_seconds"] = hold
+    if info.get("kind") == "drums":
+        info["key_hz"] = drum_key_hz(ds)
     return info
+
+
+def drum_key_hz(ds) -> dict[str, float]:
+    """{str(MIDI key): Hz}: each drum key's dominant spectral peak in the given split's hits
+    (`trainer.data.pitch.dominant_peak_hz`). The ddsp generator sets a kit key's partials there
+    instead of at the key's note frequency, which is no drum's tuning."""
+    from trainer.data.pitch import dominant_peak_hz
+
+    out: dict[str, float] = {}
+    sr = int(ds.info["sample_rate"])
+    for key in np.unique(ds.pitches):
+        idx = np.flatnonzero(ds.pitches == key)
+        hz = dominant_peak_hz(ds.audio_batch(idx), sr)
+        if np.isfinite(hz):
+            out[str(int(key))] = round(hz, 3)
+    return out
 
 
 # ---------------------------------------------------------------------------------- checkpoints

@@ -159,3 +159,34 @@ def hz_to_midi(f0_hz: float) -> float:
 def midi_to_hz(key: float) -> float:
     """Fractional MIDI key -> frequency in Hz."""
     return 440.0 * 2.0 ** ((key - 69.0) / 12.0)
+
+
+def dominant_peak_hz(audio: np.ndarray, sr: int, seconds: float = 0.2, fmin: float = 30.0,
+                     fmax_ratio: float = 0.45) -> float:
+    """Frequency (Hz) of the strongest spectral peak of hits float32[B, N] (or one [N]) at `sr`.
+
+    For drum kits, where a key names an instrument, not a pitch: each hit's first `seconds` are
+    Hann-windowed and zero-padded to a power of two (about 3 Hz bins at 24 kHz), the power spectra
+    are averaged with each hit normalised to unit power (so loud and soft layers count alike), and
+    the peak between `fmin` and `fmax_ratio` x sr is refined by parabolic interpolation. A tom, a
+    conga or a cowbell gets its tuning; a noisy hit (hi-hat, shaker) gets some peak of its noise,
+    which the generator is free to leave silent.
+    """
+    x = np.atleast_2d(np.asarray(audio, np.float64))
+    n = max(16, min(x.shape[1], int(round(seconds * sr))))
+    nfft = 1 << int(np.ceil(np.log2(max(n * 2, 4096))))
+    seg = x[:, :n] * np.hanning(n)[None]
+    P = np.abs(np.fft.rfft(seg, nfft, axis=1)) ** 2
+    P /= np.maximum(P.sum(axis=1, keepdims=True), 1e-30)
+    p = P.mean(axis=0)
+    f = np.fft.rfftfreq(nfft, 1.0 / sr)
+    band = np.flatnonzero((f >= fmin) & (f <= fmax_ratio * sr))
+    if not len(band) or p[band].max() <= 0.0:
+        return float("nan")
+    i = int(band[np.argmax(p[band])])
+    if 0 < i < len(p) - 1:
+        a, b, c = np.log(p[i - 1] + 1e-30), np.log(p[i] + 1e-30), np.log(p[i + 1] + 1e-30)
+        d = a - 2 * b + c
+        shift = 0.5 * (a - c) / d if d < 0 else 0.0
+        return float(f[i] + np.clip(shift, -0.5, 0.5) * (f[1] - f[0]))
+    return float(f[i])

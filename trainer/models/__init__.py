@@ -1,7 +1,7 @@
 """Generators and discriminators, built from a resolved config (see `trainer.config`).
 
 `build_generator(cfg)` reads `cfg["arch"]`, `cfg["model"][arch]` and the data facts in
-`cfg["data"]` (sample_rate, note_samples, kind, hold_seconds). Every generator has
+`cfg["data"]` (sample_rate, note_samples, kind, hold_seconds, key_hz for drum kits). Every generator has
 `forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B]) -> float32[B, N]` in [-1, 1] and
 attributes `sample_rate`, `note_samples`, `latent_size`; all export to ONNX (opset 17) with plain ops.
 """
@@ -28,7 +28,7 @@ def build_generator(cfg: dict[str, Any]) -> nn.Module:
     common = {"sample_rate": d["sample_rate"], "note_samples": d["note_samples"], "kind": d["kind"]}
     if arch == "ddsp":
         from trainer.models.ddsp import DDSPGenerator
-        return DDSPGenerator(**common, hold_seconds=d.get("hold_seconds"), **m)
+        return DDSPGenerator(**common, hold_seconds=d.get("hold_seconds"), key_hz=d.get("key_hz"), **m)
     if arch == "spectral":
         from trainer.models.spectral import SpectralGenerator
         return SpectralGenerator(**common, **m)

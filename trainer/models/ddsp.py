@@ -49,13 +49,15 @@ class DDSPGenerator(nn.Module):
 
     N = note_samples at sample_rate. `hold_seconds`: when the data set's notes were released (note-off
     time, seconds); None means no release stage (the correction grid then shapes the ending).
+    `key_hz`: {MIDI key: Hz} where a key's partials start instead of the key's note frequency (drum
+    kits: each key's measured dominant peak, `trainer.fit.drum_key_hz`).
     """
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 16, kind: str = "pitched",
                  n_harmonics: int = 64, n_noise_bands: int = 16, hop: int = 240, hidden: int = 256,
                  layers: int = 3, ctrl_frames: int = 48, ctrl_bands: int = 8, hold_seconds: float | None = None,
                  noise_seconds: float = 0.5, noise_ctrl_bands: int = 0, noise_decay_stages: int = 1,
-                 **_unused) -> None:
+                 key_hz: dict | None = None, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         self.K, self.Q, self.hop = int(n_harmonics), int(n_noise_bands), int(hop)
@@ -102,6 +104,12 @@ class DDSPGenerator(nn.Module):
         L = max(self.hop, int(round(noise_seconds * self.sample_rate / self.hop)) * self.hop)
         self.register_buffer("noise", torch.from_numpy(make_noise_bank(self.sample_rate, L, Q)), persistent=False)
         self.register_buffer("k", torch.arange(1, K + 1, dtype=torch.float32), persistent=False)
+        # f0 per MIDI key: the note's frequency, or for a drum kit's measured keys their dominant peak
+        table = midi_note_hz(torch.arange(128))
+        for key, hz in (key_hz or {}).items():
+            if 0 <= int(key) < 128 and 20.0 <= float(hz) < 0.5 * self.sample_rate:
+                table[int(key)] = float(hz)
+        self.register_buffer("key_hz", table, persistent=False)
 
     def _split(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out, i = {}, 0
@@ -116,7 +124,7 @@ class DDSPGenerator(nn.Module):
         p = self._split(self.head(h))
         B = z.shape[0]
         t = self.t.view(1, -1, 1)                                                # [1, M+1, 1] seconds
-        f0 = midi_note_hz(pitch).unsqueeze(-1)                                   # [B, 1]
+        f0 = self.key_hz[pitch.long().clamp(0, 127)].unsqueeze(-1)              # [B, 1] (a Gather: exact in ORT)
         inharm = torch.pow(10.0, -5.0 + 2.5 * torch.sigmoid(p["inharm"]))        # B in [1e-5, 3e-3]
         detune = exp2_small(10.0 * torch.tanh(p["detune"]) / 1200.0)            # +-10 cents
         k = self.k.unsqueeze(0)
