@@ -308,3 +308,78 @@ def test_knob_sweep_prefills_only_once_the_knob_settles(tiny_preset):
         assert time.perf_counter() - t0 >= MAX_DEFER_SECONDS - 0.06
     finally:
         e.close()
+
+
+class SlowLog(CallLog):
+    """A CallLog whose controller and bend calls cost `cost` seconds each (busy wait), like a real
+    engine with 256 voices."""
+
+    def __init__(self, cost: float):
+        super().__init__()
+        self.cost = cost
+
+    def _spend(self):
+        import time
+        end = time.perf_counter() + self.cost
+        while time.perf_counter() < end:
+            pass
+
+    def control_change(self, ch, cc, v, frame=0):
+        self._spend()
+        super().control_change(ch, cc, v, frame)
+
+    def pitch_bend(self, ch, v, frame=0):
+        self._spend()
+        super().pitch_bend(ch, v, frame)
+
+
+def test_flood_is_time_bounded_and_keeps_the_final_controller_state():
+    """4000 controller and bend events that have all waited past MAX_DEFER_SECONDS, each costing the
+    engine 0.2 ms (800 ms in all against a 2.67 ms block): the callback spends about a quarter block
+    on them, coalesces the rest to the latest value per controller, and the engine ends in the state
+    the last events asked for."""
+    import time
+
+    from synth.live import DISPATCH_SHARE, MAX_DEFER_SECONDS
+
+    eng = SlowLog(0.0002)
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 5.0}
+    core.ref_clock = lambda: clock["t"]
+    t = 5.0 - MAX_DEFER_SECONDS - 0.1
+    for i in range(2000):
+        q.append((t + i * 1e-5, CC, i % 4, 74, i % 128, 0))
+        q.append((t + i * 1e-5, BEND, 2, i - 1000, 0, 0))
+    durations = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        run_block(core)
+        durations.append(time.perf_counter() - t0)
+        clock["t"] += BS / SR
+    assert not q and not core._held
+    # budget plus the few coalesced events applied past it (MIN_HELD_PER_BLOCK), with room for a busy CI
+    assert durations[0] < DISPATCH_SHARE * BS / SR + 0.02, durations
+    assert len(eng.calls) < 60 and core.coalesced > 3900 and core.floods >= 1
+    last_cc = {c[1]: c[3] for c in eng.calls if c[0] == "cc"}
+    assert last_cc == {ch: (1996 + ch) % 128 for ch in range(4)}
+    assert [c for c in eng.calls if c[0] == "bend"][-1][2] == 999
+
+
+def test_held_note_off_sounds_before_a_new_note_on_of_that_note():
+    """Under a flood, a stale note-off waits in the coalescing map; a fresh note-on of the same note
+    must come after it (the held note-off must not cut the new note later)."""
+    from synth.live import MAX_DEFER_SECONDS
+
+    eng = SlowLog(0.001)
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    core.ref_clock = lambda: 5.0
+    old = 5.0 - MAX_DEFER_SECONDS - 0.1
+    q.extend([(old, CC, 0, 7, v % 128, 0) for v in range(200)])       # the flood: slow, stale controllers
+    q.append((old + 0.01, NOTE_OFF, 0, 60, 0, 0))
+    q.append((5.0 - BS / SR, NOTE_ON, 0, 60, 100, 0))                  # fresh
+    for _ in range(3):
+        run_block(core)
+    notes = [c[:3] for c in eng.calls if c[0] in ("on", "off")]
+    assert notes == [("off", 0, 60), ("on", 0, 60)]
