@@ -304,7 +304,8 @@ class LiveCore:
             if held and urgent <= 0 and panic:
                 self._send_held(held, last, None)     # all of it: the panic block ends the flood
         if held and urgent <= 0:
-            self._send_held(held, last, max(allowance, MIN_HELD_PER_BLOCK) if flood else None)
+            # After a flood the map drains at up to FLOOD_BLOCKS blocks' worth of note-ons per block.
+            self._send_held(held, last, max(allowance, MIN_HELD_PER_BLOCK) if flood else FLOOD_BLOCKS * self.max_note_ons)
         if future:
             pending.extendleft(reversed(future))
 

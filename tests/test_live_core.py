@@ -333,14 +333,13 @@ class SlowLog(CallLog):
         super().pitch_bend(ch, v, frame)
 
 
-def test_flood_is_time_bounded_and_keeps_the_final_controller_state():
+def test_flood_is_bounded_and_keeps_the_final_controller_state():
     """4000 controller and bend events that have all waited past MAX_DEFER_SECONDS, each costing the
-    engine 0.2 ms (800 ms in all against a 2.67 ms block): the callback spends about a quarter block
-    on them, coalesces the rest to the latest value per controller, and the engine ends in the state
-    the last events asked for."""
-    import time
-
-    from synth.live import DISPATCH_SHARE, MAX_DEFER_SECONDS
+    engine 0.2 ms (800 ms in all against a 2.67 ms block): a block hands the engine at most the
+    note-on cap's worth of events plus MIN_HELD_PER_BLOCK coalesced ones (not 4000), the rest
+    coalesce to the latest value per controller, and the engine ends in the state the last events
+    asked for. (How long a block takes is a bench figure, not asserted here.)"""
+    from synth.live import MAX_DEFER_SECONDS, MIN_HELD_PER_BLOCK
 
     eng = SlowLog(0.0002)
     q = collections.deque()
@@ -351,16 +350,15 @@ def test_flood_is_time_bounded_and_keeps_the_final_controller_state():
     for i in range(2000):
         q.append((t + i * 1e-5, CC, i % 4, 74, i % 128, 0))
         q.append((t + i * 1e-5, BEND, 2, i - 1000, 0, 0))
-    durations = []
+    per_block = []
     for _ in range(5):
-        t0 = time.perf_counter()
+        n0 = len(eng.calls)
         run_block(core)
-        durations.append(time.perf_counter() - t0)
+        per_block.append(len(eng.calls) - n0)
         clock["t"] += BS / SR
     assert not q and not core._held
-    # budget plus the few coalesced events applied past it (MIN_HELD_PER_BLOCK), with room for a busy CI
-    assert durations[0] < DISPATCH_SHARE * BS / SR + 0.02, durations
-    assert len(eng.calls) < 60 and core.coalesced > 3900 and core.floods >= 1
+    assert max(per_block) <= core.max_note_ons + MIN_HELD_PER_BLOCK, per_block
+    assert core.coalesced > 3900 and core.floods >= 1
     last_cc = {c[1]: c[3] for c in eng.calls if c[0] == "cc"}
     assert last_cc == {ch: (1996 + ch) % 128 for ch in range(4)}
     assert [c for c in eng.calls if c[0] == "bend"][-1][2] == 999
