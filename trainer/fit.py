@@ -440,7 +440,7 @@ def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, q
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=amp_dtype)
 
-    # Runs made before the relative floor existed keep their absolute one, so --resume stays exact.
+    # None: the absolute floor (pitched sets, and runs made before the relative floor existed).
     spec = MultiResSTFTLoss(tuple(tr["spec_ffts"]), relative_floor_db=tr.get("spec_floor_db")).to(device)
     kind, lam = tr["loss"], float(tr["spectral_weight"])
     adv_w, aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
