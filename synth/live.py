@@ -55,18 +55,6 @@ MIN_NOTE_ONS = 4
 # A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
 # endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
 MAX_DEFER_SECONDS = 0.3
-# A flood: more than FLOOD_BLOCKS blocks' worth of note-ons (the cap) waiting at a block's start. Then
-# a block takes at most FLOOD_EVENTS_PER_NOTE_ON x the note-on cap events of any kind (the engine
-# applies each one inside render(): a knob CC or a bend with 256 voices costs it 20-80 us, and a
-# 10k events/s flood brings ~100 per 512-frame block), the callback spends at most DISPATCH_SHARE of
-# the block sorting them, and events that have waited MAX_DEFER_SECONDS are coalesced (the latest
-# value of each controller, bend and program; each distinct note-off) into a map that later blocks
-# apply within the same allowance. Normal playing never gets here: a 256-note cluster is note-ons,
-# which the note-on cap already spreads.
-FLOOD_BLOCKS = 8
-FLOOD_EVENTS_PER_NOTE_ON = 1
-DISPATCH_SHARE = 0.25
-MIN_HELD_PER_BLOCK = 4     # coalesced events applied per block even past the allowance: the map drains
 
 
 class EventQueue(collections.deque):
@@ -98,8 +86,6 @@ class LiveCore:
         self._buf = np.zeros((max(blocksize, 1) * 4, 2), np.float32)
         self._block = self._buf[:blocksize]
         self._pending: collections.deque = collections.deque()   # events held for a later block
-        # Stale events coalesced under a flood, oldest first: (kind, ch, cc or note or 0) -> event.
-        self._held: dict = {}
         self._panics_seen = 0
         self._durations = np.zeros(RING, np.float64)   # seconds per callback
         self._periods = np.zeros(RING, np.float64)     # seconds of audio per callback
@@ -113,8 +99,6 @@ class LiveCore:
         self.deduped = 0
         self.deferred = 0         # events held for the next block by the note-on cap
         self.dropped = 0          # note-ons dropped after waiting MAX_DEFER_SECONDS (a flood) or before a panic
-        self.coalesced = 0        # stale events merged into a later one of the same controller/note (a flood)
-        self.floods = 0           # blocks that started in flood mode
         self.max_note_ons = max(MIN_NOTE_ONS, blocksize // FRAMES_PER_NOTE_ON)
         self.errors = 0
         self.first_error: str | None = None
@@ -208,8 +192,7 @@ class LiveCore:
     def _dispatch(self, frames: int, time_info, ref: float | None) -> None:
         q = self.queue
         pending = self._pending
-        held = self._held
-        if not q and not pending and not held:
+        if not q and not pending:
             return
         if ref is None:
             ref = self._reference(time_info)
@@ -225,14 +208,8 @@ class LiveCore:
         # backlog in this block, dropping the note-ons before it.
         urgent = getattr(q, "panics", 0) - self._panics_seen
         stale = ref - MAX_DEFER_SECONDS
-        flood = len(q) + len(pending) + len(held) > FLOOD_BLOCKS * budget
-        deadline = 0.0
-        allowance = 1 << 30     # events this block may still hand the engine
-        if flood:
-            self.floods += 1
-            deadline = time.perf_counter() + DISPATCH_SHARE * frames / sr
-            allowance = FLOOD_EVENTS_PER_NOTE_ON * budget
         future = []
+        held: dict = {}
         while True:
             if pending:
                 ev = pending.popleft()
@@ -243,8 +220,6 @@ class LiveCore:
             else:
                 break
             t, kind, ch, a, b, src = ev
-            if flood and not capped and (allowance <= 0 or time.perf_counter() > deadline):
-                capped = True
             if capped and urgent <= 0 and t >= stale:
                 (q if from_q else pending).appendleft(ev)
                 self.deferred += len(pending) + len(q)
@@ -256,12 +231,11 @@ class LiveCore:
             if kind == NOTE_ON and (capped or t < stale):
                 self.dropped += 1
                 continue
-            if capped and not panic:
-                # On the way to a panic, or a flood's stale backlog: keep only the final controller
-                # state and the note-offs (thousands of flood events in one block would overrun it).
+            if capped and not panic and urgent > 0:
+                # On the way to a panic: keep only the final controller state and the note-offs,
+                # applied just before it (thousands of flood events in one block would overrun it).
                 key = (kind, ch, a if kind in (CC, NOTE_OFF) else 0)
-                if held.pop(key, None) is not None:
-                    self.coalesced += 1
+                held.pop(key, None)
                 held[key] = ev
                 continue
             if panic and held:
@@ -283,17 +257,6 @@ class LiveCore:
                 continue
             last = off
             self.events += 1
-            allowance -= 1
-            if held:
-                # A held (older) event of the same controller is superseded; a held note-off of this
-                # note must sound before this note-on, not cut it later.
-                if kind == NOTE_ON:
-                    h = held.pop((NOTE_OFF, ch, a), None)
-                    if h is not None:
-                        self.events += 1
-                        eng.note_off(ch, a, frame=off)
-                elif held.pop((kind, ch, a if kind in (CC, NOTE_OFF) else 0), None) is not None:
-                    self.coalesced += 1
             if kind == NOTE_ON:
                 eng.note_on(ch, a, b, frame=off)
                 budget -= 1
@@ -301,22 +264,18 @@ class LiveCore:
                     capped = True
             else:
                 self._send(kind, ch, a, b, off)
-            if held and urgent <= 0 and panic:
-                self._send_held(held, last, None)     # all of it: the panic block ends the flood
-        if held and urgent <= 0:
-            # After a flood the map drains at up to FLOOD_BLOCKS blocks' worth of note-ons per block.
-            self._send_held(held, last, max(allowance, MIN_HELD_PER_BLOCK) if flood else FLOOD_BLOCKS * self.max_note_ons)
+            if held and urgent <= 0:
+                self._send_held(held, last)
+        if held:
+            self._send_held(held, last)
         if future:
             pending.extendleft(reversed(future))
 
-    def _send_held(self, held: dict, off: int, limit: int | None) -> None:
-        """Apply coalesced events, oldest first: all of them, or at most `limit`."""
-        n = 0
-        while held and (limit is None or n < limit):
-            h = held.pop(next(iter(held)))
+    def _send_held(self, held: dict, off: int) -> None:
+        for h in held.values():
             self.events += 1
-            n += 1
             self._send(h[1], h[2], h[3], h[4], off)
+        held.clear()
 
     def _send(self, kind: int, ch: int, a: int, b: int, off: int) -> None:
         eng = self.engine
@@ -710,8 +669,6 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "deduplicated": core.deduped,
         "deferred": core.deferred,
         "dropped": core.dropped,
-        "coalesced": core.coalesced,
-        "flood_blocks": core.floods,
         "callback_errors": core.errors,
         "panics": core.panics,
         "load_p50": round(load["p50"], 4),
