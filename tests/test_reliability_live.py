@@ -35,6 +35,13 @@ SR = 48000
 PERIOD = 512
 
 
+# Timing under a real JACK server on a shared 2-core machine: an xrun from the host's scheduling
+# noise (not the synth) can fail one run, so the test reruns up to twice; the bars themselves are
+# bench rows (docs/benchmarks.md). A synth that is really late fails all three runs.
+JACK_NOISE = pytest.mark.flaky(reruns=2, only_rerun=["AssertionError"])
+
+
+@JACK_NOISE
 def test_jack_midi_flood(tiny_preset, tmp_path):
     """10,000 JACK MIDI events/s for 5 s at 512 frames, then CC 120 + 123 on every channel: the synth
     keeps up (no xrun from the first second to the flood's end, in the synth or in JACK; the synth's
