@@ -44,6 +44,15 @@ def _interp_matrix(positions: np.ndarray, n_in: int) -> torch.Tensor:
     return torch.from_numpy(W).float()
 
 
+def _two_stage(mix: torch.Tensor, fast: torch.Tensor, slow: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """log(mix e^(-fast t) + (1 - mix) e^(-slow t)), computed stably: mix, fast, slow [B, C] (rates in
+    nats/s), t [1, T, 1] seconds -> [B, T, C] log-gain (a piano's double decay; a drum's hit and ring)."""
+    a = torch.log(mix + 1e-6).unsqueeze(1) - fast.unsqueeze(1) * t
+    b = torch.log(1.0 - mix + 1e-6).unsqueeze(1) - slow.unsqueeze(1) * t
+    mx = torch.maximum(a, b)
+    return mx + torch.log(torch.exp(a - mx) + torch.exp(b - mx))
+
+
 class DDSPGenerator(nn.Module):
     """forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B] 0..1) -> float32[B, N] in [-1, 1].
 
@@ -146,11 +155,7 @@ class DDSPGenerator(nn.Module):
 
         fast = (2.0 + 200.0 * torch.sigmoid(p["h_fast"])) * _DB                   # nats/s [B, K]
         slow = (0.1 + 40.0 * torch.sigmoid(p["h_slow"] - 1.0)) * _DB
-        mix = torch.sigmoid(p["h_mix"])
-        a = torch.log(mix + 1e-6).unsqueeze(1) - fast.unsqueeze(1) * t            # [B, M+1, K]
-        b = torch.log(1.0 - mix + 1e-6).unsqueeze(1) - slow.unsqueeze(1) * t
-        mx = torch.maximum(a, b)
-        decay = mx + torch.log(torch.exp(a - mx) + torch.exp(b - mx))
+        decay = _two_stage(torch.sigmoid(p["h_mix"]), fast, slow, t)              # [B, M+1, K]
         grid = 3.0 * torch.tanh(p["h_grid"].reshape(B, self.Mc, self.Kc) / 3.0)
         corr = torch.matmul(torch.matmul(self.Wt, grid), self.Wk.t())              # [B, M+1, K]
         log_h = p["h_level"].unsqueeze(1) + decay + corr + log_rel_h
@@ -162,11 +167,7 @@ class DDSPGenerator(nn.Module):
         else:  # fast (a closed hat loses 60 dB in ~50 ms) then slow (a crash rings for seconds)
             n_fast = (5.0 + 1000.0 * torch.sigmoid(p["n_fast"] - 2.0)) * _DB
             n_slow = (0.1 + 60.0 * torch.sigmoid(p["n_slow"] - 1.0)) * _DB
-            n_mix = torch.sigmoid(p["n_mix"])
-            a = torch.log(n_mix + 1e-6).unsqueeze(1) - n_fast.unsqueeze(1) * t
-            b = torch.log(1.0 - n_mix + 1e-6).unsqueeze(1) - n_slow.unsqueeze(1) * t
-            mx = torch.maximum(a, b)
-            n_env = mx + torch.log(torch.exp(a - mx) + torch.exp(b - mx))
+            n_env = _two_stage(torch.sigmoid(p["n_mix"]), n_fast, n_slow, t)
         n_grid = 3.0 * torch.tanh(p["n_grid"].reshape(B, self.Mc, self.Qc) / 3.0)
         if self.Qc != self.Q:
             n_grid = torch.matmul(n_grid, self.Wq.t())                            # [B, Mc, Q]
