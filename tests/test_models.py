@@ -192,7 +192,8 @@ def test_coarse_noise_grid_interpolates_across_bands_and_exports(tmp_path):
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, {"z": z.numpy(), "pitch": p.numpy(), "velocity": v.numpy()})[0]
     assert np.abs(out - y.numpy()).max() <= 1e-4
-    with pytest.raises(ValueError, match="noise_decay_stages"):
+    from synth.errors import UserError
+    with pytest.raises(UserError, match="noise_decay_stages"):
         DDSPGenerator(**{**kw, "noise_decay_stages": 3})
 
 

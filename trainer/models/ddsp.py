@@ -74,7 +74,9 @@ class DDSPGenerator(nn.Module):
         self.Mc, self.Kc = int(ctrl_frames), int(ctrl_bands)
         self.hold = None if hold_seconds is None else float(hold_seconds)
         if int(noise_decay_stages) not in (1, 2):
-            raise ValueError(f"noise_decay_stages must be 1 or 2, not {noise_decay_stages!r}")
+            from synth.errors import UserError
+            raise UserError(f"config model.ddsp.noise_decay_stages: must be 1 or 2, not {noise_decay_stages!r}; "
+                            "fix the overlay")
         self.Qc = min(int(noise_ctrl_bands), self.Q) if noise_ctrl_bands else self.Q   # the noise grid's band axis
         self.noise_stages = int(noise_decay_stages)
         self.cond = Conditioning(hidden, kind)
