@@ -159,6 +159,8 @@ def test_drum_kits_get_the_fine_noise_head_and_overlays_still_win():
     assert (pitched["n_noise_bands"], pitched["noise_ctrl_bands"], pitched["noise_decay_stages"]) == (16, 0, 1)
     assert C.resolve([], {**DATA, "kind": "drums"})["train"]["spec_floor_db"] == -80.0
     assert C.resolve([], DATA)["train"]["spec_floor_db"] is None     # pitched: the absolute floor
+    assert C.resolve([], {**DATA, "kind": "drums"})["train"]["adv_weight"] == 0.3
+    assert C.resolve([], DATA)["train"]["adv_weight"] == 1.0
     over = C.resolve([{"model": {"ddsp": {"noise_decay_stages": 1}}}], {**DATA, "kind": "drums"})["model"]["ddsp"]
     assert over["noise_decay_stages"] == 1 and over["n_noise_bands"] == 64
 
@@ -222,3 +224,110 @@ def test_dominant_peak_finds_a_drums_tuning():
             for d, g in ((8.0, 1.0), (12.0, 0.05))]
     assert abs(dominant_peak_hz(np.stack(hits), sr) - 147.3) < 1.0
     assert np.isnan(dominant_peak_hz(np.zeros((1, 4800)), sr))
+
+
+def _ddsp_with_bias(**over):
+    """A tiny DDSP generator whose head ignores the input (weights zeroed) so its controls are the biases."""
+    from trainer.models.ddsp import DDSPGenerator
+
+    kw = dict(sample_rate=8000, note_samples=4096, kind="drums", n_harmonics=8, n_noise_bands=4, hop=64, hidden=32,
+              ctrl_frames=8, ctrl_bands=4, noise_seconds=0.064, **over)
+    G = DDSPGenerator(**kw).eval()
+    with torch.no_grad():
+        G.head.weight.zero_()
+        b = G._split(G.head.bias.unsqueeze(0))
+        b["attack"][:] = -20.0             # the shortest attack: 0.5 ms = 4 samples at 8 kHz
+        b["h_fast"][:] = -20.0             # slow decays, so the level is flat over the first hops
+        b["h_slow"][:] = -20.0
+        b["n_fast"][:] = -20.0
+        b["n_slow"][:] = -20.0
+    return G
+
+
+def _hit(G):
+    with torch.no_grad():
+        return G(torch.zeros(1, G.latent_size), torch.tensor([40]), torch.tensor([1.0]))[0].numpy()
+
+
+def test_attack_at_audio_rate_is_not_one_hop_long():
+    """On the control grid frame 0 is silent and amplitudes ramp linearly to frame 1, so any attack
+    lasts a hop (64 samples here, 10 ms at 24 kHz in the presets); at audio rate a 0.5-ms attack is
+    4 samples. Old runs (no key in their config) keep the grid ramp, so they export unchanged."""
+    common = dict(noise_decay_stages=2)
+    grid = _hit(_ddsp_with_bias(attack_audio_rate=False, **common))
+    audio = _hit(_ddsp_with_bias(attack_audio_rate=True, **common))
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)))   # noqa: E731
+    # the first quarter hop against the third hop, where both have reached the note's level
+    assert rms(grid[:16]) < 0.3 * rms(grid[128:192])
+    assert rms(audio[:16]) > 0.6 * rms(audio[128:192])
+    assert np.allclose(audio[128:1024], grid[128:1024], atol=1e-6)   # same note once the attack is over
+    assert C.DEFAULTS["model"]["ddsp"]["attack_audio_rate"] is True
+    assert build_generator(tiny_cfg("ddsp")).attack_audio_rate
+    old = tiny_cfg("ddsp")
+    del old["model"]["ddsp"]["attack_audio_rate"]
+    assert not build_generator(old).attack_audio_rate
+
+
+def test_end_stage_stops_the_note_where_it_learns_to_and_exports(tmp_path):
+    """end_stage (drum kits): after the learned end time the note falls at 1500 dB/s, to silence a
+    log-mel floor of -80 dB cannot see, as a sampler voice stops where its sample ends; before it
+    the note is untouched. The gradient reaches the end time, and ONNX parity holds."""
+    ort = pytest.importorskip("onnxruntime")
+    G = _ddsp_with_bias(end_stage=True, noise_decay_stages=2)
+    with torch.no_grad():
+        G._split(G.head.bias.unsqueeze(0))["end"][:] = 0.0   # t_end = half the note = 2048 samples
+    y = _hit(G)
+    ref = _ddsp_with_bias(end_stage=True, noise_decay_stages=2)
+    with torch.no_grad():
+        ref._split(ref.head.bias.unsqueeze(0))["end"][:] = 30.0   # t_end at the note's end
+    y_long = _hit(ref)
+    assert np.allclose(y[:2048], y_long[:2048], atol=1e-6)
+    peak = np.abs(y).max()
+    assert np.abs(y[2048 + 800:]).max() < 1e-6 * peak            # 100 ms after the end: under -120 dB
+    assert np.abs(y_long[2048 + 800:]).max() > 1e-2 * peak
+    assert C.KIND_MODEL["drums"]["ddsp"]["end_stage"] is True
+    assert C.DEFAULTS["model"]["ddsp"]["end_stage"] is False
+    # a velocity the kit never had may drive the end time to 0; end_min keeps the hit (a run's
+    # held-out velocity-127 cuica was silent without it)
+    floor = _ddsp_with_bias(end_stage=True, end_min_seconds=0.05, noise_decay_stages=2)
+    with torch.no_grad():
+        floor._split(floor.head.bias.unsqueeze(0))["end"][:] = -30.0
+    y_min = _hit(floor)
+    assert np.allclose(y_min[:384], y_long[:384], atol=1e-6)        # untouched up to the control frame before 50 ms
+    assert np.abs(y_min[400 + 800:]).max() < 1e-6 * peak
+    # the end time learns from a loss on the tail
+    Gt = _ddsp_with_bias(end_stage=True, noise_decay_stages=2)
+    Gt.train()
+    out = Gt(torch.zeros(1, Gt.latent_size), torch.tensor([40]), torch.tensor([1.0]))
+    out[0, 2048:].pow(2).sum().backward()
+    g_end = Gt._split(Gt.head.bias.grad.unsqueeze(0))["end"]
+    assert torch.isfinite(Gt.head.bias.grad).all() and float(g_end) > 0    # a later end costs more here
+    z, p, v = torch.zeros(2, G.latent_size), torch.tensor([40, 50]), torch.tensor([0.5, 1.0])
+    path = tmp_path / "g.onnx"
+    dyn = {n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")}
+    torch.onnx.export(G, (z, p, v), str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes=dyn, dynamo=False)
+    with torch.no_grad():
+        want = G(z, p, v).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": z.numpy(), "pitch": p.numpy(), "velocity": v.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_stft_magnitude_has_a_finite_gradient_in_silence():
+    """A note ending in digital silence has STFT bins that are exactly zero; their magnitude's
+    gradient is 0 (not NaN), and elsewhere it is |z|'s."""
+    from trainer.nn.layers import stft_magnitude
+
+    x = torch.randn(2, 4096, dtype=torch.float64)
+    x[:, 1500:] = 0.0
+    x.requires_grad_(True)
+    w = torch.hann_window(512, dtype=torch.float64)
+    m = stft_magnitude(x, 512, 128, w)
+    assert torch.allclose(m, torch.stft(x.detach(), 512, 128, window=w, return_complex=True).abs())
+    assert (m[..., -4:] == 0).all()
+    m.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    x2 = torch.randn(1, 1024, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: stft_magnitude(a, 256, 64, torch.hann_window(256, dtype=torch.float64)),
+                                    (x2,))

@@ -60,6 +60,31 @@ class PhaseShuffle(nn.Module):
         return torch.gather(xp, 2, idx.unsqueeze(1).expand(B, C, T))
 
 
+class _SafeAbs(torch.autograd.Function):
+    """|z| of a complex tensor whose gradient is 0, not NaN, where z == 0."""
+
+    @staticmethod
+    def forward(ctx, z):
+        m = z.abs()
+        ctx.save_for_backward(z, m)
+        return m
+
+    @staticmethod
+    def backward(ctx, g):
+        z, m = ctx.saved_tensors
+        return g * z / m.clamp_min(1e-30)     # z/|z|, and 0/tiny = 0 in a silent bin
+
+
+def stft_magnitude(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
+    """|STFT| of float32[B, N] -> float32[B, n_fft//2+1, T] with a finite gradient everywhere.
+
+    torch's complex `abs()` backward is NaN in a bin that is exactly zero: a generated note that
+    ends in digital silence turned 7% of training steps non-finite. `sqrt(re^2 + im^2 + eps)` avoids
+    it but made a drum-kit training step 25% slower; this costs what `abs()` costs.
+    """
+    return _SafeAbs.apply(torch.stft(x, n_fft, hop, window=window, center=True, return_complex=True))
+
+
 class LogMel(nn.Module):
     """float32[B, N] audio -> float32[B, n_mels, T] natural-log mel magnitudes (training side only)."""
 
@@ -70,7 +95,7 @@ class LogMel(nn.Module):
         self.register_buffer("fb", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        S = torch.stft(x.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs()
+        S = stft_magnitude(x.float(), self.n_fft, self.hop, self.window)
         return torch.log(torch.matmul(self.fb, S) + 1e-5)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainer.nn.layers import stft_magnitude
+
 LOSSES = ("hinge", "ns", "wgan-gp")
 
 
@@ -75,8 +77,8 @@ class MultiResSTFTLoss(torch.nn.Module):
             x, y = x / scale, y / scale
         for n in self.ffts:
             w = getattr(self, f"win{n}")
-            Sx = torch.stft(x, n, n // 4, window=w, return_complex=True).abs()
-            Sy = torch.stft(y, n, n // 4, window=w, return_complex=True).abs()
+            Sx = stft_magnitude(x, n, n // 4, w)
+            Sy = stft_magnitude(y, n, n // 4, w)
             if self.relative:
                 eps = self.floors[n]
                 sc = (torch.linalg.norm((Sx - Sy).flatten(1), dim=1)
