@@ -178,3 +178,24 @@ def test_worker_layers_helper_is_used_for_fallback_order(piano):
     got = cache.nearest("piano", (0,), layers[-2], 60, list(layers))
     assert got is not None and got.key[3] == layers[-1]   # 96 is nearer to 127 than to 32
     assert cache._layer_order[(layers[-2], tuple(layers))][0] == layers[-2]
+
+
+def test_worker_serves_misses_a_chunk_at_a_time(piano):
+    """A burst of misses is generated a prefill chunk (about 20 ms of model time) per step, not in one
+    batch: the first notes come back sooner, and ONNX Runtime's arena (it keeps its largest batch)
+    stays small. In a 30-s flood the synth's RSS grew 0.43-0.45% with this and 2.5-3.3% without."""
+    e = Engine(sample_rate=SR, presets=[piano])   # offline: the worker is driven by hand
+    w = e.worker
+    while w._step():        # the keyboard prefill
+        pass
+    other = e.mappers["piano"].with_cc(e.knobs["piano"], 74, 127)   # a knob state nothing was made for
+    keys = [k for k in w.keyboard("piano", other)[:88] if e.cache.peek(k) is None]
+    assert len(keys) > w._chunk("piano")
+    for k in keys:
+        w.request(k)
+    before = w.generated
+    w._step()
+    assert 0 < w.generated - before <= w._chunk("piano")
+    while w._step():
+        pass
+    assert all(e.cache.peek(k) is not None for k in keys)
