@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "ddsp": {"latent_size": 16, "n_harmonics": 96, "n_noise_bands": 16, "hop": 240, "hidden": 256,
                  "layers": 3, "ctrl_frames": 48, "ctrl_bands": 8, "noise_seconds": 0.5,
-                 "noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": True, "end_stage": False,
+                 "noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": False, "end_stage": False,
                  "end_min_seconds": 0.0},
         "spectral": {"latent_size": 64, "n_fft": 1024, "hop": 256, "n_mels": 256, "channels": 32, "blocks": 5,
                      "cond_dim": 64},
@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
 # mel bands with a 16-band correction grid and two-stage decays): what tells one hit from another is
 # spectral detail and decay shape, not partials at the key's frequency.
 KIND_MODEL: dict[str, dict[str, Any]] = {
-    "drums": {"ddsp": {"n_noise_bands": 64, "noise_ctrl_bands": 16, "noise_decay_stages": 2, "end_stage": True,
+    "drums": {"ddsp": {"n_noise_bands": 64, "noise_ctrl_bands": 16, "noise_decay_stages": 2, "end_stage": True, "attack_audio_rate": True,
                        "end_min_seconds": 0.05}},
 }
 # Per-kind training defaults, likewise. The loudness-relative spectral floor (trainer/nn/losses.py)

@@ -13,7 +13,7 @@ of a struck/plucked/sustained note, then renders it with export-safe oscillator 
   band axis interpolated across the bands (drum kits: 64 bands, so a hi-hat, a cabasa and a guiro
   differ in spectral detail that 16 mel bands cannot draw; a resynthesis from the real hits' own
   band envelopes is told apart by the eval classifier 88% of the time with 16 bands and 100% with 64);
-- the attack ramp, at audio rate with `attack_audio_rate` (new runs). On the control grid it could not
+- the attack ramp, at audio rate with `attack_audio_rate` (drum kits). On the control grid it could not
   be shorter than one hop (10 ms at 24 kHz: frame 0 is silent and amplitudes are interpolated
   linearly), which put the first 10 ms of every drum hit 5-15 dB under the real one whatever the
   learned attack time;
