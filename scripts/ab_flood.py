@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from jackutil import knob_ccs, run_flood, synth_cmd  # noqa: E402
+import latency_probe  # noqa: E402  (puts tests/ on sys.path)
+from jackutil import knob_ccs, run_flood  # noqa: E402
 
 KEYS = ("xruns_synth_after_1s", "xruns_jack_after_1s", "load_p99", "load_max", "rss_growth_pct",
         "rss_growth_excl_cache_pct", "silence_ms", "events", "dropped", "alive", "exit_code")
@@ -29,8 +30,7 @@ KEYS = ("xruns_synth_after_1s", "xruns_jack_after_1s", "load_p99", "load_max", "
 
 def variant_cmd(checkout: Path, preset_dir: Path, preset: str) -> list[str]:
     """`python -m synth` for the flood, importing `synth` from `checkout`."""
-    base = synth_cmd(preset_dir, "--midi-port", "^probe:", "--cache-mb", "128")
-    base[base.index("--preset") + 1] = preset
+    base = latency_probe._cmd(preset_dir, preset, "--midi-port", "^probe:", "--cache-mb", "128")   # as soak's flood
     code = (f"import sys, runpy; sys.path.insert(0, {str(checkout)!r}); "
             "runpy.run_module('synth', run_name='__main__', alter_sys=True)")
     return [base[0], "-c", code, *base[3:]]

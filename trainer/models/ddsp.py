@@ -124,8 +124,9 @@ class DDSPGenerator(nn.Module):
         self.register_buffer("Wq", _interp_matrix(np.linspace(0.0, Qc - 1.0, Q), Qc), persistent=False)
         fade = np.minimum(1.0, (self.note_samples - 1 - np.arange(self.note_samples)) / (0.005 * self.sample_rate))
         self.register_buffer("fade", torch.from_numpy(np.clip(fade, 0.0, 1.0)).float(), persistent=False)
-        self.register_buffer("t_audio", torch.arange(self.note_samples, dtype=torch.float32) / self.sample_rate,
-                             persistent=False)
+        if self.attack_audio_rate:
+            self.register_buffer("t_audio", torch.arange(self.note_samples, dtype=torch.float32) / self.sample_rate,
+                                 persistent=False)
         self.dur = dur
         L = max(self.hop, int(round(noise_seconds * self.sample_rate / self.hop)) * self.hop)
         self.register_buffer("noise", torch.from_numpy(make_noise_bank(self.sample_rate, L, Q)), persistent=False)
