@@ -51,6 +51,7 @@ from jackutil import (  # noqa: E402
     play_and_record,
     silent_before,
     synth_cmd,
+    window_load,
 )
 
 SR = 48000
@@ -126,23 +127,6 @@ def standin_bias(parent: Path, name: str, notes: list[int], velocity: int, cache
     return out
 
 
-def hist_percentile(hist: list[int], q: float) -> float | None:
-    """Percentile (0..100) of a 1%-bin load histogram, as a share of the block (0.01 resolution)."""
-    h = np.asarray(hist, np.int64)
-    total = int(h.sum())
-    if total == 0:
-        return None
-    idx = int(np.searchsorted(np.cumsum(h), q / 100.0 * total))
-    return (idx + 1) / 100.0
-
-
-def window_load(before: dict, after: dict, key: str = "load_hist_pct") -> dict:
-    d = np.asarray(after[key]) - np.asarray(before[key])
-    nz = np.flatnonzero(d)
-    return {"p50": hist_percentile(d, 50), "p99": hist_percentile(d, 99), "callbacks": int(d.sum()),
-            "max": (int(nz[-1]) + 1) / 100.0 if nz.size else None}
-
-
 def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_mb: float | None = None,
                     pitches: list[int] | None = None, seed: int = 0, synth_args: tuple[str, ...] = ()) -> dict:
     """Part 1 (or 2 with a small cache and many pitches): 128-frame latency and callback load."""
@@ -205,7 +189,7 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
         "latency_ms_median": float(p50), "latency_ms_p5": float(p5), "latency_ms_min": float(arr.min()),
         "latency_ms_p95": float(p95), "latency_ms_max": float(arr.max()), "jitter_ms": float(p95 - p5),
         "period_ms": period / SR * 1e3, "engine_latency_samples": after.get("latency_samples", 0),
-        "load": window_load(before, after), "xruns_synth": after["xruns"] - before["xruns"], "xruns_jack": xr,
+        "load": window_load(before, after), "cpu": window_load(before, after, "cpu_hist_pct"), "xruns_synth": after["xruns"] - before["xruns"], "xruns_jack": xr,
         "late_events": after["late_events"] - before["late_events"],
         "events_sent": 2 * notes, "events_played": after["events"] - before["events"],
         "fallbacks": eng1.get("fallbacks", 0) - eng0.get("fallbacks", 0),
@@ -264,7 +248,8 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
     return {
         "seconds": seconds, "notes_per_second": rate, "events_sent": len(ev),
         "events_played": after["events"] - before["events"], "xruns_synth": after["xruns"] - before["xruns"],
-        "xruns_jack": xr, "load": window_load(before, after), "max_voices_requested": 256 + int(rate * 0.15) + 1,
+        "xruns_jack": xr, "load": window_load(before, after), "cpu": window_load(before, after, "cpu_hist_pct"),
+        "max_voices_requested": 256 + int(rate * 0.15) + 1,
         "knob_states_generated": eng1.get("generated", 0) - eng0.get("generated", 0),
         "steals": eng1.get("steals", 0) - eng0.get("steals", 0), "peak": float(np.abs(x).max()),
         "finite": bool(np.isfinite(x).all()), "exit_code": rc, "xrun_seconds": xrun_at,

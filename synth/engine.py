@@ -371,8 +371,7 @@ class Engine:
             bend = 2.0 ** (BEND_SEMITONES * value / 8192.0 / 12.0)
             self._bend[ch] = bend
             v = self.voices
-            for i in np.flatnonzero(v.active & (v.chan == ch)):
-                v.set_bend(int(i), self.now, bend)
+            v.set_bend_rows(np.flatnonzero(v.active & (v.chan == ch)), self.now, bend)
         elif kind == "prog":
             ch, program = args
             pi = self._program_target(ch, program)

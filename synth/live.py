@@ -52,6 +52,10 @@ GC_GEN1_EVERY = 8      # ticks between gen-1 collections (2 s: each one stays sm
 # ~1 ms per note-on, so even the cap is three times faster than a hardware keyboard.
 FRAMES_PER_NOTE_ON = 32
 MIN_NOTE_ONS = 4
+# Events other than note-ons get a time budget per block: once dispatching has taken this share of the
+# block (wall time, so a machine that steals our CPU gets less work), the rest waits for the next block
+# like capped note-ons do. A CC storm at 10,000 events/s fits well inside it on the 2-core machine.
+DISPATCH_SHARE = 0.15
 # A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
 # endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
 MAX_DEFER_SECONDS = 0.3
@@ -88,9 +92,13 @@ class LiveCore:
         self._pending: collections.deque = collections.deque()   # events held for a later block
         self._panics_seen = 0
         self._durations = np.zeros(RING, np.float64)   # seconds per callback
+        self._cpu = np.zeros(RING, np.float64)         # CPU seconds of this thread per callback
         self._periods = np.zeros(RING, np.float64)     # seconds of audio per callback
         # Cumulative, so a benchmark can subtract two snapshots and get exact window percentiles.
         self.load_hist = np.zeros(HIST_BINS, np.int64)
+        # The same for the callback's own CPU time (time.thread_time): what the synth costs, whatever
+        # else the machine runs. Wall time minus CPU time is time spent waiting (preempted, GIL, steal).
+        self.cpu_hist = np.zeros(HIST_BINS, np.int64)
         self.callbacks = 0
         self.underflows = 0
         self.overruns = 0         # callbacks that took longer than their block lasts
@@ -127,6 +135,7 @@ class LiveCore:
     def callback(self, outdata, frames: int, time_info, status) -> None:
         """sounddevice callback: `outdata` float32[frames, 2]. Runs on the audio thread."""
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         ref = None
         if self.ref_clock is not None:
             # Read JACK's cycle clock every block (its 32-bit unwrap must not miss a wrap).
@@ -155,7 +164,7 @@ class LiveCore:
                 self.engine.panic()
             if self._lead is None and self.ref_clock is None:
                 self._reference(time_info)   # learn the DAC lead before the first note arrives
-            self._dispatch(frames, time_info, ref)
+            self._dispatch(frames, time_info, ref, t0)
             self.engine.render(frames, out=buf)
             np.clip(buf, -1.0, 1.0, out=buf)
             outdata[:] = buf
@@ -164,10 +173,13 @@ class LiveCore:
             self.errors += 1
             if self.first_error is None:
                 self.first_error = traceback.format_exc()
+        dc = time.thread_time() - c0
         dt = time.perf_counter() - t0
         i = self.callbacks % RING
         self._durations[i] = dt
+        self._cpu[i] = dc
         self._periods[i] = frames / self.sr
+        self.cpu_hist[min(max(int(dc * self.sr / frames * 100.0), 0), HIST_BINS - 1)] += 1
         share = dt * self.sr / frames
         self.load_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
         if share > 1.0:
@@ -189,7 +201,7 @@ class LiveCore:
             return now
         return dac - self._lead
 
-    def _dispatch(self, frames: int, time_info, ref: float | None) -> None:
+    def _dispatch(self, frames: int, time_info, ref: float | None, t_start: float) -> None:
         q = self.queue
         pending = self._pending
         if not q and not pending:
@@ -201,6 +213,8 @@ class LiveCore:
         eng = self.engine
         budget = self.max_note_ons * frames // self.blocksize if frames != self.blocksize else self.max_note_ons
         budget = max(budget, 1)
+        deadline = t_start + DISPATCH_SHARE * frames / sr
+        perf = time.perf_counter
         capped = False
         # A flood (more note-ons than the cap lets through): the backlog waits in the deques and costs
         # nothing per block; a note-on that has waited MAX_DEFER_SECONDS is dropped (bounded backlog and
@@ -231,9 +245,10 @@ class LiveCore:
             if kind == NOTE_ON and (capped or t < stale):
                 self.dropped += 1
                 continue
-            if capped and not panic and urgent > 0:
-                # On the way to a panic: keep only the final controller state and the note-offs,
-                # applied just before it (thousands of flood events in one block would overrun it).
+            if not panic and (t < stale or (capped and urgent > 0)):
+                # On the way to a panic, or through a backlog that has waited MAX_DEFER_SECONDS: keep
+                # only the final controller state and the note-offs, applied before the panic or at the
+                # block's end (thousands of flood events one by one in one block would overrun it).
                 key = (kind, ch, a if kind in (CC, NOTE_OFF) else 0)
                 held.pop(key, None)
                 held[key] = ev
@@ -266,6 +281,8 @@ class LiveCore:
                 self._send(kind, ch, a, b, off)
             if held and urgent <= 0:
                 self._send_held(held, last)
+            if not capped and perf() > deadline:
+                capped = True
         if held:
             self._send_held(held, last)
         if future:
@@ -312,10 +329,14 @@ class LiveCore:
         """Callback duration as a share of its block: p50, p99, max over the last RING callbacks."""
         n = min(self.callbacks, RING)
         if n == 0:
-            return {"p50": 0.0, "p99": 0.0, "max": 0.0, "n": 0}
-        share = self._durations[:n] / np.maximum(self._periods[:n], 1e-9)
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0, "n": 0, "cpu_p50": 0.0, "cpu_p99": 0.0, "cpu_max": 0.0}
+        per = np.maximum(self._periods[:n], 1e-9)
+        share = self._durations[:n] / per
+        cpu = self._cpu[:n] / per
         p50, p99 = np.percentile(share, [50, 99])
-        return {"p50": float(p50), "p99": float(p99), "max": float(share.max()), "n": n}
+        c50, c99 = np.percentile(cpu, [50, 99])
+        return {"p50": float(p50), "p99": float(p99), "max": float(share.max()), "n": n,
+                "cpu_p50": float(c50), "cpu_p99": float(c99), "cpu_max": float(cpu.max())}
 
     def durations_ms(self) -> np.ndarray:
         n = min(self.callbacks, RING)
@@ -416,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open only input ports matching this regex (repeatable; default: all)")
     p.add_argument("--no-virtual", action="store_true", help="do not open the virtual port 'neural-synth'")
     p.add_argument("--cache-mb", type=float, default=None, help="note cache size in MB (engine default)")
+    p.add_argument("--polyphony", type=int, default=None,
+                   help="voices playing at most; beyond it the oldest released voice is stolen (default 256)")
     p.add_argument("--knob", action="append", default=[], metavar="CC=V",
                    help="initial knob position: 74=0.3 (fraction) or 74=38 (CC value); repeatable")
     p.add_argument("--program-map", default=None, metavar="P=NAME,...",
@@ -483,7 +506,7 @@ def status_text(preset: str, core: LiveCore, stats: dict, ports: int) -> str:
     hit_s = f"{100 * hit:.0f}%" if isinstance(hit, (int, float)) and math.isfinite(hit) else "-"
     voices = stats.get("voices", stats.get("active_voices", "-"))
     return (f"{preset} | voices {voices} | cache hits {hit_s} | load p99 {100 * load['p99']:.0f}% "
-            f"(max {100 * load['max']:.0f}%) | xruns {core.underflows + core.overruns} | MIDI ports {ports}")
+            f"(max {100 * load['max']:.0f}%, cpu p99 {100 * load['cpu_p99']:.0f}%) | xruns {core.underflows + core.overruns} | MIDI ports {ports}")
 
 
 def main(argv: list[str], engine_factory: Callable | None = None) -> int:
@@ -525,6 +548,8 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     kw = dict(sample_rate=sample_rate, blocksize=blocksize, presets=presets, realtime=True)
     if args.cache_mb is not None:
         kw["cache_mb"] = args.cache_mb
+    if args.polyphony is not None:
+        kw["polyphony"] = args.polyphony
     if args.fx is not None:
         from synth.fx import parse_fx
 
@@ -674,6 +699,9 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "load_p50": round(load["p50"], 4),
         "load_p99": round(load["p99"], 4),
         "load_max": round(load["max"], 4),
+        "cpu_p50": round(load.get("cpu_p50", 0.0), 4),
+        "cpu_p99": round(load.get("cpu_p99", 0.0), 4),
+        "cpu_max": round(load.get("cpu_max", 0.0), 4),
         "callback_ms_p99": round(float(np.percentile(d, 99)), 4) if len(d) else 0.0,
         "dac_lead_ms": round(1e3 * core._lead, 3) if core._lead is not None else None,
         "gc_mode": tamer.mode,
@@ -681,6 +709,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "gc_collect_ms_max": round(1e3 * tamer.collect_seconds_max, 3),
         "latency_samples": int(getattr(engine, "latency_samples", 0) or 0),
         "load_hist_pct": core.load_hist.tolist(),
+        "cpu_hist_pct": core.cpu_hist.tolist(),
         "entry_hist_pct": core.entry_hist.tolist(),
         "engine": _engine_stats(engine),
         "pid": os.getpid(),

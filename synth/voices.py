@@ -83,6 +83,7 @@ class VoiceBank:
         self._w = np.empty(size, np.float64)
         self._s0 = np.empty(size, np.float32)
         self._s1 = np.empty(size, np.float32)
+        self._fr = np.empty(size, np.float32)
         self._o = np.empty((2, self.max_frames), np.float64)
         self._ar = np.arange(self.max_frames, dtype=np.int64)
         self._arf = np.arange(self.max_frames, dtype=np.float64)
@@ -169,6 +170,38 @@ class VoiceBank:
         self.seg_t[v] = t
         self.rate[v] = self.base_rate[v] * bend
         self._update_end(v)
+
+    def set_bend_rows(self, rows: np.ndarray, t: int, bend: float) -> None:
+        """`set_bend` for many rows at once (a bend moves every voice of its channel): the same
+        arithmetic, vectorised, so the positions match the one-row path exactly."""
+        if len(rows) == 0:
+            return
+        p = self.seg_pos[rows] + self.rate[rows] * (t - self.seg_t[rows]).astype(np.float64)
+        le = self.loop_e[rows]
+        wrap = p >= le
+        if wrap.any():
+            ls = self.loop_s[rows]
+            p = np.where(wrap, ls + np.fmod(p - ls, np.where(wrap, le - ls, 1.0)), p)
+        rate = self.base_rate[rows] * bend
+        self.seg_pos[rows] = p
+        self.seg_t[rows] = t
+        self.rate[rows] = rate
+        # _end_of_note and _env_end, vectorised (integer times stay int64; NEVER is not a float).
+        end = np.full(len(rows), NEVER, np.int64)
+        one = le == np.inf
+        if one.any():
+            end[one] = t + np.maximum(0.0, np.ceil((self.length[rows][one] - p[one]) / rate[one])).astype(np.int64)
+        s, e0, et = self.slope[rows], self.env0[rows], self.env_t[rows]
+        down = s < 0
+        if down.any():
+            end[down] = np.minimum(end[down], et[down] + np.ceil(e0[down] / -s[down]).astype(np.int64))
+        zero = (s == 0) & (e0 <= 0)
+        if zero.any():
+            end[zero] = np.minimum(end[zero], et[zero])
+        self.end_t[rows] = end
+        m = int(end.min())
+        if m < self.next_end:
+            self.next_end = m
 
     def ramp(self, v: int, t: int, seconds_to_zero: float, sample_rate: int) -> None:
         """Fade voice `v` linearly from its current level at time `t` (full scale per `seconds_to_zero`)."""
@@ -360,13 +393,18 @@ class VoiceBank:
             ww += ls
             np.copyto(pp, ww, where=pp >= loop_e[:, None])
         np.floor(pp, out=ww)
-        pp -= ww                                  # fractional part
-        np.minimum(ww, self.slot_len - 2, out=ww)
-        ww += self.off[rows][:, None]
+        fr = self._fr[:n].reshape(nv, f)
+        np.subtract(pp, ww, out=fr, casting="same_kind")   # fractional part, float32 like the samples
+        # Past its slot's last sample a voice reads the zero guard. Positions only grow inside a block,
+        # so only rows whose last index is past it need the (per-sample) clamp.
+        top = self.slot_len - 2
+        for r in np.flatnonzero(ww[:, f - 1] > top):
+            np.minimum(ww[r], top, out=ww[r])
         np.copyto(ii, ww, casting="unsafe")
+        ii += self.off[rows][:, None]
         np.take(self.bank, ii, out=s0, mode="clip")
         ii += 1
         np.take(self.bank, ii, out=s1, mode="clip")
         s1 -= s0
-        np.multiply(s1, pp, out=s1, casting="same_kind")
+        s1 *= fr
         np.add(s1, s0, out=ww)

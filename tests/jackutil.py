@@ -498,6 +498,26 @@ def flood_events(t0: int, seconds: float, rate: float = 10_000, seed: int = 3, k
     return ev
 
 
+def hist_percentile(hist: list[int], q: float) -> float | None:
+    """Percentile (0..100) of a 1%-bin load histogram, as a share of the block (0.01 resolution)."""
+    h = np.asarray(hist, np.int64)
+    total = int(h.sum())
+    if total == 0:
+        return None
+    idx = int(np.searchsorted(np.cumsum(h), q / 100.0 * total))
+    return (idx + 1) / 100.0
+
+
+def window_load(before: dict, after: dict, key: str = "load_hist_pct") -> dict:
+    """Percentiles of a cumulative 1%-bin histogram (`load_hist_pct`, `cpu_hist_pct`, `entry_hist_pct`)
+    between two stats snapshots: p50, p99, max (shares of the block), callbacks counted, and how many
+    took a whole block or more (`over`)."""
+    d = np.asarray(after[key]) - np.asarray(before[key])
+    nz = np.flatnonzero(d)
+    return {"p50": hist_percentile(d, 50), "p99": hist_percentile(d, 99), "callbacks": int(d.sum()),
+            "max": (int(nz[-1]) + 1) / 100.0 if nz.size else None, "over": int(d[100:].sum())}
+
+
 def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, ...] = FLOOD_KNOBS,
               rate: float = 10_000, seed: int = 3, period: int = 512) -> dict:
     """Issue 8's flood, measured: a private `jackd -d dummy -p PERIOD`, the synth `cmd` (it must take
@@ -563,6 +583,10 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
         "xruns_jack_after_1s": len(xr_jack), "xruns_jack_all": len(xrun_seconds),
         "jack_xrun_seconds": xrun_seconds[:100],
         "load_p99": after["load_p99"], "load_max": after["load_max"],
+        # The callback's own CPU time (thread time: excludes preemption, GIL waits and hypervisor
+        # steal), from 1 s to the flood's end: what the synth costs, whatever the machine does.
+        "cpu": window_load(one, flood_end, "cpu_hist_pct"),
+        "load_window": window_load(one, flood_end),
         "rss_1s_mb": round(rss1, 1), "rss_end_mb": round(rss2, 1),
         "rss_growth_pct": round(100.0 * (rss2 - rss1) / rss1, 2) if rss1 else None,
         **cache_accounting(rss1, rss2, one.get("engine", {}), after.get("engine", {})),

@@ -199,3 +199,32 @@ def test_worker_serves_misses_a_chunk_at_a_time(piano):
     while w._step():
         pass
     assert all(e.cache.peek(k) is not None for k in keys)
+
+
+def test_bend_moves_a_channel_in_one_vectorised_step_exactly_as_voice_by_voice():
+    """`VoiceBank.set_bend_rows` (a bend on a channel with many voices) leaves the same positions,
+    rates and end times, bit for bit, as `set_bend` called per voice: looped and one-shot voices,
+    rising, falling and flat envelopes."""
+    import copy
+    from types import SimpleNamespace
+
+    from synth.voices import VoiceBank
+
+    rng = np.random.default_rng(0)
+    bank = np.zeros(100 * 1000 + 4096, np.float32)
+    vb = VoiceBank(64, bank, 1000, 4096)
+    for k in range(60):
+        loop = rng.random() < 0.3
+        e = SimpleNamespace(slot=k % 100, offset=(k % 100) * 1000, length=900,
+                            loop_start=100.0 if loop else 0.0, loop_end=800.0 if loop else np.inf)
+        vb.start(vb.take_row(), int(rng.integers(0, 500)), e, k % 4, 60, 0, float(rng.uniform(0.5, 2)),
+                 float(rng.uniform(0.9, 1.1)), 0.5, 0.5, pos=float(rng.uniform(0, 50)), env0=float(rng.random()),
+                 slope=float(rng.choice([0.0, -1e-3, 1e-3, -1e-5])))
+    a, b = copy.deepcopy(vb), copy.deepcopy(vb)
+    for t, ch, bend in [(600, 1, 1.05), (900, 1, 0.97), (1500, 2, 1.2), (2000, 1, 1.0), (2100, 3, 0.5)]:
+        for i in np.flatnonzero(a.active & (a.chan == ch)):
+            a.set_bend(int(i), t, bend)
+        b.set_bend_rows(np.flatnonzero(b.active & (b.chan == ch)), t, bend)
+    for f in ("seg_pos", "seg_t", "rate", "end_t"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert a.next_end == b.next_end

@@ -9,13 +9,14 @@ import collections
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from synth.live import LEAD_SAMPLES, LiveCore, velocity_map
+from synth.live import DISPATCH_SHARE, LEAD_SAMPLES, MAX_DEFER_SECONDS, LiveCore, velocity_map
 from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM, Parser
 
 SR, BS = 48000, 128
@@ -146,6 +147,87 @@ def test_note_on_burst_is_spread_over_blocks_in_order():
     assert per_block == [4, 4, 4, 4, 4, 0]
     assert [c[2] for c in eng.calls if c[0] == "on"] == list(range(40, 60))
     assert eng.calls[-1][:3] == ("off", 0, 40) and core.events == 21 and core.deferred > 0
+
+
+class SlowCalls(CallLog):
+    """A CallLog whose control changes each take `cost` seconds of CPU."""
+
+    def __init__(self, cost):
+        super().__init__()
+        self.cost = cost
+
+    def control_change(self, ch, cc, v, frame=0):
+        end = time.perf_counter() + self.cost
+        while time.perf_counter() < end:
+            pass
+        super().control_change(ch, cc, v, frame)
+
+
+def test_dispatch_work_per_block_has_a_time_budget():
+    """Events that cost more than DISPATCH_SHARE of the block wait for the next block, in order and
+    none lost: a CC storm cannot make one callback overrun."""
+    eng = SlowCalls(0.0004)        # 0.4 ms per CC; the 128-frame block lasts 2.67 ms
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 1.0}
+    core.ref_clock = lambda: clock["t"]
+    t = 1.0 - BS / SR
+    q.extend([(t + i / SR, CC, 0, 74, i, 0) for i in range(20)])
+    per_block = []
+    for _ in range(30):
+        n0 = len(eng.calls)
+        run_block(core)
+        clock["t"] += BS / SR
+        per_block.append(len(eng.calls) - n0)
+        if sum(per_block) == 20:
+            break
+    budget = DISPATCH_SHARE * BS / SR
+    assert max(per_block) <= int(budget / 0.0004) + 1, per_block   # the event that crossed it
+    assert [c[3] for c in eng.calls] == list(range(20))                 # in order, none lost
+    assert core.deferred > 0
+
+
+def test_a_stale_backlog_is_coalesced_not_replayed_event_by_event():
+    """A flood backlog older than MAX_DEFER_SECONDS: its note-ons are dropped and its controllers and
+    note-offs collapse to their final state, applied at once, so the block's work stays bounded."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    core.ref_clock = lambda: 2.0
+    old = 2.0 - MAX_DEFER_SECONDS - 0.1
+    evs = []
+    for i in range(3000):
+        kind = (NOTE_ON, CC, BEND, NOTE_OFF)[i % 4]
+        a = {NOTE_ON: 40 + i % 8, CC: 74, BEND: i - 1500, NOTE_OFF: 40 + i % 8}[kind]
+        evs.append((old + i * 1e-6, kind, (i // 4) % 2, a, i % 128, 0))
+    q.extend(evs)
+    run_block(core)
+    assert not [c for c in eng.calls if c[0] == "on"] and core.dropped == 750   # too late to start
+    assert len(eng.calls) < 32, len(eng.calls)              # not 2250 calls
+    assert not q and not core._pending
+    # Final states survive: the last CC 74 and bend of each channel.
+    for ch in (0, 1):
+        last_cc = [e for e in evs if e[1] == CC and e[2] == ch][-1]
+        last_bend = [e for e in evs if e[1] == BEND and e[2] == ch][-1]
+        assert [c for c in eng.calls if c[0] == "cc" and c[1] == ch][-1][3] == last_cc[4]
+        assert [c for c in eng.calls if c[0] == "bend" and c[1] == ch][-1][2] == last_bend[3]
+
+
+def test_callback_cpu_time_is_measured_apart_from_wall_time():
+    """The load figures count the callback's own CPU time separately (thread time): a callback that
+    sleeps (as one preempted or waiting for the GIL does) has a long wall time and a short CPU time."""
+
+    class Sleepy(CallLog):
+        def render(self, frames, out=None):
+            time.sleep(0.004)
+            return super().render(frames, out)
+
+    core = LiveCore(Sleepy(), SR, BS)
+    for _ in range(5):
+        run_block(core)
+    load = core.load()
+    assert load["p50"] > 1.2 and load["cpu_p50"] < 0.5, load
+    assert core.cpu_hist.sum() == 5 and core.cpu_hist[100:].sum() == 0
 
 
 def test_every_event_kind_reaches_the_engine():
