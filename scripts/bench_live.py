@@ -49,6 +49,10 @@ def rows_from(res: dict) -> list[dict]:
              "% of block", "<= 50%", lat["load"]["p99"] is not None and lat["load"]["p99"] <= 0.5,
              f"callback duration over {lat['load']['callbacks']} callbacks while playing (1% bins); p50 "
              f"{100 * (lat['load']['p50'] or 0):.0f}%"),
+        _row("live.callback_cpu_p99_128", None if (lat.get("cpu") or {}).get("p99") is None else 100 * lat["cpu"]["p99"],
+             "% of block", "<= 50%", (lat.get("cpu") or {}).get("p99") is not None and lat["cpu"]["p99"] <= 0.5,
+             "the callback's own CPU time (thread time: without preemption, GIL waits or hypervisor steal) over the "
+             "same callbacks; the wall-time row above minus this one is time spent waiting"),
         _row("live.cache_miss_latency_max_128", miss["latency_ms_max"], "ms",
              "<= cached latency + 1 period",
              valid(miss) and valid(lat)
@@ -66,7 +70,9 @@ def rows_from(res: dict) -> list[dict]:
              f"{ses['knob_states_generated']} notes generated (misses at new knob states, and keyboard prefills once "
              f"a knob settles); peak {ses['peak']:.3f}"),
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
-             "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks)"),
+             "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks); "
+             f"its own CPU time p99 {100 * ((ses.get('cpu') or {}).get('p99') or 0):.0f}%, max "
+             f"{100 * ((ses.get('cpu') or {}).get('max') or 0):.0f}%"),
     ]
     g = res.get("gc_gil")
     if g:
