@@ -231,7 +231,8 @@ def _ddsp_with_bias(**over):
     from trainer.models.ddsp import DDSPGenerator
 
     kw = dict(sample_rate=8000, note_samples=4096, kind="drums", n_harmonics=8, n_noise_bands=4, hop=64, hidden=32,
-              ctrl_frames=8, ctrl_bands=4, noise_seconds=0.064, **over)
+              ctrl_frames=8, ctrl_bands=4, noise_seconds=0.064)
+    kw.update(over)
     G = DDSPGenerator(**kw).eval()
     with torch.no_grad():
         G.head.weight.zero_()
@@ -332,3 +333,46 @@ def test_stft_magnitude_has_a_finite_gradient_in_silence():
     x2 = torch.randn(1, 1024, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a: stft_magnitude(a, 256, 64, torch.hann_window(256, dtype=torch.float64)),
                                     (x2,))
+
+
+def test_noise_release_is_tied_to_the_partials_release(tmp_path):
+    """noise_release_tied (the default): after the note-off the noise falls at the mean of the
+    partials' release rates (one damper), and there is no free noise release to learn. Before the
+    note-off nothing changes. Old run configs (no key) keep the free rate and their head size, and
+    ONNX parity holds."""
+    ort = pytest.importorskip("onnxruntime")
+    kw = dict(kind="pitched", hold_seconds=0.25, noise_decay_stages=2)
+    tied = _ddsp_with_bias(noise_release_tied=True, **kw)
+    free = _ddsp_with_bias(noise_release_tied=False, **kw)
+    assert "n_release" not in tied.sizes and "n_release" in free.sizes
+    with torch.no_grad():
+        for G in (tied, free):
+            b = G._split(G.head.bias.unsqueeze(0))
+            b["h_release"][:] = torch.linspace(-2.0, 2.0, G.Kc)        # partial release 55-285 dB/s
+        fb = free._split(free.head.bias.unsqueeze(0))
+        fb["n_release"][:] = -20.0                                      # the free rate at its 20 dB/s floor
+        z, p, v = torch.zeros(1, tied.latent_size), torch.tensor([40]), torch.tensor([1.0])
+        ct, cf = tied.controls(z, p, v), free.controls(z, p, v)
+    t = tied.t.numpy()
+    i0, i1 = int(np.searchsorted(t, 0.25)), int(np.searchsorted(t, 0.4))
+    want = float((20.0 + 300.0 * torch.sigmoid(torch.linspace(-2.0, 2.0, tied.Kc))).mean())   # dB/s
+    drop = lambda c: 20 * np.log10(c["amps_n"][0, i0, 0].item() / c["amps_n"][0, i1, 0].item()) / (t[i1] - t[i0])  # noqa: E731
+    # the same slow decay underlies both; the release differs by the tied rate minus the free 20 dB/s
+    assert abs((drop(ct) - drop(cf)) - (want - 20.0)) < 0.02 * want, (drop(ct), drop(cf), want)
+    assert torch.allclose(ct["amps_n"][:, :i0 - 1], cf["amps_n"][:, :i0 - 1])
+    assert torch.allclose(ct["amps_h"], cf["amps_h"])
+    assert C.DEFAULTS["model"]["ddsp"]["noise_release_tied"] is True
+    old = tiny_cfg("ddsp")
+    del old["model"]["ddsp"]["noise_release_tied"]
+    assert not build_generator(old).noise_release_tied
+    assert build_generator(tiny_cfg("ddsp")).noise_release_tied
+    path = str(tmp_path / "g.onnx")
+    zz, pp, vv = torch.zeros(2, tied.latent_size), torch.tensor([40, 50]), torch.tensor([0.5, 1.0])
+    dyn = {n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")}
+    torch.onnx.export(tied, (zz, pp, vv), path, input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes=dyn, dynamo=False)
+    with torch.no_grad():
+        ref = tied(zz, pp, vv).numpy()
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"z": zz.numpy(), "pitch": pp.numpy(), "velocity": vv.numpy()})[0]
+    assert np.abs(got - ref).max() <= 1e-4

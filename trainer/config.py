@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "ddsp": {"latent_size": 16, "n_harmonics": 96, "n_noise_bands": 16, "hop": 240, "hidden": 256,
                  "layers": 3, "ctrl_frames": 48, "ctrl_bands": 8, "noise_seconds": 0.5,
                  "noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": False, "end_stage": False,
-                 "end_min_seconds": 0.0},
+                 "end_min_seconds": 0.0, "noise_release_tied": True},
         "spectral": {"latent_size": 64, "n_fft": 1024, "hop": 256, "n_mels": 256, "channels": 32, "blocks": 5,
                      "cond_dim": 64},
         "wavegan": {"latent_size": 100, "model_size": 16, "cond_dim": 64},
