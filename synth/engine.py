@@ -167,7 +167,7 @@ class Engine:
             order = [self._default_preset] + [i for i in range(len(self.presets)) if i != self._default_preset]
             for i in order:
                 p = self.presets[i]
-                self.worker.prefill(p.name, self.knobs[p.name])
+                self.worker.prefill(p.name, self.mappers[p.name].split(self.knobs[p.name])[0])
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -254,16 +254,18 @@ class Engine:
 
     # ---- note keys -----------------------------------------------------------------------------
     def _note_key(self, pi: int, knobkey: tuple, note: int, velocity: int):
-        """(cache key, base rate) for `note` at `velocity` on preset `pi`, or None if it has no sound."""
+        """(cache key, base rate) for `note` at `velocity` on preset `pi`, or None if it has no sound.
+        `knobkey` is the preset's knob state; a tune knob moves from the cache key into the rate."""
         p = self.presets[pi]
+        knobkey, tune = self.mappers[p.name].split(knobkey)
         if p.is_drums:
             if note not in p.drum_classes:
                 return None
-            mkey, base = note, 1.0
+            mkey, base = note, tune
         else:
             lo, hi = p.pitch_range
             mkey = min(hi, max(lo, note))
-            base = 2.0 ** ((note - mkey) / 12.0)
+            base = 2.0 ** ((note - mkey) / 12.0) * tune
         return (p.name, knobkey, mkey, self._vlayer[pi][velocity]), base
 
     def _velocity_gain(self, pi: int, velocity: int, vlayer: int) -> float:
@@ -353,11 +355,15 @@ class Engine:
 
     # ---- event application (render thread) -----------------------------------------------------
     def _set_knobkey(self, name: str, key: tuple, settle: bool = False) -> None:
-        if key != self.knobs[name]:
+        old = self.knobs[name]
+        if key != old:
             self.knobs[name] = key
-            if self.realtime and not self._closed:
+            split = self.mappers[name].split
+            cache_key = split(key)[0]
+            if self.realtime and not self._closed and cache_key != split(old)[0]:
                 # A CC move waits for the knob to settle before the keyboard is prefilled (worker.py).
-                self.worker.prefill(name, key, settle)
+                # A tune move changes no note: the voices only play them at another rate.
+                self.worker.prefill(name, cache_key, settle)
 
     def _apply(self, kind: str, args: tuple) -> None:
         if kind == "on":

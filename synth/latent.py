@@ -5,6 +5,11 @@
 The knob state is the tuple of the knobs' CC values (integers 0..127, in the preset's knob order).
 CC values are already quantised, so the same state always yields the same latent (and the same
 notes), and moving a knob back to an earlier position hits the note cache.
+
+Engine knobs (`kind` "tune" and "decay", see `synth.preset`) do not move the latent. "decay" shapes
+the cached notes (the worker fades each note it caches: `decay_envelope`), so it is part of the cache
+key; "tune" only changes the rate the voices play at, so `split` takes it out of the cache key: a
+tune move plays the cached notes faster or slower at once and generates nothing.
 """
 
 from __future__ import annotations
@@ -57,9 +62,18 @@ class LatentMapper:
         self.cc_to_knob: dict[int, int] = cc_to_knob
         self.default_key: KnobKey = tuple(int(k.default) for k in knobs)
         self._default = np.asarray(preset.default_latent, np.float64)
-        self._dirs = np.asarray([k.direction for k in knobs], np.float64).reshape(len(knobs), preset.latent_size)
-        self._lo = np.asarray([k.range[0] for k in knobs], np.float64)
-        self._hi = np.asarray([k.range[1] for k in knobs], np.float64)
+        self._latent_idx = [i for i, k in enumerate(knobs) if k.kind == "latent"]
+        lat = [knobs[i] for i in self._latent_idx]
+        self._dirs = np.asarray([k.direction for k in lat], np.float64).reshape(len(lat), preset.latent_size)
+        self._lo = np.asarray([k.range[0] for k in lat], np.float64)
+        self._hi = np.asarray([k.range[1] for k in lat], np.float64)
+        self._n = len(knobs)
+        kinds = [k.kind for k in knobs]
+        self.tune_index = kinds.index("tune") if "tune" in kinds else None
+        self.decay_index = kinds.index("decay") if "decay" in kinds else None
+        self._tune_range = knobs[self.tune_index].range if self.tune_index is not None else (0.0, 0.0)
+        self._decay_range = knobs[self.decay_index].range if self.decay_index is not None else (1.0, 1.0)
+        self._split_memo: tuple | None = None
 
     def knob_for_cc(self, cc: int) -> int | None:
         """Knob index controlled by `cc`, or None."""
@@ -77,10 +91,43 @@ class LatentMapper:
 
     def latent(self, key: KnobKey) -> np.ndarray:
         """float32[Z] latent for knob state `key` (CC values 0..127 in knob order)."""
-        if len(key) != len(self._lo):
-            raise ValueError(f"knob state has {len(key)} values, preset {self.preset.name!r} has {len(self._lo)} knobs")
-        if not key:
+        if len(key) != self._n:
+            raise ValueError(f"knob state has {len(key)} values, preset {self.preset.name!r} has {self._n} knobs")
+        if not self._latent_idx:
             return self._default.astype(np.float32)
-        cc = np.asarray(key, np.float64) / 127.0
+        cc = np.asarray([key[i] for i in self._latent_idx], np.float64) / 127.0
         offs = self._lo + (self._hi - self._lo) * cc
         return (self._default + offs @ self._dirs).astype(np.float32)
+
+    def split(self, key: KnobKey) -> tuple[KnobKey, float]:
+        """(cache key, playback rate factor) of knob state `key`: the tune knob leaves the cache key
+        (its entry is set to 64) and becomes the rate 2 ** (semitones / 12). Called per note-on, so
+        the last answer is remembered."""
+        memo = self._split_memo
+        if memo is not None and memo[0] is key:
+            return memo[1], memo[2]
+        i = self.tune_index
+        if i is None:
+            out = (key, 1.0)
+        else:
+            lo, hi = self._tune_range
+            out = (key[:i] + (64,) + key[i + 1:], 2.0 ** ((lo + (hi - lo) * key[i] / 127.0) / 12.0))
+        self._split_memo = (key, out[0], out[1])
+        return out
+
+    def decay_seconds(self, key: KnobKey) -> float | None:
+        """T60 of the decay knob in state `key`, or None (no decay knob, or at 127: notes as generated)."""
+        i = self.decay_index
+        if i is None or key[i] >= 127:
+            return None
+        lo, hi = self._decay_range
+        return lo * (hi / lo) ** (key[i] / 126.0)
+
+    def decay_envelope(self, key: KnobKey, n: int, sample_rate: int) -> np.ndarray | None:
+        """float32[n] gain that the decay knob applies to a cached note (None: unchanged): 1 for the
+        first 5 ms (the attack stays whole), then -60 dB per T60, exponentially."""
+        t60 = self.decay_seconds(key)
+        if t60 is None:
+            return None
+        t = np.maximum(0.0, np.arange(n, dtype=np.float64) / sample_rate - 0.005)
+        return np.power(10.0, -3.0 * t / t60).astype(np.float32)

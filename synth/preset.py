@@ -18,9 +18,16 @@ Schema (version 1), all keys required unless marked optional:
     velocity         {"conditioned": bool, "layers": [MIDI velocities 1..127, ascending],
                       "curve": float exponent of the velocity->gain curve (gain = (v/127)**curve)}
     latent           {"size": Z, "default": [Z floats]}
-    knobs            [{"cc": 0..127, "name": str, "description": str, "direction": [Z floats],
-                       "range": [lo, hi], "default": 0..127}]
-                     latent = default + sum_k (lo_k + (hi_k - lo_k) * cc_k / 127) * direction_k
+    knobs            [{"cc": 0..127, "name": str, "description": str, "kind": "latent" | "tune" | "decay",
+                       "direction": [Z floats] (latent only), "range": [lo, hi], "default": 0..127}]
+                     kind "latent" (the default): a timbre direction,
+                     latent = default + sum_k (lo_k + (hi_k - lo_k) * cc_k / 127) * direction_k;
+                     engine knobs, which shape the generated notes without the model (drum-machine knobs):
+                     "tune": transposes every note by lo + (hi - lo) * cc / 127 semitones (range within
+                     -24..24; the voices play faster or slower, no regeneration);
+                     "decay": CC 127 leaves the notes as generated, lower values fade each note (after
+                     its first 5 ms) to -60 dB in T60 = lo * (hi / lo) ** (cc / 126) seconds (0.01 <= lo
+                     < hi <= 60); the worker applies it as it caches the notes.
     release_seconds  float >= 0, the release envelope after note-off
     sustain          {"mode": "oneshot" | "loop", "loop_end_seconds": float}  "loop": the engine loops
                      the note's sustain portion, crossfaded, for as long as the key is held (optional,
@@ -59,14 +66,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 REPO_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
+KNOB_KINDS = ("latent", "tune", "decay")
+
+
 @dataclass(frozen=True)
 class Knob:
     cc: int
     name: str
     description: str
-    direction: tuple[float, ...]
+    direction: tuple[float, ...]     # empty for engine knobs (tune, decay)
     range: tuple[float, float]
     default: int
+    kind: str = "latent"
 
     def offset(self, value: int) -> float:
         """Latent offset along `direction` for a CC value 0..127."""
@@ -219,10 +230,23 @@ def validate_manifest(m: Any, path: Path, check_files: bool = True) -> Preset:
             raise _fail(where, f"knobs[{i}]: CC {cc} is mapped twice")
         seen.add(cc)
         rng = _floats(_get(k, "range", kw, list), where, f"knobs[{i}].range", 2)
+        knob_kind = _get(k, "kind", kw, str, optional=True, default="latent")
+        if knob_kind not in KNOB_KINDS:
+            raise _fail(where, f"knobs[{i}].kind must be one of {', '.join(KNOB_KINDS)}, got {knob_kind!r}"[:300])
+        if knob_kind == "latent":
+            direction = _floats(_get(k, "direction", kw, list), where, f"knobs[{i}].direction", z)
+        else:
+            direction = ()
+            if sum(1 for o in knobs if o.kind == knob_kind):
+                raise _fail(where, f"knobs[{i}]: a second {knob_kind!r} knob; a preset has at most one")
+            if knob_kind == "tune" and not -24.0 <= rng[0] < rng[1] <= 24.0:
+                raise _fail(where, f"knobs[{i}].range {list(rng)} must be ascending semitones within -24..24")
+            if knob_kind == "decay" and not 0.01 <= rng[0] < rng[1] <= 60.0:
+                raise _fail(where, f"knobs[{i}].range {list(rng)} must be ascending seconds within 0.01..60")
         knobs.append(Knob(cc=cc, name=_get(k, "name", kw, str), description=_get(k, "description", kw, str,
                                                                                    optional=True, default=""),
-                          direction=_floats(_get(k, "direction", kw, list), where, f"knobs[{i}].direction", z),
-                          range=(rng[0], rng[1]), default=_int_in(k, "default", kw, 0, 127)))
+                          direction=direction, range=(rng[0], rng[1]), default=_int_in(k, "default", kw, 0, 127),
+                          kind=knob_kind))
     release = _get(m, "release_seconds", where, float)
     if not 0 <= release <= 30:
         raise _fail(where, f"release_seconds = {release} is out of range 0..30")
@@ -332,6 +356,16 @@ def _sustain_dict(p: Preset) -> dict[str, Any]:
     return d
 
 
+def _knob_dict(k: Knob) -> dict[str, Any]:
+    d: dict[str, Any] = {"cc": k.cc, "name": k.name, "description": k.description}
+    if k.kind == "latent":
+        d["direction"] = list(k.direction)
+    else:
+        d["kind"] = k.kind
+    d.update({"range": list(k.range), "default": k.default})
+    return d
+
+
 def manifest_dict(p: Preset) -> dict[str, Any]:
     """The JSON-able manifest for `p` (inverse of `validate_manifest`)."""
     m: dict[str, Any] = {
@@ -340,8 +374,7 @@ def manifest_dict(p: Preset) -> dict[str, Any]:
         "velocity": {"conditioned": p.velocity_conditioned, "layers": list(p.velocity_layers),
                      "curve": p.velocity_curve},
         "latent": {"size": p.latent_size, "default": list(p.default_latent)},
-        "knobs": [{"cc": k.cc, "name": k.name, "description": k.description, "direction": list(k.direction),
-                   "range": list(k.range), "default": k.default} for k in p.knobs],
+        "knobs": [_knob_dict(k) for k in p.knobs],
         "release_seconds": p.release_seconds, "sustain": _sustain_dict(p), "gain_db": p.gain_db,
         "generator": p.generator, "training": p.training, "metrics": p.metrics,
     }

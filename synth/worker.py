@@ -260,6 +260,9 @@ class GeneratorWorker:
                 self.cache.publish(k, None)
                 continue
             x = resample(audio[i]) if resample is not None else audio[i].copy()
+            env = mapper.decay_envelope(k[1], len(x), self.out_rate)
+            if env is not None:
+                x *= env
             loop = make_loop(x, self.out_rate, k[2], p.loop_end_seconds) if p.sustain_mode == "loop" and not p.is_drums else None
             if self.cache.publish(k, x, loop, protect) is None:
                 if "full" not in self._warned:

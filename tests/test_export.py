@@ -236,3 +236,32 @@ def test_default_latent_is_chosen_by_sound_on_train_and_valid_notes_only(tmp_pat
     assert abs(z[0] - 1.5) < 0.5 and "test split is not used" in doc and "zeros" in doc
     test_pairs = {(int(ds.pitches[i]), round(float(ds.velocities[i]), 4)) for i in test}
     assert test_pairs and not any(test_pairs & s for s in seen)
+
+
+def test_kits_get_engine_knobs_on_free_ccs_and_pitched_presets_none():
+    """A kit's export adds `decay` and `tune` (engine knobs, no latent) on the CCs its latent knobs left
+    free; the manifest validates, and CC 64 of tune / CC 127 of decay leave the kit as trained."""
+    from synth.latent import LatentMapper
+    from synth.preset import validate_manifest
+    from trainer.export import engine_knobs
+
+    assert engine_knobs("pitched", [], 4.0) == []
+    ks = engine_knobs("drums", [], 2.0)
+    assert [(k["name"], k["cc"]) for k in ks] == [("tune", 1), ("decay", 74)]
+    latent = [{"cc": 74, "name": "timbre 1", "description": "", "direction": [1.0, 0.0], "range": [-2.0, 2.0],
+               "default": 64}]
+    ks2 = engine_knobs("drums", latent, 2.0)
+    assert {k["cc"] for k in ks2}.isdisjoint({74}) and len({k["cc"] for k in ks2}) == 2
+    assert all(k["description"] for k in ks2)
+    tiny = {"format": "neural-synth-preset", "version": 1, "name": "k", "kind": "drums", "sample_rate": 16000,
+            "note_samples": 32000, "pitch_range": [36, 38], "drum_classes": {"36": "kick", "38": "snare"},
+            "velocity": {"conditioned": False, "layers": [127]}, "latent": {"size": 2, "default": [0.0, 0.0]},
+            "knobs": latent + ks2, "release_seconds": 0.1}
+    import pathlib
+    import tempfile
+
+    folder = pathlib.Path(tempfile.mkdtemp())
+    (folder / "generator.onnx").write_bytes(b"x")
+    p = validate_manifest(tiny, folder)
+    m = LatentMapper(p)
+    assert m.split(m.default_key) == (m.default_key, 1.0) and m.decay_seconds(m.default_key) is None

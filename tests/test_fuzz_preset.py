@@ -85,6 +85,7 @@ PATHS = [("format",), ("version",), ("name",), ("kind",), ("sample_rate",), ("no
          ("velocity", "layers", 0), ("velocity", "curve"), ("latent",), ("latent", "size"), ("latent", "default"),
          ("latent", "default", 1), ("knobs",), ("knobs", 0), ("knobs", 0, "cc"), ("knobs", 0, "direction"),
          ("knobs", 0, "direction", 0), ("knobs", 0, "range"), ("knobs", 0, "default"), ("knobs", 0, "name"),
+         ("knobs", 0, "kind"),
          ("release_seconds",), ("sustain",), ("sustain", "mode"), ("sustain", "loop_end_seconds"), ("gain_db",),
          ("generator",), ("training",), ("metrics",), ("description",), ("drum_classes",)]
 
@@ -117,8 +118,10 @@ def test_fields_of_wrong_type_and_range(base, tmp_path_factory, edits):
     if not isinstance(res, str):
         # Accepted: then every field the engine uses is sane.
         assert 8000 <= res.sample_rate <= 192000 and res.note_samples >= 64
-        assert len(res.default_latent) == res.latent_size and all(len(k.direction) == res.latent_size
-                                                                  for k in res.knobs)
+        assert len(res.default_latent) == res.latent_size
+        for k in res.knobs:   # latent knobs have a full direction; engine knobs none and a sane range
+            assert (len(k.direction) == res.latent_size) if k.kind == "latent" else (
+                not k.direction and k.range[0] < k.range[1])
         assert res.generator_path.parent == folder and res.generator_path.is_file()
 
 

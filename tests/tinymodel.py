@@ -98,7 +98,7 @@ def make_tiny_preset(parent: Path, name: str = "piano", sample_rate: int = 16000
                      kind: str = "pitched", latent_size: int = 8, velocity_conditioned: bool = True,
                      layers=(32, 64, 96, 127), sustain_mode: str = "oneshot", pitch_range=(21, 108),
                      drum_classes: dict[int, str] | None = None, nan_pitches=(), release_seconds: float = 0.05,
-                     seed: int = 0) -> Preset:
+                     seed: int = 0, extra_knobs: tuple[dict, ...] = ()) -> Preset:
     """Write `parent/name/` (preset.json + generator.onnx) and return the loaded `Preset`."""
     folder = Path(parent) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,7 @@ def make_tiny_preset(parent: Path, name: str = "piano", sample_rate: int = 16000
              "range": [-4.0, 4.0], "default": 64},
             {"cc": 1, "name": "colour", "description": "a random direction", "direction": other.tolist(),
              "range": [-2.0, 2.0], "default": 64},
+            *extra_knobs,
         ],
         "release_seconds": release_seconds, "sustain": {"mode": sustain_mode}, "gain_db": 0.0,
         "generator": "generator.onnx", "training": {"note": "not trained: a fixed test graph"}, "metrics": {},

@@ -134,10 +134,12 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
     lines += ["", "## Knobs", ""]
     knobs = m.get("knobs") or []
     if knobs:
-        lines += ["| CC | name | what it does | range (latent units) |", "| --- | --- | --- | --- |"]
+        units = {"latent": "latent units", "tune": "semitones", "decay": "seconds to -60 dB"}
+        lines += ["| CC | name | what it does | range |", "| --- | --- | --- | --- |"]
         for k in knobs:
+            kind = k.get("kind", "latent")
             lines.append(f"| {k['cc']} | {k['name']} | {k.get('description', '')} | "
-                         f"{k['range'][0]:+.2f} … {k['range'][1]:+.2f} |")
+                         f"{k['range'][0]:+.2f} … {k['range'][1]:+.2f} {units.get(kind, '')} |")
         lines.append("")
     else:
         lines += ["No knobs: no latent direction changed the sound audibly (less than 0.5 dB of log-mel "

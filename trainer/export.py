@@ -445,6 +445,29 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
              "range": k["range"], "default": k["default"]} for k in knobs], method
 
 
+def engine_knobs(kind: str, knobs: list[dict[str, Any]], note_seconds: float,
+                 ccs: tuple[int, ...] = DEFAULT_CCS) -> list[dict[str, Any]]:
+    """Drum-machine knobs for a kit, on the CCs the latent knobs left free: `tune` (the voices play
+    every hit 12 semitones lower to 12 higher, faster or slower, as a drum machine's tune does; no
+    regeneration) and `decay` (each hit fades to -60 dB in as little as 50 ms; at CC 127 the hits are
+    as trained). A kit's latent moves its sound too little to carry knobs of its own (the shipped kit
+    trained at a 0.3 adversarial weight, and export found no direction worth 0.5 dB), and these are
+    the controls a drummer reaches for. Pitched presets get none: their knobs are timbre directions."""
+    if kind != "drums":
+        return []
+    taken = {k["cc"] for k in knobs}
+    free = [c for c in ccs if c not in taken] + [c for c in (72, 73, 75, 77, 78, 79) if c not in taken]
+    longest = max(0.1, float(note_seconds))
+    return [   # decay on the first free CC (74, a keyboard's cutoff knob, on a kit without latent knobs)
+        {"cc": free[1], "name": "tune", "kind": "tune", "range": [-12.0, 12.0 * 63 / 64], "default": 64,
+         "description": "transposes the whole kit: CC 0 an octave down, 64 as trained, 127 an octave up; the hits "
+                        "play slower or faster (shorter), like a drum machine's tune; answers at once"},
+        {"cc": free[0], "name": "decay", "kind": "decay", "range": [0.05, longest], "default": 127,
+         "description": f"shortens every hit: CC 127 as trained, lower values fade each hit (after its first "
+                        f"5 ms) to -60 dB within {longest:g} s down to 0.05 s; the kit is re-cached as it settles"},
+    ]
+
+
 def _describe(name: str, key: str, change: dict[str, float], dl, dh, effect: float, r: float) -> str:
     def one(k: str) -> str:
         if k == "brightness":
@@ -826,6 +849,11 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
         say("knob directions")
         knobs, knob_method = knob_directions(gen, Z, keys, v_mid, sr, n_knobs=n_knobs, default=z0,
                                              pitched=kind != "drums", seed=seed, candidates=code_axes)
+        extra = engine_knobs(kind, knobs, n / sr)
+        if extra:
+            knobs = knobs + extra
+            knob_method += ("; plus engine knobs (no latent): " + ", ".join(k["name"] for k in extra)
+                            + " (trainer/export.py engine_knobs)")
         src = info.get("source") or {}
         hold = info.get("hold_seconds")
         if hold is None and isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
