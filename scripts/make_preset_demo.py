@@ -5,7 +5,9 @@ Writes `presets/NAME/demo.flac` (about 9 s, 24 kHz, 16-bit, under 500 kB: mono w
 - pitched, one-shot (struck/plucked): an arpeggiated I-vi-IV-V progression with a melody on top;
 - pitched, looped (sustained): four held chords, each longer than the training notes, so the
   loop is heard, then a slow melody;
-- drums: two bars of a GM beat on channel 10 with the kit's kick, snare, hats, toms and a crash.
+- drums: two bars of a GM beat on channel 10 with the kit's kick, snare, hats, toms and a crash;
+  with engine knobs, the beat once more with the decay knob closed (tight hits) and the kit tuned
+  down, then up.
 The MIDI file (`demo.mid` beside it) is written with mido and is the same every run.
 """
 
@@ -81,11 +83,31 @@ def drums(keys: list[int]) -> list[tuple[float, float, int, int, int]]:
     return ev
 
 
-def write_midi(events, path: Path, bpm: float) -> None:
+def knob_bars(keys: list[int], knobs) -> tuple[list, list]:
+    """Two more bars of the beat that show a kit's engine knobs: (note events, (beat, channel, CC,
+    value) events). Bar 1 tight (decay knob low) and tuned down 5 semitones, bar 2 tuned up 5."""
+    cc = {k.kind: k for k in knobs if k.kind in ("tune", "decay")}
+    if not cc:
+        return [], []
+    beat = [e for e in drums(keys) if e[0] < 4.0]
+    notes = [(b + 13.0 + bar * 4.0, d, ch, n, v) for bar in range(2) for b, d, ch, n, v in beat]
+    ctl = []
+    if "decay" in cc:
+        ctl.append((12.5, 9, cc["decay"].cc, 40))
+    if "tune" in cc:
+        lo, hi = cc["tune"].range
+        val = lambda st: max(0, min(127, round((st - lo) / (hi - lo) * 127)))   # noqa: E731
+        ctl += [(12.5, 9, cc["tune"].cc, val(-5.0)), (16.75, 9, cc["tune"].cc, val(5.0))]
+    return notes, ctl
+
+
+def write_midi(events, path: Path, bpm: float, controls=()) -> None:
     mid = mido.MidiFile(ticks_per_beat=TPQ)
     tr = mido.MidiTrack()
     mid.tracks.append(tr)
     msgs = [(0, 0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))]
+    for start, ch, number, value in controls:
+        msgs.append((round(start * TPQ), 0, mido.Message("control_change", channel=ch, control=number, value=value)))
     for start, beats, ch, note, vel in events:
         on, off = round(start * TPQ), round((start + beats) * TPQ) - 1
         msgs.append((on, 2, mido.Message("note_on", channel=ch, note=note, velocity=vel)))
@@ -113,12 +135,15 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         print(f"make_preset_demo: {e}", file=sys.stderr)
         return 2
+    controls: list = []
     if p.is_drums:
         events, bpm = drums(sorted(p.drum_classes)), 100.0
+        more, controls = knob_bars(sorted(p.drum_classes), p.knobs)
+        events += more
     else:
         events, bpm = pitched(p.pitch_range[0], p.pitch_range[1], p.sustain_mode == "loop"), 100.0
     mid = folder / "demo.mid"
-    write_midi(events, mid, bpm)
+    write_midi(events, mid, bpm, controls)
     cmd = [sys.executable, "-m", "synth", "render", str(mid), "-o", str(folder / "demo.flac"), "--preset", p.name,
            "--preset-dir", str(folder.parent), "--sample-rate", str(p.sample_rate), "-q"]
     if p.is_drums:

@@ -460,7 +460,7 @@ def engine_knobs(kind: str, knobs: list[dict[str, Any]], note_seconds: float,
     longest = max(0.1, float(note_seconds))
     return [   # decay on the first free CC (74, a keyboard's cutoff knob, on a kit without latent knobs)
         {"cc": free[1], "name": "tune", "kind": "tune", "range": [-12.0, 12.0 * 63 / 64], "default": 64,
-         "description": "transposes the whole kit: CC 0 an octave down, 64 as trained, 127 an octave up; the hits "
+         "description": "transposes the whole kit: CC 0 an octave down, 64 as trained, 127 up 11.8 semitones; the hits "
                         "play slower or faster (shorter), like a drum machine's tune; answers at once"},
         {"cc": free[0], "name": "decay", "kind": "decay", "range": [0.05, longest], "default": 127,
          "description": f"shortens every hit: CC 127 as trained, lower values fade each hit (after its first "
