@@ -85,6 +85,11 @@ class VoiceBank:
         self._s1 = np.empty(size, np.float32)
         self._fr = np.empty(size, np.float32)
         self._o = np.empty((2, self.max_frames), np.float64)
+        # Touch every page of the work buffers now: the first mix with many voices would otherwise
+        # fault them in on the audio thread (measured: 6.5 ms of CPU for the first 320-voice
+        # 512-frame mix against 1.6 ms for the next; a 154% callback in a 60-s bench session).
+        for b in (self._i, self._p, self._w, self._s0, self._s1, self._fr, self._o):
+            b.fill(0)
         self._ar = np.arange(self.max_frames, dtype=np.int64)
         self._arf = np.arange(self.max_frames, dtype=np.float64)
 
