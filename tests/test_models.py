@@ -160,7 +160,7 @@ def test_drum_kits_get_the_fine_noise_head_and_overlays_still_win():
     assert C.resolve([], {**DATA, "kind": "drums"})["train"]["spec_floor_db"] == -80.0
     assert C.resolve([], DATA)["train"]["spec_floor_db"] is None     # pitched: the absolute floor
     assert C.resolve([], {**DATA, "kind": "drums"})["train"]["adv_weight"] == 0.3
-    assert C.resolve([], DATA)["train"]["adv_weight"] == 1.0       # pitched: the latent must matter (knobs)
+    assert C.resolve([], DATA)["train"]["adv_weight"] == 0.3       # pitched too: the GM piano drifted at 1.0
     over = C.resolve([{"model": {"ddsp": {"noise_decay_stages": 1}}}], {**DATA, "kind": "drums"})["model"]["ddsp"]
     assert over["noise_decay_stages"] == 1 and over["n_noise_bands"] == 64
 
