@@ -74,6 +74,7 @@ class LatentMapper:
         self._tune_range = knobs[self.tune_index].range if self.tune_index is not None else (0.0, 0.0)
         self._decay_range = knobs[self.decay_index].range if self.decay_index is not None else (1.0, 1.0)
         self._split_memo: tuple | None = None
+        self._env_memo: tuple | None = None
 
     def knob_for_cc(self, cc: int) -> int | None:
         """Knob index controlled by `cc`, or None."""
@@ -129,5 +130,11 @@ class LatentMapper:
         t60 = self.decay_seconds(key)
         if t60 is None:
             return None
+        memo = self._env_memo   # a prefill asks once per note of the same knob state
+        if memo is not None and memo[0] == (t60, n, sample_rate):
+            return memo[1]
         t = np.maximum(0.0, np.arange(n, dtype=np.float64) / sample_rate - 0.005)
-        return np.power(10.0, -3.0 * t / t60).astype(np.float32)
+        env = np.power(10.0, -3.0 * t / t60).astype(np.float32)
+        env.flags.writeable = False
+        self._env_memo = ((t60, n, sample_rate), env)
+        return env

@@ -125,6 +125,25 @@ class VoiceBank:
         if end < self.next_end:
             self.next_end = end
 
+    def _update_end_rows(self, rows: np.ndarray) -> None:
+        """`_update_end` for many rows at once, from their current segment and envelope arrays (the
+        same arithmetic; integer times stay int64, since NEVER is not exact as a float)."""
+        end = np.full(len(rows), NEVER, np.int64)
+        one = self.loop_e[rows] == np.inf
+        if one.any():
+            r = rows[one]
+            rem = self.length[r] - self.seg_pos[r]
+            end[one] = self.seg_t[r] + np.maximum(0.0, np.ceil(rem / self.rate[r])).astype(np.int64)
+        s, e0, et = self.slope[rows], self.env0[rows], self.env_t[rows]
+        down = s < 0
+        if down.any():
+            end[down] = np.minimum(end[down], et[down] + np.ceil(e0[down] / -s[down]).astype(np.int64))
+        zero = (s == 0) & (e0 <= 0)
+        if zero.any():
+            end[zero] = np.minimum(end[zero], et[zero])
+        self.end_t[rows] = end
+        self.next_end = min(self.next_end, int(end.min()))
+
     def start(self, v: int, t: int, entry, chan: int, note: int, preset: int, base_rate: float, bend: float,
               gain_l: float, gain_r: float, pos: float = 0.0, env0: float = 1.0, slope: float = 0.0) -> None:
         """Start voice row `v` (from `take_row`) at time `t` playing cache `entry` (acquired by the caller)."""
@@ -191,22 +210,7 @@ class VoiceBank:
         self.seg_pos[rows] = p
         self.seg_t[rows] = t
         self.rate[rows] = rate
-        # _end_of_note and _env_end, vectorised (integer times stay int64; NEVER is not a float).
-        end = np.full(len(rows), NEVER, np.int64)
-        one = le == np.inf
-        if one.any():
-            end[one] = t + np.maximum(0.0, np.ceil((self.length[rows][one] - p[one]) / rate[one])).astype(np.int64)
-        s, e0, et = self.slope[rows], self.env0[rows], self.env_t[rows]
-        down = s < 0
-        if down.any():
-            end[down] = np.minimum(end[down], et[down] + np.ceil(e0[down] / -s[down]).astype(np.int64))
-        zero = (s == 0) & (e0 <= 0)
-        if zero.any():
-            end[zero] = np.minimum(end[zero], et[zero])
-        self.end_t[rows] = end
-        m = int(end.min())
-        if m < self.next_end:
-            self.next_end = m
+        self._update_end_rows(rows)
 
     def ramp(self, v: int, t: int, seconds_to_zero: float, sample_rate: int) -> None:
         """Fade voice `v` linearly from its current level at time `t` (full scale per `seconds_to_zero`)."""
@@ -267,15 +271,7 @@ class VoiceBank:
         self.env0[rows] = e
         self.env_t[rows] = t
         self.slope[rows] = slope
-        end = t + np.ceil(e / -slope).astype(np.int64)
-        le = self.loop_e[rows]
-        one_shot = le == np.inf
-        if one_shot.any():
-            rem = self.length[rows] - self.seg_pos[rows]
-            note_end = self.seg_t[rows] + np.maximum(0, np.ceil(rem / self.rate[rows])).astype(np.int64)
-            end = np.where(one_shot, np.minimum(end, note_end), end)
-        self.end_t[rows] = end
-        self.next_end = min(self.next_end, int(end.min()))
+        self._update_end_rows(rows)
 
     def take_row(self) -> int | None:
         """A free row for `start`, or None when every row is busy."""
