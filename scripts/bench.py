@@ -57,12 +57,16 @@ def _clean_row(r, area: str) -> dict:
     return out
 
 
-def run_one(area: str, quick: bool) -> list[dict]:
-    """In the child process: import the module, call run(quick), return clean rows."""
-    rows = _load(area).run(quick=quick)
+def run_one(area: str, quick: bool) -> dict:
+    """In the child process: import the module, call run(quick), return clean rows.
+
+    run() returns a list of row dicts, or {"rows": [...], "markdown": "..."} when the area also has a
+    summary table (the arch side-by-side) to print above its rows."""
+    got = _load(area).run(quick=quick)
+    rows, md = (got.get("rows"), got.get("markdown", "")) if isinstance(got, dict) else (got, "")
     if not isinstance(rows, list):
-        raise TypeError(f"run() returned {type(rows).__name__}, expected a list of dicts")
-    return [_clean_row(r, area) for r in rows]
+        raise TypeError(f"run() returned {type(got).__name__}, expected a list of dicts")
+    return {"rows": [_clean_row(r, area) for r in rows], "markdown": str(md or "")}
 
 
 def run_area(area: str, quick: bool, timeout: float) -> dict:
@@ -81,17 +85,18 @@ def run_area(area: str, quick: bool, timeout: float) -> dict:
         except subprocess.TimeoutExpired as e:
             err, log = f"timed out after {timeout:.0f} s", (e.stderr or b"").decode(errors="replace") \
                 if isinstance(e.stderr, bytes) else (e.stderr or "")
-        rows = []
+        rows, md = [], ""
         if res.exists():
             try:
-                rows = json.loads(res.read_text())
-            except json.JSONDecodeError as e:
+                got = json.loads(res.read_text())
+                rows, md = got["rows"], got.get("markdown", "")
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
                 err = err or f"unreadable result file ({e})"
     secs = time.perf_counter() - t0
     if err is not None or not rows:
         rows = rows + [{"name": f"{area}: benchmark failed", "value": None, "unit": "", "bar": "", "pass": False,
                         "notes": err or "no rows returned"}]
-    return {"rows": rows, "seconds": round(secs, 2), "error": err, "log_tail": (log or "")[-4000:]}
+    return {"rows": rows, "markdown": md, "seconds": round(secs, 2), "error": err, "log_tail": (log or "")[-4000:]}
 
 
 def _last_line(text: str) -> str:
@@ -167,8 +172,10 @@ def render_table(results: dict) -> str:
     n_pass = n_fail = 0
     for area, res in sorted(results["areas"].items()):
         lines += [f"## {area}", "", f"`scripts/bench_{area}.py`, {res['seconds']} s"
-                  + (f", run {res['date']}" if res.get("date") else "") + ".", "",
-                  "| name | value | unit | bar | pass | notes |", "| --- | ---: | --- | --- | :---: | --- |"]
+                  + (f", run {res['date']}" if res.get("date") else "") + ".", ""]
+        if res.get("markdown"):
+            lines += [res["markdown"].rstrip(), ""]
+        lines += ["| name | value | unit | bar | pass | notes |", "| --- | ---: | --- | --- | :---: | --- |"]
         for r in res["rows"]:
             ok = {True: "yes", False: "**NO**", None: ""}[r.get("pass")]
             n_pass += r.get("pass") is True
@@ -201,8 +208,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     if args._child:
-        rows = run_one(args._child, args.quick)
-        Path(args._result).write_text(json.dumps(rows, indent=1))
+        got = run_one(args._child, args.quick)
+        Path(args._result).write_text(json.dumps(got, indent=1))
         return 0
 
     todo = areas()

@@ -1,70 +1,132 @@
-"""Architecture side-by-side rows for `docs/benchmarks.md`, read from `docs/arch_comparison.json`.
+"""Architecture side-by-side for `docs/benchmarks.md`, read from `docs/arch_comparison-<M>min.json`.
 
     python scripts/bench_archs.py
 
 The figures come from `scripts/compare_archs.py` (each arch trained for the same number of minutes
-on the GM piano, exported and measured with `trainer eval`); retraining takes far longer than a
-benchmark run, so this area reports the stored result with the date and command it came from, and
-says so when there is none. `run(quick)` returns rows for `scripts/bench.py`.
+on the GM piano with its default recipe, exported and measured with `trainer eval`), one file per
+training budget. Retraining takes far longer than a benchmark run, so this area reports the stored
+results with the date and command each came from, and says so when there are none. `run(quick)`
+returns the rows for `scripts/bench.py` and a Markdown table with one column per arch and one row
+per metric and budget: issue #4's side-by-side.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "docs" / "arch_comparison.json"
+DOCS = ROOT / "docs"
+PATTERN = re.compile(r"arch_comparison-(\d+(?:\.\d+)?)min\.json$")
+QUALITY = (  # (eval key, label, unit, bar for the default arch's piano)
+    ("pitch_accuracy", "pitch accuracy", "share", ">= 0.95"),
+    ("log_mel_distance", "log-mel distance to real test notes", "dB", "<= 6.5 dB"),
+    ("diversity", "diversity across latents", "dB", ""),
+)
 
 
 def _row(name, value, unit, bar="", ok=None, notes=""):
     return {"name": name, "value": value, "unit": unit, "bar": bar, "pass": ok, "notes": notes}
 
 
-def run(quick: bool = False) -> list[dict]:
-    if not SRC.exists():
-        return [_row("archs: side-by-side", None, "", "", False,
-                     f"no {SRC.relative_to(ROOT)}: run `python scripts/compare_archs.py --minutes 15`")]
-    d = json.loads(SRC.read_text())
-    m = d["minutes_per_arch"]
-    where = (f"{d['run']}, {d['machine']['cpu_count']} cores, `{d['command']}`, split test, "
-             f"MIDI {d['pitches']}")
+def sources(docs: Path = DOCS) -> list[tuple[float, dict]]:
+    """Every stored budget, shortest first: [(minutes, comparison dict)]."""
+    out = []
+    for p in docs.glob("arch_comparison-*min.json"):
+        m = PATTERN.search(p.name)
+        if m:
+            out.append((float(m.group(1)), json.loads(p.read_text())))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _fmt(v, digits=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown(budgets: list[tuple[float, dict]]) -> str:
+    archs: list[str] = []
+    for _, d in budgets:
+        for r in d["results"]:
+            if r["arch"] not in archs:
+                archs.append(r["arch"])
+    head = "| budget | metric | " + " | ".join(archs) + " |"
+    lines = ["Side by side: each arch trained on the GM piano (`data/piano`) with its default recipe, exported "
+             "and measured with `trainer eval --pitches 28-96` on the test split. A dash: that arch was not "
+             "run at that budget.", "", head, "|" + " --- |" * (2 + len(archs))]
+    for minutes, d in budgets:
+        by = {r["arch"]: r for r in d["results"]}
+        best = min(d["results"], key=lambda r: r["eval"].get("log_mel_distance", float("inf")))["arch"]
+        lines.append(f"| {minutes:g} min | training steps | "
+                     + " | ".join(_fmt(by[a]["steps"]) if a in by else "–" for a in archs) + " |")
+        lines.append(f"| {minutes:g} min | adversarial weight of the recipe | "
+                     + " | ".join(_fmt((by[a].get("recipe") or {}).get("adv_weight"), 1) if a in by else "–"
+                                  for a in archs) + " |")
+        for key, label, unit, _ in QUALITY:
+            cells = []
+            for a in archs:
+                v = by[a]["eval"].get(key) if a in by else None
+                s = _fmt(v, 3 if key == "pitch_accuracy" else 2)
+                cells.append(f"**{s}**" if key == "log_mel_distance" and a == best else s)
+            lines.append(f"| {minutes:g} min | {label} ({unit}) | " + " | ".join(cells) + " |")
+    last = {}
+    for _, d in budgets:
+        for r in d["results"]:
+            last[r["arch"]] = r
+    for key, label in (("ms_per_note", "ms per note (CPU, 1 thread)"), ("ms_per_88", "ms per 88 keys (CPU, 1 thread)")):
+        lines.append(f"| any | {label} | " + " | ".join(_fmt(last[a]["eval"].get(key), 1) for a in archs) + " |")
+    lines.append("| any | generator.onnx (MB) | " + " | ".join(_fmt(last[a]["onnx_mb"], 1) for a in archs) + " |")
+    lines += ["", "Where each budget came from: " + "; ".join(
+        f"{m:g} min: {d['run']}, `{d['command']}`" for m, d in budgets) + ". Lowest log-mel distance per budget "
+        "in bold."]
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> dict:
+    budgets = sources()
+    if not budgets:
+        return {"rows": [_row("archs: side-by-side", None, "", "", False,
+                              "no docs/arch_comparison-<M>min.json: run `python scripts/compare_archs.py --minutes 24`")]}
     rows = []
-    best = min(d["results"], key=lambda r: r["eval"].get("log_mel_distance", float("inf")))
-
-    def ev(r, k):
-        return r["eval"].get(k)
-
-    # Metric by metric, every arch next to the others.
-    for r in d["results"]:
-        rows.append(_row(f"archs {r['arch']}: steps in {m:g} min", r["steps"], "steps", notes=where))
-    for r in d["results"]:
-        pa = ev(r, "pitch_accuracy")
-        rows.append(_row(f"archs {r['arch']}: pitch accuracy", pa, "share", ">= 0.95 (piano, 60 min)",
-                         None, f"after {m:g} min"))
-    for r in d["results"]:
-        n = r["eval"].get("log_mel_distance_notes", "?")
-        rows.append(_row(f"archs {r['arch']}: log-mel distance to real test notes", ev(r, "log_mel_distance"), "dB",
-                         "<= 6.5 dB (piano, 60 min)", None,
-                         f"after {m:g} min, {n} test notes" + ("; lowest of the archs" if r is best else "")))
-    for r in d["results"]:
-        rows.append(_row(f"archs {r['arch']}: diversity across latents", ev(r, "diversity"), "dB"))
-    for r in d["results"]:
-        v = ev(r, "ms_per_note")
-        rows.append(_row(f"archs {r['arch']}: ms per note (CPU, 1 thread)", v, "ms", "<= 20 ms",
-                         None if v is None else v <= 20))
-    for r in d["results"]:
-        v = ev(r, "ms_per_88")
-        rows.append(_row(f"archs {r['arch']}: ms per 88-key batch (CPU, 1 thread)", v, "ms", "<= 1000 ms",
+    for minutes, d in budgets:
+        where = (f"{d['run']}, {d['machine']['cpu_count']} cores, `{d['command']}`, split test, "
+                 f"MIDI {d['pitches']}")
+        best = min(d["results"], key=lambda r: r["eval"].get("log_mel_distance", float("inf")))
+        for r in d["results"]:
+            rows.append(_row(f"archs {r['arch']} @ {minutes:g} min: training steps", r["steps"], "steps", notes=where))
+        for key, label, unit, bar in QUALITY:
+            for r in d["results"]:
+                v = r["eval"].get(key)
+                note = f"{r['eval'].get('log_mel_distance_notes', '?')} test notes" if key == "log_mel_distance" else ""
+                if key == "log_mel_distance" and r is best:
+                    note += "; lowest of the archs at this budget"
+                rows.append(_row(f"archs {r['arch']} @ {minutes:g} min: {label}", v, unit,
+                                 f"{bar} (default arch, piano, <= 60 min)" if bar else "", None, note))
+    # Speed and size do not depend on the budget: one row per arch, from its longest run.
+    last = {}
+    for _, d in budgets:
+        for r in d["results"]:
+            last[r["arch"]] = r
+    for a, r in last.items():
+        v = r["eval"].get("ms_per_note")
+        rows.append(_row(f"archs {a}: ms per note (CPU, 1 thread)", v, "ms", "<= 20 ms", None if v is None else v <= 20))
+    for a, r in last.items():
+        v = r["eval"].get("ms_per_88")
+        rows.append(_row(f"archs {a}: ms per 88-key batch (CPU, 1 thread)", v, "ms", "<= 1000 ms",
                          None if v is None else v <= 1000))
-    for r in d["results"]:
-        rows.append(_row(f"archs {r['arch']}: generator.onnx size", r["onnx_mb"], "MB", "<= 10 MB",
-                         r["onnx_mb"] <= 10))
-    return rows
+    for a, r in last.items():
+        rows.append(_row(f"archs {a}: generator.onnx size", r["onnx_mb"], "MB", "<= 10 MB", r["onnx_mb"] <= 10))
+    return {"rows": rows, "markdown": markdown(budgets)}
 
 
 if __name__ == "__main__":
-    for r in run():
+    got = run()
+    print(got.get("markdown", ""))
+    for r in got["rows"]:
         print(json.dumps(r))
     sys.exit(0)

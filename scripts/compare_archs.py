@@ -5,9 +5,11 @@
 For each arch, one after the other on the same machine, with the default recipe of that arch:
 `trainer fit --minutes M` -> `trainer export` -> `trainer eval` (split test, MIDI 28-96 for the
 piano), exactly the commands a user types. The figures (steps reached, pitch accuracy, log-mel
-distance, diversity, ONNX size and speed) go to `docs/arch_comparison.json`, which
-`scripts/bench_archs.py` turns into rows of `docs/benchmarks.md` without retraining (training takes
-M minutes per arch, far longer than `make bench` should). The data set is built first when missing
+distance, diversity, ONNX size and speed) go to `docs/arch_comparison-<M>min.json`, which
+`scripts/bench_archs.py` turns into the side-by-side table of `docs/benchmarks.md` without retraining
+(training takes M minutes per arch, far longer than `make bench` should). A run folder left in
+--work is resumed to the new total, so `--minutes 24` then `--minutes 60` costs 60 minutes per arch,
+not 84, and each budget is measured on the same run. The data set is built first when missing
 (`trainer dataset --program 0`, the GM piano).
 """
 
@@ -24,8 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_JSON = ROOT / "docs" / "arch_comparison.json"
 ARCHS = ("ddsp", "wavegan", "spectral")
+RECIPE_KEYS = ("loss", "adv_weight", "spectral_weight", "lr_g", "lr_d", "batch")   # from the run's resolved config
 
 
 def _run(cmd: list[str], log) -> None:
@@ -56,12 +58,14 @@ def one(arch: str, data: Path, minutes: float, work: Path, pitches: str, log) ->
     rep = json.loads(report.read_text())
     man = json.loads((preset / "preset.json").read_text())
     training = man.get("training", {})
+    tr = json.loads((run / "config.json").read_text()).get("train", {})
     return {
         "arch": arch,
         "steps": training.get("steps"),
         "training_minutes": training.get("minutes"),
         "fit_wall_s": round(fit_s, 1),
         "onnx_mb": round((preset / "generator.onnx").stat().st_size / 1e6, 3),
+        "recipe": {k: tr.get(k) for k in RECIPE_KEYS},
         "eval": rep,
     }
 
@@ -73,8 +77,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="data/piano")
     ap.add_argument("--pitches", default="28-96")
     ap.add_argument("--work", default="runs/compare", help="run and preset folders (kept for inspection)")
-    ap.add_argument("--json", default=str(OUT_JSON))
+    ap.add_argument("--json", default=None, help="output (default docs/arch_comparison-<M>min.json, one file per budget)")
     args = ap.parse_args(argv)
+    if args.json is None:
+        args.json = str(ROOT / "docs" / f"arch_comparison-{args.minutes:g}min.json")
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     bad = [a for a in archs if a not in ARCHS]
     if bad:

@@ -3,6 +3,7 @@ the table names every row. And the benchmark MIDI generators are deterministic a
 
 from __future__ import annotations
 
+import json
 import sys
 
 import mido
@@ -10,6 +11,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
+import bench_archs  # noqa: E402
 import make_bench_midi  # noqa: E402
 import make_demo_midi  # noqa: E402
 
@@ -21,6 +23,42 @@ def test_failing_area_becomes_a_failed_row():
     table = bench.render_table({"machine": {"cpu": "test"}, "date": "today", "command": "python scripts/bench.py",
                                 "quick": True, "areas": {"doesnotexist": res}})
     assert "| doesnotexist: benchmark failed | — |" in table and "missed: 1" in table
+
+
+def _comparison(minutes, results):
+    return {"run": "today", "minutes_per_arch": minutes, "pitches": "28-96", "machine": {"cpu_count": 2},
+            "command": f"python scripts/compare_archs.py --minutes {minutes}",
+            "results": [{"arch": a, "steps": st, "onnx_mb": mb, "recipe": {"adv_weight": 0.3},
+                         "eval": {"pitch_accuracy": pa, "log_mel_distance": lm, "diversity": 1.0,
+                                  "ms_per_note": ms, "ms_per_88": 88 * ms}}
+                        for a, st, pa, lm, ms, mb in results]}
+
+
+def test_arch_side_by_side_table_has_a_column_per_arch_and_a_row_per_budget(tmp_path):
+    (tmp_path / "arch_comparison-60min.json").write_text(json.dumps(_comparison(
+        60, [("wavegan", 900, 0.2, 12.5, 36.0, 5.5), ("spectral", 230, 0.1, 20.0, 37.0, 11.9)])))
+    (tmp_path / "arch_comparison-24min.json").write_text(json.dumps(_comparison(
+        24, [("ddsp", 4809, 0.99, 6.05, 1.6, 3.8), ("wavegan", 400, 0.0, 15.0, 36.0, 5.5)])))
+    (tmp_path / "arch_comparison.json").write_text("{}")   # not a budget file: ignored
+    budgets = bench_archs.sources(tmp_path)
+    assert [m for m, _ in budgets] == [24.0, 60.0]
+    md = bench_archs.markdown(budgets)
+    assert "| budget | metric | ddsp | wavegan | spectral |" in md
+    # ddsp was not run at 60 minutes: a dash, not a number borrowed from another budget.
+    assert "| 60 min | log-mel distance to real test notes (dB) | – | **12.50** | 20.00 |" in md
+    assert "| 24 min | log-mel distance to real test notes (dB) | **6.05** | 15.00 | – |" in md
+    assert "| 24 min | training steps | 4809 | 400 | – |" in md
+    # Speed and size come from each arch's longest run.
+    assert "| any | generator.onnx (MB) | 3.8 | 5.5 | 11.9 |" in md
+
+
+def test_an_area_can_add_a_summary_table_above_its_rows():
+    res = bench.run_area("archs", quick=True, timeout=120)
+    assert res["error"] is None and res["markdown"].count("| budget | metric |") == 1
+    table = bench.render_table({"machine": {"cpu": "test"}, "date": "today", "command": "python scripts/bench.py",
+                                "quick": True, "areas": {"archs": res}})
+    assert table.index("| budget | metric |") < table.index("| name | value | unit |")
+    assert any(r["name"].startswith("archs ddsp @ 15 min") for r in res["rows"])
 
 
 def test_rows_are_cleaned():
