@@ -198,6 +198,39 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
     }
 
 
+def session_events(t0: int, seconds: float, rate: float, rng: np.random.Generator, sweeps: bool = True,
+                   cluster: bool = True, sweep_cc: int = 74) -> list[tuple[int, bytes]]:
+    """The session's MIDI, (frame, message) from frame t0: a 256-voice cluster (8 channels x 32 notes)
+    held throughout, CC `sweep_cc` swept up and down every 2 s on those 8 channels, and `rate` notes/s
+    of 150 ms on channels 8-11; CC 123 on the cluster's channels at the end. Sorted by frame."""
+    ev: list[tuple[int, bytes]] = []
+    for ch in range(8 if cluster else 0):        # the cluster: held for the whole session
+        for k in range(32):
+            ev.append((t0 + ch * 64 + k, bytes([0x90 | ch, 36 + k + ch, 40 + k])))
+    end = t0 + int(seconds * SR)
+    for ch in range(8):
+        ev.append((end, bytes([0xB0 | ch, 123, 0])))
+    sweep_period = 2.0                           # s per up-and-down sweep
+    steps = 32
+    n_sweeps = int(seconds / sweep_period) if sweeps else 0
+    for s in range(n_sweeps):
+        for j in range(steps):
+            v = int(round(127 * (1 - abs(1 - 2 * j / (steps - 1)))))
+            f = t0 + int((s * sweep_period + j * sweep_period / steps) * SR)
+            for ch in range(8):
+                ev.append((f, bytes([0xB0 | ch, sweep_cc, v])))
+    n = int(seconds * rate)
+    times = np.sort(rng.uniform(0, seconds - 0.3, n))
+    for t in times:                              # `rate` notes/s on channels 8..11
+        ch = 8 + int(rng.integers(0, 4))
+        note = int(rng.integers(36, 96))
+        f = t0 + int(t * SR)
+        ev.append((f, bytes([0x90 | ch, note, int(rng.integers(30, 127))])))
+        ev.append((f + int(0.15 * SR), bytes([0x80 | ch, note, 0])))
+    ev.sort(key=lambda e: e[0])
+    return ev
+
+
 def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: float = 50.0, seed: int = 1,
             sweeps: bool = True, cluster: bool = True, synth_args: tuple[str, ...] = (), sweep_cc: int = 74) -> dict:
     """Part 3: 512 frames, 256-voice cluster + CC 74 sweeps + `rate` notes/s for `seconds`.
@@ -213,30 +246,7 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
             before = sp.fresh_stats()
             xr0 = probe.xruns
             t0 = probe.now + SR // 4
-            ev: list[tuple[int, bytes]] = []
-            for ch in range(8 if cluster else 0):        # the cluster: held for the whole session
-                for k in range(32):
-                    ev.append((t0 + ch * 64 + k, bytes([0x90 | ch, 36 + k + ch, 40 + k])))
-            end = t0 + int(seconds * SR)
-            for ch in range(8):
-                ev.append((end, bytes([0xB0 | ch, 123, 0])))
-            sweep_period = 2.0                           # s per up-and-down sweep
-            steps = 32
-            n_sweeps = int(seconds / sweep_period) if sweeps else 0
-            for s in range(n_sweeps):
-                for j in range(steps):
-                    v = int(round(127 * (1 - abs(1 - 2 * j / (steps - 1)))))
-                    f = t0 + int((s * sweep_period + j * sweep_period / steps) * SR)
-                    for ch in range(8):
-                        ev.append((f, bytes([0xB0 | ch, sweep_cc, v])))
-            n = int(seconds * rate)
-            times = np.sort(rng.uniform(0, seconds - 0.3, n))
-            for t in times:                              # 50 notes/s on channels 8..11
-                ch = 8 + int(rng.integers(0, 4))
-                note = int(rng.integers(36, 96))
-                f = t0 + int(t * SR)
-                ev.append((f, bytes([0x90 | ch, note, int(rng.integers(30, 127))])))
-                ev.append((f + int(0.15 * SR), bytes([0x80 | ch, note, 0])))
+            ev = session_events(t0, seconds, rate, rng, sweeps=sweeps, cluster=cluster, sweep_cc=sweep_cc)
             x = play_and_record(probe, ev, tail_seconds=0.3)
             after = sp.fresh_stats()
             xr = probe.xruns - xr0
@@ -255,6 +265,9 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
         "finite": bool(np.isfinite(x).all()), "exit_code": rc, "xrun_seconds": xrun_at,
         "entry_delay": window_load(before, after, "entry_hist_pct"),
         "gc_collect_ms_max": after.get("gc_collect_ms_max"),
+        # The synth's costliest callbacks in CPU time since it started (prefill included), with when
+        # (stream_s, on the synth's own stream clock) and what they did.
+        "worst_callbacks": after.get("worst_callbacks", []),
     }
 
 

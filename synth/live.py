@@ -41,6 +41,8 @@ HIST_BINS = 300        # load histogram: 1% bins from 0 to 300% of the block tim
 DEDUP_SECONDS = 0.003  # the same message from two ports this close together is one message twice
 LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
 ENTRY_BASE = 64        # callbacks used to learn the usual entry delay under JACK
+WORST = 8              # callbacks kept with what they did, the costliest in CPU time (diagnostics)
+WORST_FIELDS = ("callback", "stream_s", "cpu", "wall", "dispatch_cpu", "events", "voices")
 GC_TICK = 0.25         # seconds between gen-0 collections on the main thread (GC is off elsewhere)
 GC_GEN1_EVERY = 8      # ticks between gen-1 collections (2 s: each one stays small)
 # Work per callback must stay bounded. Starting a voice costs the engine ~15 us with 256 voices
@@ -56,6 +58,9 @@ MIN_NOTE_ONS = 4
 # block (wall time, so a machine that steals our CPU gets less work), the rest waits for the next block
 # like capped note-ons do. A CC storm at 10,000 events/s fits well inside it on the 2-core machine.
 DISPATCH_SHARE = 0.15
+# ...but the first MIN_EVENTS events of a block always go through: a chord or a knob move is not split
+# across blocks (a few ms late) because the thread was preempted while it started them.
+MIN_EVENTS = 8
 # A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
 # endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
 MAX_DEFER_SECONDS = 0.3
@@ -71,6 +76,14 @@ class EventQueue(collections.deque):
         super().append(ev)
         if ev[1] == CC and (ev[3] == 120 or ev[3] == 123):
             self.panics += 1
+
+
+def _median(xs: list[float]) -> float:
+    """Median of a short list, for the audio thread. Not np.median: its first call imports numpy.ma,
+    14 ms of CPU on the audio thread once per run (a startup xrun at any period up to 512 frames)."""
+    s = sorted(xs)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 class LiveCore:
@@ -99,6 +112,11 @@ class LiveCore:
         # The same for the callback's own CPU time (time.thread_time): what the synth costs, whatever
         # else the machine runs. Wall time minus CPU time is time spent waiting (preempted, GIL, steal).
         self.cpu_hist = np.zeros(HIST_BINS, np.int64)
+        # The WORST costliest callbacks by CPU time, one row each (WORST_FIELDS): when it ran, its CPU
+        # and wall share of the block, the CPU share spent on events, the events it took and the voices
+        # sounding after it. A spike in a soak's figures can then be matched to what the synth did.
+        self.worst = np.zeros((WORST, len(WORST_FIELDS)), np.float64)
+        self._worst_min = 0.0
         self.callbacks = 0
         self.underflows = 0
         self.overruns = 0         # callbacks that took longer than their block lasts
@@ -136,6 +154,7 @@ class LiveCore:
         """sounddevice callback: `outdata` float32[frames, 2]. Runs on the audio thread."""
         t0 = time.perf_counter()
         c0 = time.thread_time()
+        c1, ev0 = c0, self.events
         ref = None
         if self.ref_clock is not None:
             # Read JACK's cycle clock every block (its 32-bit unwrap must not miss a wrap).
@@ -144,7 +163,7 @@ class LiveCore:
             if self._entry_base is None:
                 self._entry_raw.append(raw)
                 if len(self._entry_raw) >= ENTRY_BASE:
-                    self._entry_base = float(np.median(self._entry_raw))
+                    self._entry_base = _median(self._entry_raw)
             else:
                 share = (raw - self._entry_base) * self.sr / frames
                 self.entry_hist[min(max(int(share * 100.0), 0), HIST_BINS - 1)] += 1
@@ -165,6 +184,7 @@ class LiveCore:
             if self._lead is None and self.ref_clock is None:
                 self._reference(time_info)   # learn the DAC lead before the first note arrives
             self._dispatch(frames, time_info, ref, t0)
+            c1 = time.thread_time()
             self.engine.render(frames, out=buf)
             np.clip(buf, -1.0, 1.0, out=buf)
             outdata[:] = buf
@@ -179,12 +199,34 @@ class LiveCore:
         self._durations[i] = dt
         self._cpu[i] = dc
         self._periods[i] = frames / self.sr
-        self.cpu_hist[min(max(int(dc * self.sr / frames * 100.0), 0), HIST_BINS - 1)] += 1
+        cshare = dc * self.sr / frames
+        self.cpu_hist[min(max(int(cshare * 100.0), 0), HIST_BINS - 1)] += 1
         share = dt * self.sr / frames
+        if cshare > self._worst_min:
+            self._note_worst(frames, cshare, share, (c1 - c0) * self.sr / frames, self.events - ev0)
         self.load_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
         if share > 1.0:
             self.overruns += 1
         self.callbacks += 1
+
+    def _note_worst(self, frames: int, cpu: float, wall: float, dispatch: float, events: int) -> None:
+        """Replace the cheapest of the kept worst callbacks (rare: only when this one costs more)."""
+        voices = getattr(self.engine, "voices", None)
+        n = int(np.count_nonzero(voices.active)) if voices is not None and hasattr(voices, "active") else -1
+        w = self.worst
+        j = int(np.argmin(w[:, 2]))
+        w[j] = (self.callbacks, self.callbacks * frames / self.sr, cpu, wall, dispatch, events, n)
+        self._worst_min = float(w[:, 2].min())
+
+    def worst_callbacks(self) -> list[dict]:
+        """The kept costliest callbacks, costliest first (read from another thread: a snapshot)."""
+        w = self.worst.copy()
+        rows = [dict(zip(WORST_FIELDS, r)) for r in w[np.argsort(-w[:, 2])] if r[2] > 0]
+        for r in rows:
+            r["callback"], r["events"], r["voices"] = int(r["callback"]), int(r["events"]), int(r["voices"])
+            for k in ("stream_s", "cpu", "wall", "dispatch_cpu"):
+                r[k] = round(float(r[k]), 4)
+        return rows
 
     def _reference(self, time_info) -> float:
         """Stream time that corresponds to "one block before this block reaches the DAC"."""
@@ -197,7 +239,7 @@ class LiveCore:
             # typical lead once and reference every block to DAC time minus that fixed lead.
             self._leads.append(dac - now)
             if len(self._leads) >= LEAD_SAMPLES:
-                self._lead = float(np.median(self._leads))
+                self._lead = _median(self._leads)
             return now
         return dac - self._lead
 
@@ -216,6 +258,7 @@ class LiveCore:
         deadline = t_start + DISPATCH_SHARE * frames / sr
         perf = time.perf_counter
         capped = False
+        n_sent = 0
         # A flood (more note-ons than the cap lets through): the backlog waits in the deques and costs
         # nothing per block; a note-on that has waited MAX_DEFER_SECONDS is dropped (bounded backlog and
         # delay), and a panic message (CC 120/123, counted by EventQueue on arrival) is reached past the
@@ -272,6 +315,7 @@ class LiveCore:
                 continue
             last = off
             self.events += 1
+            n_sent += 1
             if kind == NOTE_ON:
                 eng.note_on(ch, a, b, frame=off)
                 budget -= 1
@@ -281,7 +325,7 @@ class LiveCore:
                 self._send(kind, ch, a, b, off)
             if held and urgent <= 0:
                 self._send_held(held, last)
-            if not capped and perf() > deadline:
+            if not capped and n_sent >= MIN_EVENTS and perf() > deadline:
                 capped = True
         if held:
             self._send_held(held, last)
@@ -710,6 +754,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "latency_samples": int(getattr(engine, "latency_samples", 0) or 0),
         "load_hist_pct": core.load_hist.tolist(),
         "cpu_hist_pct": core.cpu_hist.tolist(),
+        "worst_callbacks": core.worst_callbacks(),
         "entry_hist_pct": core.entry_hist.tolist(),
         "engine": _engine_stats(engine),
         "pid": os.getpid(),
