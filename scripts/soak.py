@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -88,7 +89,11 @@ def main(argv=None) -> int:
             ("note cache at 1 min / end (MB); RSS growth less the cache's fill",
              f"{rss.get('cache_at_1min_mb')} / {rss.get('cache_end_mb')}; "
              + ("-" if growth_x is None else f"{growth_x:+.2f}%")),
-            ("peak, finite", f"{res['peak']:.3f}, {res['finite']}"), ("exit code", str(res["exit_code"]))]
+            ("peak, finite", f"{res['peak']:.3f}, {res['finite']}"), ("exit code", str(res["exit_code"])),
+            ("JACK xruns per minute of the session", _per_minute(res.get("xrun_seconds") or [], args.minutes)),
+            ("costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
+             "; ".join(f"{w['cpu']:.2f} @ {w['stream_s']:.1f} s: {w['events']} ev, {w['voices']} v"
+                       for w in (res.get("worst_callbacks") or [])[:4]) or "-")]
     if flood is not None:
         rows += _flood_rows(flood)
     w = max(len(k) for k, _ in rows)
@@ -138,6 +143,15 @@ def _memory_ok(fl: dict) -> bool:
     if g is None:
         return fl["rss_growth_pct"] is not None and fl["rss_growth_pct"] < 5.0
     return g < 5.0 and fl["cache_end_mb"] <= fl["cache_cap_mb"] + 1e-6
+
+
+def _per_minute(seconds: list[float], minutes: float) -> str:
+    """xrun times (s from the session's start) as counts per minute: clusters show the machine's spells."""
+    n = max(1, int(math.ceil(minutes)))
+    counts = [0] * n
+    for t in seconds:
+        counts[min(max(int(t // 60), 0), n - 1)] += 1
+    return " ".join(str(c) for c in counts)
 
 
 def _flood_rows(fl: dict) -> list[tuple[str, str]]:
