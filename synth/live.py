@@ -221,7 +221,7 @@ class LiveCore:
     def worst_callbacks(self) -> list[dict]:
         """The kept costliest callbacks, costliest first (read from another thread: a snapshot)."""
         w = self.worst.copy()
-        rows = [dict(zip(WORST_FIELDS, r)) for r in w[np.argsort(-w[:, 2])] if r[2] > 0]
+        rows = [dict(zip(WORST_FIELDS, r, strict=True)) for r in w[np.argsort(-w[:, 2])] if r[2] > 0]
         for r in rows:
             r["callback"], r["events"], r["voices"] = int(r["callback"]), int(r["events"]), int(r["voices"])
             for k in ("stream_s", "cpu", "wall", "dispatch_cpu"):

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from synth.live import DISPATCH_SHARE, LEAD_SAMPLES, MAX_DEFER_SECONDS, MIN_EVENTS, LiveCore, velocity_map
 from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM, Parser
 
