@@ -45,6 +45,7 @@ os.environ.setdefault("PYO_GUI_WX", "0")
 from jackutil import (  # noqa: E402
     JackServer,
     Probe,
+    StealMonitor,
     SynthProcess,
     note_events,
     onsets,
@@ -246,8 +247,10 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
             before = sp.fresh_stats()
             xr0 = probe.xruns
             t0 = probe.now + SR // 4
+            t0_mono = time.monotonic() + (t0 - probe.now) / SR
             ev = session_events(t0, seconds, rate, rng, sweeps=sweeps, cluster=cluster, sweep_cc=sweep_cc)
-            x = play_and_record(probe, ev, tail_seconds=0.3)
+            with StealMonitor() as steal:
+                x = play_and_record(probe, ev, tail_seconds=0.3)
             after = sp.fresh_stats()
             xr = probe.xruns - xr0
             xrun_at = [round((f - t0) / SR, 2) for f in probe.xrun_frames[xr0:]]
@@ -268,6 +271,9 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
         # The synth's costliest callbacks in CPU time since it started (prefill included), with when
         # (stream_s, on the synth's own stream clock) and what they did.
         "worst_callbacks": after.get("worst_callbacks", []),
+        # Hypervisor steal (/proc/stat) over the session, and how many JACK xruns came within a second
+        # of a second with steal: the machine's share of them.
+        "steal": steal.attribution(t0_mono, xrun_at, seconds),
     }
 
 

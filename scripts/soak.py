@@ -91,6 +91,7 @@ def main(argv=None) -> int:
              + ("-" if growth_x is None else f"{growth_x:+.2f}%")),
             ("peak, finite", f"{res['peak']:.3f}, {res['finite']}"), ("exit code", str(res["exit_code"])),
             ("JACK xruns per minute of the session", _per_minute(res.get("xrun_seconds") or [], args.minutes)),
+            ("hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(res.get("steal"))),
             ("costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
              "; ".join(f"{w['cpu']:.2f} @ {w['stream_s']:.1f} s: {w['events']} ev, {w['voices']} v"
                        for w in (res.get("worst_callbacks") or [])[:4]) or "-")]
@@ -145,6 +146,16 @@ def _memory_ok(fl: dict) -> bool:
     return g < 5.0 and fl["cache_end_mb"] <= fl["cache_cap_mb"] + 1e-6
 
 
+def _steal_text(st: dict | None) -> str:
+    """jackutil.StealMonitor.attribution as one cell."""
+    if not st or st.get("steal_ms") is None:
+        return "- (no /proc/stat)"
+    per = " ".join(f"{v:g}" for v in st["steal_ms_per_minute"])
+    return (f"{st['steal_ms']:g} ms in {st['seconds_with_steal']} of {st['seconds']} s (per minute: {per}); "
+            f"{st['xruns_near_steal']} of {st['xruns']} xruns, against "
+            f"{100 * st['share_of_seconds_near_steal']:.0f}% of the seconds")
+
+
 def _per_minute(seconds: list[float], minutes: float) -> str:
     """xrun times (s from the session's start) as counts per minute: clusters show the machine's spells."""
     n = max(1, int(math.ceil(minutes)))
@@ -172,6 +183,7 @@ def _flood_rows(fl: dict) -> list[tuple[str, str]]:
         ("flood: xruns over the whole run (synth / JACK)", f"{fl['xruns_synth_all']} / {fl['xruns_jack_all']}"),
         ("flood: callback p99 / max (share of the block)", f"{fl['load_p99']} / {fl['load_max']}"),
         ("flood: callback CPU time p99 / max, 1 s to the end", f"{fl['cpu']['p99']} / {fl['cpu']['max']}"),
+        ("flood: hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(fl.get("steal"))),
         ("flood: RSS at 1 s / 0.5 s after the end (MB)",
          f"{fl['rss_1s_mb']} / {fl['rss_end_mb']} ({growth})"),
         ("flood: note cache at 1 s / end / cap (MB); RSS growth less the cache's fill",

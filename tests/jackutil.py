@@ -14,6 +14,7 @@ servers whose process is gone: what jackd itself does for a dead server of the s
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -452,6 +453,83 @@ def cache_accounting(rss1: float, rss2: float, eng1: dict, eng2: dict) -> dict:
             "rss_growth_excl_cache_pct": round(100.0 * ((rss2 - c2) - base) / base, 2) if base > 0 else None}
 
 
+class StealMonitor:
+    """Hypervisor steal time (the `steal` column of /proc/stat, all CPUs) sampled on a thread every
+    `interval` s: the time the host ran something else while this VM wanted its CPUs. It is counted
+    apart from any process (this kernel accounts steal), so xruns in seconds the host took time from
+    us are the machine's. The counter moves in clock ticks (10 ms): a bin shows 0 or >= 10 ms.
+
+        with StealMonitor() as sm:
+            ...                                      # the measured run
+        sm.attribution(t0_mono, xrun_offsets_s, seconds)
+    """
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []   # (time.monotonic(), cumulative steal ms)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def read_ms() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+            return float(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            v = self.read_ms()
+            if v is None:
+                return
+            self.samples.append((time.monotonic(), v))
+            self._stop.wait(self.interval)
+
+    def start(self) -> StealMonitor:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> StealMonitor:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        v = self.read_ms()
+        if v is not None:
+            self.samples.append((time.monotonic(), v))
+
+    def per_second(self, t_from: float, seconds: float) -> list[float] | None:
+        """Steal in ms in each 1-s bin from monotonic time t_from (None: no /proc/stat here)."""
+        if len(self.samples) < 2:
+            return None
+        t = np.array([a for a, _ in self.samples])
+        v = np.array([b for _, b in self.samples])
+        edges = t_from + np.arange(int(math.ceil(seconds)) + 1)
+        cum = np.interp(edges, t, v)     # linear between samples 0.25 s apart
+        return [round(float(x), 1) for x in np.diff(cum)]
+
+    def attribution(self, t_from: float, xrun_offsets: list[float], seconds: float) -> dict:
+        """Steal over the window and how many xruns (offsets in s from t_from) fell within a second of
+        a second with steal, against the share of such seconds."""
+        bins = self.per_second(t_from, seconds)
+        if bins is None:
+            return {"steal_ms": None}
+        hit = [b >= 5.0 for b in bins]
+        near = [any(hit[max(0, i - 1):i + 2]) for i in range(len(hit))]
+        inside = [x for x in xrun_offsets if 0 <= x < len(bins)]
+        return {"steal_ms": round(sum(bins), 1),
+                "steal_ms_per_minute": [round(sum(bins[i:i + 60]), 1) for i in range(0, len(bins), 60)],
+                "seconds_with_steal": int(sum(hit)), "seconds": len(bins),
+                "xruns": len(inside), "xruns_near_steal": sum(1 for x in inside if near[int(x)]),
+                "share_of_seconds_near_steal": round(sum(near) / max(1, len(near)), 3)}
+
+
 def rss_mb(pid: int) -> float:
     """VmRSS of `pid` in MB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -541,6 +619,8 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
             ev = [(f + t0, d) for f, d in rel]
             end = t0 + int(seconds * sr)
             ev += [(end, bytes([0xB0 | c, cc, 0])) for c in range(16) for cc in (120, 123)]
+            t0_mono = time.monotonic() + (t0 - probe.now) / sr
+            steal = StealMonitor().start()
             probe.start_recording()
             probe.schedule(ev)
             while probe.now < t0 + sr + period:
@@ -559,6 +639,7 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
             xr_jack = [f for f in probe.xrun_frames if t0 + sr < f < end]
             xrun_seconds = [round((f - t0) / sr, 3) for f in probe.xrun_frames]
             late_midi = probe.late_midi
+            steal.stop()
         finally:
             probe.close()
         alive = sp.proc.poll() is None
@@ -582,6 +663,8 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
         "xruns_synth_after_1s": flood_end["xruns"] - one["xruns"], "xruns_synth_all": after["xruns"],
         "xruns_jack_after_1s": len(xr_jack), "xruns_jack_all": len(xrun_seconds),
         "jack_xrun_seconds": xrun_seconds[:100],
+        # Hypervisor steal from t0 to the flood's end and the JACK xruns within a second of it.
+        "steal": steal.attribution(t0_mono, xrun_seconds, seconds),
         "load_p99": after["load_p99"], "load_max": after["load_max"],
         # The callback's own CPU time (thread time: excludes preemption, GIL waits and hypervisor
         # steal), from 1 s to the flood's end: what the synth costs, whatever the machine does.

@@ -57,7 +57,8 @@ def test_jack_midi_flood(tiny_preset, tmp_path):
           f"end) / {fl['xruns_synth_all']} (all), JACK {fl['xruns_jack_after_1s']}; load p99 {fl['load_p99']:.2f} "
           f"max {fl['load_max']:.2f}; RSS {fl['rss_1s_mb']:.0f} -> {fl['rss_end_mb']:.0f} MB; voices {fl['voices']}, "
           f"misses dropped {fl['misses_dropped']}, stale {fl['misses_stale']}; silent {fl['silence_ms']} ms after "
-          f"the panic; JACK xruns at {fl['jack_xrun_seconds']} s; callback CPU {fl['cpu']}, wall {fl['load_window']}")
+          f"the panic; JACK xruns at {fl['jack_xrun_seconds']} s; callback CPU {fl['cpu']}, wall {fl['load_window']}; "
+          f"hypervisor steal {fl['steal']}")
     assert fl["alive"] and fl["exit_code"] == 0, fl["log_tail"]
     assert fl["callback_errors"] == 0
     assert fl["finite"] and fl["peak"] <= 1.0
