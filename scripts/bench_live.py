@@ -68,7 +68,7 @@ def rows_from(res: dict) -> list[dict]:
              f"{ses['notes_per_second']:.0f} notes/s; synth xruns {ses['xruns_synth']}, JACK xrun callbacks "
              f"{ses['xruns_jack']}; events {ses['events_played']}/{ses['events_sent']}; "
              f"{ses['knob_states_generated']} notes generated (misses at new knob states, and keyboard prefills once "
-             f"a knob settles); peak {ses['peak']:.3f}"),
+             f"a knob settles); peak {ses['peak']:.3f}; {_steal_note(ses.get('steal'))}"),
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
              "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks); "
              f"its own CPU time p99 {100 * ((ses.get('cpu') or {}).get('p99') or 0):.0f}%, max "
@@ -88,6 +88,13 @@ def rows_from(res: dict) -> list[dict]:
                          f"sys.setswitchinterval(0.0005) vs p99 {a['p99']:.2f} / p99.9 {a['p999']:.2f} / max "
                          f"{a['max']:.1f} ms with Python's default 5 ms (interleaved runs)"))
     return rows
+
+
+def _steal_note(st) -> str:
+    if not st or st.get("steal_ms") is None:
+        return "hypervisor steal not readable"
+    return (f"hypervisor steal {st['steal_ms']:g} ms in {st['seconds_with_steal']} of {st['seconds']} s, "
+            f"{st['xruns_near_steal']} of {st['xruns']} JACK xruns within 1 s of it")
 
 
 def run(quick: bool = False) -> list[dict]:
