@@ -82,7 +82,8 @@ def markdown(budgets: list[tuple[float, dict]]) -> str:
         lines.append(f"| any | {label} | " + " | ".join(_fmt(last[a]["eval"].get(key), 1) for a in archs) + " |")
     lines.append("| any | generator.onnx (MB) | " + " | ".join(_fmt(last[a]["onnx_mb"], 1) for a in archs) + " |")
     lines += ["", "Where each budget came from: " + "; ".join(
-        f"{m:g} min: {d['run']}, `{d['command']}`" for m, d in budgets) + ". Lowest log-mel distance per budget "
+        f"{m:g} min: {d['run']}, `{d['command']}`" + (f" ({d['notes']})" if d.get("notes") else "")
+        for m, d in budgets) + ". Lowest log-mel distance per budget "
         "in bold."]
     return "\n".join(lines)
 
