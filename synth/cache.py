@@ -93,6 +93,13 @@ class NoteCache:
         if slot >= 0:
             self.refcount[slot] -= 1
 
+    def release_many(self, slots: np.ndarray) -> None:
+        """`release` for many slots at once (a slot may repeat: two voices on one note)."""
+        rc = self.refcount
+        for s in slots.tolist():
+            if s >= 0:
+                rc[s] -= 1
+
     def nearest(self, preset: str, knobkey: tuple, vlayer: int, pitch: int, layers=(),
                 max_distance: int = 127) -> NoteEntry | None:
         """Best cached stand-in for a missing note, at most `max_distance` semitones away (0 for drum

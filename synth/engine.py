@@ -122,6 +122,7 @@ class Engine:
                         for ls in self._layers]
         self._gain = [10.0 ** (p.gain_db / 20.0) for p in self.presets]
         self._release_s = [max(MIN_RELEASE_S, p.release_seconds) for p in self.presets]
+        self._release_arr = np.array(self._release_s, np.float64)   # per preset, for release_rows
         pitched = [i for i, p in enumerate(self.presets) if not p.is_drums]
         drums = [i for i, p in enumerate(self.presets) if p.is_drums]
         self._default_preset = pitched[0] if pitched else 0
@@ -392,8 +393,17 @@ class Engine:
         self._pending_xfade.pop(i, None)
 
     def _reap(self) -> None:
-        for i in self.voices.dead(self.now):
-            self._free(int(i))
+        rows = self.voices.dead(self.now)
+        if len(rows) == 1:
+            self._free(int(rows[0]))
+        elif len(rows):
+            # Many voices end together (a released cluster): unpin and free them in one step.
+            v = self.voices
+            self.cache.release_many(v.slot[rows])
+            v.free_rows(rows)
+            if self._pending_xfade:
+                for i in rows.tolist():
+                    self._pending_xfade.pop(i, None)
 
     def _alloc_voice(self) -> int:
         """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
@@ -467,14 +477,17 @@ class Engine:
             else:
                 v.release(i, self.now, self._release_s[pi], self.sample_rate)
 
+    def _release_rows(self, rows: np.ndarray) -> None:
+        v = self.voices
+        v.release_rows(rows, self.now, self._release_arr[v.preset[rows]], self.sample_rate)
+
     def _cc(self, ch: int, cc: int, value: int) -> None:
         v = self.voices
         if cc == 64:
             on = value >= 64
             if self._sustain[ch] and not on:
-                for i in np.flatnonzero(v.active & v.sustained & (v.chan == ch)):
-                    i = int(i)
-                    v.release(i, self.now, self._release_s[int(v.preset[i])], self.sample_rate)
+                # Pedal up: every voice it held releases at once, in one vectorised step.
+                self._release_rows(np.flatnonzero(v.active & v.sustained & (v.chan == ch)))
             self._sustain[ch] = on
         elif cc == 120:
             rows = np.flatnonzero(v.active & (v.chan == ch))
@@ -484,9 +497,7 @@ class Engine:
                     self._pending_xfade.pop(i, None)
             self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
         elif cc == 123:
-            for i in np.flatnonzero(v.active & ~v.ghost & ~v.released & (v.chan == ch)):
-                i = int(i)
-                v.release(i, self.now, self._release_s[int(v.preset[i])], self.sample_rate)
+            self._release_rows(np.flatnonzero(v.active & ~v.ghost & ~v.released & (v.chan == ch)))
             self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
         elif cc == 121:
             self._cc(ch, 64, 0)

@@ -228,6 +228,22 @@ class VoiceBank:
             self.steal_key[v] = self.order[v]
         self.ramp(v, t, seconds, sample_rate)
 
+    def release_rows(self, rows: np.ndarray, t: int, seconds: np.ndarray, sample_rate: int) -> None:
+        """`release` for many rows at once (pedal up, all-notes-off over a held cluster): the same
+        arithmetic, vectorised; `seconds` gives each row's release time."""
+        if len(rows) == 0:
+            return
+        self.held[rows] = False
+        self.sustained[rows] = False
+        self.released[rows] = True
+        live = rows[~self.ghost[rows]]
+        self.steal_key[live] = self.order[live]
+        e = np.clip(self.env0[rows] + self.slope[rows] * (t - self.env_t[rows]).astype(np.float64), 0.0, 1.0)
+        self.env0[rows] = e
+        self.env_t[rows] = t
+        self.slope[rows] = -1.0 / np.maximum(1.0, np.asarray(seconds, np.float64) * sample_rate)
+        self._update_end_rows(rows)
+
     def sustain(self, v: int) -> None:
         """Key up with the pedal down: voice `v` keeps playing, held by the pedal."""
         self.held[v] = False
@@ -286,6 +302,17 @@ class VoiceBank:
         self.ghost_key[v] = NEVER
         self.slot[v] = -1
         self._free.append(v)
+
+    def free_rows(self, rows: np.ndarray) -> None:
+        """`free_row` for many rows at once, in order (a 256-voice cluster ending in one block)."""
+        if len(rows) == 0:
+            return
+        self.n_live -= int(np.count_nonzero(~self.ghost[rows]))
+        self.active[rows] = False
+        self.steal_key[rows] = NEVER
+        self.ghost_key[rows] = NEVER
+        self.slot[rows] = -1
+        self._free.extend(rows.tolist())
 
     def frames_for(self, voices: int) -> int:
         """Frames one `mix` call may cover with `voices` active voices."""

@@ -230,6 +230,66 @@ def test_bend_moves_a_channel_in_one_vectorised_step_exactly_as_voice_by_voice()
     assert a.next_end == b.next_end
 
 
+def test_release_rows_is_voice_by_voice_release_bit_for_bit():
+    """`VoiceBank.release_rows` (pedal up or CC 123 over a held cluster: 256 voices in one event) leaves
+    every array as `release` called per voice: held, sustained, ghost and already ramping voices, with a
+    release time per row."""
+    import copy
+    from types import SimpleNamespace
+
+    from synth.voices import VoiceBank
+
+    rng = np.random.default_rng(1)
+    bank = np.zeros(100 * 1000 + 4096, np.float32)
+    vb = VoiceBank(64, bank, 1000, 4096)
+    for k in range(60):
+        loop = rng.random() < 0.3
+        e = SimpleNamespace(slot=k % 100, offset=(k % 100) * 1000, length=900,
+                            loop_start=100.0 if loop else 0.0, loop_end=800.0 if loop else np.inf)
+        vb.start(vb.take_row(), int(rng.integers(0, 500)), e, k % 4, 60, k % 3, 1.0, 1.0, 0.5, 0.5,
+                 env0=float(rng.random()), slope=float(rng.choice([0.0, -1e-3, 1e-3, -1e-5])))
+    for k in range(0, 60, 7):
+        vb.sustain(k)
+    vb.fade_out(5, 300, 0.01, 48000)          # a ghost among them
+    a, b = copy.deepcopy(vb), copy.deepcopy(vb)
+    secs = np.array([0.05, 0.3, 1e-6])        # per preset; the last is below one sample
+    for t, ch in [(600, 1), (900, 2), (950, 1)]:
+        rows = np.flatnonzero(a.active & (a.chan == ch))
+        for i in rows:
+            a.release(int(i), t, float(secs[a.preset[i]]), 48000)
+        b.release_rows(rows, t, secs[b.preset[rows]], 48000)
+    for f in ("held", "sustained", "released", "ghost", "steal_key", "env0", "env_t", "slope", "end_t"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert a.next_end == b.next_end
+    # And when they end together: free_rows is free_row per voice (the free list in the same order).
+    gone = np.flatnonzero(a.active & (a.chan == 1))
+    for i in gone:
+        a.free_row(int(i))
+    b.free_rows(gone)
+    for f in ("active", "steal_key", "ghost_key", "slot"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert a._free == b._free and a.n_live == b.n_live
+
+
+def test_a_cluster_ending_in_one_block_unpins_every_slot(piano):
+    """256 voices released together end in the same block; the engine frees them in one step and every
+    cache slot they pinned is unpinned (two voices on one note pin its slot twice)."""
+    e = Engine(sample_rate=SR, presets=[piano], polyphony=300)
+    for ch in range(8):
+        for k in range(32):
+            e.note_on(ch, 40 + k, 100)
+    e.note_on(9, 40, 100)       # the same note twice on another channel: one slot, two pins
+    e.note_on(10, 40, 100)
+    e.render(256)
+    assert sum(1 for r in e.cache.refcount if r > 0) > 0
+    for ch in list(range(8)) + [9, 10]:
+        e.control_change(ch, 123, 0)
+    for _ in range(int(1.0 * SR / 256)):     # 0.5-s notes: all ended
+        e.render(256)
+    assert not e.voices.active.any() and all(r == 0 for r in e.cache.refcount)
+    assert e.voices.n_live == 0 and len(e.voices._free) == len(e.voices.active)
+
+
 def test_the_first_full_mix_faults_in_no_memory():
     """The mixer's work buffers are touched when the bank is built, so the first mix with many voices
     does not page them in on the audio thread (minor page faults of this thread, not a timing)."""
