@@ -201,25 +201,38 @@ def test_worker_serves_misses_a_chunk_at_a_time(piano):
     assert all(e.cache.peek(k) is not None for k in keys)
 
 
+def _random_voices(seed: int, bent: bool):
+    """60 voices on 4 channels in a 64-row bank: looped and one-shot, rising, falling and flat
+    envelopes; `bent`: random rates, bends and start positions on preset 0, else rate 1 on presets 0-2."""
+    from types import SimpleNamespace
+
+    from synth.voices import VoiceBank
+
+    rng = np.random.default_rng(seed)
+    vb = VoiceBank(64, np.zeros(100 * 1000 + 4096, np.float32), 1000, 4096)
+    for k in range(60):
+        loop = rng.random() < 0.3
+        e = SimpleNamespace(slot=k % 100, offset=(k % 100) * 1000, length=900,
+                            loop_start=100.0 if loop else 0.0, loop_end=800.0 if loop else np.inf)
+        t = int(rng.integers(0, 500))
+        if bent:
+            vb.start(vb.take_row(), t, e, k % 4, 60, 0, float(rng.uniform(0.5, 2)), float(rng.uniform(0.9, 1.1)),
+                     0.5, 0.5, pos=float(rng.uniform(0, 50)), env0=float(rng.random()),
+                     slope=float(rng.choice([0.0, -1e-3, 1e-3, -1e-5])))
+        else:
+            vb.start(vb.take_row(), t, e, k % 4, 60, k % 3, 1.0, 1.0, 0.5, 0.5,
+                     env0=float(rng.random()), slope=float(rng.choice([0.0, -1e-3, 1e-3, -1e-5])))
+    return vb
+
+
 def test_bend_moves_a_channel_in_one_vectorised_step_exactly_as_voice_by_voice():
     """`VoiceBank.set_bend_rows` (a bend on a channel with many voices) leaves the same positions,
     rates and end times, bit for bit, as `set_bend` called per voice: looped and one-shot voices,
     rising, falling and flat envelopes."""
     import copy
-    from types import SimpleNamespace
 
-    from synth.voices import VoiceBank
 
-    rng = np.random.default_rng(0)
-    bank = np.zeros(100 * 1000 + 4096, np.float32)
-    vb = VoiceBank(64, bank, 1000, 4096)
-    for k in range(60):
-        loop = rng.random() < 0.3
-        e = SimpleNamespace(slot=k % 100, offset=(k % 100) * 1000, length=900,
-                            loop_start=100.0 if loop else 0.0, loop_end=800.0 if loop else np.inf)
-        vb.start(vb.take_row(), int(rng.integers(0, 500)), e, k % 4, 60, 0, float(rng.uniform(0.5, 2)),
-                 float(rng.uniform(0.9, 1.1)), 0.5, 0.5, pos=float(rng.uniform(0, 50)), env0=float(rng.random()),
-                 slope=float(rng.choice([0.0, -1e-3, 1e-3, -1e-5])))
+    vb = _random_voices(seed=0, bent=True)
     a, b = copy.deepcopy(vb), copy.deepcopy(vb)
     for t, ch, bend in [(600, 1, 1.05), (900, 1, 0.97), (1500, 2, 1.2), (2000, 1, 1.0), (2100, 3, 0.5)]:
         for i in np.flatnonzero(a.active & (a.chan == ch)):
@@ -235,19 +248,9 @@ def test_release_rows_is_voice_by_voice_release_bit_for_bit():
     every array as `release` called per voice: held, sustained, ghost and already ramping voices, with a
     release time per row."""
     import copy
-    from types import SimpleNamespace
 
-    from synth.voices import VoiceBank
 
-    rng = np.random.default_rng(1)
-    bank = np.zeros(100 * 1000 + 4096, np.float32)
-    vb = VoiceBank(64, bank, 1000, 4096)
-    for k in range(60):
-        loop = rng.random() < 0.3
-        e = SimpleNamespace(slot=k % 100, offset=(k % 100) * 1000, length=900,
-                            loop_start=100.0 if loop else 0.0, loop_end=800.0 if loop else np.inf)
-        vb.start(vb.take_row(), int(rng.integers(0, 500)), e, k % 4, 60, k % 3, 1.0, 1.0, 0.5, 0.5,
-                 env0=float(rng.random()), slope=float(rng.choice([0.0, -1e-3, 1e-3, -1e-5])))
+    vb = _random_voices(seed=1, bent=False)
     for k in range(0, 60, 7):
         vb.sustain(k)
     vb.fade_out(5, 300, 0.01, 48000)          # a ghost among them
