@@ -157,6 +157,10 @@ class Engine:
         self._seq = itertools.count()
         self._pending_xfade: dict[int, tuple] = {}   # voice row -> (exact key, exact base rate)
         self._pending_start: dict[tuple, tuple] = {}  # (chan, note) -> note-on waiting for its first note
+        # chan * 128 + note -> 1 when a voice may be held by that key: set when a voice starts, cleared
+        # by the note-off that releases them all. A note-off for a key no voice holds (most of a MIDI
+        # flood's) then costs one lookup instead of a scan of every voice.
+        self._maybe_held = bytearray(16 * 128)
         self.fallbacks = 0
         self.steals = 0
         self.nan_blocks = 0
@@ -428,6 +432,7 @@ class Engine:
         g = self._velocity_gain(pi, velocity, entry.key[3])
         pl, pr = self._pan(pi, note)
         self.voices.start(i, self.now, entry, ch, note, pi, base, self._bend[ch], g * pl, g * pr, pos, env0, slope)
+        self._maybe_held[ch * 128 + note] = 1
         return i
 
     def _note_on(self, ch: int, note: int, velocity: int) -> None:
@@ -464,7 +469,12 @@ class Engine:
             self._pending_start[(ch, note)] = (key, base, velocity, pi)
 
     def _note_off(self, ch: int, note: int) -> None:
-        self._pending_start.pop((ch, note), None)
+        if self._pending_start:
+            self._pending_start.pop((ch, note), None)
+        k = ch * 128 + note
+        if not self._maybe_held[k]:
+            return
+        self._maybe_held[k] = 0
         v = self.voices
         rows = np.flatnonzero(v.active & v.held & (v.chan == ch) & (v.note == note))
         for i in rows:

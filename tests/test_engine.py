@@ -508,3 +508,21 @@ def test_realtime_knob_sweep_while_playing(presets):
         assert all(e.cache.peek(("piano", e.knobs["piano"], p, 96)) is not None for p in range(21, 109))
     finally:
         e.close()
+
+
+def test_note_off_bookkeeping_follows_on_off_order_inside_a_block(presets):
+    """A note-off for a key no voice holds is skipped cheaply (most of a MIDI flood's); on, off, on of
+    one key inside one block leaves the second note held, and the next note-off releases it."""
+    with Engine(sample_rate=SR, blocksize=128, presets=[presets["piano"]]) as e:
+        e.note_off(0, 61)                              # nothing holds it: no effect, no error
+        e.note_on(0, 60, 100, frame=0)
+        e.note_off(0, 60, frame=10)
+        e.note_on(0, 60, 100, frame=20)
+        e.render(128)
+        v = e.voices
+        held = np.flatnonzero(v.active & v.held & (v.note == 60))
+        assert len(held) == 1 and np.count_nonzero(v.active & v.released) == 1
+        e.note_off(0, 60)
+        e.render(128)
+        assert not np.any(v.active & v.held)
+        check_rows(e)
