@@ -61,6 +61,13 @@ DISPATCH_SHARE = 0.15
 # ...but the first MIN_EVENTS events of a block always go through: a chord or a knob move is not split
 # across blocks (a few ms late) because the thread was preempted while it started them.
 MIN_EVENTS = 8
+# Coalesced events of a stale backlog (see `_dispatch`) are sent at most one per 4 frames per block
+# (128 per 512-frame block, 32 per 128): a panic reached past 0.3 s of a 10,000 events/s flood
+# coalesces to some 350 events, and sent in one block they cost 0.3-0.4 of it (measured offline).
+FRAMES_PER_HELD = 4
+MIN_HELD = 16
+# ...and so is any event beyond this many waiting (a flood's backlog at 10,000 events/s reaches 3,000).
+MAX_BACKLOG = 1024
 # A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
 # endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
 MAX_DEFER_SECONDS = 0.3
@@ -103,6 +110,10 @@ class LiveCore:
         self._buf = np.zeros((max(blocksize, 1) * 4, 2), np.float32)
         self._block = self._buf[:blocksize]
         self._pending: collections.deque = collections.deque()   # events held for a later block
+        # A stale backlog (or the events before a panic), coalesced: (kind, channel, cc or note) -> the
+        # latest such event, oldest first. Bounded by the number of keys, drained `max_held` per block.
+        self._held: collections.OrderedDict = collections.OrderedDict()
+        self._held_budget = 0
         self._panics_seen = 0
         self._durations = np.zeros(RING, np.float64)   # seconds per callback
         self._cpu = np.zeros(RING, np.float64)         # CPU seconds of this thread per callback
@@ -126,6 +137,7 @@ class LiveCore:
         self.deferred = 0         # events held for the next block by the note-on cap
         self.dropped = 0          # note-ons dropped after waiting MAX_DEFER_SECONDS (a flood) or before a panic
         self.max_note_ons = max(MIN_NOTE_ONS, blocksize // FRAMES_PER_NOTE_ON)
+        self.max_held = max(MIN_HELD, blocksize // FRAMES_PER_HELD)
         self.errors = 0
         self.first_error: str | None = None
         self._leads: list[float] = []
@@ -246,7 +258,8 @@ class LiveCore:
     def _dispatch(self, frames: int, time_info, ref: float | None, t_start: float) -> None:
         q = self.queue
         pending = self._pending
-        if not q and not pending:
+        held = self._held
+        if not q and not pending and not held:
             return
         if ref is None:
             ref = self._reference(time_info)
@@ -255,6 +268,7 @@ class LiveCore:
         eng = self.engine
         budget = self.max_note_ons * frames // self.blocksize if frames != self.blocksize else self.max_note_ons
         budget = max(budget, 1)
+        self._held_budget = max(1, self.max_held * frames // self.blocksize)
         deadline = t_start + DISPATCH_SHARE * frames / sr
         perf = time.perf_counter
         capped = False
@@ -265,8 +279,10 @@ class LiveCore:
         # backlog in this block, dropping the note-ons before it.
         urgent = getattr(q, "panics", 0) - self._panics_seen
         stale = ref - MAX_DEFER_SECONDS
+        # Events beyond MAX_BACKLOG waiting are treated as stale as well (oldest first): the walk to a
+        # panic past the backlog then costs at most MAX_BACKLOG steps (~1 ms) in one block.
+        excess = len(q) + len(pending) - MAX_BACKLOG
         future = []
-        held: dict = {}
         while True:
             if pending:
                 ev = pending.popleft()
@@ -277,27 +293,32 @@ class LiveCore:
             else:
                 break
             t, kind, ch, a, b, src = ev
-            if capped and urgent <= 0 and t >= stale:
+            old = t < stale or excess > 0
+            if capped and urgent <= 0 and not old:
                 (q if from_q else pending).appendleft(ev)
                 self.deferred += len(pending) + len(q)
                 break
+            excess -= 1
             panic = kind == CC and (a == 120 or a == 123)
             if from_q and panic:
                 self._panics_seen += 1
                 urgent -= 1
-            if kind == NOTE_ON and (capped or t < stale):
+            if kind == NOTE_ON and (capped or old):
                 self.dropped += 1
                 continue
-            if not panic and (t < stale or (capped and urgent > 0)):
+            if not panic and (old or (capped and urgent > 0)):
                 # On the way to a panic, or through a backlog that has waited MAX_DEFER_SECONDS: keep
-                # only the final controller state and the note-offs, applied before the panic or at the
-                # block's end (thousands of flood events one by one in one block would overrun it).
+                # only the final controller state and the note-offs (`_held`, oldest first), applied
+                # before any newer event, at most `max_held` per block (thousands of flood events one
+                # by one in one block would overrun it).
                 key = (kind, ch, a if kind in (CC, NOTE_OFF) else 0)
                 held.pop(key, None)
                 held[key] = ev
                 continue
             if panic and held:
                 # Its channel's note-offs change nothing any more: CC 120/123 stops every voice there.
+                # The panic goes ahead of the held state: what remains of it (controllers, bends and
+                # programs) leads to the same state applied before or after CC 120/123.
                 for k in [k for k in held if k[0] == NOTE_OFF and k[1] == ch]:
                     del held[k]
             off = int((t - ref) * sr + frames + 0.5)
@@ -313,6 +334,15 @@ class LiveCore:
                 off = last
             if self._duplicate(t, kind, ch, a, b, src):
                 continue
+            if held and not panic:
+                # The held state is older than this event: it goes first. When the block's share of it
+                # is spent, this event and the rest wait for the next block (or are coalesced on the
+                # way to a panic).
+                n_sent += self._send_held(off, deadline if n_sent >= MIN_EVENTS else None)
+                if held:
+                    (q if from_q else pending).appendleft(ev)
+                    capped = True
+                    continue
             last = off
             self.events += 1
             n_sent += 1
@@ -323,20 +353,27 @@ class LiveCore:
                     capped = True
             else:
                 self._send(kind, ch, a, b, off)
-            if held and urgent <= 0:
-                self._send_held(held, last)
             if not capped and n_sent >= MIN_EVENTS and perf() > deadline:
                 capped = True
-        if held:
-            self._send_held(held, last)
+        if held and urgent <= 0:
+            self._send_held(last, deadline if n_sent >= MIN_EVENTS else None)
         if future:
             pending.extendleft(reversed(future))
 
-    def _send_held(self, held: dict, off: int) -> None:
-        for h in held.values():
+    def _send_held(self, off: int, deadline: float | None) -> int:
+        """Send the oldest of the held (coalesced) events at frame `off`, until this block's share of
+        them (`max_held`) or, past `deadline`, its time budget is spent. Returns how many were sent."""
+        held = self._held
+        n = 0
+        while held and self._held_budget > 0:
+            h = held.popitem(last=False)[1]
+            self._held_budget -= 1
             self.events += 1
+            n += 1
             self._send(h[1], h[2], h[3], h[4], off)
-        held.clear()
+            if deadline is not None and time.perf_counter() > deadline:
+                self._held_budget = 0
+        return n
 
     def _send(self, kind: int, ch: int, a: int, b: int, off: int) -> None:
         eng = self.engine

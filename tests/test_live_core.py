@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from synth.live import DISPATCH_SHARE, LEAD_SAMPLES, MAX_DEFER_SECONDS, MIN_EVENTS, LiveCore, velocity_map
+from synth.live import (
+    DISPATCH_SHARE,
+    LEAD_SAMPLES,
+    MAX_BACKLOG,
+    MAX_DEFER_SECONDS,
+    MIN_EVENTS,
+    EventQueue,
+    LiveCore,
+    velocity_map,
+)
 from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM, Parser
 
 SR, BS = 48000, 128
@@ -227,6 +236,97 @@ def test_a_stale_backlog_is_coalesced_not_replayed_event_by_event():
         last_bend = [e for e in evs if e[1] == BEND and e[2] == ch][-1]
         assert [c for c in eng.calls if c[0] == "cc" and c[1] == ch][-1][3] == last_cc[4]
         assert [c for c in eng.calls if c[0] == "bend" and c[1] == ch][-1][2] == last_bend[3]
+
+
+def test_the_held_backlog_goes_before_newer_events():
+    """A stale note-off coalesced from a backlog is older than a fresh note-on of the same key that
+    follows it: the note-off reaches the engine first, so it cannot release the new note."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    core.ref_clock = lambda: 2.0
+    old = 2.0 - MAX_DEFER_SECONDS - 0.05
+    q.extend([(old, CC, 0, 74, 5, 0), (old, NOTE_OFF, 0, 60, 0, 0), (2.0 - BS / SR, NOTE_ON, 0, 60, 90, 0)])
+    run_block(core)
+    assert [c[:3] for c in eng.calls] == [("cc", 0, 74), ("off", 0, 60), ("on", 0, 60)]
+
+
+def test_held_events_are_sent_a_bounded_number_per_block_and_none_is_lost():
+    """A backlog that coalesces to more keys than one block may send (`max_held`): the oldest go first,
+    the rest in the next blocks, and newer events wait until the held state is out. Every key's final
+    value arrives, in order of their last update."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 2.0}
+    core.ref_clock = lambda: clock["t"]
+    old = 2.0 - MAX_DEFER_SECONDS - 0.05
+    keys = [(ch, cc) for ch in range(16) for cc in range(20, 30)]          # 160 distinct controllers
+    evs = [(old + i * 1e-6, CC, ch, cc, (i * 7) % 128, 0) for i, (ch, cc) in enumerate(keys * 3)]
+    fresh = (2.0 - BS / SR, NOTE_ON, 5, 64, 100, 0)
+    q.extend(evs + [fresh])
+    per_block = []
+    for _ in range(20):
+        n0 = len(eng.calls)
+        run_block(core)
+        clock["t"] += BS / SR
+        per_block.append(len(eng.calls) - n0)
+        if eng.calls and eng.calls[-1][0] == "on":
+            break
+    assert max(per_block) <= core.max_held + 1, per_block     # the held share, plus the note-on
+    assert len(per_block) > 2, per_block                      # 160 keys at max_held (32) per block
+    ccs = [c for c in eng.calls if c[0] == "cc"]
+    assert [(c[1], c[2]) for c in ccs] == keys                # each key once, oldest update first
+    final = {(e[2], e[3]): e[4] for e in evs}
+    assert all(c[3] == final[(c[1], c[2])] for c in ccs)
+    assert eng.calls[-1][:3] == ("on", 5, 64) and not core._held
+
+
+def test_a_panic_goes_ahead_of_the_held_backlog_within_its_block():
+    """CC 123 behind a stale backlog that coalesces to more than a block's share: it reaches the engine
+    in this block; its channel's older note-offs are dropped (it releases them all), and the held
+    controllers follow in later blocks."""
+    eng = CallLog()
+    q = EventQueue()
+    core = LiveCore(eng, SR, BS, q)
+    core.ref_clock = lambda: 2.0
+    old = 2.0 - MAX_DEFER_SECONDS - 0.05
+    for i in range(400):
+        q.append((old + i * 1e-6, NOTE_OFF if i % 2 else CC, i % 16, (i // 2) % 128, 1, 0))
+    q.append((2.0 - BS / SR, CC, 3, 123, 0, 0))
+    run_block(core)
+    assert ("cc", 3, 123, 0) in [c[:4] for c in eng.calls]
+    assert not [c for c in eng.calls if c[0] == "off" and c[1] == 3]
+    assert core._held                                          # the rest waits for the next blocks
+    for _ in range(20):
+        run_block(core)
+    assert not core._held and not q
+
+
+def test_the_walk_through_a_backlog_is_bounded():
+    """A flood beyond the note-on cap builds a backlog; beyond MAX_BACKLOG waiting events the oldest are
+    treated as stale (note-ons dropped, the rest coalesced), so the queue at a block's start stays
+    within MAX_BACKLOG plus one block's arrivals and a panic behind it is reached in bounded work."""
+    eng = CallLog()
+    eng.calls = collections.deque(maxlen=64)
+    q = EventQueue()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 1.0}
+    core.ref_clock = lambda: clock["t"]
+    per_block = 200                                       # 75,000 note-ons/s: 50x the cap
+    depth = []
+    for b in range(60):
+        t = clock["t"] - BS / SR
+        q.extend((t + k * 1e-6, NOTE_ON, k % 16, 40 + k % 40, 100, 0) for k in range(per_block))
+        depth.append(len(q) + len(core._pending))
+        run_block(core)
+        clock["t"] += BS / SR
+    assert max(depth) <= MAX_BACKLOG + per_block, max(depth)
+    assert core.dropped > 0
+    q.append((clock["t"] - BS / SR, CC, 0, 120, 0, 0))
+    eng.calls.clear()
+    run_block(core)
+    assert ("cc", 0, 120, 0) in [c[:4] for c in eng.calls]
 
 
 def test_callback_cpu_time_is_measured_apart_from_wall_time():
