@@ -93,8 +93,7 @@ def main(argv=None) -> int:
             ("JACK xruns per minute of the session", _per_minute(res.get("xrun_seconds") or [], args.minutes)),
             ("hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(res.get("steal"))),
             ("costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
-             "; ".join(f"{w['cpu']:.2f} @ {w['stream_s']:.1f} s: {w['events']} ev, {w['voices']} v"
-                       for w in (res.get("worst_callbacks") or [])[:4]) or "-")]
+             _worst_text(res.get("worst_callbacks")))]
     if flood is not None:
         rows += _flood_rows(flood)
     w = max(len(k) for k, _ in rows)
@@ -156,6 +155,12 @@ def _steal_text(st: dict | None) -> str:
             f"{100 * st['share_of_seconds_near_steal']:.0f}% of the seconds")
 
 
+def _worst_text(worst: list[dict] | None, n: int = 4) -> str:
+    """The costliest callbacks (LiveCore.worst_callbacks rows) as one cell."""
+    return "; ".join(f"{w['cpu']:.2f} @ {w['stream_s']:.1f} s: {w['events']} ev, {w['voices']} v"
+                     for w in (worst or [])[:n]) or "-"
+
+
 def _per_minute(seconds: list[float], minutes: float) -> str:
     """xrun times (s from the session's start) as counts per minute: clusters show the machine's spells."""
     n = max(1, int(math.ceil(minutes)))
@@ -183,6 +188,11 @@ def _flood_rows(fl: dict) -> list[tuple[str, str]]:
         ("flood: xruns over the whole run (synth / JACK)", f"{fl['xruns_synth_all']} / {fl['xruns_jack_all']}"),
         ("flood: callback p99 / max (share of the block)", f"{fl['load_p99']} / {fl['load_max']}"),
         ("flood: callback CPU time p99 / max, 1 s to the end", f"{fl['cpu']['p99']} / {fl['cpu']['max']}"),
+        ("flood: callback start delay beyond the usual p99 / max, 1 s to the end (share of the block)",
+         f"{(fl.get('entry_delay') or {}).get('p99')} / {(fl.get('entry_delay') or {}).get('max')}"),
+        ("flood: costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
+         _worst_text(fl.get("worst_callbacks"))),
+        ("flood: longest GC pause on the main thread (ms)", str(fl.get("gc_collect_ms_max"))),
         ("flood: hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(fl.get("steal"))),
         ("flood: RSS at 1 s / 0.5 s after the end (MB)",
          f"{fl['rss_1s_mb']} / {fl['rss_end_mb']} ({growth})"),

@@ -670,6 +670,11 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
         # steal), from 1 s to the flood's end: what the synth costs, whatever the machine does.
         "cpu": window_load(one, flood_end, "cpu_hist_pct"),
         "load_window": window_load(one, flood_end),
+        # How late the audio callback started in its cycle beyond the usual (waiting for the GIL or a
+        # CPU), and the costliest callbacks of the whole run: what the synth did when it was slow.
+        "entry_delay": window_load(one, flood_end, "entry_hist_pct"),
+        "worst_callbacks": after.get("worst_callbacks"),
+        "gc_collect_ms_max": after.get("gc_collect_ms_max"),
         "rss_1s_mb": round(rss1, 1), "rss_end_mb": round(rss2, 1),
         "rss_growth_pct": round(100.0 * (rss2 - rss1) / rss1, 2) if rss1 else None,
         **cache_accounting(rss1, rss2, one.get("engine", {}), after.get("engine", {})),
