@@ -268,6 +268,7 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
         "finite": bool(np.isfinite(x).all()), "exit_code": rc, "xrun_seconds": xrun_at,
         "entry_delay": window_load(before, after, "entry_hist_pct"),
         "gc_collect_ms_max": after.get("gc_collect_ms_max"),
+        "gc_collect_cpu_ms_max": after.get("gc_collect_cpu_ms_max"),
         # The synth's costliest callbacks in CPU time since it started (prefill included), with when
         # (stream_s, on the synth's own stream clock) and what they did.
         "worst_callbacks": after.get("worst_callbacks", []),

@@ -92,6 +92,8 @@ def main(argv=None) -> int:
             ("peak, finite", f"{res['peak']:.3f}, {res['finite']}"), ("exit code", str(res["exit_code"])),
             ("JACK xruns per minute of the session", _per_minute(res.get("xrun_seconds") or [], args.minutes)),
             ("hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(res.get("steal"))),
+            ("longest GC pause on the main thread, wall / CPU (ms)",
+             f"{res.get('gc_collect_ms_max')} / {res.get('gc_collect_cpu_ms_max')}"),
             ("costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
              _worst_text(res.get("worst_callbacks")))]
     if flood is not None:
@@ -192,7 +194,8 @@ def _flood_rows(fl: dict) -> list[tuple[str, str]]:
          f"{(fl.get('entry_delay') or {}).get('p99')} / {(fl.get('entry_delay') or {}).get('max')}"),
         ("flood: costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
          _worst_text(fl.get("worst_callbacks"))),
-        ("flood: longest GC pause on the main thread (ms)", str(fl.get("gc_collect_ms_max"))),
+        ("flood: longest GC pause on the main thread, wall / CPU (ms)",
+         f"{fl.get('gc_collect_ms_max')} / {fl.get('gc_collect_cpu_ms_max')}"),
         ("flood: hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(fl.get("steal"))),
         ("flood: RSS at 1 s / 0.5 s after the end (MB)",
          f"{fl['rss_1s_mb']} / {fl['rss_end_mb']} ({growth})"),

@@ -49,6 +49,25 @@ MAX_SPLITS = 8             # live: a block is cut at most this many times by eve
 _VOICE_CCS = frozenset((64, 120, 121, 123))   # CCs that act on playing voices at their frame
 
 
+def single_thread_blas() -> int:
+    """Make numpy's BLAS run on the calling thread only, process-wide: `python -m synth` (live) calls
+    it at start. (Not the engine itself: in a process that also trains, it would slow torch's BLAS.)
+
+    The mix ends in one matrix product; OpenBLAS splits one over its own threads above ~262k
+    multiply-adds (2 x 512 frames x 256 voices is over), and the audio thread then waits for helper
+    threads that run at normal priority, on a machine whose other cores the JACK server, the MIDI
+    clients and the generator worker keep busy: a rare wait of many milliseconds in the callback.
+    One thread does that product in ~0.15 ms. threadpoolctl finds whichever BLAS numpy loaded
+    (OpenBLAS, MKL, BLIS) and sets it at run time, after numpy is imported. Returns the number of
+    BLAS libraries it limited (0 when threadpoolctl is missing)."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:   # an optional nicety, not a reason to refuse to play
+        return 0
+    threadpool_limits(1, user_api="blas")
+    return sum(1 for lib in threadpool_info() if lib.get("user_api") == "blas")
+
+
 def _touches_voices(kind: str, args: tuple) -> bool:
     """True for events that change playing voices at their frame (the mix must be cut there)."""
     return kind in ("on", "off", "bend") or (kind == "cc" and args[1] in _VOICE_CCS)

@@ -675,6 +675,7 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
         "entry_delay": window_load(one, flood_end, "entry_hist_pct"),
         "worst_callbacks": after.get("worst_callbacks"),
         "gc_collect_ms_max": after.get("gc_collect_ms_max"),
+        "gc_collect_cpu_ms_max": after.get("gc_collect_cpu_ms_max"),
         "rss_1s_mb": round(rss1, 1), "rss_end_mb": round(rss2, 1),
         "rss_growth_pct": round(100.0 * (rss2 - rss1) / rss1, 2) if rss1 else None,
         **cache_accounting(rss1, rss2, one.get("engine", {}), after.get("engine", {})),

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import threading
 import tracemalloc
 from types import SimpleNamespace
 
@@ -559,3 +560,47 @@ def test_knob_sweep_prefills_only_once_the_knob_settles(tiny_preset):
         assert time.perf_counter() - t0 >= MAX_DEFER_SECONDS - 0.06
     finally:
         e.close()
+
+
+def test_live_blas_runs_on_one_thread():
+    """`single_thread_blas` (called by `python -m synth` at start) leaves numpy's BLAS one thread: the
+    callback's matrix product must never wait for BLAS helper threads of normal priority."""
+    code = ("import numpy\nfrom threadpoolctl import threadpool_info\nfrom synth.engine import single_thread_blas\n"
+            "n = single_thread_blas()\n"
+            "print(n, sorted({l['num_threads'] for l in threadpool_info() if l['user_api'] == 'blas'}))")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    n, threads = r.stdout.split(maxsplit=1)
+    assert int(n) >= 1 and threads.strip() == "[1]", r.stdout
+
+
+def test_gc_tick_waits_for_the_end_of_a_callback():
+    """A tamed collection starts just after a callback ends (it holds the GIL throughout), and does not
+    wait forever for a stream that has stopped calling back."""
+    from synth.live import GcTamer
+
+    bs = 4096                                     # 85 ms periods: the tick gives up after two
+    core = LiveCore(CallLog(), SR, bs)
+    tamer = GcTamer("tamed")
+    tamer.start()
+    try:
+        fired = {}
+
+        def callback_later():
+            time.sleep(0.02)
+            fired["t"] = time.monotonic()
+            run_block(core, frames=bs)
+
+        th = threading.Thread(target=callback_later)
+        th.start()
+        tamer.tick(core)
+        done = time.monotonic()
+        th.join()
+        assert "t" in fired and done >= fired["t"] and tamer.collections == 1
+        t0 = time.monotonic()
+        tamer.tick(core)                          # no callback comes: two periods and it collects anyway
+        assert 0.15 < time.monotonic() - t0 < 1.0 and tamer.collections == 2
+        assert tamer.collect_cpu_max <= tamer.collect_seconds_max + 1e-3
+    finally:
+        tamer.stop()
