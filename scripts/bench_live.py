@@ -68,7 +68,7 @@ def rows_from(res: dict) -> list[dict]:
              f"{ses['notes_per_second']:.0f} notes/s; synth xruns {ses['xruns_synth']}, JACK xrun callbacks "
              f"{ses['xruns_jack']}; events {ses['events_played']}/{ses['events_sent']}; "
              f"{ses['knob_states_generated']} notes generated (misses at new knob states, and keyboard prefills once "
-             f"a knob settles); peak {ses['peak']:.3f}; {_steal_note(ses.get('steal'))}"),
+             f"a knob settles); peak {ses['peak']:.3f}; {_steal_note(ses.get('steal'))}; {_control_note(ses)}"),
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
              "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks); "
              f"its own CPU time p99 {100 * ((ses.get('cpu') or {}).get('p99') or 0):.0f}%, max "
@@ -88,6 +88,14 @@ def rows_from(res: dict) -> list[dict]:
                          f"sys.setswitchinterval(0.0005) vs p99 {a['p99']:.2f} / p99.9 {a['p999']:.2f} / max "
                          f"{a['max']:.1f} ms with Python's default 5 ms (interleaved runs)"))
     return rows
+
+
+def _control_note(ses: dict) -> str:
+    xs = ses.get("control_xrun_seconds")
+    if xs is None:
+        return "no control server"
+    return (f"the machine's own: {len(xs)} xrun(s) on a second JACK server with only an idle C client "
+            "(jack_metro), same seconds")
 
 
 def _steal_note(st) -> str:

@@ -28,6 +28,7 @@ Without --preset the repo's `piano` is used when installed, else the tiny test p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYO_GUI_WX", "0")
 
 from jackutil import (  # noqa: E402
+    ControlServer,
     JackServer,
     Probe,
     StealMonitor,
@@ -233,11 +235,21 @@ def session_events(t0: int, seconds: float, rate: float, rng: np.random.Generato
 
 
 def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: float = 50.0, seed: int = 1,
-            sweeps: bool = True, cluster: bool = True, synth_args: tuple[str, ...] = (), sweep_cc: int = 74) -> dict:
+            sweeps: bool = True, cluster: bool = True, synth_args: tuple[str, ...] = (), sweep_cc: int = 74,
+            control: bool = True) -> dict:
     """Part 3: 512 frames, 256-voice cluster + CC 74 sweeps + `rate` notes/s for `seconds`.
-    `sweeps`, `cluster` and `synth_args` exist to take the load apart (see docs/live.md)."""
+    `sweeps`, `cluster` and `synth_args` exist to take the load apart (see docs/live.md). With
+    `control`, a second JACK server with an idle C client runs beside it (`jackutil.ControlServer`):
+    its xruns over the same seconds are the machine's own."""
     rng = np.random.default_rng(seed)
     cmd = _cmd(parent, name, "--midi-port", "^probe:", *synth_args)
+    with contextlib.ExitStack() as stack:
+        ctl = stack.enter_context(ControlServer(period=512)) if control else None
+        res = _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl)
+    return res
+
+
+def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> dict:
     with JackServer(period=512) as srv, SynthProcess(srv, cmd, work) as sp:
         sp.wait_for("ready")
         probe = Probe(srv, record_seconds=seconds + 3)
@@ -275,6 +287,8 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
         # Hypervisor steal (/proc/stat) over the session, and how many JACK xruns came within a second
         # of a second with steal: the machine's share of them.
         "steal": steal.attribution(t0_mono, xrun_at, seconds),
+        # The same seconds on a second JACK server with an idle C client only (None: not run).
+        "control_xrun_seconds": None if ctl is None else ctl.xruns(t0_mono, seconds),
     }
 
 

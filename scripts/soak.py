@@ -92,6 +92,7 @@ def main(argv=None) -> int:
             ("peak, finite", f"{res['peak']:.3f}, {res['finite']}"), ("exit code", str(res["exit_code"])),
             ("JACK xruns per minute of the session", _per_minute(res.get("xrun_seconds") or [], args.minutes)),
             ("hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(res.get("steal"))),
+            (CONTROL_ROW, _control_text(res.get("control_xrun_seconds"))),
             ("longest GC pause on the main thread, wall / CPU (ms)",
              f"{res.get('gc_collect_ms_max')} / {res.get('gc_collect_cpu_ms_max')}"),
             ("costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
@@ -126,7 +127,7 @@ def _flood(parent: Path, name: str, work: Path, seconds: float) -> dict:
     cmd = latency_probe._cmd(parent, name, "--midi-port", "^probe:", "--cache-mb", "128")
     knobs = knob_ccs(parent / name)
     try:
-        return run_flood(cmd, work, seconds, knobs=knobs, rate=10_000, period=512)
+        return run_flood(cmd, work, seconds, knobs=knobs, rate=10_000, period=512, control=True)
     except (RuntimeError, TimeoutError, OSError) as e:   # the synth or jackd died, or never came up
         return {"seconds": seconds, "knobs": list(knobs), "error": f"{type(e).__name__}: {str(e)[-1500:]}"}
 
@@ -155,6 +156,16 @@ def _steal_text(st: dict | None) -> str:
     return (f"{st['steal_ms']:g} ms in {st['seconds_with_steal']} of {st['seconds']} s (per minute: {per}); "
             f"{st['xruns_near_steal']} of {st['xruns']} xruns, against "
             f"{100 * st['share_of_seconds_near_steal']:.0f}% of the seconds")
+
+
+CONTROL_ROW = "the machine's own xruns (idle C client on a second JACK server, same seconds)"
+
+
+def _control_text(xs: list[float] | None) -> str:
+    """ControlServer xrun times as one cell."""
+    if xs is None:
+        return "- (not run)"
+    return f"{len(xs)}" + (f" (at {', '.join(f'{x:g}' for x in xs[:8])}{' ...' if len(xs) > 8 else ''} s)" if xs else "")
 
 
 def _worst_text(worst: list[dict] | None, n: int = 4) -> str:
@@ -197,6 +208,7 @@ def _flood_rows(fl: dict) -> list[tuple[str, str]]:
         ("flood: longest GC pause on the main thread, wall / CPU (ms)",
          f"{fl.get('gc_collect_ms_max')} / {fl.get('gc_collect_cpu_ms_max')}"),
         ("flood: hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(fl.get("steal"))),
+        ("flood: " + CONTROL_ROW + ", 1 s to the end", _control_text(fl.get("control_xrun_seconds"))),
         ("flood: RSS at 1 s / 0.5 s after the end (MB)",
          f"{fl['rss_1s_mb']} / {fl['rss_end_mb']} ({growth})"),
         ("flood: note cache at 1 s / end / cap (MB); RSS growth less the cache's fill",

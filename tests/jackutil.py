@@ -14,6 +14,7 @@ servers whose process is gone: what jackd itself does for a dead server of the s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -453,6 +454,78 @@ def cache_accounting(rss1: float, rss2: float, eng1: dict, eng2: dict) -> dict:
             "rss_growth_excl_cache_pct": round(100.0 * ((rss2 - c2) - base) / base, 2) if base > 0 else None}
 
 
+class ControlServer:
+    """The machine's own xruns, measured beside a run: a second `jackd -d dummy` at the same period with
+    one idle C client (`jack_metro`) and a listener that only counts the server's xrun reports.
+
+    Nothing of ours runs in that graph, so its xruns come from the machine (the host's scheduling and
+    steal, timer slack): a side-by-side baseline for the synth's server over the same seconds. Its
+    cost is one more real-time wake-up per period, a few microseconds of CPU. The listener is its own
+    process: libjack serves one server per process, and this one talks to the synth's.
+    """
+
+    LISTENER = (
+        "import sys, time, jack\n"
+        "c = jack.Client('control-listener', servername=sys.argv[1], no_start_server=True)\n"
+        "c.set_xrun_callback(lambda d: print(time.monotonic(), flush=True))\n"
+        "c.activate()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+
+    def __init__(self, period: int = 512, rate: int = 48000):
+        self.server = JackServer(period=period, rate=rate)
+        self.procs: list[subprocess.Popen] = []
+        self.times: list[float] = []     # time.monotonic() of each xrun report (system-wide clock)
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> ControlServer:
+        self.server.start()
+        try:
+            env = self.server.env
+            self.procs.append(subprocess.Popen(["jack_metro", "-b", "120"], env=env, stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               start_new_session=True))
+            lis = subprocess.Popen([sys.executable, "-c", self.LISTENER, self.server.name], env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, start_new_session=True)
+            self.procs.append(lis)
+            if lis.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the control server's xrun listener did not start: {self.server.log()}")
+            self._reader = threading.Thread(target=self._read, args=(lis.stdout,), daemon=True)
+            self._reader.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            try:
+                self.times.append(float(line))
+            except ValueError:
+                pass
+
+    def xruns(self, t_from: float, seconds: float) -> list[float]:
+        """xrun report times in seconds from monotonic time `t_from`, within [0, seconds)."""
+        return [round(t - t_from, 2) for t in list(self.times) if 0 <= t - t_from < seconds]
+
+    def __exit__(self, *exc) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    f.close()
+        self.procs = []
+        self.server.stop()
+
+
 class StealMonitor:
     """Hypervisor steal time (the `steal` column of /proc/stat, all CPUs) sampled on a thread every
     `interval` s: the time the host ran something else while this VM wanted its CPUs. It is counted
@@ -597,7 +670,7 @@ def window_load(before: dict, after: dict, key: str = "load_hist_pct") -> dict:
 
 
 def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, ...] = FLOOD_KNOBS,
-              rate: float = 10_000, seed: int = 3, period: int = 512) -> dict:
+              rate: float = 10_000, seed: int = 3, period: int = 512, control: bool = False) -> dict:
     """Issue 8's flood, measured: a private `jackd -d dummy -p PERIOD`, the synth `cmd` (it must take
     MIDI from `^probe:`), `seconds` of `flood_events` at `rate`, then CC 120 + CC 123 on all 16
     channels at the flood's end; the output is recorded until 0.5 s after it.
@@ -606,7 +679,15 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
     its status ticks, and JACK's xrun callback), RSS at 1 s and 0.5 s after the end, the synth's
     event counters and callback load, the output's peak and finiteness, the peak of the flood's
     middle (it did sound), whether the output is exactly 0 from 2 periods + 6 ms after the panic, and
-    the time from the panic to the last non-zero frame. `log_tail` is the end of the synth's stderr."""
+    the time from the panic to the last non-zero frame. `log_tail` is the end of the synth's stderr.
+    With `control`, a second JACK server with an idle C client runs beside it (`ControlServer`): its
+    xruns from 1 s to the flood's end are the machine's own."""
+    with contextlib.ExitStack() as stack:
+        ctl = stack.enter_context(ControlServer(period=period)) if control else None
+        return _run_flood(cmd, workdir, seconds, knobs, rate, seed, period, ctl)
+
+
+def _run_flood(cmd, workdir, seconds, knobs, rate, seed, period, ctl) -> dict:
     with JackServer(period=period) as srv, SynthProcess(srv, cmd, workdir) as sp:
         sr = srv.rate
         sp.wait_for("ready")
@@ -665,6 +746,8 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
         "jack_xrun_seconds": xrun_seconds[:100],
         # Hypervisor steal from t0 to the flood's end and the JACK xruns within a second of it.
         "steal": steal.attribution(t0_mono, xrun_seconds, seconds),
+        # The machine's own xruns over the same window (1 s to the flood's end), or None.
+        "control_xrun_seconds": None if ctl is None else [x + 1.0 for x in ctl.xruns(t0_mono + 1.0, seconds - 1.0)],
         "load_p99": after["load_p99"], "load_max": after["load_max"],
         # The callback's own CPU time (thread time: excludes preemption, GIL waits and hypervisor
         # steal), from 1 s to the flood's end: what the synth costs, whatever the machine does.

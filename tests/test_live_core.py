@@ -9,8 +9,8 @@ import collections
 import os
 import subprocess
 import sys
-import time
 import threading
+import time
 import tracemalloc
 from types import SimpleNamespace
 
@@ -316,7 +316,7 @@ def test_the_walk_through_a_backlog_is_bounded():
     core.ref_clock = lambda: clock["t"]
     per_block = 200                                       # 75,000 note-ons/s: 50x the cap
     depth = []
-    for b in range(60):
+    for _ in range(60):
         t = clock["t"] - BS / SR
         q.extend((t + k * 1e-6, NOTE_ON, k % 16, 40 + k % 40, 100, 0) for k in range(per_block))
         depth.append(len(q) + len(core._pending))
