@@ -463,9 +463,9 @@ class GcTamer:
     def tick(self, core: LiveCore | None = None) -> None:
         """Collect now, or with `core`, just after its next callback ends: a collection holds the GIL
         for its whole length (0.4-1.2 ms of CPU in a MIDI flood, up to 7 ms of wall when the thread is
-        preempted meanwhile), and
-        started at a random time it may be under way when the next callback, or the JACK MIDI
-        thread, needs the GIL; started as a block ends, it has most of the period to itself."""
+        preempted meanwhile), and started at a random time it may be under way when the next
+        callback, or the JACK MIDI thread, needs the GIL; started as a block ends, it has most of the
+        period to itself."""
         if self.mode != "tamed":
             return
         if core is not None:
