@@ -243,10 +243,8 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
     its xruns over the same seconds are the machine's own."""
     rng = np.random.default_rng(seed)
     cmd = _cmd(parent, name, "--midi-port", "^probe:", *synth_args)
-    with contextlib.ExitStack() as stack:
-        ctl = stack.enter_context(ControlServer(period=512)) if control else None
-        res = _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl)
-    return res
+    with ControlServer(period=512) if control else contextlib.nullcontext() as ctl:
+        return _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl)
 
 
 def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> dict:

@@ -682,8 +682,7 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
     the time from the panic to the last non-zero frame. `log_tail` is the end of the synth's stderr.
     With `control`, a second JACK server with an idle C client runs beside it (`ControlServer`): its
     xruns from 1 s to the flood's end are the machine's own."""
-    with contextlib.ExitStack() as stack:
-        ctl = stack.enter_context(ControlServer(period=period)) if control else None
+    with ControlServer(period=period) if control else contextlib.nullcontext() as ctl:
         return _run_flood(cmd, workdir, seconds, knobs, rate, seed, period, ctl)
 
 
