@@ -389,6 +389,23 @@ class Engine:
                 # A tune move changes no note: the voices only play them at another rate.
                 self.worker.prefill(name, cache_key, settle)
 
+    def _apply_ahead(self, kind: str, args: tuple, t: int) -> bool:
+        """Apply a note-on or note-off at time `t`, later in the block than the mix has reached, if
+        the result is the one a mix cut at `t` would give; False (nothing done) otherwise.
+
+        Voices are functions of absolute time, and the mixer keeps a voice silent before its start
+        and sums voices in start order, so most note events need no cut: a note-on whose note is
+        cached, with a voice row free and no voice to steal; a note-off whose voices hold a constant
+        full level (their release ramp from `t`, clipped to 1, is that level before `t`). Steals,
+        misses, pedals, bends and sound-off mix up to their frame first. An offline render cuts ~4x
+        fewer mixes this way; the output is the same at any block size.
+        """
+        if kind == "on":
+            return self._note_on(args[0], args[1], args[2], at=t)
+        if kind == "off":
+            return self._note_off(args[0], args[1], at=t)
+        return False
+
     def _apply(self, kind: str, args: tuple) -> None:
         if kind == "on":
             self._note_on(*args)
@@ -446,21 +463,29 @@ class Engine:
         return v.take_row()
 
     def _start(self, pi: int, entry, ch: int, note: int, velocity: int, base: float, pos: float = 0.0,
-               env0: float = 1.0, slope: float = 0.0) -> int:
+               env0: float = 1.0, slope: float = 0.0, at: int | None = None) -> int:
         i = self._alloc_voice()
         g = self._velocity_gain(pi, velocity, entry.key[3])
         pl, pr = self._pan(pi, note)
-        self.voices.start(i, self.now, entry, ch, note, pi, base, self._bend[ch], g * pl, g * pr, pos, env0, slope)
+        self.voices.start(i, self.now if at is None else at, entry, ch, note, pi, base, self._bend[ch], g * pl,
+                          g * pr, pos, env0, slope)
         self._maybe_held[ch * 128 + note] = 1
         return i
 
-    def _note_on(self, ch: int, note: int, velocity: int) -> None:
+    def _note_on(self, ch: int, note: int, velocity: int, at: int | None = None) -> bool:
+        """Start `note`, at time `at` when given (see `_apply_ahead`: then False, with nothing done,
+        unless the note is cached and a voice row is free with no steal needed)."""
         pi = self._chan_preset[ch]
         p = self.presets[pi]
         nk = self._note_key(pi, self.knobs[p.name], note, velocity)
         if nk is None:
-            return
+            return True
         key, base = nk
+        if at is not None:
+            e = self.cache.peek(key)
+            v = self.voices
+            if e is None or (e.slot >= 0 and (v.n_live >= self.polyphony or not v._free)):
+                return False
         entry = self.cache.lookup(key)
         if entry is not None and not self.cache.acquire(entry):
             entry = None
@@ -471,31 +496,40 @@ class Engine:
                 entry = None
             if entry is None:
                 log.warning("note %d of preset %s could not be cached (cache full); skipped", note, p.name)
-                return
+                return True
         if entry is not None:
             if entry.slot >= 0:
-                self._start(pi, entry, ch, note, velocity, base)
-            return
+                self._start(pi, entry, ch, note, velocity, base, at=at)
+            return True
         # Live miss: ask the worker, and play the best stand-in now.
         self.worker.request(key)
         fb = self.cache.nearest(p.name, key[1], key[3], key[2], self._layers[pi], 0 if p.is_drums else 127)
         if fb is not None and fb.slot >= 0 and self.cache.acquire(fb):
             fb_base = base * 2.0 ** ((key[2] - fb.pitch) / 12.0)
-            i = self._start(pi, fb, ch, note, velocity, fb_base)
+            i = self._start(pi, fb, ch, note, velocity, fb_base, at=at)
             self._pending_xfade[i] = (key, base, velocity)
             self.fallbacks += 1
         else:
             self._pending_start[(ch, note)] = (key, base, velocity, pi)
+        return True
 
-    def _note_off(self, ch: int, note: int) -> None:
-        if self._pending_start:
-            self._pending_start.pop((ch, note), None)
+    def _note_off(self, ch: int, note: int, at: int | None = None) -> bool:
+        """Release `note`, at time `at` when given (see `_apply_ahead`: then False, with nothing
+        done, unless every voice it releases holds a constant full level)."""
         k = ch * 128 + note
         if not self._maybe_held[k]:
-            return
-        self._maybe_held[k] = 0
+            if self._pending_start:
+                self._pending_start.pop((ch, note), None)
+            return True
         v = self.voices
         rows = np.flatnonzero(v.active & v.held & (v.chan == ch) & (v.note == note))
+        if at is None:
+            at = self.now
+        elif not self._sustain[ch] and len(rows) and ((v.slope[rows] != 0.0).any() or (v.env0[rows] != 1.0).any()):
+            return False
+        if self._pending_start:
+            self._pending_start.pop((ch, note), None)
+        self._maybe_held[k] = 0
         for i in rows:
             i = int(i)
             pi = int(v.preset[i])
@@ -504,7 +538,8 @@ class Engine:
             if self._sustain[ch]:
                 v.sustain(i)
             else:
-                v.release(i, self.now, self._release_s[pi], self.sample_rate)
+                v.release(i, at, self._release_s[pi], self.sample_rate)
+        return True
 
     def _release_rows(self, rows: np.ndarray) -> None:
         v = self.voices
@@ -607,23 +642,28 @@ class Engine:
             if f >= frames:
                 self._carry.append((f - frames,) + ev[1:])
                 continue
-            if grid and not _touches_voices(ev[2], ev[3]):
-                # Live: knob CCs and program changes change no voice at their frame, so the mix is not
-                # cut there (the same samples either way: voices are functions of absolute time).
+            kind, args = ev[2], ev[3]
+            if not _touches_voices(kind, args):
+                # Knob CCs and program changes change no voice at their frame, so the mix is not cut
+                # there (the same samples either way: voices are functions of absolute time).
                 if n not in skip:
-                    self._apply(ev[2], ev[3])
-                if ev[2] == "cc" and self._fx_cc is not None:
-                    self._fx_cc(ev[3][1], ev[3][2], f)
+                    self._apply(kind, args)
+                if kind == "cc" and self._fx_cc is not None:
+                    self._fx_cc(args[1], args[2], f)
                 continue
             if grid > 1:
                 f -= f % grid
             if f > cur:
+                # A note-on or note-off that can take effect at its own frame without a cut (see
+                # `_apply_ahead`) does; anything else mixes up to its frame first.
+                if n not in skip and self._apply_ahead(kind, args, self.now + (f - cur)):
+                    continue
                 self._mix(out[cur:f])
                 cur = f
             if n not in skip:
-                self._apply(ev[2], ev[3])
-            if ev[2] == "cc" and self._fx_cc is not None:
-                self._fx_cc(ev[3][1], ev[3][2], ev[0])
+                self._apply(kind, args)
+            if kind == "cc" and self._fx_cc is not None:
+                self._fx_cc(args[1], args[2], ev[0])
         if cur < frames:
             self._mix(out[cur:frames])
         self._reap()

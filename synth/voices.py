@@ -334,6 +334,12 @@ class VoiceBank:
         F <= frames_for(active voices). Voices reading straight ahead are copied as rows of the
         bank; the others (bent, transposed, crossing a loop seam) get an index per sample and linear
         interpolation. Both give the same samples for a voice that qualifies for either.
+
+        A voice whose start time `seg_t` is after `t` (started ahead by the engine, at a frame later
+        in the block) is silent until then. The voices are summed in start order (`order`), whatever
+        their rows or envelopes: a voice started ahead, or released ahead, adds exact zeros or the
+        same samples at the same place in the sum as it would from a mix cut at its frame, so the
+        output does not depend on where the engine cut.
         """
         f = out.shape[0]
         idx = np.flatnonzero(self.active)
@@ -341,6 +347,8 @@ class VoiceBank:
         if nv == 0:
             out[:] = 0.0
             return
+        if nv > 1:
+            idx = idx[self.order[idx].argsort()]
         rate = self.rate[idx]
         loop_e = self.loop_e[idx]
         p0 = self.seg_pos[idx] + rate * (t - self.seg_t[idx])
@@ -350,27 +358,26 @@ class VoiceBank:
             p0 = np.where(looped, ls + np.fmod(p0 - ls, loop_e - ls), p0)
         simple = (rate == 1.0) & (p0 == np.floor(p0)) & (p0 + f <= loop_e)
         ramp = self.slope[idx] != 0.0
-        # Rows of ww in four groups: straight-ahead voices with a constant envelope, straight-ahead
-        # ramping, interpolated ramping, interpolated constant. The ramping ones are then one
-        # contiguous range [r0, r1) that the envelope multiplies in place.
-        m0, m1 = simple & ~ramp, simple & ramp
-        fast0, fast1 = idx[m0], idx[m1]
-        nf, r0 = len(fast0) + len(fast1), len(fast0)
+        # Rows of ww: the straight-ahead voices, then the interpolated ones, each in start order.
         if simple.all():
-            slow = _EMPTY
-            fast = np.concatenate((fast0, fast1)) if len(fast1) else fast0
-            r1 = nf
+            fast, slow, order, ramp_o = idx, _EMPTY, idx, ramp
         else:
-            slow1, slow0 = idx[~simple & ramp], idx[~simple & ~ramp]
-            fast = np.concatenate((fast0, fast1))
-            slow = np.concatenate((slow1, slow0))
-            r1 = nf + len(slow1)
-        order = np.concatenate((fast, slow)) if len(slow) else fast
+            fast, slow = idx[simple], idx[~simple]
+            order = np.concatenate((fast, slow))
+            ramp_o = np.concatenate((ramp[simple], ramp[~simple]))
+        nf = len(fast)
         n = nv * f
         ww = self._w[:n].reshape(nv, f)
         if nf:
-            start = np.concatenate((p0[m0], p0[m1])).astype(np.int64)
-            rows = self._win[self.off[fast] + start, :f]
+            start = p0[simple].astype(np.int64) if len(slow) else p0.astype(np.int64)
+            offs = self.off[fast]
+            rows = self._win[offs + start, :f]
+            if start.min() < 0:
+                for r in np.flatnonzero(start < 0).tolist():
+                    # Started ahead: silent until its frame, then its slot from the beginning.
+                    s = min(f, -int(start[r]))
+                    rows[r, :s] = 0.0
+                    rows[r, s:] = self.bank[int(offs[r]):int(offs[r]) + f - s]
             if start.max() + f > self.slot_len:
                 for r in np.flatnonzero(start + f > self.slot_len):
                     # A note running off its slot in this block reads zeros, not the next slot.
@@ -378,12 +385,18 @@ class VoiceBank:
             np.copyto(ww[:nf], rows)
         if len(slow):
             self._mix_slow(t, slow, ww[nf:], f)
+        lead = self.seg_t[order] - t
+        if lead.max() > 0:
+            for r in np.flatnonzero(lead > 0).tolist():
+                ww[r, :min(f, int(lead[r]))] = 0.0   # not started yet: silent until its frame
         # env0 is always within [0, 1]; a voice without a ramp has a constant envelope, folded into its gains.
         gain = self.gain[:, order] * self.env0[order]
-        if r1 > r0:
-            oe = order[r0:r1]
+        rr = np.flatnonzero(ramp_o)
+        if len(rr):
+            oe = order[rr]
+            k = len(rr)
             # float(t - env_t + n) is exact (integers < 2**53), as the int64 sum it replaces was.
-            env = self._p[:(r1 - r0) * f].reshape(r1 - r0, f)
+            env = self._p[:k * f].reshape(k, f)
             np.add((t - self.env_t[oe]).astype(np.float64)[:, None], self._arf[None, :f], out=env)
             env *= self.slope[oe][:, None]
             env += self.env0[oe][:, None]
@@ -391,8 +404,12 @@ class VoiceBank:
             if ends.min() < 0.0 or ends.max() > 1.0:
                 # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
                 np.clip(env, 0.0, 1.0, out=env)
-            ww[r0:r1] *= env
-            gain[:, r0:r1] = self.gain[:, oe]
+            r0, r1 = int(rr[0]), int(rr[-1]) + 1
+            if r1 - r0 == k:
+                ww[r0:r1] *= env
+            else:
+                ww[rr] *= env
+            gain[:, rr] = self.gain[:, oe]
         o = self._o[:, :f]
         np.matmul(gain, ww, out=o)
         out[:] = o.T
