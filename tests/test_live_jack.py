@@ -24,6 +24,7 @@ from jackutil import (
     note_events,
     onsets,
     play_and_record,
+    silent_before,
     synth_cmd,
     window_load,
 )
@@ -171,7 +172,11 @@ def test_latency_and_jitter_at_128_frames(presets, tmp_path):
             probe.close()
         assert sp.stop(signal.SIGTERM) == 0
     found = onsets(x, [f - start for f in sent], int(0.1 * SR), THRESHOLD)
-    near_xrun = [any(abs(f - xf) <= 4 * 128 for xf in xruns) for f in sent]
+    # An xrun drops its period's MIDI: a lost note-off leaves the note ringing into the next key,
+    # whose onset is then not its own. So a note must also be pressed in silence (as the bench
+    # probe requires), and the one just after a lost note-off drops out of the statistics too.
+    quiet = silent_before(x, [f - start for f in sent], 128, THRESHOLD)
+    near_xrun = [any(abs(f - xf) <= 4 * 128 for xf in xruns) or not q for f, q in zip(sent, quiet, strict=True)]
     for o, f, bad in zip(found, sent, near_xrun, strict=True):
         assert o is not None or bad, (f, found, xruns)
     ms = np.array([(o + start - f) / SR * 1e3 for o, f, bad in zip(found, sent, near_xrun, strict=True)
