@@ -404,15 +404,25 @@ class VoiceBank:
             if ends.min() < 0.0 or ends.max() > 1.0:
                 # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
                 np.clip(env, 0.0, 1.0, out=env)
-            r0, r1 = int(rr[0]), int(rr[-1]) + 1
-            if r1 - r0 == k:
-                ww[r0:r1] *= env
+            if int(rr[-1]) - int(rr[0]) + 1 == k:
+                ww[int(rr[0]):int(rr[-1]) + 1] *= env
             else:
-                ww[rr] *= env
+                # Runs of consecutive rows multiplied in place, when they are long enough: a
+                # fancy-indexed multiply gathers, multiplies and scatters (2x the time of in-place
+                # runs at 24 voices x 8192 frames), but each run costs ~1.5 us of calls.
+                cut = (np.flatnonzero(np.diff(rr) != 1) + 1).tolist() if k * f >= 8192 else None
+                if cut is not None and (len(cut) + 1) * 4096 <= k * f:
+                    for a, b in zip([0, *cut], [*cut, k], strict=True):
+                        r = int(rr[a])
+                        ww[r:r + b - a] *= env[a:b]
+                else:
+                    ww[rr] *= env
             gain[:, rr] = self.gain[:, oe]
         o = self._o[:, :f]
         np.matmul(gain, ww, out=o)
-        out[:] = o.T
+        # One channel at a time: the same values as out[:] = o.T, in a seventh of the time.
+        out[:, 0] = o[0]
+        out[:, 1] = o[1]
 
     def _mix_slow(self, t: int, rows: np.ndarray, ww: np.ndarray, f: int) -> None:
         """Samples of voices `rows` for frames [t, t + f) into ww float64[len(rows), f], interpolated.
