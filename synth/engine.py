@@ -50,8 +50,9 @@ _VOICE_CCS = frozenset((64, 120, 121, 123))   # CCs that act on playing voices a
 
 
 def single_thread_blas() -> int:
-    """Make numpy's BLAS run on the calling thread only, process-wide: `python -m synth` (live) calls
-    it at start. (Not the engine itself: in a process that also trains, it would slow torch's BLAS.)
+    """Make numpy's BLAS run on the calling thread only, process-wide: `python -m synth` (live) and
+    `python -m synth render` call it at start. (Not the engine itself: in a process that also trains,
+    it would slow torch's BLAS.)
 
     The mix ends in one matrix product; OpenBLAS splits one over its own threads above ~262k
     multiply-adds (2 x 512 frames x 256 voices is over), and the audio thread then waits for helper

@@ -479,6 +479,11 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     sr = parse_int(args.sample_rate, "--sample-rate", 8000, 192000, "choose 8000..192000 Hz (48000 is the default)")
     bs = parse_int(args.blocksize, "--blocksize", 1, MAX_BLOCKSIZE, f"choose 1..{MAX_BLOCKSIZE} frames")
+    from synth.engine import single_thread_blas
+
+    # The mix's matrix product is memory-bound: a second BLAS thread bought no wall time on the bench
+    # piece and cost a quarter more CPU (five interleaved renders each way).
+    single_thread_blas()
     res = render_file(args.input, args.output, preset=args.preset, preset_dirs=args.preset_dir, sample_rate=sr,
                       fmt=args.format, knobs=parse_knobs(args.knob), program_map=parse_program_map(args.program_map),
                       blocksize=bs, fx=args.fx, progress=args.progress, drums=args.drums)
