@@ -368,33 +368,40 @@ class VoiceBank:
         nf = len(fast)
         n = nv * f
         ww = self._w[:n].reshape(nv, f)
+        rr = np.flatnonzero(ramp_o)            # rows with an envelope ramp (fast ones first)
+        k = len(rr)
+        kf = int(np.count_nonzero(rr < nf))
+        # Ramping fast rows spread between constant ones (a released voice sits in start order), in
+        # more runs than `_env_rows` multiplies one by one: they are gathered apart and scattered
+        # into place once multiplied by their envelope, which costs what one contiguous range of
+        # them would (a fancy-indexed multiply in place takes 2x).
+        cut = (np.flatnonzero(np.diff(rr) != 1) + 1).tolist() if k > 1 and int(rr[-1]) - int(rr[0]) + 1 != k else []
+        split = False
+        if 0 < kf < nf and cut and cut[0] < kf:
+            split = (1 + sum(1 for c in cut if c < kf)) * 4096 > kf * f
+        rows_r = None
         if nf:
             start = p0[simple].astype(np.int64) if len(slow) else p0.astype(np.int64)
             offs = self.off[fast]
-            rows = self._win[offs + start, :f]
-            if start.min() < 0:
-                for r in np.flatnonzero(start < 0).tolist():
-                    # Started ahead: silent until its frame, then its slot from the beginning.
-                    s = min(f, -int(start[r]))
-                    rows[r, :s] = 0.0
-                    rows[r, s:] = self.bank[int(offs[r]):int(offs[r]) + f - s]
-            if start.max() + f > self.slot_len:
-                for r in np.flatnonzero(start + f > self.slot_len):
-                    # A note running off its slot in this block reads zeros, not the next slot.
-                    rows[r, max(0, self.slot_len - int(start[r])):] = 0.0
-            np.copyto(ww[:nf], rows)
+            src = offs + start
+            if split:
+                cf = np.flatnonzero(~ramp_o[:nf])
+                rows = self._win[src[cf], :f]
+                self._fix_rows(rows, start[cf], offs[cf], f)
+                ww[cf] = rows
+                rf = rr[:kf]
+                rows_r = self._win[src[rf], :f]
+                self._fix_rows(rows_r, start[rf], offs[rf], f)
+            else:
+                rows = self._win[src, :f]
+                self._fix_rows(rows, start, offs, f)
+                np.copyto(ww[:nf], rows)
         if len(slow):
             self._mix_slow(t, slow, ww[nf:], f)
-        lead = self.seg_t[order] - t
-        if lead.max() > 0:
-            for r in np.flatnonzero(lead > 0).tolist():
-                ww[r, :min(f, int(lead[r]))] = 0.0   # not started yet: silent until its frame
         # env0 is always within [0, 1]; a voice without a ramp has a constant envelope, folded into its gains.
         gain = self.gain[:, order] * self.env0[order]
-        rr = np.flatnonzero(ramp_o)
-        if len(rr):
+        if k:
             oe = order[rr]
-            k = len(rr)
             # float(t - env_t + n) is exact (integers < 2**53), as the int64 sum it replaces was.
             env = self._p[:k * f].reshape(k, f)
             np.add((t - self.env_t[oe]).astype(np.float64)[:, None], self._arf[None, :f], out=env)
@@ -404,25 +411,57 @@ class VoiceBank:
             if ends.min() < 0.0 or ends.max() > 1.0:
                 # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
                 np.clip(env, 0.0, 1.0, out=env)
-            if int(rr[-1]) - int(rr[0]) + 1 == k:
-                ww[int(rr[0]):int(rr[-1]) + 1] *= env
+            if rows_r is not None:
+                np.multiply(rows_r, env[:kf], out=env[:kf])
+                ww[rr[:kf]] = env[:kf]
+                self._env_rows(ww, rr[kf:], env[kf:], f)
             else:
-                # Runs of consecutive rows multiplied in place, when they are long enough: a
-                # fancy-indexed multiply gathers, multiplies and scatters (2x the time of in-place
-                # runs at 24 voices x 8192 frames), but each run costs ~1.5 us of calls.
-                cut = (np.flatnonzero(np.diff(rr) != 1) + 1).tolist() if k * f >= 8192 else None
-                if cut is not None and (len(cut) + 1) * 4096 <= k * f:
-                    for a, b in zip([0, *cut], [*cut, k], strict=True):
-                        r = int(rr[a])
-                        ww[r:r + b - a] *= env[a:b]
-                else:
-                    ww[rr] *= env
+                self._env_rows(ww, rr, env, f, cut)
             gain[:, rr] = self.gain[:, oe]
+        lead = self.seg_t[order] - t
+        if lead.max() > 0:
+            for r in np.flatnonzero(lead > 0).tolist():
+                ww[r, :min(f, int(lead[r]))] = 0.0   # not started yet: silent until its frame
         o = self._o[:, :f]
         np.matmul(gain, ww, out=o)
         # One channel at a time: the same values as out[:] = o.T, in a seventh of the time.
         out[:, 0] = o[0]
         out[:, 1] = o[1]
+
+    def _fix_rows(self, rows: np.ndarray, start: np.ndarray, offs: np.ndarray, f: int) -> None:
+        """Straight-ahead rows just gathered from the bank window, fixed where the window is wrong:
+        a voice started ahead (start < 0) is silent until its frame, then reads its slot from the
+        beginning; a note running off its slot in this block reads zeros, not the next slot."""
+        if not len(start):
+            return
+        if start.min() < 0:
+            for r in np.flatnonzero(start < 0).tolist():
+                s = min(f, -int(start[r]))
+                rows[r, :s] = 0.0
+                rows[r, s:] = self.bank[int(offs[r]):int(offs[r]) + f - s]
+        if start.max() + f > self.slot_len:
+            for r in np.flatnonzero(start + f > self.slot_len).tolist():
+                rows[r, max(0, self.slot_len - int(start[r])):] = 0.0
+
+    @staticmethod
+    def _env_rows(ww: np.ndarray, rr: np.ndarray, env: np.ndarray, f: int, cut: list | None = None) -> None:
+        """ww[rr] *= env, in place: one slice when the rows are consecutive, else runs of consecutive
+        rows when they are long enough (each costs ~1.5 us of calls), else a fancy-indexed multiply.
+        `cut`: where runs of rr start (not counting 0), when the caller knows."""
+        k = len(rr)
+        if not k:
+            return
+        if int(rr[-1]) - int(rr[0]) + 1 == k:
+            ww[int(rr[0]):int(rr[-1]) + 1] *= env
+            return
+        if cut is None:
+            cut = (np.flatnonzero(np.diff(rr) != 1) + 1).tolist()
+        if (len(cut) + 1) * 4096 <= k * f:
+            for a, b in zip([0, *cut], [*cut, k], strict=True):
+                r = int(rr[a])
+                ww[r:r + b - a] *= env[a:b]
+        else:
+            ww[rr] *= env
 
     def _mix_slow(self, t: int, rows: np.ndarray, ww: np.ndarray, f: int) -> None:
         """Samples of voices `rows` for frames [t, t + f) into ww float64[len(rows), f], interpolated.
