@@ -76,6 +76,9 @@ class VoiceBank:
         self._serial = 0
         self.next_end = NEVER   # no active voice ends before this time (a lower bound)
         self.n_live = 0         # active voices that are not ghosts
+        self.latest_start = 0   # the latest start time given to `start` (a voice may start ahead)
+        self._set_gen = 0       # bumped when a voice starts or stops: the mix's start order is cached
+        self._sorted = (-1, _EMPTY)
         self._free = list(range(n - 1, -1, -1))   # free rows, lowest on top
         size = self.budget
         self._i = np.empty(size, np.int64)
@@ -148,6 +151,9 @@ class VoiceBank:
               gain_l: float, gain_r: float, pos: float = 0.0, env0: float = 1.0, slope: float = 0.0) -> None:
         """Start voice row `v` (from `take_row`) at time `t` playing cache `entry` (acquired by the caller)."""
         self.n_live += 1
+        self._set_gen += 1
+        if t > self.latest_start:
+            self.latest_start = t
         self.active[v] = True
         self.ghost[v] = False
         self.held[v] = True
@@ -302,6 +308,7 @@ class VoiceBank:
         self.ghost_key[v] = NEVER
         self.slot[v] = -1
         self._free.append(v)
+        self._set_gen += 1
 
     def free_rows(self, rows: np.ndarray) -> None:
         """`free_row` for many rows at once, in order (a 256-voice cluster ending in one block)."""
@@ -313,6 +320,7 @@ class VoiceBank:
         self.ghost_key[rows] = NEVER
         self.slot[rows] = -1
         self._free.extend(rows.tolist())
+        self._set_gen += 1
 
     def frames_for(self, voices: int) -> int:
         """Frames one `mix` call may cover with `voices` active voices."""
@@ -342,13 +350,16 @@ class VoiceBank:
         output does not depend on where the engine cut.
         """
         f = out.shape[0]
-        idx = np.flatnonzero(self.active)
+        gen, idx = self._sorted
+        if gen != self._set_gen:
+            idx = np.flatnonzero(self.active)
+            if len(idx) > 1:
+                idx = idx[self.order[idx].argsort()]
+            self._sorted = (self._set_gen, idx)
         nv = len(idx)
         if nv == 0:
             out[:] = 0.0
             return
-        if nv > 1:
-            idx = idx[self.order[idx].argsort()]
         rate = self.rate[idx]
         loop_e = self.loop_e[idx]
         p0 = self.seg_pos[idx] + rate * (t - self.seg_t[idx])
@@ -418,8 +429,8 @@ class VoiceBank:
             else:
                 self._env_rows(ww, rr, env, f, cut)
             gain[:, rr] = self.gain[:, oe]
-        lead = self.seg_t[order] - t
-        if lead.max() > 0:
+        if self.latest_start > t:
+            lead = self.seg_t[order] - t
             for r in np.flatnonzero(lead > 0).tolist():
                 ww[r, :min(f, int(lead[r]))] = 0.0   # not started yet: silent until its frame
         o = self._o[:, :f]
