@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from enginedrive import drive
 from tinymodel import make_tiny_preset
 
 from synth.engine import Engine
@@ -25,21 +26,6 @@ def presets(tmp_path_factory):
         "drums": make_tiny_preset(d, "drums", kind="drums", note_seconds=0.3),
         "flat": make_tiny_preset(d, "flat", velocity_conditioned=False, layers=(127,), seed=3),
     }
-
-
-def drive(engine: Engine, events, total: int, bs: int) -> np.ndarray:
-    """Render `total` frames in blocks of `bs`, posting (abs frame, method, args) at their offsets."""
-    out = np.zeros((total, 2), np.float32)
-    events = sorted(events, key=lambda e: e[0])
-    i = 0
-    for pos in range(0, total, bs):
-        n = min(bs, total - pos)
-        while i < len(events) and events[i][0] < pos + n:
-            f, name, args = events[i]
-            getattr(engine, name)(*args, frame=f - pos)
-            i += 1
-        engine.render(n, out=out[pos:pos + n])
-    return out
 
 
 def check_rows(e: Engine) -> None:

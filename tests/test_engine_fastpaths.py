@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from enginedrive import drive
 from tinymodel import make_tiny_preset
 
 from synth.cache import NoteCache
@@ -338,20 +339,6 @@ def _ahead_script(rng, total: int, n: int) -> list:
     return script
 
 
-def _drive(e: Engine, script, total: int, bs: int) -> np.ndarray:
-    out = np.zeros((total, 2), np.float32)
-    events = sorted(script, key=lambda ev: ev[0])
-    i = 0
-    for pos in range(0, total, bs):
-        n = min(bs, total - pos)
-        while i < len(events) and events[i][0] < pos + n:
-            f, name, args = events[i]
-            getattr(e, name)(*args, frame=f - pos)
-            i += 1
-        e.render(n, out=out[pos:pos + n])
-    return out
-
-
 @pytest.mark.parametrize("polyphony", [256, 5])
 def test_events_applied_ahead_are_the_samples_of_a_mix_cut_at_each_event(piano, tmp_path, polyphony):
     """Note-ons and note-offs take effect at their frame without cutting the mix (the engine's
@@ -379,7 +366,7 @@ def test_events_applied_ahead_are_the_samples_of_a_mix_cut_at_each_event(piano, 
                 n[0] += 1
                 mix(t, out)
             e.voices.mix = counted
-            outs[ahead, bs] = _drive(e, script, total, bs)
+            outs[ahead, bs] = drive(e, script, total, bs)
             calls[ahead, bs] = n[0]
             e.close()
     ref = outs[False, 8192]
