@@ -419,6 +419,14 @@ class VoiceBank:
             env *= self.slope[oe][:, None]
             env += self.env0[oe][:, None]
             ends = env[:, ::f - 1] if f > 1 else env
+            if ends[:, 0].max() >= 1.0:
+                # A ramp up (a crossfade in) that has reached full level stays there: from now on the
+                # voice is constant, and costs no envelope (the same samples: x * 1.0 is x).
+                full = oe[(ends[:, 0] >= 1.0) & (self.slope[oe] > 0.0)]
+                if len(full):
+                    self.env0[full] = 1.0
+                    self.slope[full] = 0.0
+                    self.env_t[full] = t
             if ends.min() < 0.0 or ends.max() > 1.0:
                 # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
                 np.clip(env, 0.0, 1.0, out=env)

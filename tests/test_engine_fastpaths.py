@@ -375,3 +375,35 @@ def test_events_applied_ahead_are_the_samples_of_a_mix_cut_at_each_event(piano, 
         assert np.array_equal(o, ref), f"{k}: differs by {np.abs(o - ref).max()}"
     if polyphony == 256:
         assert calls[True, 8192] * 3 < calls[False, 8192], calls
+
+
+def test_a_ramp_up_that_reached_full_level_turns_constant_with_the_same_samples():
+    """A crossfade-in (env0 0, rising) that has reached full level becomes a constant voice in the
+    mixer (no envelope to compute, and note-offs may then apply ahead): the samples are the same
+    whenever that happens, here at different points for two block sizes."""
+    from types import SimpleNamespace
+
+    from synth.voices import VoiceBank
+
+    rng = np.random.default_rng(7)
+    slot = 4000
+    bank = np.zeros(12 * slot + 4096, np.float32)
+    bank[:12 * slot] = rng.standard_normal(12 * slot).astype(np.float32) * 0.1
+    outs, banks = [], []
+    for bs in (1000, 37):
+        vb = VoiceBank(16, bank, slot, 4096)
+        for k in range(10):
+            e = SimpleNamespace(slot=k, offset=k * slot, length=slot - 10, loop_start=0.0, loop_end=np.inf)
+            env0, slope = [(0.0, 1 / 300), (0.0, 1 / 1700), (1.0, 0.0), (1.0, -1 / 2500), (0.3, 1e-4)][k % 5]
+            vb.start(vb.take_row(), 0, e, 0, 60 + k, 0, 1.0, 1.0, 0.4, 0.6, env0=env0, slope=slope)
+        out = np.zeros((3000, 2), np.float32)
+        for pos in range(0, 3000, bs):
+            vb.mix(pos, out[pos:pos + bs])
+        outs.append(out)
+        banks.append(vb)
+    assert np.abs(outs[0]).max() > 0.05
+    assert np.array_equal(outs[0], outs[1])
+    for vb in banks:
+        rising = np.flatnonzero(vb.active)[[0, 1, 5, 6]]   # the 1/300 and 1/1700 ramps, full by 1700
+        assert (vb.slope[rising] == 0.0).all() and (vb.env0[rising] == 1.0).all()
+        assert vb.slope[np.flatnonzero(vb.active)[4]] > 0   # 0.3 + 1e-4 * 3000 is still below 1
