@@ -437,10 +437,12 @@ class VoiceBank:
             else:
                 self._env_rows(ww, rr, env, f, cut)
             gain[:, rr] = self.gain[:, oe]
-        if self.latest_start > t:
-            lead = self.seg_t[order] - t
+        if len(slow) and self.latest_start > t:
+            # Interpolated voices started ahead are silent until their frame (the straight-ahead
+            # ones were made so in `_fix_rows`).
+            lead = self.seg_t[slow] - t
             for r in np.flatnonzero(lead > 0).tolist():
-                ww[r, :min(f, int(lead[r]))] = 0.0   # not started yet: silent until its frame
+                ww[nf + r, :min(f, int(lead[r]))] = 0.0
         o = self._o[:, :f]
         np.matmul(gain, ww, out=o)
         # One channel at a time: the same values as out[:] = o.T, in a seventh of the time.
@@ -449,8 +451,9 @@ class VoiceBank:
 
     def _fix_rows(self, rows: np.ndarray, start: np.ndarray, offs: np.ndarray, f: int) -> None:
         """Straight-ahead rows just gathered from the bank window, fixed where the window is wrong:
-        a voice started ahead (start < 0) is silent until its frame, then reads its slot from the
-        beginning; a note running off its slot in this block reads zeros, not the next slot."""
+        a voice started ahead (start < 0: the engine starts voices ahead only at position 0) is
+        silent until its frame, then reads its slot from the beginning; a note running off its slot
+        in this block reads zeros, not the next slot."""
         if not len(start):
             return
         if start.min() < 0:
