@@ -19,6 +19,8 @@ from typing import Any
 from synth.errors import UserError
 
 JACK_AUDIO_CLIENT = "neural-synth-audio"
+# Not a PortAudio host API: one JACK client of our own for MIDI in and audio out (synth.midi_in).
+JACK_CLIENT_API = "jack-client"
 # Strings handed to C must outlive the call that stores the pointer.
 _keepalive: list[Any] = []
 _sd = None
@@ -89,10 +91,19 @@ def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, s
     `/dev/snd/seq` is missing: then there is no other MIDI). Otherwise audio uses PortAudio's default
     output ("auto" stays "auto") and MIDI uses ALSA. Explicit choices are kept as given.
     """
-    if audio_api not in AUDIO_APIS:
-        raise UserError(f"--audio-api {audio_api!r} is not known; choose from {', '.join(AUDIO_APIS)}")
+    if audio_api not in AUDIO_APIS and audio_api != JACK_CLIENT_API:
+        raise UserError(f"--audio-api {audio_api!r} is not known; choose from "
+                        f"{', '.join([*AUDIO_APIS, JACK_CLIENT_API])}")
     if midi_api not in ("auto", "alsa", "jack", "jack-rtmidi", "none"):
         raise UserError(f"--midi-api {midi_api!r} is not known; choose from auto, alsa, jack, jack-rtmidi, none")
+    if audio_api == JACK_CLIENT_API:
+        if midi_api not in ("auto", "jack"):
+            raise UserError(f"--audio-api {JACK_CLIENT_API} reads MIDI on its own JACK port; drop --midi-api "
+                            f"{midi_api} (or pass --midi-api jack)")
+        if not jack_server_running():
+            raise UserError(f"--audio-api {JACK_CLIENT_API} needs a running JACK server; start one first "
+                            "(e.g. `jackd -d dummy -r 48000 -p 128 &`)")
+        return audio_api, "jack"
     if audio_api != "auto" and midi_api != "auto":
         return audio_api, midi_api
     jack = jack_server_running()

@@ -525,7 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="output device index or name substring (`synth devices`)")
     p.add_argument("--blocksize", type=int, default=128, help="frames per audio block (default 128)")
     p.add_argument("--sample-rate", type=int, default=48000, help="output rate in Hz (default 48000)")
-    p.add_argument("--audio-api", default="auto", help="auto, jack, alsa, pulse, ... (default auto)")
+    p.add_argument("--audio-api", default="auto",
+                   help="auto, jack, alsa, pulse, ... (PortAudio host APIs), or jack-client: one JACK client of "
+                        "our own for MIDI and audio, one callback a cycle (--device then names the ports to "
+                        "connect to) (default auto)")
     p.add_argument("--midi-api", default="auto", choices=["auto", "alsa", "jack", "jack-rtmidi", "none"],
                    help="jack: frame-exact JACK MIDI; jack-rtmidi: rtmidi's JACK API (timing quantised "
                         "to the JACK period) (default auto)")
@@ -627,13 +630,16 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     presets = [find_preset(n, args.preset_dir) for n in names]
     status = StatusLine(args.status_interval)
     audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
-    sd = audio_io.load_sounddevice()
-    device = audio_io.resolve_device(sd, args.device, audio_api)
+    own_client = audio_api == audio_io.JACK_CLIENT_API
+    device = None
+    if not own_client:
+        sd = audio_io.load_sounddevice()
+        device = audio_io.resolve_device(sd, args.device, audio_api)
     if midi_api == "alsa" and not audio_io.has_alsa_seq():
         raise UserError("no MIDI input: /dev/snd/seq is missing and no JACK server runs; load the ALSA "
                         "sequencer (`modprobe snd-seq`), start JACK, or pass --midi-api none")
     sample_rate, blocksize = args.sample_rate, args.blocksize
-    if device.hostapi == audio_io.AUDIO_APIS["jack"]:
+    if own_client or device.hostapi == audio_io.AUDIO_APIS["jack"]:
         # A JACK client cannot choose the server's rate or period; follow them.
         info = audio_io.jack_server_info()
         if info is not None:
@@ -691,26 +697,24 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
                                                           indent=1))
 
     try:
-        audio = audio_io.AudioOutput(device, sample_rate, blocksize, core.callback)
         vmap = velocity_map(args.velocity_curve)
-        if midi_api == "jack":
-            from synth.midi_in import JackMidiInput
+        if own_client:
+            from synth.midi_in import JackSynthClient
 
-            on_jack = device.hostapi == audio_io.AUDIO_APIS["jack"]
-            midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=status.log,
-                                 clock=None if on_jack else audio.time)
-            if on_jack:
-                core.ref_clock = midi.cycle_clock
-        elif midi_api in ("alsa", "jack-rtmidi"):
-            from synth.midi_in import MidiInput
-
-            midi = MidiInput("jack" if midi_api == "jack-rtmidi" else "alsa", queue, audio.time,
-                             port_patterns=args.midi_port, virtual=not args.no_virtual, velocity_map=vmap,
-                             log=status.log)
+            # One JACK client, one process callback a cycle, for MIDI in and audio out; --device is a
+            # pattern for the ports to connect the outputs to.
+            audio = midi = JackSynthClient(queue, core.callback, port_patterns=args.midi_port, velocity_map=vmap,
+                                           log=status.log, connect_to=args.device)
+            core.ref_clock = midi.cycle_clock
+            where = f"JACK client {midi.client.name} (one callback for MIDI and audio)"
+        else:
+            audio = audio_io.AudioOutput(device, sample_rate, blocksize, core.callback)
+            where = f"{device.name} ({device.hostapi})"
+            midi = _open_midi(midi_api, args, queue, audio, device, core, vmap, status.log)
         tamer.start()
         audio.start()
         lat_engine = int(getattr(engine, "latency_samples", 0) or 0)
-        status.log(f"audio: {device.name} ({device.hostapi}), {sample_rate} Hz, block {blocksize}, "
+        status.log(f"audio: {where}, {sample_rate} Hz, block {blocksize}, "
                    f"output latency {1e3 * audio.latency_seconds:.1f} ms + engine {lat_engine} samples")
         if nice_note:
             status.log(nice_note)
@@ -729,7 +733,9 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
                 break
             stop.wait(0.02 if not ready else 0.05)
             if not audio.stream.active:
-                status.log("error: the audio stream stopped (device unplugged or JACK server gone)")
+                why = getattr(audio, "shutdown_reason", None)
+                status.log("error: the audio stream stopped (" + (f"JACK server gone: {why}" if why else
+                                                                     "device unplugged or JACK server gone") + ")")
                 reason["why"] = "audio stream lost"
                 rc = 1
                 break
@@ -753,7 +759,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
-        if midi is not None:
+        if midi is not None and midi is not audio:
             midi.close()
         if audio is not None:
             if audio.stream.active:
@@ -777,6 +783,26 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
         sys.stderr.flush()
         os._exit(rc or 1)
     return rc
+
+
+def _open_midi(midi_api: str, args, queue, audio, device, core: LiveCore, vmap, log):
+    """The MIDI input beside a PortAudio stream (None for --midi-api none)."""
+    if midi_api == "jack":
+        from synth.audio_io import AUDIO_APIS
+        from synth.midi_in import JackMidiInput
+
+        on_jack = device.hostapi == AUDIO_APIS["jack"]
+        midi = JackMidiInput(queue, port_patterns=args.midi_port, velocity_map=vmap, log=log,
+                             clock=None if on_jack else audio.time)
+        if on_jack:
+            core.ref_clock = midi.cycle_clock
+        return midi
+    if midi_api in ("alsa", "jack-rtmidi"):
+        from synth.midi_in import MidiInput
+
+        return MidiInput("jack" if midi_api == "jack-rtmidi" else "alsa", queue, audio.time,
+                         port_patterns=args.midi_port, virtual=not args.no_virtual, velocity_map=vmap, log=log)
+    return None
 
 
 def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:

@@ -17,6 +17,8 @@ Events are tuples `(t_seconds, kind, channel, a, b, source_id)`.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import re
 import sys
 import threading
@@ -264,10 +266,10 @@ class MidiInput:
 class FrameClock:
     """JACK's 32-bit frame counter, unwrapped to 64 bits. One instance per thread that reads it."""
 
-    __slots__ = ("_client", "_sr", "_last", "_wraps")
+    __slots__ = ("_frame", "_sr", "_last", "_wraps")
 
-    def __init__(self, client, sample_rate: int):
-        self._client = client
+    def __init__(self, last_frame_time: Callable[[], int], sample_rate: int):
+        self._frame = last_frame_time
         self._sr = float(sample_rate)
         self._last = 0
         self._wraps = 0
@@ -281,7 +283,84 @@ class FrameClock:
     def cycle_start(self) -> float:
         """Seconds (frames / sample rate) at the start of JACK's current process cycle. Valid from any
         JACK process callback of this server, e.g. PortAudio's audio callback under JACK."""
-        return self.unwrap(self._client.last_frame_time) / self._sr
+        return self.unwrap(self._frame()) / self._sr
+
+
+class _MidiEvent(ctypes.Structure):
+    _fields_ = [("time", ctypes.c_uint32), ("size", ctypes.c_size_t), ("buffer", ctypes.c_void_p)]
+
+
+class JackFast:
+    """The libjack calls a process callback makes every cycle, through `ctypes.PyDLL`: they keep the GIL.
+
+    JACK-Client's calls (cffi) release the GIL around every C call, and JACK-Client makes several per
+    port access (`get_array()` also asks for the buffer size). Each release is a chance for another
+    thread, the generator worker say, to take the GIL; the real-time thread then waits until that
+    thread hands it back (up to the switch interval, longer when that thread is preempted). These calls
+    only read shared memory, so holding the GIL through them costs nothing. Same library, same handles:
+    the pointers come from JACK-Client's objects."""
+
+    def __init__(self, client):
+        import jack
+
+        path = ctypes.util.find_library("jack")
+        if not path:
+            raise UserError("libjack is not installed; `apt-get install libjack-jackd2-0`")
+        lib = ctypes.PyDLL(path)
+        vp, u32 = ctypes.c_void_p, ctypes.c_uint32
+        self._get_buffer = lib.jack_port_get_buffer
+        self._get_buffer.argtypes, self._get_buffer.restype = [vp, u32], vp
+        self._count = lib.jack_midi_get_event_count
+        self._count.argtypes, self._count.restype = [vp], u32
+        self._event_get = lib.jack_midi_event_get
+        self._event_get.argtypes, self._event_get.restype = [ctypes.POINTER(_MidiEvent), vp, u32], ctypes.c_int
+        self._last_frame = lib.jack_last_frame_time
+        self._last_frame.argtypes, self._last_frame.restype = [vp], u32
+        self._since_start = lib.jack_frames_since_cycle_start
+        self._since_start.argtypes, self._since_start.restype = [vp], u32
+        self._latency_range = lib.jack_port_get_latency_range
+        self._latency_range.argtypes, self._latency_range.restype = [vp, ctypes.c_int, ctypes.c_void_p], None
+        # ctypes.memmove releases the GIL (CFUNCTYPE); the same C function as a PYFUNCTYPE keeps it.
+        self._memmove = ctypes.PYFUNCTYPE(vp, vp, vp, ctypes.c_size_t)(ctypes.cast(ctypes.memmove, vp).value)
+        self._ev = _MidiEvent()
+        self._evp = ctypes.pointer(self._ev)
+        self._ffi = jack._ffi
+        self.client = self.ptr(client)
+
+    def ptr(self, obj) -> int:
+        """The C pointer of a JACK-Client `Client` or `Port`."""
+        return int(self._ffi.cast("uintptr_t", obj._ptr))
+
+    def last_frame_time(self) -> int:
+        return self._last_frame(self.client)
+
+    def frames_since_cycle_start(self) -> int:
+        return self._since_start(self.client)
+
+    def midi_events(self, port: int, frames: int) -> list[tuple[int, bytes]]:
+        """(offset in the period, bytes) of every event in MIDI input port `port` this cycle."""
+        buf = self._get_buffer(port, frames)
+        n = self._count(buf) if buf else 0
+        if not n:
+            return []
+        ev, evp, out = self._ev, self._evp, []
+        for i in range(n):
+            if self._event_get(evp, buf, i):
+                break
+            out.append((ev.time, ctypes.string_at(ev.buffer, ev.size)))
+        return out
+
+    def playback_latency(self, port: int) -> int:
+        """Frames from this port to the speaker, as the graph reports it (the upper bound)."""
+        rng = (ctypes.c_uint32 * 2)()
+        self._latency_range(port, 1, rng)   # 1: JackPlaybackLatency
+        return int(rng[1])
+
+    def write_audio(self, port: int, frames: int, src) -> None:
+        """Copy float32 contiguous `src` (`frames` long) into audio output port `port`."""
+        buf = self._get_buffer(port, frames)
+        if buf:
+            self._memmove(buf, src.ctypes.data, 4 * frames)
 
 
 class JackMidiInput:
@@ -327,8 +406,11 @@ class JackMidiInput:
             raise UserError(f"cannot open JACK MIDI ({e}); start a JACK server or use --midi-api alsa") from None
         self.sample_rate = self.client.samplerate
         self.port = self.client.midi_inports.register(VIRTUAL_PORT)
-        self._clock = FrameClock(self.client, self.sample_rate)
-        self.cycle_clock = FrameClock(self.client, self.sample_rate).cycle_start
+        self._fast = JackFast(self.client)
+        self._port_ptr = self._fast.ptr(self.port)
+        self._clock = FrameClock(self._fast.last_frame_time, self.sample_rate)
+        # A second clock for the audio thread (each FrameClock belongs to one thread).
+        self.cycle_clock = FrameClock(self._fast.last_frame_time, self.sample_rate).cycle_start
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -337,18 +419,18 @@ class JackMidiInput:
 
     def _process(self, frames: int) -> None:
         # JACK process thread: read events, stamp, parse, append. Nothing else.
-        events = self.port.incoming_midi_events()
-        base = None
+        events = self._fast.midi_events(self._port_ptr, frames)
+        if not events:
+            return
         sr = self.sample_rate
+        if self.clock is None:
+            base = self._clock.unwrap(self._fast.last_frame_time()) / sr
+        else:
+            # Audio is not on JACK: no shared frame clock. The events of this cycle happened during
+            # the last period, so place them one period back on the audio stream's clock.
+            base = self.clock() - frames / sr
         for offset, data in events:
-            if base is None:
-                if self.clock is None:
-                    base = self._clock.unwrap(self.client.last_frame_time) / sr
-                else:
-                    # Audio is not on JACK: no shared frame clock. The events of this cycle happened during
-                    # the last period, so place them one period back on the audio stream's clock.
-                    base = self.clock() - frames / sr
-            self._parser.feed(bytes(data), base + offset / sr, 0, self._emit)
+            self._parser.feed(data, base + offset / sr, 0, self._emit)
 
     def _emit(self, ev: tuple) -> None:
         vmap = self.velocity_map
@@ -358,6 +440,9 @@ class JackMidiInput:
 
     def start(self) -> None:
         self.client.activate()
+        self._start_hotplug()
+
+    def _start_hotplug(self) -> None:
         self.rescan()
         self._thread = threading.Thread(target=self._poll, name="midi-hotplug", daemon=True)
         self._thread.start()
@@ -409,6 +494,146 @@ class JackMidiInput:
             self.client.deactivate()
         finally:
             self.client.close()
+
+
+class _Timing:
+    """What `LiveCore.callback` reads from sounddevice's `time_info` and `status`, filled by hand."""
+
+    __slots__ = ("currentTime", "outputBufferDacTime", "output_underflow")
+
+    def __init__(self) -> None:
+        self.currentTime = 0.0
+        self.outputBufferDacTime = 0.0
+        self.output_underflow = False
+
+
+class JackSynthClient(JackMidiInput):
+    """MIDI in and audio out on one JACK client (`--audio-api jack-client`): one process callback a cycle.
+
+    With `--audio-api jack` the synth is two JACK clients in one process: PortAudio's (audio) and
+    JACK-Client's (MIDI). Both run a Python callback on their own real-time thread every cycle, each must
+    take the GIL, and the graph's chain of wake-ups is one client longer. On a host that steals CPU, every
+    such step is another chance to miss the cycle. Here the client `neural-synth` owns the MIDI input
+    port `neural-synth` and the audio outputs `out_0`/`out_1`; its process callback reads this cycle's
+    MIDI, then runs the audio callback (`callback`, sounddevice's signature) and copies the block into
+    the output ports.
+
+    Timing follows JACK's convention for synths: an event at offset `o` of this cycle's MIDI buffer sounds
+    at frame `o` of the block this cycle writes, so it reaches the output one period after it was sent,
+    as with PortAudio (whose callback takes the events of the previous cycle). Events are stamped one
+    period back on JACK's frame clock, where `LiveCore` places "one block later". xruns that JACK reports
+    are passed to the callback as an output underflow; a server shutdown stops the stream (`active`).
+    """
+
+    def __init__(self, queue: collections.deque, callback: Callable, port_patterns: list[str] | None = None,
+                 velocity_map: list[int] | None = None, log: Callable[[str], None] | None = None,
+                 connect_to: str | None = None, poll_seconds: float = 1.0):
+        import numpy as np
+
+        super().__init__(queue, port_patterns=port_patterns, velocity_map=velocity_map, log=log,
+                         poll_seconds=poll_seconds)
+        self.callback = callback
+        self.blocksize = self.client.blocksize
+        self.outs = [self.client.outports.register(f"out_{i}") for i in range(2)]
+        self._out_ptrs = [self._fast.ptr(p) for p in self.outs]
+        self.connect_to = connect_to
+        # Planar: one contiguous row per port; the callback writes its (frames, 2) view.
+        self._planar = np.zeros((2, max(self.blocksize, 1) * 4), np.float32)
+        self._timing = _Timing()
+        self._xruns_pending = 0
+        self.xruns_reported = 0
+        self.active = False
+        self.shutdown_reason: str | None = None
+        self._started = self._closed = False
+        self.client.set_process_callback(self._process_all)
+        self.client.set_xrun_callback(self._on_xrun)
+        self.client.set_shutdown_callback(self._on_shutdown)
+
+    # the stream facade live.main expects from audio_io.AudioOutput
+    @property
+    def stream(self):
+        return self
+
+    @property
+    def latency_seconds(self) -> float:
+        """Playback latency of our outputs as JACK reports it (the driver's periods), seconds."""
+        return max(self._fast.playback_latency(self._out_ptrs[0]), self.blocksize) / self.sample_rate
+
+    def time(self) -> float:
+        return self.cycle_clock()
+
+    def _process_all(self, frames: int) -> None:
+        # The one real-time Python callback: this cycle's MIDI, then the audio block.
+        fast = self._fast
+        try:
+            events = fast.midi_events(self._port_ptr, frames)
+            frame = self._clock.unwrap(fast.last_frame_time())
+            if events:
+                sr = self.sample_rate
+                base = (frame - frames) / sr
+                for offset, data in events:
+                    self._parser.feed(data, base + offset / sr, 0, self._emit)
+            t = self._timing
+            # JACK's frames since the cycle began: LiveCore's measure of how late the callback started.
+            t.currentTime = (frame + fast.frames_since_cycle_start()) / self.sample_rate
+            t.output_underflow = self._xruns_pending > 0
+            self._xruns_pending = 0
+        except Exception:   # never let an exception deactivate the client: LiveCore logs its own
+            t = self._timing
+        if frames > self._planar.shape[1]:
+            import numpy as np
+
+            self._planar = np.zeros((2, frames), np.float32)
+        planar = self._planar[:, :frames]
+        self.callback(planar.T, frames, t, t)
+        fast.write_audio(self._out_ptrs[0], frames, planar[0])
+        fast.write_audio(self._out_ptrs[1], frames, planar[1])
+
+    def _on_xrun(self, delay_usecs: float) -> None:
+        self._xruns_pending += 1
+        self.xruns_reported += 1
+
+    def _on_shutdown(self, status, reason: str) -> None:
+        self.shutdown_reason = reason or "the server shut down"
+        self.active = False
+
+    def start(self) -> None:
+        """Activate, connect the outputs (to `connect_to`'s matches, else the physical playback ports),
+        then connect MIDI sources and start the hot-plug thread. Called for audio and for MIDI: once."""
+        if self._started:
+            return
+        self._started = True
+        self.client.activate()
+        self.active = True
+        try:
+            if self.connect_to:
+                pat = re.compile(self.connect_to, re.I)
+                dests = [p for p in self.client.get_ports(is_audio=True, is_input=True)
+                         if pat.search(p.name) and not p.name.startswith(CLIENT_NAME + ":")]
+            else:
+                dests = self.client.get_ports(is_audio=True, is_input=True, is_physical=True)
+            for src, dst in zip(self.outs, dests[:2], strict=False):
+                self.client.connect(src, dst)
+            if len(dests) == 1:
+                self.client.connect(self.outs[1], dests[0])
+        except (self._jack.JackError, re.error) as e:
+            self.log(f"audio: cannot connect the outputs ({e}); connect {CLIENT_NAME}:out_0/out_1 by hand")
+        self._start_hotplug()
+
+    def close(self) -> bool:
+        if self._closed:
+            return True
+        self._closed = True
+        if self.shutdown_reason is not None:
+            # The server is gone: only stop our threads; the client's memory goes with the process.
+            self._stop.set()
+            return True
+        super().close()
+        self.active = False
+        return True
+
+    def abort(self, ignore_errors: bool = True) -> None:
+        self.close()
 
 
 def list_ports(api: str) -> list[str]:

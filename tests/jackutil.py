@@ -236,13 +236,21 @@ class Probe:
         """The current absolute frame (JACK's frame clock)."""
         return self.client.frame_time
 
-    def connect_synth(self, midi_port: str = "neural-synth:neural-synth", audio_client: str = "neural-synth-audio",
+    def connect_synth(self, midi_port: str = "neural-synth:neural-synth",
+                      audio_clients: tuple[str, ...] = ("neural-synth-audio", "neural-synth"),
                       timeout: float = 30.0) -> list[str]:
-        """Wait for the synth's ports, then connect our MIDI out to its input and its outputs to ours."""
+        """Wait for the synth's ports, then connect our MIDI out to its input and its outputs to ours.
+        The audio outputs are those of the first client in `audio_clients` that has two: PortAudio's
+        (`--audio-api jack`) or the synth's own (`--audio-api jack-client`)."""
         end = time.monotonic() + timeout
         while True:
             names = [p.name for p in self.client.get_ports()]
-            outs = sorted(n for n in names if n.startswith(audio_client + ":"))
+            audio = [p.name for p in self.client.get_ports(is_audio=True, is_output=True)]
+            outs = []
+            for c in audio_clients:
+                outs = sorted(n for n in audio if n.startswith(c + ":"))
+                if len(outs) >= 2:
+                    break
             if midi_port in names and len(outs) >= 2:
                 break
             if time.monotonic() > end:

@@ -77,19 +77,22 @@ def test_jack_midi_flood(tiny_preset, tmp_path):
     assert fl["rss_end_mb"] - fl["rss_1s_mb"] < 0.05 * fl["rss_1s_mb"], (fl["rss_1s_mb"], fl["rss_end_mb"])
 
 
-@pytest.mark.parametrize("api", ["jack", "jack-rtmidi"])
+@pytest.mark.parametrize("api", ["jack", "jack-rtmidi", "jack-client"])
 def test_midi_port_vanishes_and_reappears(tiny_preset, tmp_path, api):
     """A keyboard's MIDI port disappears while a note is held, then a port of the same name comes back:
     the sound goes on through the gap (no callback error), the synth says so, reconnects the new port
-    within about a second, and its notes sound."""
-    cmd = synth_cmd(tiny_preset.path.parent, "--midi-api", api, "--midi-port", "^keys:")
-    opened = "port connected: keys:midi_out" if api == "jack" else "port opened: keys:midi_out"
-    gone = "port gone: keys:midi_out" if api == "jack" else "port closed: keys:midi_out"
+    within about a second, and its notes sound. (jack-client: `--audio-api jack-client`, whose one JACK
+    client reads MIDI the way `--midi-api jack` does.)"""
+    how = ["--audio-api", "jack-client"] if api == "jack-client" else ["--midi-api", api]
+    cmd = synth_cmd(tiny_preset.path.parent, *how, "--midi-port", "^keys:")
+    opened = "port opened: keys:midi_out" if api == "jack-rtmidi" else "port connected: keys:midi_out"
+    gone = "port closed: keys:midi_out" if api == "jack-rtmidi" else "port gone: keys:midi_out"
+    audio_client = "neural-synth:" if api == "jack-client" else "neural-synth-audio:"
     with JackServer(period=PERIOD) as srv, SynthProcess(srv, cmd, tmp_path) as sp:
         sp.wait_for("ready")
         rec = Probe(srv, name="rec")
         try:
-            outs = [p.name for p in rec.client.get_ports("neural-synth-audio:")]
+            outs = [p.name for p in rec.client.get_ports(audio_client, is_audio=True)]
             for src, dst in zip(outs[:2], rec.ins, strict=True):
                 rec._connect(src, dst.name)
             sounded = []
@@ -125,11 +128,12 @@ def test_midi_port_vanishes_and_reappears(tiny_preset, tmp_path, api):
     assert rc == 0, sp.stderr[-2000:]
 
 
+@pytest.mark.parametrize("audio_api", ["jack", "jack-client"])
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_jack_server_stopped_under_the_synth(tiny_preset, tmp_path, how):
+def test_jack_server_stopped_under_the_synth(tiny_preset, tmp_path, how, audio_api):
     """The JACK server goes away while the synth plays (stopped, or killed): the synth prints one clear
     line and exits with status 1 within a few seconds; it never hangs and prints no traceback."""
-    cmd = synth_cmd(tiny_preset.path.parent)
+    cmd = synth_cmd(tiny_preset.path.parent, "--audio-api", audio_api)
     srv = JackServer(period=PERIOD)
     srv.start()
     try:
