@@ -48,7 +48,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--flood-seconds", type=float, default=0.0,
                     help="first flood the synth for S s at 10k MIDI events/s (issue 8); 0: no flood")
+    ap.add_argument("--audio-api", default="auto",
+                    help="the synth's --audio-api: auto (PortAudio under JACK) or jack-client (one JACK client)")
     args = ap.parse_args(argv)
+    api = () if args.audio_api == "auto" else ("--audio-api", args.audio_api)
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(samples, stop), daemon=True)
@@ -56,10 +59,10 @@ def main(argv=None) -> int:
         work = Path(tmp)
         parent, name = latency_probe._preset_args(args.preset, args.preset_dir, work)
         # Before the sampler starts: it follows the first synth child it finds.
-        flood = _flood(parent, name, work, args.flood_seconds) if args.flood_seconds > 0 else None
+        flood = _flood(parent, name, work, args.flood_seconds, api) if args.flood_seconds > 0 else None
         sampler.start()
         try:
-            res = latency_probe.session(parent, name, work, seconds=args.minutes * 60.0)
+            res = latency_probe.session(parent, name, work, seconds=args.minutes * 60.0, synth_args=api)
         finally:
             stop.set()
             sampler.join(5)
@@ -122,9 +125,9 @@ def main(argv=None) -> int:
     return 0 if ok else 1
 
 
-def _flood(parent: Path, name: str, work: Path, seconds: float) -> dict:
+def _flood(parent: Path, name: str, work: Path, seconds: float, api: tuple[str, ...] = ()) -> dict:
     """Issue 8's flood on the session's preset (knob CCs from its preset.json), at 512 frames."""
-    cmd = latency_probe._cmd(parent, name, "--midi-port", "^probe:", "--cache-mb", "128")
+    cmd = latency_probe._cmd(parent, name, "--midi-port", "^probe:", "--cache-mb", "128", *api)
     knobs = knob_ccs(parent / name)
     try:
         return run_flood(cmd, work, seconds, knobs=knobs, rate=10_000, period=512, control=True)

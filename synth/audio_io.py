@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,14 @@ def jack_server_info() -> tuple[int, int] | None:
     lib.jack_set_info_function(ctypes.cast(silent, ctypes.c_void_p))
     status = ctypes.c_int(0)
     jack_no_start_server = 0x01
-    client = lib.jack_client_open(b"neural-synth-probe", jack_no_start_server, ctypes.byref(status))
+    for _ in range(3):
+        # With no server, the open fails at once (nothing listens on its socket). A server that exists
+        # but did not answer within its client timeout (a loaded machine) fails slowly: ask again
+        # rather than decide that there is no JACK.
+        t0 = time.monotonic()
+        client = lib.jack_client_open(b"neural-synth-probe", jack_no_start_server, ctypes.byref(status))
+        if client or time.monotonic() - t0 < 0.25:
+            break
     if not client:
         return None
     lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
