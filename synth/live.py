@@ -42,7 +42,7 @@ DEDUP_SECONDS = 0.003  # the same message from two ports this close together is 
 LEAD_SAMPLES = 16      # callbacks used to learn the DAC lead (outputBufferDacTime - currentTime)
 ENTRY_BASE = 64        # callbacks used to learn the usual entry delay under JACK
 WORST = 8              # callbacks kept with what they did, the costliest in CPU time (diagnostics)
-WORST_FIELDS = ("callback", "stream_s", "cpu", "wall", "dispatch_cpu", "events", "voices")
+WORST_FIELDS = ("callback", "stream_s", "cpu", "wall", "dispatch_cpu", "events", "voices", "sys_cpu", "faults")
 GC_TICK = 0.25         # seconds between gen-0 collections on the main thread (GC is off elsewhere)
 GC_GEN1_EVERY = 8      # ticks between gen-1 collections (2 s: each one stays small)
 # Work per callback must stay bounded. Starting a voice costs the engine ~15 us with 256 voices
@@ -73,6 +73,14 @@ MAX_BACKLOG = 1024
 MAX_DEFER_SECONDS = 0.3
 
 
+try:
+    import resource
+
+    _RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+except ImportError:   # not on Windows: the two diagnostic fields read 0 there
+    resource = None
+
+
 class EventQueue(collections.deque):
     """The MIDI -> audio deque. `append` (the MIDI thread) also counts panic messages (CC 120
     all-sound-off, CC 123 all-notes-off), so the callback reaches them past a flood's backlog."""
@@ -83,6 +91,19 @@ class EventQueue(collections.deque):
         super().append(ev)
         if ev[1] == CC and (ev[3] == 120 or ev[3] == 123):
             self.panics += 1
+
+
+class _NoRusage:
+    ru_stime = 0.0
+    ru_minflt = 0
+
+
+_NO_RUSAGE = _NoRusage()
+
+
+def _rusage_thread():
+    """This thread's resource usage (Linux: RUSAGE_THREAD; elsewhere the process's)."""
+    return resource.getrusage(_RUSAGE) if resource is not None else _NO_RUSAGE
 
 
 def _median(xs: list[float]) -> float:
@@ -166,6 +187,7 @@ class LiveCore:
         """sounddevice callback: `outdata` float32[frames, 2]. Runs on the audio thread."""
         t0 = time.perf_counter()
         c0 = time.thread_time()
+        ru0 = _rusage_thread()
         c1, ev0 = c0, self.events
         ref = None
         if self.ref_clock is not None:
@@ -207,6 +229,9 @@ class LiveCore:
                 self.first_error = traceback.format_exc()
         dc = time.thread_time() - c0
         dt = time.perf_counter() - t0
+        # This callback's kernel time and minor page faults: where a costly callback's CPU went.
+        ru = _rusage_thread()
+        d_sys, d_flt = ru.ru_stime - ru0.ru_stime, ru.ru_minflt - ru0.ru_minflt
         i = self.callbacks % RING
         self._durations[i] = dt
         self._cpu[i] = dc
@@ -215,19 +240,21 @@ class LiveCore:
         self.cpu_hist[min(max(int(cshare * 100.0), 0), HIST_BINS - 1)] += 1
         share = dt * self.sr / frames
         if cshare > self._worst_min:
-            self._note_worst(frames, cshare, share, (c1 - c0) * self.sr / frames, self.events - ev0)
+            self._note_worst(frames, cshare, share, (c1 - c0) * self.sr / frames, self.events - ev0,
+                             d_sys * self.sr / frames, d_flt)
         self.load_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
         if share > 1.0:
             self.overruns += 1
         self.callbacks += 1
 
-    def _note_worst(self, frames: int, cpu: float, wall: float, dispatch: float, events: int) -> None:
+    def _note_worst(self, frames: int, cpu: float, wall: float, dispatch: float, events: int,
+                    sys_cpu: float = 0.0, faults: int = 0) -> None:
         """Replace the cheapest of the kept worst callbacks (rare: only when this one costs more)."""
         voices = getattr(self.engine, "voices", None)
         n = int(np.count_nonzero(voices.active)) if voices is not None and hasattr(voices, "active") else -1
         w = self.worst
         j = int(np.argmin(w[:, 2]))
-        w[j] = (self.callbacks, self.callbacks * frames / self.sr, cpu, wall, dispatch, events, n)
+        w[j] = (self.callbacks, self.callbacks * frames / self.sr, cpu, wall, dispatch, events, n, sys_cpu, faults)
         self._worst_min = float(w[:, 2].min())
 
     def worst_callbacks(self) -> list[dict]:
@@ -235,8 +262,9 @@ class LiveCore:
         w = self.worst.copy()
         rows = [dict(zip(WORST_FIELDS, r, strict=True)) for r in w[np.argsort(-w[:, 2])] if r[2] > 0]
         for r in rows:
-            r["callback"], r["events"], r["voices"] = int(r["callback"]), int(r["events"]), int(r["voices"])
-            for k in ("stream_s", "cpu", "wall", "dispatch_cpu"):
+            for k in ("callback", "events", "voices", "faults"):
+                r[k] = int(r[k])
+            for k in ("stream_s", "cpu", "wall", "dispatch_cpu", "sys_cpu"):
                 r[k] = round(float(r[k]), 4)
         return rows
 
