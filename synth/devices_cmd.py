@@ -28,14 +28,19 @@ def main(argv: list[str]) -> int:
     out.write(f"JACK server: {state}"
               f" (JACK_DEFAULT_SERVER={os.environ.get('JACK_DEFAULT_SERVER', 'default')})\n")
     out.write(f"ALSA sequencer (/dev/snd/seq): {'present' if audio_io.has_alsa_seq() else 'missing'}\n")
-    out.write(f"play would use: audio {audio_api}, MIDI {midi_api}\n\n")
+    out.write(f"play would use: audio {audio_api}, MIDI {midi_api}\n")
+    if jack:
+        out.write(f"  (--audio-api {audio_io.JACK_CLIENT_API}: one JACK client of the synth's own for MIDI and "
+                  "audio, its outputs connected to the physical playback ports or to --device PATTERN)\n")
+    out.write("\n")
 
     sd = audio_io.load_sounddevice()
-    try:
-        chosen = audio_io.resolve_device(sd, None, audio_api).index
-    except UserError as e:
-        chosen = None
-        out.write(f"(no default output: {e})\n")
+    chosen = None
+    if audio_api != audio_io.JACK_CLIENT_API:   # no PortAudio device to mark then
+        try:
+            chosen = audio_io.resolve_device(sd, None, audio_api).index
+        except UserError as e:
+            out.write(f"(no default output: {e})\n")
     out.write("audio host APIs and output devices (--audio-api, --device):\n")
     devs = audio_io.output_devices(sd)
     for api in audio_io.hostapi_names(sd):

@@ -339,6 +339,26 @@ def test_short_session_cluster_sweeps_and_note_stream_stays_within_the_period(pr
     assert r["events_played"] == r["events_sent"] if xr == 0 else r["events_played"] >= 0.95 * r["events_sent"], r
 
 
+def test_jack_client_connects_its_outputs_to_the_device_pattern(presets, tmp_path):
+    """`--audio-api jack-client --device PATTERN`: the synth's one JACK client connects out_0/out_1 to
+    the audio inputs whose names match (here the probe's), not to the playback ports, and plays there."""
+    with JackServer(period=512) as srv:
+        probe = Probe(srv)
+        try:
+            with _start(srv, presets, tmp_path, "--audio-api", "jack-client", "--device", "^probe:in_") as sp:
+                conns = {i.name: sorted(p.name for p in probe.client.get_all_connections(i)) for i in probe.ins}
+                played = probe.client.get_all_connections("system:playback_1")
+                base = probe.now + SR // 4
+                x = play_and_record(probe, note_events([base], [60]))
+                found = onsets(x, [base - probe.rec_start], SR // 5, THRESHOLD)
+                assert sp.stop(signal.SIGTERM) == 0, sp.stderr[-2000:]
+        finally:
+            probe.close()
+    assert conns == {"probe:in_1": ["neural-synth:out_0"], "probe:in_2": ["neural-synth:out_1"]}, conns
+    assert not played, played
+    assert found[0] is not None
+
+
 def test_devices_lists_the_jack_device_and_midi_ports():
     import subprocess
     import sys
@@ -353,6 +373,7 @@ def test_devices_lists_the_jack_device_and_midi_ports():
     assert r.returncode == 0, r.stderr
     assert "JACK server: running, 48000 Hz, period 256" in r.stdout
     assert "play would use: audio jack, MIDI jack" in r.stdout
+    assert "--audio-api jack-client: one JACK client" in r.stdout
     # PortAudio lists every JACK client with audio inputs as an output device; `system` is the default.
     assert "JACK Audio Connection Kit: 2 output device(s)" in r.stdout and "*  0  system" in r.stdout, r.stdout
     assert "keys:midi_out" in r.stdout
