@@ -660,7 +660,11 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
     own_client = audio_api == audio_io.JACK_CLIENT_API
     device = None
-    if not own_client:
+    if own_client:
+        from synth.midi_in import output_pattern
+
+        output_pattern(args.device)   # a bad pattern fails now, before the engine loads
+    else:
         sd = audio_io.load_sounddevice()
         device = audio_io.resolve_device(sd, args.device, audio_api)
     if midi_api == "alsa" and not audio_io.has_alsa_seq():

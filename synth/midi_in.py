@@ -496,6 +496,17 @@ class JackMidiInput:
             self.client.close()
 
 
+def output_pattern(device: str | None) -> re.Pattern | None:
+    """`--device` under `--audio-api jack-client`: a regex for the JACK ports to connect the outputs to."""
+    if not device:
+        return None
+    try:
+        return re.compile(device, re.I)
+    except re.error as e:
+        raise UserError(f"--device {device!r}: bad pattern ({e}); with --audio-api jack-client it names the "
+                        "JACK ports to connect the outputs to, e.g. '^system:playback_'") from None
+
+
 class _Timing:
     """What `LiveCore.callback` reads from sounddevice's `time_info` and `status`, filled by hand."""
 
@@ -536,12 +547,12 @@ class JackSynthClient(JackMidiInput):
         self.blocksize = self.client.blocksize
         self.outs = [self.client.outports.register(f"out_{i}") for i in range(2)]
         self._out_ptrs = [self._fast.ptr(p) for p in self.outs]
-        self.connect_to = connect_to
+        self.connect_to = output_pattern(connect_to)
         # Planar: one contiguous row per port; the callback writes its (frames, 2) view.
         self._planar = np.zeros((2, max(self.blocksize, 1) * 4), np.float32)
         self._timing = _Timing()
-        self._xruns_pending = 0
-        self.xruns_reported = 0
+        self.xruns_reported = 0   # written by JACK's notification thread only
+        self._xruns_seen = 0      # written by the process thread only
         self.active = False
         self.shutdown_reason: str | None = None
         self._started = self._closed = False
@@ -576,8 +587,9 @@ class JackSynthClient(JackMidiInput):
             t = self._timing
             # JACK's frames since the cycle began: LiveCore's measure of how late the callback started.
             t.currentTime = (frame + fast.frames_since_cycle_start()) / self.sample_rate
-            t.output_underflow = self._xruns_pending > 0
-            self._xruns_pending = 0
+            n = self.xruns_reported
+            t.output_underflow = n != self._xruns_seen
+            self._xruns_seen = n
         except Exception:   # never let an exception deactivate the client: LiveCore logs its own
             t = self._timing
         if frames > self._planar.shape[1]:
@@ -590,7 +602,6 @@ class JackSynthClient(JackMidiInput):
         fast.write_audio(self._out_ptrs[1], frames, planar[1])
 
     def _on_xrun(self, delay_usecs: float) -> None:
-        self._xruns_pending += 1
         self.xruns_reported += 1
 
     def _on_shutdown(self, status, reason: str) -> None:
@@ -606,17 +617,19 @@ class JackSynthClient(JackMidiInput):
         self.client.activate()
         self.active = True
         try:
-            if self.connect_to:
-                pat = re.compile(self.connect_to, re.I)
+            if self.connect_to is not None:
                 dests = [p for p in self.client.get_ports(is_audio=True, is_input=True)
-                         if pat.search(p.name) and not p.name.startswith(CLIENT_NAME + ":")]
+                         if self.connect_to.search(p.name) and not p.name.startswith(CLIENT_NAME + ":")]
             else:
                 dests = self.client.get_ports(is_audio=True, is_input=True, is_physical=True)
+            if not dests:
+                what = f"matches --device {self.connect_to.pattern!r}" if self.connect_to else "is a playback port"
+                self.log(f"audio: no JACK audio input {what}; connect {CLIENT_NAME}:out_0/out_1 by hand")
             for src, dst in zip(self.outs, dests[:2], strict=False):
                 self.client.connect(src, dst)
             if len(dests) == 1:
                 self.client.connect(self.outs[1], dests[0])
-        except (self._jack.JackError, re.error) as e:
+        except self._jack.JackError as e:
             self.log(f"audio: cannot connect the outputs ({e}); connect {CLIENT_NAME}:out_0/out_1 by hand")
         self._start_hotplug()
 
@@ -631,9 +644,6 @@ class JackSynthClient(JackMidiInput):
         super().close()
         self.active = False
         return True
-
-    def abort(self, ignore_errors: bool = True) -> None:
-        self.close()
 
 
 def list_ports(api: str) -> list[str]:

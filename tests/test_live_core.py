@@ -502,7 +502,10 @@ def test_bad_flags_are_user_errors(tiny_preset):
     for args, needle in ((["--preset", "piano", "--blocksize", "3"], "--blocksize"),
                          (["--preset", "piano", "--knob", "74"], "--knob"),
                          (["--preset", "nope"], "unknown preset"),
-                         (["--preset", "piano", "--audio-api", "beos"], "--audio-api")):
+                         (["--preset", "piano", "--audio-api", "beos"], "--audio-api"),
+                         (["--preset", "piano", "--audio-api", "jack-client"], "needs a running JACK server"),
+                         (["--preset", "piano", "--audio-api", "jack-client", "--midi-api", "alsa"],
+                          "reads MIDI on its own JACK port")):
         r = _synth(args, tiny_preset)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -354,9 +354,16 @@ def test_jack_client_connects_its_outputs_to_the_device_pattern(presets, tmp_pat
                 assert sp.stop(signal.SIGTERM) == 0, sp.stderr[-2000:]
         finally:
             probe.close()
+        # A pattern that is not a regex: one line, exit 2, before the engine loads.
+        import subprocess
+
+        bad = subprocess.run(synth_cmd(presets, "--audio-api", "jack-client", "--device", "(["), env=srv.env,
+                             capture_output=True, text=True, timeout=60)
     assert conns == {"probe:in_1": ["neural-synth:out_0"], "probe:in_2": ["neural-synth:out_1"]}, conns
     assert not played, played
     assert found[0] is not None
+    assert bad.returncode == 2 and "--device '([': bad pattern" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def test_devices_lists_the_jack_device_and_midi_ports():
