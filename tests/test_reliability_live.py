@@ -42,7 +42,8 @@ JACK_NOISE = pytest.mark.flaky(reruns=2, only_rerun=["AssertionError"])
 
 
 @JACK_NOISE
-def test_jack_midi_flood(tiny_preset, tmp_path):
+@pytest.mark.parametrize("audio_api", ["jack", "jack-client"])
+def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     """10,000 JACK MIDI events/s for 5 s at 512 frames, then CC 120 + 123 on every channel: the synth
     keeps up (from the first second to the flood's end its callback's own CPU time stays inside the
     block at the 99th percentile), its memory stays flat after the first second, the output stays
@@ -50,7 +51,7 @@ def test_jack_midi_flood(tiny_preset, tmp_path):
     although a backlog of deferred note-ons was waiting. xruns are printed, not asserted (see below).
     The flood and its measurements are `jackutil.run_flood`, shared with `scripts/soak.py`."""
     seconds = 5.0
-    cmd = synth_cmd(tiny_preset.path.parent, "--midi-port", "^probe:", "--cache-mb", "128")
+    cmd = synth_cmd(tiny_preset.path.parent, "--midi-port", "^probe:", "--cache-mb", "128", "--audio-api", audio_api)
     fl = run_flood(cmd, tmp_path, seconds, knobs=FLOOD_KNOBS, period=PERIOD)
     print(f"flood: {fl['events_sent']} JACK events in {seconds} s; synth events {fl['events']}, dropped "
           f"{fl['dropped']}, deferred {fl['deferred']}, xruns synth {fl['xruns_synth_after_1s']} (1 s to the "
