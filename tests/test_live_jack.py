@@ -156,6 +156,22 @@ def test_notes_sound_on_time_without_xruns(presets, tmp_path, audio_api):
     assert after["callback_errors"] == 0
 
 
+def _clean_latencies_ms(x: np.ndarray, sent: list[int], start: int, xruns: list[int]) -> list[float]:
+    """Latencies (ms) of the notes sent at frames `sent` that sounded and were not spoiled by an xrun.
+
+    An xrun drops its period's MIDI: a lost note-off leaves the note ringing into the next key, whose
+    onset is then not its own. So a note must also be pressed in silence (as the bench probe
+    requires); the one just after a lost note-off drops out of the statistics too. A note away from
+    every xrun must sound."""
+    found = onsets(x, [f - start for f in sent], int(0.1 * SR), THRESHOLD)
+    quiet = silent_before(x, [f - start for f in sent], 128, THRESHOLD)
+    near_xrun = [any(abs(f - xf) <= 4 * 128 for xf in xruns) or not q for f, q in zip(sent, quiet, strict=True)]
+    for o, f, bad in zip(found, sent, near_xrun, strict=True):
+        assert o is not None or bad, (f, found, xruns)
+    return [(o + start - f) / SR * 1e3 for o, f, bad in zip(found, sent, near_xrun, strict=True)
+            if o is not None and not bad]
+
+
 @JACK_NOISE
 @AUDIO_APIS
 def test_latency_and_jitter_at_128_frames(presets, tmp_path, audio_api):
@@ -163,32 +179,32 @@ def test_latency_and_jitter_at_128_frames(presets, tmp_path, audio_api):
 
     On these shared machines JACK's dummy driver has xruns at 128 frames even for an idle C client,
     and an xrun drops that period's MIDI. So a note may be missing or shifted only next to an xrun the
-    probe saw (within 4 periods); those notes leave the statistics, and at least half must remain."""
+    probe saw (within 4 periods); those notes leave the statistics. Notes are played in rounds of 24
+    until 12 are measured clean (at most 4 rounds): a spell of hypervisor steal can spoil a whole
+    round, and the next one is likely clear."""
+    ms: list[float] = []
+    xruns_seen: list[int] = []
     with JackServer(period=128) as srv, _start(srv, presets, tmp_path, "--audio-api", audio_api) as sp:
         probe = Probe(srv)
         try:
             probe.connect_synth()
             rng = np.random.default_rng(1)
-            base = probe.now + SR // 4
-            sent = [base + i * int(0.12 * SR) + int(rng.integers(0, 128)) for i in range(24)]
-            xr0 = len(probe.xrun_frames)
-            x = play_and_record(probe, note_events(sent, [69] * len(sent), hold=1920))
-            start = probe.rec_start
-            xruns = probe.xrun_frames[xr0:]
+            for _ in range(4):
+                base = probe.now + SR // 4
+                sent = [base + i * int(0.12 * SR) + int(rng.integers(0, 128)) for i in range(24)]
+                xr0 = len(probe.xrun_frames)
+                x = play_and_record(probe, note_events(sent, [69] * len(sent), hold=1920))
+                start = probe.rec_start
+                xruns = probe.xrun_frames[xr0:]
+                xruns_seen += xruns
+                ms += _clean_latencies_ms(x, sent, start, xruns)
+                if len(ms) >= 12:
+                    break
         finally:
             probe.close()
         assert sp.stop(signal.SIGTERM) == 0
-    found = onsets(x, [f - start for f in sent], int(0.1 * SR), THRESHOLD)
-    # An xrun drops its period's MIDI: a lost note-off leaves the note ringing into the next key,
-    # whose onset is then not its own. So a note must also be pressed in silence (as the bench
-    # probe requires), and the one just after a lost note-off drops out of the statistics too.
-    quiet = silent_before(x, [f - start for f in sent], 128, THRESHOLD)
-    near_xrun = [any(abs(f - xf) <= 4 * 128 for xf in xruns) or not q for f, q in zip(sent, quiet, strict=True)]
-    for o, f, bad in zip(found, sent, near_xrun, strict=True):
-        assert o is not None or bad, (f, found, xruns)
-    ms = np.array([(o + start - f) / SR * 1e3 for o, f, bad in zip(found, sent, near_xrun, strict=True)
-                   if o is not None and not bad])
-    assert len(ms) >= 12, (len(ms), xruns)   # half the notes: a busy CI machine xruns more often
+    assert len(ms) >= 12, (len(ms), len(xruns_seen))
+    ms = np.array(ms)
     p5, p50, p95 = np.percentile(ms, [5, 50, 95])
     assert p50 <= 8.0 and p95 - p5 <= 1.0, (p50, p95 - p5, ms)
     # Causality: JACK MIDI sounds one period after the send frame; earlier is a measurement artefact.
