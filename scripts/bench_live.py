@@ -68,7 +68,8 @@ def rows_from(res: dict) -> list[dict]:
              f"{ses['notes_per_second']:.0f} notes/s; synth xruns {ses['xruns_synth']}, JACK xrun callbacks "
              f"{ses['xruns_jack']}; events {ses['events_played']}/{ses['events_sent']}; "
              f"{ses['knob_states_generated']} notes generated (misses at new knob states, and keyboard prefills once "
-             f"a knob settles); peak {ses['peak']:.3f}; {_steal_note(ses.get('steal'))}; {_control_note(ses)}"),
+             f"a knob settles); peak {ses['peak']:.3f}; {_steal_note(ses.get('steal'))}; {_control_note(ses)}"
+             f"{_blame_note(ses)}"),
         *_session_client_rows(res.get("session_512_jack_client"), ses),
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
              "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks); "
@@ -102,7 +103,14 @@ def _session_client_rows(jc: dict | None, ses: dict) -> list[dict]:
                  f"{jc['xruns_jack']} (default: {ses['xruns_synth']} / {ses['xruns_jack']}); events "
                  f"{jc['events_played']}/{jc['events_sent']}; callback CPU p99 "
                  f"{100 * ((jc.get('cpu') or {}).get('p99') or 0):.0f}%; peak {jc['peak']:.3f}; "
-                 f"{_steal_note(jc.get('steal'))}; {_control_note(jc)}")]
+                 f"{_steal_note(jc.get('steal'))}; {_control_note(jc)}{_blame_note(jc)}")]
+
+
+def _blame_note(ses: dict) -> str:
+    b = ses.get("jack_blame")
+    if b is None:
+        return ""
+    return "; jackd blamed: " + (", ".join(f"{k} {v}" for k, v in b.items()) or "nobody")
 
 
 def _control_note(ses: dict) -> str:

@@ -261,6 +261,7 @@ def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> d
             before = sp.fresh_stats()
             xr0 = probe.xruns
             t0 = probe.now + SR // 4
+            log0 = srv.log_mark()
             t0_mono = time.monotonic() + (t0 - probe.now) / SR
             ev = session_events(t0, seconds, rate, rng, sweeps=sweeps, cluster=cluster, sweep_cc=sweep_cc)
             with StealMonitor() as steal:
@@ -268,6 +269,7 @@ def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> d
             after = sp.fresh_stats()
             xr = probe.xruns - xr0
             xrun_at = [round((f - t0) / SR, 2) for f in probe.xrun_frames[xr0:]]
+            blame = srv.blame(log0)
         finally:
             probe.close()
         rc = sp.stop()
@@ -280,6 +282,8 @@ def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> d
         "knob_states_generated": eng1.get("generated", 0) - eng0.get("generated", 0),
         "steals": eng1.get("steals", 0) - eng0.get("steals", 0), "peak": float(np.abs(x).max()),
         "finite": bool(np.isfinite(x).all()), "exit_code": rc, "xrun_seconds": xrun_at,
+        # Whom jackd's log blamed for each xrun of the session, and in which state (JackServer.blame).
+        "jack_blame": blame,
         "entry_delay": window_load(before, after, "entry_hist_pct"),
         "gc_collect_ms_max": after.get("gc_collect_ms_max"),
         "gc_collect_cpu_ms_max": after.get("gc_collect_cpu_ms_max"),

@@ -96,6 +96,7 @@ def main(argv=None) -> int:
             ("JACK xruns per minute of the session", _per_minute(res.get("xrun_seconds") or [], args.minutes)),
             ("hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(res.get("steal"))),
             (CONTROL_ROW, _control_text(res.get("control_xrun_seconds"))),
+            (BLAME_ROW, _blame_text(res.get("jack_blame"))),
             ("longest GC pause on the main thread, wall / CPU (ms)",
              f"{res.get('gc_collect_ms_max')} / {res.get('gc_collect_cpu_ms_max')}"),
             ("costliest callbacks in CPU time (share of the block @ stream s: events, voices)",
@@ -162,6 +163,14 @@ def _steal_text(st: dict | None) -> str:
 
 
 CONTROL_ROW = "the machine's own xruns (idle C client on a second JACK server, same seconds)"
+BLAME_ROW = "whom jackd blamed, in which state (Triggered: not yet running; Running: in its callback)"
+
+
+def _blame_text(blame: dict | None) -> str:
+    """JackServer.blame counts as one cell."""
+    if blame is None:
+        return "-"
+    return ", ".join(f"{k} {v}" for k, v in blame.items()) or "nobody"
 
 
 def _control_text(xs: list[float] | None) -> str:
@@ -212,6 +221,7 @@ def _flood_rows(fl: dict) -> list[tuple[str, str]]:
          f"{fl.get('gc_collect_ms_max')} / {fl.get('gc_collect_cpu_ms_max')}"),
         ("flood: hypervisor steal; JACK xruns within 1 s of a second with steal", _steal_text(fl.get("steal"))),
         ("flood: " + CONTROL_ROW + ", 1 s to the end", _control_text(fl.get("control_xrun_seconds"))),
+        ("flood: " + BLAME_ROW + ", 1 s to the end", _blame_text(fl.get("jack_blame_after_1s"))),
         ("flood: RSS at 1 s / 0.5 s after the end (MB)",
          f"{fl['rss_1s_mb']} / {fl['rss_end_mb']} ({growth})"),
         ("flood: note cache at 1 s / end / cap (MB); RSS growth less the cache's fill",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,6 +140,31 @@ class JackServer:
             return self.log_path.read_text(errors="replace")[-2000:]
         except OSError:
             return ""
+
+    def log_mark(self) -> int:
+        """Where the server's log ends now: pass it to `blame` to read what came after."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def blame(self, mark: int = 0) -> dict[str, int]:
+        """Which client jackd blamed for each xrun since `mark`, and in which state, counted:
+        {"neural-synth: Triggered": 2, ...}. In async mode jackd checks, as each cycle begins, that every
+        client finished the last one. "Triggered": the client's thread had been woken but had not started
+        (the OS did not run it in time); "Running": it was inside its process callback (its own work, a
+        wait for the GIL, or CPU taken from it while it ran)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(mark)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return {}
+        out: dict[str, int] = {}
+        for client, state in re.findall(r"client = (\S+) was not finished, state = (\w+)", text):
+            k = f"{client}: {state}"
+            out[k] = out.get(k, 0) + 1
+        return dict(sorted(out.items()))
 
     def stop(self) -> None:
         if self.proc is None:
@@ -713,10 +739,12 @@ def _run_flood(cmd, workdir, seconds, knobs, rate, seed, period, ctl) -> dict:
             probe.schedule(ev)
             while probe.now < t0 + sr + period:
                 time.sleep(0.02)
+            log1 = srv.log_mark()   # the judged part begins (1 s in)
             one = sp.fresh_stats()
             rss1 = rss_mb(sp.proc.pid)
             while probe.now < end - period:
                 time.sleep(0.01)
+            blame = srv.blame(log1)
             flood_end = sp.fresh_stats()
             while probe.now < end + int(0.5 * sr):
                 time.sleep(0.05)
@@ -751,6 +779,8 @@ def _run_flood(cmd, workdir, seconds, knobs, rate, seed, period, ctl) -> dict:
         "xruns_synth_after_1s": flood_end["xruns"] - one["xruns"], "xruns_synth_all": after["xruns"],
         "xruns_jack_after_1s": len(xr_jack), "xruns_jack_all": len(xrun_seconds),
         "jack_xrun_seconds": xrun_seconds[:100],
+        # Whom jackd blamed for the xruns from 1 s to the flood's end, and in which state.
+        "jack_blame_after_1s": blame,
         # Hypervisor steal from t0 to the flood's end and the JACK xruns within a second of it.
         "steal": steal.attribution(t0_mono, xrun_seconds, seconds),
         # The machine's own xruns over the same window (1 s to the flood's end), or None.

@@ -33,3 +33,22 @@ def test_rss_growth_is_judged_after_the_first_minute_less_the_cache():
     r = soak._rss_figures(samples)
     assert r["at_1min_mb"] == 400.0 and r["cache_at_1min_mb"] == 100.0 and r["end_mb"] == 402.0
     assert r["growth_after_1min_pct"] == 0.5 and r["growth_excl_cache_after_1min_pct"] == round(200 / 300, 2)
+
+
+def test_jackd_blame_is_counted_from_its_log_after_a_mark(tmp_path):
+    """JackServer.blame reads jackd's own account of each xrun (whose cycle was unfinished, in which
+    state) from the log, only after the mark, so a run's startup does not count in its session."""
+    from jackutil import JackServer
+
+    srv = JackServer(log_dir=tmp_path)
+    srv.log_path.write_text("JackEngine::XRun: client = neural-synth was not finished, state = Running\n")
+    mark = srv.log_mark()
+    with open(srv.log_path, "a") as f:
+        f.write("JackEngine::XRun: client = neural-synth was not finished, state = Triggered\n"
+                "JackTimedDriver::Process XRun = 11000 usec\n"
+                "JackEngine::XRun: client = probe was not finished, state = Running\n"
+                "JackEngine::XRun: client = neural-synth was not finished, state = Triggered\n")
+    assert srv.blame(mark) == {"neural-synth: Triggered": 2, "probe: Running": 1}
+    assert srv.blame() == {"neural-synth: Running": 1, "neural-synth: Triggered": 2, "probe: Running": 1}
+    assert soak._blame_text(srv.blame(mark)) == "neural-synth: Triggered 2, probe: Running 1"
+    assert soak._blame_text({}) == "nobody" and soak._blame_text(None) == "-"
