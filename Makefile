@@ -13,7 +13,7 @@ help:
 	@echo "make test    set up (train + dev extras) and run the whole test suite"
 	@echo "make bench   benchmarks: JSON in bench-out/, table in docs/benchmarks.md (bench-quick: fewer repeats)"
 	@echo "make lint    ruff"
-	@echo "make soak    30-s MIDI flood, then a 10-minute live soak, under JACK dummy"
+	@echo "make soak    30-s MIDI flood, then a 10-minute live soak, under JACK dummy (AUDIO_API=jack-client: one JACK client)"
 	@echo "make presets retrain the shipped presets (long)"
 
 $(STAMPS)/sysdeps: scripts/system_deps.sh
@@ -60,7 +60,7 @@ bench-quick: $(STAMPS)/sysdeps $(STAMPS)/venv-full
 	$(VPY) scripts/bench.py --quick --out bench-out
 
 soak: $(STAMPS)/sysdeps $(STAMPS)/venv-full
-	$(VPY) scripts/soak.py --minutes 10 --flood-seconds 30
+	$(VPY) scripts/soak.py --minutes 10 --flood-seconds 30 --audio-api $(or $(AUDIO_API),auto)
 
 lint: $(STAMPS)/venv-full
 	$(VPY) -m ruff check synth trainer tests scripts
