@@ -45,6 +45,7 @@ def rows_from(res: dict) -> list[dict]:
              f"min {lat.get('latency_ms_min', float('nan')):.3f} ms, p5 {lat['latency_ms_p5']:.3f} ms, p95 "
              f"{lat['latency_ms_p95']:.3f} ms, max {lat['latency_ms_max']:.3f} ms; "
              f"xruns during the run: synth {lat['xruns_synth']}, JACK {lat['xruns_jack']} (not judged at 128)"),
+        *_direct_rows(res.get("direct_128")),
         _row("live.callback_p99_128", None if lat["load"]["p99"] is None else 100 * lat["load"]["p99"],
              "% of block", "<= 50%", lat["load"]["p99"] is not None and lat["load"]["p99"] <= 0.5,
              f"callback duration over {lat['load']['callbacks']} callbacks while playing (1% bins); p50 "
@@ -89,6 +90,25 @@ def rows_from(res: dict) -> list[dict]:
                          f"p99 {b['p99']:.2f} / p99.9 {b['p999']:.2f} / max {b['max']:.1f} ms with "
                          f"sys.setswitchinterval(0.0005) vs p99 {a['p99']:.2f} / p99.9 {a['p999']:.2f} / max "
                          f"{a['max']:.1f} ms with Python's default 5 ms (interleaved runs)"))
+    return rows
+
+
+def _direct_rows(direct: dict | None) -> list[dict]:
+    """Key-to-sound latency with no feedback loop (a keyboard's MIDI in, the playback ports out)."""
+    rows = []
+    for api, r in (direct or {}).items():
+        ok = r["measured"] > 0 and r["measured"] + r["near_xrun"] >= r["notes"]
+        how = ("one JACK client for MIDI and audio (--audio-api jack-client): the note sounds in the cycle "
+               "it arrives" if api == "jack-client" else
+               "PortAudio's JACK host API beside our MIDI client (the default): the audio callback takes "
+               "the events a cycle later")
+        rows.append(_row(f"live.keyboard_latency_128{'_jack_client' if api == 'jack-client' else ''}",
+                         r["latency_ms_median"], "ms", "<= 8 ms", ok and r["latency_ms_median"] <= 8.0,
+                         f"period 128: one client only sends MIDI, another only records the outputs (no feedback "
+                         f"loop, as with a keyboard and speakers); send frame -> the note's first frame, inside "
+                         f"the graph (the driver's playback buffering comes on top for any client); {how}; "
+                         f"{r['measured']}/{r['notes']} notes measured ({r['near_xrun']} next to an xrun left "
+                         f"out), frames {sorted(set(r['latency_frames']))}, jitter {r['jitter_ms']:.3f} ms"))
     return rows
 
 

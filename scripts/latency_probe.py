@@ -15,6 +15,8 @@ Parts (the bars are issue 6's):
    and the "onset" lands at the send frame: that gave -1.333 ms (minus the attack bias) with the
    piano's 0.27 s release at 0.12 s spacing. A latency below zero is impossible and is counted
    (`negative`); both counts fail the bench row.
+1b. keyboard latency, 128 frames, both ways to JACK: one client only sends MIDI and another only
+   records, with no feedback loop through the probe (`measure_latency_direct`).
 2. cache miss, 128 frames: a small note cache (--cache-mb) so that most keys miss; every note must
    still sound within one period of the cached-note latency (nearest-pitch fallback).
 3. session, 512 frames: a 256-voice cluster (8 channels x 32 notes, held), CC 74 sweeps on every
@@ -205,6 +207,67 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
     }
 
 
+def measure_latency_direct(parent: Path, name: str, work: Path, audio_api: str = "jack", notes: int = 20,
+                           period: int = 128, seed: int = 3) -> dict:
+    """Key-to-sound latency as a keyboard sees it: one JACK client (`keys`) only sends MIDI, like a MIDI
+    capture port, and another (`rec`) only records the synth's outputs, like the playback ports. No
+    feedback loop, so JACK runs keys -> synth -> rec in that order every cycle (the probe of part 1 both
+    sends and records, and that loop costs a period whichever way JACK orders it).
+
+    Returned in frames of JACK's clock from the send frame to the note's first frame (the attack bias
+    taken off), inside the graph: the driver's playback buffering comes on top, the same for any client.
+    With `--audio-api jack-client` the note sounds in the cycle it was sent (0 frames); with PortAudio and
+    a separate MIDI client, whose events the audio callback takes a cycle later, one period."""
+    from synth.preset import find_preset
+
+    rng = np.random.default_rng(seed)
+    vel = 100
+    bias = onset_bias(parent, name, [69], vel)[69]
+    hold = int(0.04 * SR)
+    gap = max(int(0.12 * SR), hold + int((find_preset(name, [parent]).release_seconds + 0.05) * SR))
+    cmd = _cmd(parent, name, "--midi-port", "^keys:", "--audio-api", audio_api)
+    with JackServer(period=period) as srv, SynthProcess(srv, cmd, work) as sp:
+        sp.wait_for("ready")
+        keys = Probe(srv, name="keys", record_seconds=0.1)
+        rec = Probe(srv, name="rec", record_seconds=notes * gap / SR + 3)
+        try:
+            sp.wait_for("port connected: keys:", timeout=10)
+            end = time.monotonic() + 30
+            while True:
+                outs = sorted(p.name for p in rec.client.get_ports(is_audio=True, is_output=True)
+                              if p.name.split(":")[0] in ("neural-synth-audio", "neural-synth"))
+                if len(outs) >= 2 or time.monotonic() > end:
+                    break
+                time.sleep(0.05)
+            for src, dst in zip(outs[:2], rec.ins, strict=True):
+                rec._connect(src, dst.name)
+            time.sleep(0.3)
+            base = keys.now + SR // 4
+            sent = [base + i * gap + int(rng.integers(0, period)) for i in range(notes)]
+            rec.start_recording()
+            keys.schedule(note_events(sent, [69] * notes, velocity=vel, hold=hold))
+            while keys.now < sent[-1] + gap:
+                time.sleep(0.05)
+            x = rec.stop_recording()
+            start = rec.rec_start
+            xframes = list(rec.xrun_frames)
+        finally:
+            keys.close()
+            rec.close()
+        sp.stop()
+    near = [any(abs(f - xf) <= 4 * period for xf in xframes) for f in sent]
+    found = onsets(x, [f - start for f in sent], int(0.1 * SR), THRESHOLD)
+    quiet = silent_before(x, [f - start for f in sent], period, THRESHOLD)
+    frames = [o + start - f - bias for o, f, q, nx in zip(found, sent, quiet, near, strict=True)
+              if o is not None and q and not nx]
+    arr = np.array(frames, float) if frames else np.array([np.nan])
+    return {"audio_api": audio_api, "period": period, "notes": notes, "measured": len(frames),
+            "near_xrun": sum(near), "latency_frames": frames,
+            "latency_ms_median": float(np.median(arr) / SR * 1e3),
+            "jitter_ms": float((np.percentile(arr, 95) - np.percentile(arr, 5)) / SR * 1e3),
+            "xruns_jack": len(xframes)}
+
+
 def session_events(t0: int, seconds: float, rate: float, rng: np.random.Generator, sweeps: bool = True,
                    cluster: bool = True, sweep_cc: int = 74) -> list[tuple[int, bytes]]:
     """The session's MIDI, (frame, message) from frame t0: a 256-voice cluster (8 channels x 32 notes)
@@ -379,6 +442,9 @@ def run(quick: bool = False, preset: str | None = None, preset_dir: str | None =
         parent, name = _preset_args(preset, preset_dir, work)
         out = {"preset": name, "preset_dir": str(parent)}
         out["latency_128"] = measure_latency(parent, name, work, notes=24 if quick else 60)
+        # As a keyboard sees it (no feedback loop through the probe): both ways to JACK.
+        out["direct_128"] = {api: measure_latency_direct(parent, name, work, api, notes=12 if quick else 24)
+                             for api in ("jack", "jack-client")}
         out["miss_128"] = measure_latency(parent, name, work, notes=12 if quick else 24, cache_mb=4,
                                           pitches=[30, 97, 41, 86, 52, 75, 35, 92, 47, 80, 58, 69], seed=2)
         secs = session_seconds or (10.0 if quick else 60.0)

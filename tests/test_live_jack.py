@@ -244,6 +244,24 @@ def test_probe_latency_is_one_period_even_with_a_long_release(tmp_path):
     assert all(128 - 16 <= d <= 2 * 128 for d in m["latency_frames"]), m["latency_frames"]
 
 
+@JACK_NOISE
+@AUDIO_APIS
+def test_keyboard_latency_without_a_feedback_loop(presets, tmp_path, audio_api):
+    """As a keyboard sees it: one client only sends MIDI (like a capture port), another only records
+    (like the playback ports), so JACK runs keys -> synth -> recorder each cycle. The synth's own JACK
+    client plays a note in the cycle it arrives (0 frames inside the graph); PortAudio's callback takes
+    the events our separate MIDI client read a cycle later (one period). Exact, frame for frame."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import latency_probe
+
+    r = latency_probe.measure_latency_direct(presets, "piano", tmp_path, audio_api, notes=8)
+    assert r["measured"] + r["near_xrun"] >= 8 and r["measured"] >= 4, r
+    want = 0 if audio_api == "jack-client" else 128
+    assert all(d == want for d in r["latency_frames"]), r["latency_frames"]
+
+
 def test_hotplug_port_is_connected_and_plays(presets, tmp_path):
     """A MIDI port that appears after start is connected within ~1 s; its notes sound once it is.
     SIGUSR1 (panic) silences a held note within a block plus the 5 ms fade."""
