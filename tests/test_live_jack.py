@@ -324,9 +324,11 @@ def test_rtmidi_jack_backend_plays_and_dedups(presets, tmp_path):
     assert after["deduplicated"] - before["deduplicated"] == 8
 
 
+@JACK_NOISE
 def test_stand_in_engine_gets_exact_frame_offsets(presets, tmp_path):
     """The live plumbing alone (a sine stand-in engine, zero latency): onsets land exactly one period
-    after the send frame, to within the sine's first samples."""
+    after the send frame, to within the sine's first samples. An xrun drops its period's MIDI (JACK),
+    so a note next to one the probe saw may be missing; every other note must sound."""
     with JackServer(period=512) as srv:
         cmd = synth_cmd(presets, stand_in="test_live_jack:StandInEngine")
         with SynthProcess(srv, cmd, tmp_path) as sp:
@@ -336,14 +338,18 @@ def test_stand_in_engine_gets_exact_frame_offsets(presets, tmp_path):
                 probe.connect_synth()
                 base = probe.now + SR // 4
                 sent = [base + i * int(0.1 * SR) + (i * 61) % 512 for i in range(6)]
+                xr0 = len(probe.xrun_frames)
                 x = play_and_record(probe, note_events(sent, [69] * 6, hold=2400), tail_seconds=0.2)
                 start = probe.rec_start
+                xruns = probe.xrun_frames[xr0:]
             finally:
                 probe.close()
             assert sp.stop() == 0
     found = onsets(x, [f - start for f in sent], 4800, 0.01)
-    assert all(o is not None for o in found), (found, sp.stderr[-2000:])
-    delays = [o + start - f for o, f in zip(found, sent, strict=True)]
+    near = [any(abs(f - xf) <= 4 * 512 for xf in xruns) for f in sent]
+    assert all(o is not None or nx for o, nx in zip(found, near, strict=True)), (found, xruns, sp.stderr[-2000:])
+    delays = [o + start - f for o, f, nx in zip(found, sent, near, strict=True) if o is not None and not nx]
+    assert len(delays) >= 4, (found, xruns)
     assert all(512 <= d <= 512 + 4 for d in delays), delays
 
 
