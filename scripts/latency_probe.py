@@ -232,15 +232,7 @@ def measure_latency_direct(parent: Path, name: str, work: Path, audio_api: str =
         rec = Probe(srv, name="rec", record_seconds=notes * gap / SR + 3)
         try:
             sp.wait_for("port connected: keys:", timeout=10)
-            end = time.monotonic() + 30
-            while True:
-                outs = sorted(p.name for p in rec.client.get_ports(is_audio=True, is_output=True)
-                              if p.name.split(":")[0] in ("neural-synth-audio", "neural-synth"))
-                if len(outs) >= 2 or time.monotonic() > end:
-                    break
-                time.sleep(0.05)
-            for src, dst in zip(outs[:2], rec.ins, strict=True):
-                rec._connect(src, dst.name)
+            rec.record_synth()
             time.sleep(0.3)
             base = keys.now + SR // 4
             sent = [base + i * gap + int(rng.integers(0, period)) for i in range(notes)]

@@ -229,9 +229,6 @@ class LiveCore:
                 self.first_error = traceback.format_exc()
         dc = time.thread_time() - c0
         dt = time.perf_counter() - t0
-        # This callback's kernel time and minor page faults: where a costly callback's CPU went.
-        ru = _rusage_thread()
-        d_sys, d_flt = ru.ru_stime - ru0.ru_stime, ru.ru_minflt - ru0.ru_minflt
         i = self.callbacks % RING
         self._durations[i] = dt
         self._cpu[i] = dc
@@ -240,8 +237,11 @@ class LiveCore:
         self.cpu_hist[min(max(int(cshare * 100.0), 0), HIST_BINS - 1)] += 1
         share = dt * self.sr / frames
         if cshare > self._worst_min:
+            # Its kernel time and minor page faults: where a costly callback's CPU went. (The second
+            # reading only for the rare callback kept here.)
+            ru = _rusage_thread()
             self._note_worst(frames, cshare, share, (c1 - c0) * self.sr / frames, self.events - ev0,
-                             d_sys * self.sr / frames, d_flt)
+                             (ru.ru_stime - ru0.ru_stime) * self.sr / frames, ru.ru_minflt - ru0.ru_minflt)
         self.load_hist[min(int(share * 100.0), HIST_BINS - 1)] += 1
         if share > 1.0:
             self.overruns += 1
@@ -659,11 +659,11 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     status = StatusLine(args.status_interval)
     audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
     own_client = audio_api == audio_io.JACK_CLIENT_API
-    device = None
+    device = out_ports = None
     if own_client:
         from synth.midi_in import output_pattern
 
-        output_pattern(args.device)   # a bad pattern fails now, before the engine loads
+        out_ports = output_pattern(args.device)   # a bad pattern fails now, before the engine loads
     else:
         sd = audio_io.load_sounddevice()
         device = audio_io.resolve_device(sd, args.device, audio_api)
@@ -736,7 +736,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
             # One JACK client, one process callback a cycle, for MIDI in and audio out; --device is a
             # pattern for the ports to connect the outputs to.
             audio = midi = JackSynthClient(queue, core.callback, port_patterns=args.midi_port, velocity_map=vmap,
-                                           log=status.log, connect_to=args.device)
+                                           log=status.log, connect_to=out_ports)
             core.ref_clock = midi.cycle_clock
             where = f"JACK client {midi.client.name} (one callback for MIDI and audio)"
         else:

@@ -538,7 +538,7 @@ class JackSynthClient(JackMidiInput):
 
     def __init__(self, queue: collections.deque, callback: Callable, port_patterns: list[str] | None = None,
                  velocity_map: list[int] | None = None, log: Callable[[str], None] | None = None,
-                 connect_to: str | None = None, poll_seconds: float = 1.0):
+                 connect_to: re.Pattern | None = None, poll_seconds: float = 1.0):
         import numpy as np
 
         super().__init__(queue, port_patterns=port_patterns, velocity_map=velocity_map, log=log,
@@ -547,7 +547,11 @@ class JackSynthClient(JackMidiInput):
         self.blocksize = self.client.blocksize
         self.outs = [self.client.outports.register(f"out_{i}") for i in range(2)]
         self._out_ptrs = [self._fast.ptr(p) for p in self.outs]
-        self.connect_to = output_pattern(connect_to)
+        self.connect_to = connect_to   # from output_pattern(--device)
+        # The cycle's start on JACK's frame clock (seconds), read once per cycle by the process callback;
+        # LiveCore's reference clock returns it rather than asking JACK a second time.
+        self._cycle_s = 0.0
+        self.cycle_clock = self._cycle_start
         # Planar: one contiguous row per port; the callback writes its (frames, 2) view.
         self._planar = np.zeros((2, max(self.blocksize, 1) * 4), np.float32)
         self._timing = _Timing()
@@ -570,8 +574,11 @@ class JackSynthClient(JackMidiInput):
         """Playback latency of our outputs as JACK reports it (the driver's periods), seconds."""
         return max(self._fast.playback_latency(self._out_ptrs[0]), self.blocksize) / self.sample_rate
 
+    def _cycle_start(self) -> float:
+        return self._cycle_s
+
     def time(self) -> float:
-        return self.cycle_clock()
+        return self._cycle_s
 
     def _process_all(self, frames: int) -> None:
         # The one real-time Python callback: this cycle's MIDI, then the audio block.
@@ -579,14 +586,15 @@ class JackSynthClient(JackMidiInput):
         try:
             events = fast.midi_events(self._port_ptr, frames)
             frame = self._clock.unwrap(fast.last_frame_time())
+            sr = self.sample_rate
+            self._cycle_s = frame / sr
             if events:
-                sr = self.sample_rate
                 base = (frame - frames) / sr
                 for offset, data in events:
                     self._parser.feed(data, base + offset / sr, 0, self._emit)
             t = self._timing
             # JACK's frames since the cycle began: LiveCore's measure of how late the callback started.
-            t.currentTime = (frame + fast.frames_since_cycle_start()) / self.sample_rate
+            t.currentTime = (frame + fast.frames_since_cycle_start()) / sr
             n = self.xruns_reported
             t.output_underflow = n != self._xruns_seen
             self._xruns_seen = n

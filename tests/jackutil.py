@@ -192,6 +192,10 @@ class JackServer:
                 pass
 
 
+# The synth's audio clients: PortAudio's under --audio-api jack, its own under --audio-api jack-client.
+SYNTH_AUDIO_CLIENTS = ("neural-synth-audio", "neural-synth")
+
+
 class Probe:
     """A JACK client with a MIDI out port and two audio in ports.
 
@@ -263,27 +267,32 @@ class Probe:
         return self.client.frame_time
 
     def connect_synth(self, midi_port: str = "neural-synth:neural-synth",
-                      audio_clients: tuple[str, ...] = ("neural-synth-audio", "neural-synth"),
-                      timeout: float = 30.0) -> list[str]:
-        """Wait for the synth's ports, then connect our MIDI out to its input and its outputs to ours.
-        The audio outputs are those of the first client in `audio_clients` that has two: PortAudio's
-        (`--audio-api jack`) or the synth's own (`--audio-api jack-client`)."""
+                      audio_clients: tuple[str, ...] = SYNTH_AUDIO_CLIENTS, timeout: float = 30.0) -> list[str]:
+        """Wait for the synth's ports, then connect our MIDI out to its input and its outputs to ours."""
+        outs = self.record_synth(audio_clients, timeout, also_wait_for=midi_port)
+        # The synth connects every MIDI output it sees by itself (hot-plug); either side may win the race.
+        self._connect(self.midi_out.name, midi_port)
+        return outs
+
+    def record_synth(self, audio_clients: tuple[str, ...] = SYNTH_AUDIO_CLIENTS, timeout: float = 30.0,
+                     also_wait_for: str | None = None) -> list[str]:
+        """Wait for the synth's two audio outputs and connect them to our inputs (nothing else: no
+        MIDI from us, so no feedback loop). They are those of the first client in `audio_clients` that
+        has two: PortAudio's (`--audio-api jack`) or the synth's own (`--audio-api jack-client`)."""
         end = time.monotonic() + timeout
         while True:
-            names = [p.name for p in self.client.get_ports()]
+            names = [p.name for p in self.client.get_ports()] if also_wait_for else []
             audio = [p.name for p in self.client.get_ports(is_audio=True, is_output=True)]
             outs = []
             for c in audio_clients:
                 outs = sorted(n for n in audio if n.startswith(c + ":"))
                 if len(outs) >= 2:
                     break
-            if midi_port in names and len(outs) >= 2:
+            if len(outs) >= 2 and (also_wait_for is None or also_wait_for in names):
                 break
             if time.monotonic() > end:
-                raise TimeoutError(f"synth ports did not appear in {timeout} s; ports: {names}")
+                raise TimeoutError(f"synth ports did not appear in {timeout} s; audio outputs: {audio}")
             time.sleep(0.05)
-        # The synth connects every MIDI output it sees by itself (hot-plug); either side may win the race.
-        self._connect(self.midi_out.name, midi_port)
         for src, dst in zip(outs[:2], self.ins, strict=True):
             self._connect(src, dst.name)
         return outs

@@ -88,14 +88,11 @@ def test_midi_port_vanishes_and_reappears(tiny_preset, tmp_path, api):
     cmd = synth_cmd(tiny_preset.path.parent, *how, "--midi-port", "^keys:")
     opened = "port opened: keys:midi_out" if api == "jack-rtmidi" else "port connected: keys:midi_out"
     gone = "port closed: keys:midi_out" if api == "jack-rtmidi" else "port gone: keys:midi_out"
-    audio_client = "neural-synth:" if api == "jack-client" else "neural-synth-audio:"
     with JackServer(period=PERIOD) as srv, SynthProcess(srv, cmd, tmp_path) as sp:
         sp.wait_for("ready")
         rec = Probe(srv, name="rec")
         try:
-            outs = [p.name for p in rec.client.get_ports(audio_client, is_audio=True)]
-            for src, dst in zip(outs[:2], rec.ins, strict=True):
-                rec._connect(src, dst.name)
+            rec.record_synth()
             sounded = []
             for round_ in range(2):
                 keys = Probe(srv, name="keys", record_seconds=0.1)
