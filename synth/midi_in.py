@@ -306,7 +306,7 @@ class JackFast:
         path = ctypes.util.find_library("jack")
         if not path:
             raise UserError("libjack is not installed; `apt-get install libjack-jackd2-0`")
-        lib = ctypes.PyDLL(path)
+        self.lib = lib = ctypes.PyDLL(path)
         vp, u32 = ctypes.c_void_p, ctypes.c_uint32
         self._get_buffer = lib.jack_port_get_buffer
         self._get_buffer.argtypes, self._get_buffer.restype = [vp, u32], vp

@@ -196,13 +196,83 @@ class JackServer:
 SYNTH_AUDIO_CLIENTS = ("neural-synth-audio", "neural-synth")
 
 
+class _ProbeFast:
+    """The probe's per-cycle libjack calls through `ctypes.PyDLL` (synth.midi_in.JackFast plus MIDI out
+    and audio in): none of them releases the GIL, so no other thread of the measuring process can slip
+    in halfway through the probe's callback and make it late. (JACK-Client's cffi calls release it
+    around each C call; a probe late in its cycle is an xrun that JACK and the synth count, though the
+    synth was on time.)"""
+
+    def __init__(self, client):
+        import ctypes
+
+        from synth.midi_in import JackFast
+
+        self.base = JackFast(client)
+        lib, vp = self.base.lib, ctypes.c_void_p
+        self._clear = lib.jack_midi_clear_buffer
+        self._clear.argtypes, self._clear.restype = [vp], None
+        self._write = lib.jack_midi_event_write
+        self._write.argtypes, self._write.restype = [vp, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int
+        self.get_buffer = self.base._get_buffer
+        self.memmove = self.base._memmove
+        self.last_frame_time = self.base.last_frame_time
+        self.ptr = self.base.ptr
+
+    def midi_out(self, port: int, frames: int) -> int:
+        """This cycle's buffer of MIDI output port `port`, cleared (0 when JACK gives none)."""
+        buf = self.get_buffer(port, frames)
+        if buf:
+            self._clear(buf)
+        return buf or 0
+
+    def write(self, buf: int, offset: int, data: bytes) -> None:
+        self._write(buf, offset, data, len(data))
+
+
+class _QuietInterpreter:
+    """While any probe lives in this process: no automatic garbage collection, and a 0.5-ms switch
+    interval. The probe's callback is Python on JACK's real-time thread; a collection of the measuring
+    process's generations (pytest with torch imported holds millions of objects) run by any thread
+    stalls it for milliseconds, and a thread that holds the GIL keeps it for the switch interval (5 ms
+    by default) before the callback gets it. Both are what `synth.live.GcTamer` does for the synth."""
+
+    users = 0
+    saved: tuple[bool, float] | None = None
+
+    @classmethod
+    def enter(cls) -> None:
+        import gc
+
+        if cls.users == 0:
+            cls.saved = (gc.isenabled(), sys.getswitchinterval())
+            gc.collect()
+            gc.disable()
+            sys.setswitchinterval(0.0005)
+        cls.users += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        import gc
+
+        cls.users -= 1
+        if cls.users == 0 and cls.saved is not None:
+            enabled, interval = cls.saved
+            sys.setswitchinterval(interval)
+            if enabled:
+                gc.enable()
+
+
 class Probe:
     """A JACK client with a MIDI out port and two audio in ports.
 
     `schedule(events)` queues `(absolute_frame, bytes)` MIDI events; the process callback writes each at
     its exact offset inside the period that contains it. `record(seconds)` captures the inputs into a
-    preallocated buffer; `audio` is float32[n, 2] and `rec_start` the absolute frame of its first row.
-    Every JACK xrun the server reports is counted in `xruns`.
+    preallocated buffer; `stop_recording()` returns float32[n, 2] whose row 0 is the absolute frame
+    `rec_start`. Every JACK xrun the server reports is counted in `xruns`.
+
+    The callback makes no call that releases the GIL and allocates next to nothing (see `_ProbeFast`,
+    `_QuietInterpreter`): the probe measures the synth, so it must not be the one that is late.
     """
 
     def __init__(self, server: JackServer, name: str = "probe", record_seconds: float = 20.0):
@@ -214,7 +284,13 @@ class Probe:
         self.period = self.client.blocksize
         self.midi_out = self.client.midi_outports.register("midi_out")
         self.ins = [self.client.inports.register(f"in_{i + 1}") for i in range(2)]
-        self.buf = np.zeros((int(record_seconds * self.sr) + self.period, 2), np.float32)
+        self._fast = _ProbeFast(self.client)
+        self._midi_ptr = self._fast.ptr(self.midi_out)
+        self._in_ptrs = [self._fast.ptr(p) for p in self.ins]
+        # Planar (one row per input), so each cycle is two plain memory copies into the rows.
+        self._cap = int(record_seconds * self.sr) + self.period
+        self.buf = np.zeros((2, self._cap), np.float32)
+        self._rows = (self.buf.ctypes.data, self.buf.ctypes.data + 4 * self._cap)
         self.pos = 0
         self.rec_start: int | None = None
         self._recording = False
@@ -226,7 +302,18 @@ class Probe:
         self.xrun_frames: list[int] = []   # JACK frame time at each xrun report
         self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._xrun)
-        self.client.activate()
+        _QuietInterpreter.enter()
+        self._quiet = True
+        try:
+            self.client.activate()
+        except Exception:
+            self._leave_quiet()
+            raise
+
+    def _leave_quiet(self) -> None:
+        if self._quiet:
+            self._quiet = False
+            _QuietInterpreter.leave()
 
     def _xrun(self, delay_usecs: float) -> None:
         self.xruns += 1
@@ -234,18 +321,21 @@ class Probe:
             self.xrun_frames.append(self.client.frame_time)
 
     def _process(self, frames: int) -> None:
-        fr = self.client.last_frame_time
-        self.midi_out.clear_buffer()
+        fast = self._fast
+        fr = fast.last_frame_time()
+        buf = fast.midi_out(self._midi_ptr, frames)
         if self._lock.acquire(blocking=False):
             try:
                 ev = self._events
-                while self._ev_i < len(ev) and ev[self._ev_i][0] < fr + frames:
+                end = fr + frames
+                while self._ev_i < len(ev) and ev[self._ev_i][0] < end:
                     at, data = ev[self._ev_i]
                     off = at - fr
                     if off < 0:
                         self.late_midi += 1
                         off = 0
-                    self.midi_out.write_midi_event(off, data)
+                    if buf:
+                        fast.write(buf, off, data)
                     self._ev_i += 1
             finally:
                 self._lock.release()
@@ -255,10 +345,12 @@ class Probe:
             # Index by frame time, not by call count: JACK skips cycles on an xrun, and appending would
             # shift everything after it.
             pos = fr - self.rec_start
-            n = min(frames, len(self.buf) - pos)
+            n = min(frames, self._cap - pos)
             if n > 0:
-                self.buf[pos:pos + n, 0] = self.ins[0].get_array()[:n]
-                self.buf[pos:pos + n, 1] = self.ins[1].get_array()[:n]
+                for row, port in zip(self._rows, self._in_ptrs, strict=True):
+                    src = fast.get_buffer(port, frames)
+                    if src:
+                        fast.memmove(row + 4 * pos, src, 4 * n)
                 self.pos = pos + n
 
     @property
@@ -323,13 +415,14 @@ class Probe:
 
     def stop_recording(self) -> np.ndarray:
         self._recording = False
-        return self.buf[:self.pos]
+        return np.ascontiguousarray(self.buf[:, :self.pos].T)
 
     def close(self) -> None:
         try:
             self.client.deactivate()
         finally:
             self.client.close()
+            self._leave_quiet()
 
 
 class SynthProcess:
