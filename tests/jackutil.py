@@ -153,7 +153,9 @@ class JackServer:
         {"neural-synth: Triggered": 2, ...}. In async mode jackd checks, as each cycle begins, that every
         client finished the last one. "Triggered": the client's thread had been woken but had not started
         (the OS did not run it in time); "Running": it was inside its process callback (its own work, a
-        wait for the GIL, or CPU taken from it while it ran)."""
+        wait for the GIL, or CPU taken from it while it ran). A client runs after those it takes audio from:
+        the probe runs after the synth (docs/reliability.md), so `probe: Triggered` usually means the
+        synth finished too late in the cycle for the probe to start."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(mark)
