@@ -140,6 +140,7 @@ class MidiInput:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards _ports between the poll thread and close(); never audio
+        self._failed: set[str] = set()   # ports that could not be opened: tried again each scan, logged once
 
     # -- rtmidi side -------------------------------------------------------------------------------
     def _make_callback(self, src: int):
@@ -222,11 +223,15 @@ class MidiInput:
                 try:
                     m.open_port(idx, "in")
                 except Exception as e:
-                    self.log(f"midi: cannot open {name}: {e}")
+                    if name not in self._failed:
+                        self._failed.add(name)
+                        self.log(f"midi: cannot open {name}: {e}; trying again every {self.poll_seconds:g} s")
                     m.delete()
                     continue
+                self._failed.discard(name)
                 self._ports[name] = m
                 self.log(f"midi: port opened: {name}")
+            self._failed &= set(current)
 
     def _close_port(self, name: str) -> None:
         m = self._ports.pop(name)
@@ -411,7 +416,9 @@ class JackMidiInput:
         self._clock = FrameClock(self._fast.last_frame_time, self.sample_rate)
         # A second clock for the audio thread (each FrameClock belongs to one thread).
         self.cycle_clock = FrameClock(self._fast.last_frame_time, self.sample_rate).cycle_start
+        # Ports handled: connected, or not wanted. A port the user disconnects by hand stays disconnected.
         self._seen: set[str] = set()
+        self._failed: set[str] = set()   # ports whose connection JACK refused: tried again each scan
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._parser = Parser()
@@ -462,17 +469,26 @@ class JackMidiInput:
             return
         names = {p.name for p in ports}
         for name in sorted(names - self._seen):
-            self._seen.add(name)
             if not self._wanted(name) or name in mine:
+                self._seen.add(name)
                 continue
             try:
                 self.client.connect(name, self.port)
-                self.log(f"midi: port connected: {name}")
             except self._jack.JackError as e:
-                self.log(f"midi: cannot connect {name}: {e}")
+                if getattr(e, "code", None) != 17:   # 17 (EEXIST): connected meanwhile from the other side
+                    # A busy server can refuse a request (-1 while it is having xruns): not the port's
+                    # fault, so ask again at the next scan instead of giving the port up.
+                    if name not in self._failed:
+                        self._failed.add(name)
+                        self.log(f"midi: cannot connect {name}: {e}; trying again every {self.poll_seconds:g} s")
+                    continue
+            self._seen.add(name)
+            self._failed.discard(name)
+            self.log(f"midi: port connected: {name}")
         for name in sorted(self._seen - names):
             self._seen.discard(name)
             self.log(f"midi: port gone: {name}")
+        self._failed &= names
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):

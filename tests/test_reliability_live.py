@@ -157,3 +157,39 @@ def test_jack_server_stopped_under_the_synth(tiny_preset, tmp_path, how, audio_a
     assert "error: the audio stream stopped" in err, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
     assert waited < 10, waited
+
+
+def test_refused_midi_connection_is_tried_again(monkeypatch):
+    """JACK can refuse a connection (a busy server answers -1; here, a port whose client is not active
+    yet). The synth's JACK MIDI input logs it once, asks again at each scan, and connects the port as
+    soon as JACK accepts. (Before, the port was marked as seen and never connected: a keyboard plugged in
+    while the server had xruns stayed silent.) Real server, real JACK clients."""
+    import collections
+
+    import jack
+
+    from synth.midi_in import JackMidiInput
+
+    with JackServer(period=PERIOD) as srv:
+        for k, v in srv.env.items():
+            monkeypatch.setenv(k, v)
+        keys = jack.Client("late-keys", servername=srv.name, no_start_server=True)
+        out = keys.midi_outports.register("out")
+        lines: list[str] = []
+        midi = JackMidiInput(collections.deque(), poll_seconds=3600, log=lines.append)
+        try:
+            midi.start()                      # first scan: JACK refuses (late-keys is not active)
+            midi.rescan()
+            midi.rescan()
+            refused = [s for s in lines if "cannot connect late-keys:out" in s]
+            assert len(refused) == 1, lines  # logged once, however many scans
+            assert "trying again" in refused[0]
+            assert not keys.get_all_connections(out)
+            keys.activate()
+            midi.rescan()
+            assert any(s.endswith("port connected: late-keys:out") for s in lines), lines
+            assert [p.name for p in keys.get_all_connections(out)] == ["neural-synth:neural-synth"]
+        finally:
+            midi.close()
+            keys.deactivate()
+            keys.close()
