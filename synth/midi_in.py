@@ -22,6 +22,7 @@ import ctypes.util
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from synth.errors import UserError
@@ -649,13 +650,29 @@ class JackSynthClient(JackMidiInput):
             if not dests:
                 what = f"matches --device {self.connect_to.pattern!r}" if self.connect_to else "is a playback port"
                 self.log(f"audio: no JACK audio input {what}; connect {CLIENT_NAME}:out_0/out_1 by hand")
-            for src, dst in zip(self.outs, dests[:2], strict=False):
-                self.client.connect(src, dst)
+            pairs = list(zip(self.outs, dests[:2], strict=False))
             if len(dests) == 1:
-                self.client.connect(self.outs[1], dests[0])
+                pairs.append((self.outs[1], dests[0]))
+            for src, dst in pairs:
+                self._connect_output(src, dst)
         except self._jack.JackError as e:
             self.log(f"audio: cannot connect the outputs ({e}); connect {CLIENT_NAME}:out_0/out_1 by hand")
         self._start_hotplug()
+
+    def _connect_output(self, src, dst, seconds: float = 2.0) -> None:
+        """Connect `src` to `dst`, asking again for up to `seconds` while JACK refuses: a busy server
+        (in xruns as the synth starts) can answer -1 to a request it accepts a moment later."""
+        end = time.monotonic() + seconds
+        while True:
+            try:
+                self.client.connect(src, dst)
+                return
+            except self._jack.JackError as e:
+                if getattr(e, "code", None) == 17:   # EEXIST: already connected
+                    return
+                if time.monotonic() > end:
+                    raise
+            time.sleep(0.1)
 
     def close(self) -> bool:
         if self._closed:

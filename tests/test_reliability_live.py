@@ -193,3 +193,42 @@ def test_refused_midi_connection_is_tried_again(monkeypatch):
             midi.close()
             keys.deactivate()
             keys.close()
+
+
+def test_refused_output_connection_is_tried_again(monkeypatch):
+    """`--audio-api jack-client` connects its outputs at start. A request JACK refuses (here: the
+    playback ports' client activates 0.5 s later) is asked again for up to 2 s, so a busy server at
+    start-up does not leave the synth unconnected and silent. Real server, real clients."""
+    import collections
+    import re
+    import threading
+
+    import jack
+
+    from synth.midi_in import JackSynthClient
+
+    with JackServer(period=PERIOD) as srv:
+        for k, v in srv.env.items():
+            monkeypatch.setenv(k, v)
+        speakers = jack.Client("speakers", servername=srv.name, no_start_server=True)
+        ins = [speakers.inports.register(f"in_{i}") for i in range(2)]
+        lines: list[str] = []
+
+        def silence(outdata, frames, time_info, status):
+            outdata.fill(0)
+
+        synth = JackSynthClient(collections.deque(), silence, log=lines.append, poll_seconds=3600,
+                                connect_to=re.compile("^speakers:"))
+        later = threading.Timer(0.5, speakers.activate)
+        try:
+            later.start()
+            synth.start()
+            later.join()
+            conns = [[p.name for p in speakers.get_all_connections(i)] for i in ins]
+            assert conns == [["neural-synth:out_0"], ["neural-synth:out_1"]], (conns, lines)
+            assert not any("cannot connect the outputs" in s for s in lines), lines
+        finally:
+            later.cancel()
+            synth.close()
+            speakers.deactivate()
+            speakers.close()
