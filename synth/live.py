@@ -725,7 +725,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
         if args.stats_json:
             from synth.fsutil import atomic_write_text
 
-            atomic_write_text(args.stats_json, json.dumps(final_summary(core, engine, tamer, reason["why"]),
+            atomic_write_text(args.stats_json, json.dumps(final_summary(core, engine, tamer, reason["why"], midi),
                                                           indent=1))
 
     try:
@@ -804,7 +804,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
             close()
         tamer.stop()
     write_stats()
-    summary = final_summary(core, engine, tamer, reason["why"])
+    summary = final_summary(core, engine, tamer, reason["why"], midi)
     status.log("stopped (" + reason["why"] + "): " + " ".join(f"{k}={v}" for k, v in summary.items()
                                                                  if not isinstance(v, (dict, list))))
     if abandoned:
@@ -837,7 +837,7 @@ def _open_midi(midi_api: str, args, queue, audio, device, core: LiveCore, vmap, 
     return None
 
 
-def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
+def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str, midi=None) -> dict:
     load = core.load()
     d = core.durations_ms()
     out = {
@@ -849,6 +849,8 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str) -> dict:
         "events": core.events,
         "late_events": core.late_events,
         "deduplicated": core.deduped,
+        # JACK MIDI: cycles whose events repeated the last cycle's exactly (a stale buffer), dropped.
+        "stale_midi_cycles": getattr(midi, "stale_cycles", 0),
         "deferred": core.deferred,
         "dropped": core.dropped,
         "callback_errors": core.errors,

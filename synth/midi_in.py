@@ -423,11 +423,28 @@ class JackMidiInput:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._parser = Parser()
+        self._prev_events: list = []
+        self.stale_cycles = 0   # cycles whose MIDI repeated the previous cycle's exactly: dropped
         self.client.set_process_callback(self._process)
+
+    def _fresh(self, events: list) -> list:
+        """This cycle's MIDI, or nothing when it repeats the previous cycle's exactly (the same bytes at
+        the same offsets): a stale buffer. A client that sends us MIDI and runs after us in the cycle (a
+        DAW that plays a track into the synth and records it back: JACK breaks the loop by running one
+        first) writes its buffer after we read it; when it misses a cycle, we find last cycle's events
+        there again, and would play every note-on twice (measured: one repeated cycle for each cycle the
+        test probe missed). Repeats of controllers, bends and note-offs change nothing; a real note-on
+        repeated at the same offset one period later (90 Hz and up) is not something anyone plays."""
+        prev = self._prev_events
+        self._prev_events = events
+        if events and events == prev:
+            self.stale_cycles += 1
+            return []
+        return events
 
     def _process(self, frames: int) -> None:
         # JACK process thread: read events, stamp, parse, append. Nothing else.
-        events = self._fast.midi_events(self._port_ptr, frames)
+        events = self._fresh(self._fast.midi_events(self._port_ptr, frames))
         if not events:
             return
         sr = self.sample_rate
@@ -601,7 +618,7 @@ class JackSynthClient(JackMidiInput):
         # The one real-time Python callback: this cycle's MIDI, then the audio block.
         fast = self._fast
         try:
-            events = fast.midi_events(self._port_ptr, frames)
+            events = self._fresh(fast.midi_events(self._port_ptr, frames))
             frame = self._clock.unwrap(fast.last_frame_time())
             sr = self.sample_rate
             self._cycle_s = frame / sr

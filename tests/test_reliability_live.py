@@ -232,3 +232,53 @@ def test_refused_output_connection_is_tried_again(monkeypatch):
             synth.close()
             speakers.deactivate()
             speakers.close()
+
+
+@pytest.mark.parametrize("audio_api", ["jack", "jack-client"])
+def test_stale_midi_buffer_does_not_retrigger(tiny_preset, tmp_path, audio_api):
+    """A MIDI source that misses a cycle leaves last cycle's events in its output buffer, and a client
+    that reads it then finds them again (in a loop, such as a DAW playing a track into the synth and
+    recording it back, the synth runs first and always reads the buffer of the cycle before). Here a
+    real JACK client writes one note-on and then leaves its buffer uncleared for 5 cycles, as a client
+    that missed them would: the synth plays the note once and counts 5 stale cycles; a later note plays
+    too. (Measured before: every probe-missed cycle of a bench session played its notes twice.)"""
+    import threading
+
+    import jack
+
+    cmd = synth_cmd(tiny_preset.path.parent, "--audio-api", audio_api, "--midi-port", "^lazy:")
+    with JackServer(period=PERIOD) as srv, SynthProcess(srv, cmd, tmp_path) as sp:
+        sp.wait_for("ready")
+        lazy = jack.Client("lazy", servername=srv.name, no_start_server=True)
+        out = lazy.midi_outports.register("out")
+        plan: list = []          # what the next cycles do: a message to write, or None to leave the buffer
+        done = threading.Event()
+
+        @lazy.set_process_callback
+        def process(frames):
+            if plan:
+                step = plan.pop(0)
+                if step is not None:
+                    out.clear_buffer()
+                    if step:
+                        out.write_midi_event(7, step)
+                if not plan:
+                    done.set()
+            else:
+                out.clear_buffer()
+
+        lazy.activate()
+        try:
+            sp.wait_for("port connected: lazy:out", timeout=10)
+            before = sp.fresh_stats()
+            plan[:] = [bytes([0x90, 60, 100]), None, None, None, None, None, b"", b"", bytes([0x90, 67, 100]), b""]
+            assert done.wait(5)
+            time.sleep(0.3)
+            after = sp.fresh_stats()
+        finally:
+            lazy.deactivate()
+            lazy.close()
+        rc = sp.stop()
+    assert after["events"] - before["events"] == 2, (before["events"], after["events"])
+    assert after["stale_midi_cycles"] - before["stale_midi_cycles"] == 5, after["stale_midi_cycles"]
+    assert rc == 0, sp.stderr[-2000:]
