@@ -37,7 +37,7 @@ with tempfile.TemporaryDirectory(prefix="ab-session-") as tmp:
     work = Path(tmp)
     parent, name = lp._preset_args(None, None, work)
     r = lp.session(parent, name, work, seconds=seconds, synth_args=("--audio-api", api), control=control)
-keep = ("xruns_synth", "xruns_jack", "events_played", "events_sent", "peak", "exit_code", "jack_blame")
+keep = ("xruns_synth", "xruns_jack", "events_played", "events_sent", "stale_midi_cycles", "peak", "exit_code", "jack_blame")
 out = {k: r[k] for k in keep}
 out["cpu_p99"] = (r.get("cpu") or {}).get("p99")
 out["load_p99"] = (r.get("load") or {}).get("p99")

@@ -332,6 +332,7 @@ def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> d
     return {
         "seconds": seconds, "notes_per_second": rate, "events_sent": len(ev),
         "events_played": after["events"] - before["events"], "xruns_synth": after["xruns"] - before["xruns"],
+        "stale_midi_cycles": after.get("stale_midi_cycles", 0) - before.get("stale_midi_cycles", 0),
         "xruns_jack": xr, "load": window_load(before, after), "cpu": window_load(before, after, "cpu_hist_pct"),
         "max_voices_requested": 256 + int(rate * 0.15) + 1,
         "knob_states_generated": eng1.get("generated", 0) - eng0.get("generated", 0),

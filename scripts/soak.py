@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     growth_x = rss.get("growth_excl_cache_after_1min_pct")
     judged = growth_x if growth_x is not None else growth    # the cache's fill is capped, see _memory_ok
     rows = [("minutes", f"{args.minutes:g}"), ("events played / sent", f"{res['events_played']} / {res['events_sent']}"),
+            ("stale JACK MIDI cycles dropped (a source's buffer read again after it missed a cycle)",
+             str(res.get("stale_midi_cycles", 0))),
             ("xruns (synth / JACK)", f"{res['xruns_synth']} / {res['xruns_jack']}"),
             ("callback p99 / max (share of the block)",
              f"{res['load'].get('p99')} / {res['load'].get('max')}"),
