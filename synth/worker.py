@@ -383,10 +383,12 @@ class GeneratorWorker:
                 if t0 is not None:
                     self.last_prefill_s = time.perf_counter() - t0
                 continue
-            before = len(self.cache)
-            self._generate_each(todo[:self._chunk(name)], protect=(name, knobkey))
-            if len(self.cache) == before:
-                # Nothing fitted: the cache is full of this very keyboard or of playing notes.
+            chunk = todo[:self._chunk(name)]
+            self._generate_each(chunk, protect=(name, knobkey))
+            if all(self.cache.peek(k) is None for k in chunk):
+                # Nothing fitted: the cache is full of this very keyboard or of playing notes. (Not the
+                # entry count: once the cache is full, each note published evicts one, and the count
+                # stays the same while the keyboard fills.)
                 self._done[name] = knobkey
             return True
         return False

@@ -151,3 +151,27 @@ def test_live_tune_moves_prefill_nothing_and_decay_moves_refill_the_kit(kit):
         assert calls == [("drums", (64, 64, 64, 20), True)]
     finally:
         eng.close()
+
+
+def test_knob_move_prefill_completes_when_the_cache_is_full(preset):
+    """Once the note cache is full, a knob move still fills the whole keyboard of the new state,
+    evicting older states' notes. (The worker used to judge "nothing fitted" by the entry count, which
+    stays the same when each new note evicts an old one: after the first few knob states a prefill
+    stopped after one chunk, and the player got stand-ins for most keys.)"""
+    probe = Engine(presets=[preset], realtime=False, cache_mb=16)
+    slot_bytes = probe.cache.slot_len * 4
+    probe.close()
+    keyboard = 88 * 4
+    e = Engine(presets=[preset], realtime=True, cache_mb=(keyboard * 3 // 2) * slot_bytes / 2**20)
+    try:
+        assert e.wait_ready(60)
+        assert e.cache.n_slots < 2 * keyboard
+        for value in (10, 100, 40):
+            e.control_change(0, 74, value)
+            e.render(128)
+            assert e.wait_ready(60)
+            missing = [(p, v) for p in range(21, 109) for v in (32, 64, 96, 127)
+                       if e.cache.peek(("piano", (value, 64), p, v)) is None]
+            assert not missing, (value, len(missing), e.cache.stats())
+    finally:
+        e.close()
