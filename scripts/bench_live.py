@@ -77,6 +77,7 @@ def rows_from(res: dict) -> list[dict]:
              f"its own CPU time p99 {100 * ((ses.get('cpu') or {}).get('p99') or 0):.0f}%, max "
              f"{100 * ((ses.get('cpu') or {}).get('max') or 0):.0f}%"),
     ]
+    rows += _prefill_rows(res.get("prefill_512"))
     g = res.get("gc_gil")
     if g:
         rows.append(_row("live.gc_full_pause", g["gc_full_ms"], "ms", "", None,
@@ -124,6 +125,24 @@ def _session_client_rows(jc: dict | None, ses: dict) -> list[dict]:
                  f"{jc['events_played']}/{jc['events_sent']}; callback CPU p99 "
                  f"{100 * ((jc.get('cpu') or {}).get('p99') or 0):.0f}%; peak {jc['peak']:.3f}; "
                  f"{_steal_note(jc.get('steal'))}; {_control_note(jc)}{_blame_note(jc)}")]
+
+
+def _prefill_rows(pf: dict | None) -> list[dict]:
+    """Issue 6: the full-keyboard prefill after a preset load or a knob move never causes an xrun."""
+    if not pf:
+        return []
+    n = pf["startup_xruns"] + pf["xruns_synth"] + pf["xruns_jack"]
+    moves = pf["moves"]
+    notes = [m["notes"] for m in moves]
+    secs = [m["seconds"] for m in moves]
+    return [_row("live.prefill_xruns_512", n, "xruns", "0", n == 0,
+                 f"period 512, nothing else playing: the start-up prefill ({pf['startup_notes']} notes, every "
+                 f"velocity layer, stream running) had {pf['startup_xruns']} synth xruns; then {len(moves)} knob "
+                 f"moves (CC 74, then still), each filling the new state's keyboard ({min(notes)}-{max(notes)} "
+                 f"notes in {min(secs):g}-{max(secs):g} s; "
+                 f"{pf.get('cache_evictions')} cache evictions): synth xruns {pf['xruns_synth']}, JACK "
+                 f"{pf['xruns_jack']}; callback CPU p99 {100 * ((pf.get('cpu') or {}).get('p99') or 0):.0f}%; "
+                 f"{_steal_note(pf.get('steal'))}; {_control_note(pf)}{_blame_note(pf)}")]
 
 
 def _blame_note(ses: dict) -> str:

@@ -354,6 +354,69 @@ def _session(cmd, work, seconds, rate, rng, sweeps, cluster, sweep_cc, ctl) -> d
     }
 
 
+def prefill_xruns(parent: Path, name: str, work: Path, moves: int = 6, synth_args: tuple[str, ...] = (),
+                  control: bool = True) -> dict:
+    """Issue 6's prefill bar at 512 frames: xruns while the synth fills the whole keyboard and nothing
+    else plays. First at start-up (every velocity layer, with the stream already running: counted up
+    to "ready"), then after each of `moves` knob moves (one CC 74 message, then still: the worker fills
+    the settled knob state's keyboard; a move is judged finished when the worker has made no note for a
+    stats tick, 0.5 s). With
+    `control`, the idle C client on a second JACK server counts the machine's own xruns over the moves."""
+    cmd = _cmd(parent, name, "--midi-port", "^probe:", *synth_args)
+    with ControlServer(period=512) if control else contextlib.nullcontext() as ctl:
+        with JackServer(period=512) as srv, SynthProcess(srv, cmd, work) as sp:
+            log0 = srv.log_mark()
+            sp.wait_for("ready")
+            at_ready = sp.fresh_stats()
+            probe = Probe(srv, record_seconds=moves * 16 + 3)
+            try:
+                probe.connect_synth()
+                time.sleep(0.5)
+                before = sp.fresh_stats()
+                xr0 = probe.xruns
+                t0 = probe.now
+                t0_mono = time.monotonic()
+                per_move = []
+                with StealMonitor() as steal:
+                    probe.start_recording()
+                    for i in range(moves):
+                        gen0 = sp.fresh_stats()["engine"].get("generated", 0)
+                        probe.schedule([(probe.now + SR // 20, bytes([0xB0, 74, (17 + 37 * i) % 128]))])
+                        t_move = time.monotonic()
+                        end = t_move + 15.0
+                        last = gen0
+                        while time.monotonic() < end:
+                            # Done when the worker has generated notes and made none since the last
+                            # stats tick (0.5 s), with nothing pending.
+                            e = sp.fresh_stats()["engine"]
+                            g = e.get("generated", 0)
+                            if g > gen0 and g == last and not e.get("worker_pending"):
+                                break
+                            last = g
+                        per_move.append({"notes": e.get("generated", 0) - gen0,
+                                         "seconds": round(time.monotonic() - t_move, 2)})
+                        time.sleep(0.3)
+                    x = probe.stop_recording()
+                seconds = time.monotonic() - t0_mono
+                after = sp.fresh_stats()
+                xr = probe.xruns - xr0
+                xrun_at = [round((f - t0) / SR, 2) for f in probe.xrun_frames[xr0:]]
+                blame = srv.blame(log0)
+            finally:
+                probe.close()
+            rc = sp.stop()
+    return {
+        "startup_xruns": at_ready["xruns"], "startup_notes": at_ready.get("engine", {}).get("generated", 0),
+        "moves": per_move, "xruns_synth": after["xruns"] - before["xruns"], "xruns_jack": xr,
+        "cache_mb": after.get("engine", {}).get("cache_mb"), "cache_evictions": after.get("engine", {}).get("cache_evictions"),
+        "seconds": round(seconds, 1), "peak": float(np.abs(x).max()) if len(x) else 0.0, "exit_code": rc,
+        "cpu": window_load(before, after, "cpu_hist_pct"), "xrun_seconds": xrun_at,
+        "jack_blame": blame,   # start-up included (from the server's start)
+        "steal": steal.attribution(t0_mono, xrun_at, seconds),
+        "control_xrun_seconds": None if ctl is None else ctl.xruns(t0_mono, seconds),
+    }
+
+
 def gc_and_gil(parent: Path, name: str, churn_seconds: float = 1.2, reps: int = 3) -> dict:
     """GC pauses and GIL waits in a synth-like process (engine loaded, realtime worker running).
 
@@ -445,6 +508,7 @@ def run(quick: bool = False, preset: str | None = None, preset_dir: str | None =
         # The same session with the synth's own JACK client for MIDI and audio (one callback a cycle).
         out["session_512_jack_client"] = session(parent, name, work, seconds=secs,
                                                  synth_args=("--audio-api", "jack-client"))
+        out["prefill_512"] = prefill_xruns(parent, name, work, moves=3 if quick else 6)
         out["gc_gil"] = gc_and_gil(parent, name)
     return out
 
