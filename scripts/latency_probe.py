@@ -368,6 +368,8 @@ def prefill_xruns(parent: Path, name: str, work: Path, moves: int = 6, synth_arg
             log0 = srv.log_mark()
             sp.wait_for("ready")
             at_ready = sp.fresh_stats()
+            startup_blame = srv.blame(log0)
+            log0 = srv.log_mark()
             probe = Probe(srv, record_seconds=moves * 16 + 3)
             try:
                 probe.connect_synth()
@@ -407,11 +409,12 @@ def prefill_xruns(parent: Path, name: str, work: Path, moves: int = 6, synth_arg
             rc = sp.stop()
     return {
         "startup_xruns": at_ready["xruns"], "startup_notes": at_ready.get("engine", {}).get("generated", 0),
+        "startup_blame": startup_blame, "startup_worst_callbacks": at_ready.get("worst_callbacks", [])[:4],
         "moves": per_move, "xruns_synth": after["xruns"] - before["xruns"], "xruns_jack": xr,
         "cache_mb": after.get("engine", {}).get("cache_mb"), "cache_evictions": after.get("engine", {}).get("cache_evictions"),
         "seconds": round(seconds, 1), "peak": float(np.abs(x).max()) if len(x) else 0.0, "exit_code": rc,
         "cpu": window_load(before, after, "cpu_hist_pct"), "xrun_seconds": xrun_at,
-        "jack_blame": blame,   # start-up included (from the server's start)
+        "jack_blame": blame,   # the knob moves (start-up: startup_blame)
         "steal": steal.attribution(t0_mono, xrun_at, seconds),
         "control_xrun_seconds": None if ctl is None else ctl.xruns(t0_mono, seconds),
     }
