@@ -138,8 +138,7 @@ def _prefill_rows(pf: dict | None) -> list[dict]:
     return [_row("live.prefill_xruns_512", n, "xruns", "0", n == 0,
                  f"period 512, nothing else playing: the start-up prefill ({pf['startup_notes']} notes, every "
                  f"velocity layer, stream running) had {pf['startup_xruns']} synth xruns"
-                 f"{_blame_note({'jack_blame': pf.get('startup_blame')}).replace('; jackd', ' (jackd')}"
-                 f"{')' if pf.get('startup_blame') is not None else ''}; then {len(moves)} knob "
+                 f"{_blame_note({'jack_blame': pf.get('startup_blame')})}; then {len(moves)} knob "
                  f"moves (CC 74, then still), each filling the new state's keyboard ({min(notes)}-{max(notes)} "
                  f"notes in {min(secs):g}-{max(secs):g} s; "
                  f"{pf.get('cache_evictions')} cache evictions): synth xruns {pf['xruns_synth']}, JACK "

@@ -360,8 +360,8 @@ def prefill_xruns(parent: Path, name: str, work: Path, moves: int = 6, synth_arg
     else plays. First at start-up (every velocity layer, with the stream already running: counted up
     to "ready"), then after each of `moves` knob moves (one CC 74 message, then still: the worker fills
     the settled knob state's keyboard; a move is judged finished when the worker has made no note for a
-    stats tick, 0.5 s). With
-    `control`, the idle C client on a second JACK server counts the machine's own xruns over the moves."""
+    stats tick, 0.5 s). With `control`, the idle C client on a second JACK server counts the machine's
+    own xruns over the moves."""
     cmd = _cmd(parent, name, "--midi-port", "^probe:", *synth_args)
     with ControlServer(period=512) if control else contextlib.nullcontext() as ctl:
         with JackServer(period=512) as srv, SynthProcess(srv, cmd, work) as sp:

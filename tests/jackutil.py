@@ -15,6 +15,7 @@ servers whose process is gone: what jackd itself does for a dead server of the s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import re
@@ -28,6 +29,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
+from synth.live import GcTamer
+from synth.midi_in import JackFast
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,32 +202,24 @@ class JackServer:
 SYNTH_AUDIO_CLIENTS = ("neural-synth-audio", "neural-synth")
 
 
-class _ProbeFast:
-    """The probe's per-cycle libjack calls through `ctypes.PyDLL` (synth.midi_in.JackFast plus MIDI out
-    and audio in): none of them releases the GIL, so no other thread of the measuring process can slip
-    in halfway through the probe's callback and make it late. (JACK-Client's cffi calls release it
-    around each C call; a probe late in its cycle is an xrun that JACK and the synth count, though the
-    synth was on time.)"""
+class _ProbeFast(JackFast):
+    """The synth's `JackFast` (per-cycle libjack calls through `ctypes.PyDLL`, which keep the GIL) plus
+    what the probe needs besides: MIDI out and audio in. None of its calls releases the GIL, so no other
+    thread of the measuring process can slip in halfway through the probe's callback and make it late.
+    (JACK-Client's cffi calls release it around each C call; a probe late in its cycle is an xrun that
+    JACK and the synth count, though the synth was on time.)"""
 
     def __init__(self, client):
-        import ctypes
-
-        from synth.midi_in import JackFast
-
-        self.base = JackFast(client)
-        lib, vp = self.base.lib, ctypes.c_void_p
-        self._clear = lib.jack_midi_clear_buffer
+        super().__init__(client)
+        vp = ctypes.c_void_p
+        self._clear = self.lib.jack_midi_clear_buffer
         self._clear.argtypes, self._clear.restype = [vp], None
-        self._write = lib.jack_midi_event_write
+        self._write = self.lib.jack_midi_event_write
         self._write.argtypes, self._write.restype = [vp, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int
-        self.get_buffer = self.base._get_buffer
-        self.memmove = self.base._memmove
-        self.last_frame_time = self.base.last_frame_time
-        self.ptr = self.base.ptr
 
     def midi_out(self, port: int, frames: int) -> int:
         """This cycle's buffer of MIDI output port `port`, cleared (0 when JACK gives none)."""
-        buf = self.get_buffer(port, frames)
+        buf = self._get_buffer(port, frames)
         if buf:
             self._clear(buf)
         return buf or 0
@@ -231,38 +227,36 @@ class _ProbeFast:
     def write(self, buf: int, offset: int, data: bytes) -> None:
         self._write(buf, offset, data, len(data))
 
+    def read_audio(self, port: int, frames: int, dst: int, n: int) -> None:
+        """Copy the first `n` samples of audio input port `port` to address `dst`."""
+        src = self._get_buffer(port, frames)
+        if src:
+            self._memmove(dst, src, 4 * n)
+
 
 class _QuietInterpreter:
-    """While any probe lives in this process: no automatic garbage collection, and a 0.5-ms switch
-    interval. The probe's callback is Python on JACK's real-time thread; a collection of the measuring
-    process's generations (pytest with torch imported holds millions of objects) run by any thread
-    stalls it for milliseconds, and a thread that holds the GIL keeps it for the switch interval (5 ms
-    by default) before the callback gets it. Both are what `synth.live.GcTamer` does for the synth."""
+    """While any probe lives in this process, the synth's own `GcTamer` settings: no automatic garbage
+    collection (what lives is frozen) and a 0.5-ms switch interval. The probe's callback is Python on
+    JACK's real-time thread; a collection of the measuring process's generations (pytest with torch
+    imported: about 100 ms) run by any thread stalls it, and a thread that holds the GIL keeps it for
+    the switch interval (5 ms by default) before the callback gets it."""
 
     users = 0
-    saved: tuple[bool, float] | None = None
+    tamer: GcTamer | None = None
 
     @classmethod
     def enter(cls) -> None:
-        import gc
-
         if cls.users == 0:
-            cls.saved = (gc.isenabled(), sys.getswitchinterval())
-            gc.collect()
-            gc.disable()
-            sys.setswitchinterval(0.0005)
+            cls.tamer = GcTamer()
+            cls.tamer.start()
         cls.users += 1
 
     @classmethod
     def leave(cls) -> None:
-        import gc
-
         cls.users -= 1
-        if cls.users == 0 and cls.saved is not None:
-            enabled, interval = cls.saved
-            sys.setswitchinterval(interval)
-            if enabled:
-                gc.enable()
+        if cls.users == 0 and cls.tamer is not None:
+            cls.tamer.stop()
+            cls.tamer = None
 
 
 class Probe:
@@ -350,9 +344,7 @@ class Probe:
             n = min(frames, self._cap - pos)
             if n > 0:
                 for row, port in zip(self._rows, self._in_ptrs, strict=True):
-                    src = fast.get_buffer(port, frames)
-                    if src:
-                        fast.memmove(row + 4 * pos, src, 4 * n)
+                    fast.read_audio(port, frames, row + 4 * pos, n)
                 self.pos = pos + n
 
     @property
