@@ -434,8 +434,8 @@ def gc_and_gil(parent: Path, name: str, churn_seconds: float = 1.2, reps: int = 
     import threading
 
     from synth.engine import Engine
-    from synth.live import raise_priority
     from synth.preset import find_preset
+    from synth.rt import raise_priority
 
     raise_priority(-10)
     out: dict = {}

@@ -18,32 +18,33 @@ def main(argv: list[str]) -> int:
     p.add_argument("--midi-api", default="auto", help="as for `play` (default auto)")
     args = p.parse_args(argv)
 
-    from synth import audio_io
     from synth.errors import UserError
+    from synth.io import apis, portaudio
+    from synth.io.libjack import jack_server_info
 
-    audio_api, midi_api = audio_io.choose_apis(args.audio_api, args.midi_api)
-    jack = audio_io.jack_server_info()
+    audio_api, midi_api = apis.choose_apis(args.audio_api, args.midi_api)
+    jack = jack_server_info()
     out = sys.stdout
     state = f"running, {jack[0]} Hz, period {jack[1]}" if jack else "not running"
     out.write(f"JACK server: {state}"
               f" (JACK_DEFAULT_SERVER={os.environ.get('JACK_DEFAULT_SERVER', 'default')})\n")
-    out.write(f"ALSA sequencer (/dev/snd/seq): {'present' if audio_io.has_alsa_seq() else 'missing'}\n")
+    out.write(f"ALSA sequencer (/dev/snd/seq): {'present' if apis.has_alsa_seq() else 'missing'}\n")
     out.write(f"play would use: audio {audio_api}, MIDI {midi_api}\n")
     if jack:
-        out.write(f"  (--audio-api {audio_io.JACK_CLIENT_API}: one JACK client of the synth's own for MIDI and "
+        out.write(f"  (--audio-api {apis.JACK_CLIENT_API}: one JACK client of the synth's own for MIDI and "
                   "audio, its outputs connected to the physical playback ports or to --device PATTERN)\n")
     out.write("\n")
 
-    sd = audio_io.load_sounddevice()
+    sd = portaudio.load_sounddevice()
     chosen = None
-    if audio_api != audio_io.JACK_CLIENT_API:   # no PortAudio device to mark then
+    if audio_api != apis.JACK_CLIENT_API:   # no PortAudio device to mark then
         try:
-            chosen = audio_io.resolve_device(sd, None, audio_api).index
+            chosen = portaudio.resolve_device(sd, None, audio_api).index
         except UserError as e:
             out.write(f"(no default output: {e})\n")
     out.write("audio host APIs and output devices (--audio-api, --device):\n")
-    devs = audio_io.output_devices(sd)
-    for api in audio_io.hostapi_names(sd):
+    devs = portaudio.output_devices(sd)
+    for api in portaudio.hostapi_names(sd):
         mine = [d for d in devs if d.hostapi == api]
         out.write(f"  {api}: {len(mine)} output device(s)\n")
         for d in mine:
@@ -59,11 +60,11 @@ def main(argv: list[str]) -> int:
         if api == "jack" and not jack:
             out.write("  jack: no JACK server\n")
             continue
-        if api == "alsa" and not audio_io.has_alsa_seq():
+        if api == "alsa" and not apis.has_alsa_seq():
             out.write("  alsa: no ALSA sequencer (/dev/snd/seq missing)\n")
             continue
         try:
-            from synth.midi_in import list_ports
+            from synth.io.midi_rtmidi import list_ports
 
             ports = list_ports(api)
         except UserError as e:

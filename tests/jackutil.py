@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.live import GcTamer
-from synth.midi_in import JackFast
+from synth.io.libjack import JackFast
+from synth.rt import GcTamer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from synth.live import (
+from synth.callback import (
     DISPATCH_SHARE,
     LEAD_SAMPLES,
     MAX_BACKLOG,
     MAX_DEFER_SECONDS,
     MIN_EVENTS,
-    EventQueue,
     LiveCore,
-    velocity_map,
 )
-from synth.midi_in import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM, Parser
+from synth.errors import UserError
+from synth.io.events import BEND, CC, NOTE_OFF, NOTE_ON, PROGRAM, EventQueue, Parser
+from synth.io.ports import MidiSource, PortRefused, is_own, velocity_map
 
 SR, BS = 48000, 128
 
@@ -158,6 +158,39 @@ def test_note_on_burst_is_spread_over_blocks_in_order():
     assert per_block == [4, 4, 4, 4, 4, 0]
     assert [c[2] for c in eng.calls if c[0] == "on"] == list(range(40, 60))
     assert eng.calls[-1][:3] == ("off", 0, 40) and core.events == 21 and core.deferred > 0
+
+
+def test_deferred_counts_events_not_events_times_blocks():
+    """`deferred` counts each event the cap holds back once, however many blocks it waits: a 20-note
+    chord and its note-off at 4 note-ons a block defer 17 events (16 note-ons and the note-off), and 3
+    events that arrive behind them while they wait add 3. (It was the waiting events summed over every
+    capped block: 17 + 13 + 9 + 5 + 1 = 45 for the chord alone.) Events stamped for a later block that
+    go back to the queue are not counted twice either."""
+    eng = CallLog()
+    q = collections.deque()
+    core = LiveCore(eng, SR, BS, q)
+    clock = {"t": 1.0}
+    core.ref_clock = lambda: clock["t"]
+    t = 1.0 - BS / SR
+    q.extend([(t + i / SR, NOTE_ON, 0, 40 + i, 100, 0) for i in range(20)])
+    q.append((t + 30 / SR, NOTE_OFF, 0, 40, 0, 0))
+
+    def block():
+        run_block(core)
+        clock["t"] += BS / SR
+
+    block()
+    assert core.deferred == 17
+    # Arrivals behind the backlog, two of them stamped inside the next block (they go back to `pending`).
+    q.extend([(clock["t"] - 10 / SR, NOTE_ON, 1, 70, 100, 0), (clock["t"] + 5 / SR, CC, 1, 74, 3, 0),
+              (clock["t"] + 6 / SR, CC, 1, 74, 4, 0)])
+    for _ in range(10):
+        block()
+    assert core.deferred == 20
+    assert len([c for c in eng.calls if c[0] == "on"]) == 21 and not q and not core._pending
+    assert core._counted == 0
+    block()   # an idle block changes nothing
+    assert core.deferred == 20
 
 
 class SlowCalls(CallLog):
@@ -406,7 +439,7 @@ def test_the_callback_imports_nothing():
 import sys, collections
 sys.path.insert(0, {str(ROOT / "tests")!r})
 from test_live_core import CallLog, run_block, tinfo, flags, SR, BS
-from synth.live import LiveCore, ENTRY_BASE, LEAD_SAMPLES
+from synth.callback import LiveCore, ENTRY_BASE, LEAD_SAMPLES
 import numpy as np
 cores = [LiveCore(CallLog(), SR, BS), LiveCore(CallLog(), SR, BS, collections.deque())]
 cores[1].ref_clock = lambda: 1.0
@@ -478,6 +511,61 @@ def test_velocity_map():
     assert heavy[0] == 0 and heavy[127] == 127 and light[127] == 127
     assert all(1 <= heavy[v] <= v <= light[v] for v in range(1, 128))
     assert heavy == sorted(heavy) and light == sorted(light)
+
+
+class FakeSource(MidiSource):
+    """A MIDI source whose ports are a list, for the port rule alone."""
+
+    def __init__(self, **kw):
+        self.lines = []
+        super().__init__(collections.deque(), poll_seconds=3600, log=self.lines.append, **kw)
+        self.ports: list[str] = []
+        self.refuse: set[str] = set()
+        self.taken_calls: list[str] = []
+        self.released: list[str] = []
+
+    def _list_ports(self):
+        return list(self.ports)
+
+    def _take(self, name):
+        if name in self.refuse:
+            raise PortRefused("busy")
+        self.taken_calls.append(name)
+        return object()
+
+    def _release(self, name, handle):
+        self.released.append(name)
+
+
+def test_the_port_rule_both_midi_inputs_share():
+    """One rule for rtmidi and JACK MIDI (synth.io.ports): the synth's own clients never feed it; a
+    pattern selects by regex search, case-insensitive; a wanted port is taken once per appearance; a
+    refusal is logged once and asked again each scan; a taken port that vanishes is released and logged,
+    and taken again when it comes back."""
+    assert is_own("neural-synth:neural-synth") and is_own("neural-synth-audio:out_0")
+    assert is_own("neural-synth-in3:in 130:0") and not is_own("neural-synthesizer:out")
+    assert not is_own("Midi Through:Midi Through Port-0 14:0")
+    src = FakeSource(port_patterns=["^keys", "DAW"])
+    assert src.wanted("Keys:out") and src.wanted("ardour:daw out") and not src.wanted("other:out")
+    assert not src.wanted("neural-synth-audio:keys")
+    src.ports = ["keys:a", "keys:b", "other:out", "neural-synth:neural-synth"]
+    src.refuse = {"keys:b"}
+    for _ in range(3):
+        src.rescan()
+    assert src.taken_calls == ["keys:a"]
+    assert [s for s in src.lines if "keys:b" in s] == ["midi: cannot open keys:b: busy; trying again every 3600 s"]
+    src.refuse.clear()
+    src.rescan()
+    assert src.taken_calls == ["keys:a", "keys:b"] and src.port_names[1:] == ["keys:a", "keys:b"]
+    src.ports.remove("keys:a")
+    src.rescan()
+    assert src.released == ["keys:a"] and src.lines[-1] == "midi: port closed: keys:a"
+    src.ports.append("keys:a")
+    src.rescan()
+    src.rescan()
+    assert src.taken_calls == ["keys:a", "keys:b", "keys:a"]
+    with pytest.raises(UserError, match="--midi-port"):
+        FakeSource(port_patterns=["("])
 
 
 def _synth(args, tiny_preset, extra_env=None):
@@ -581,7 +669,7 @@ def test_live_blas_runs_on_one_thread():
 def test_gc_tick_waits_for_the_end_of_a_callback():
     """A tamed collection starts just after a callback ends (it holds the GIL throughout), and does not
     wait forever for a stream that has stopped calling back."""
-    from synth.live import GcTamer
+    from synth.rt import GcTamer
 
     bs = 4096                                     # 85 ms periods: the tick gives up after two
     core = LiveCore(CallLog(), SR, bs)

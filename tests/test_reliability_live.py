@@ -168,7 +168,7 @@ def test_refused_midi_connection_is_tried_again(monkeypatch):
 
     import jack
 
-    from synth.midi_in import JackMidiInput
+    from synth.io.midi_jack import JackMidiInput
 
     with JackServer(period=PERIOD) as srv:
         for k, v in srv.env.items():
@@ -195,6 +195,90 @@ def test_refused_midi_connection_is_tried_again(monkeypatch):
             keys.close()
 
 
+def _connections_settle(client, port, want: list[str], seconds: float = 3.0) -> list[str]:
+    """`port`'s connections once they equal `want`, or as they are after `seconds`: JACK2 makes a graph
+    change visible to other clients at a later cycle, not as the request returns."""
+    end = time.monotonic() + seconds
+    while True:
+        got = [p.name for p in client.get_all_connections(port)]
+        if got == want or time.monotonic() > end:
+            return got
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("virtual", [True, False], ids=["virtual", "no-virtual"])
+def test_no_virtual_under_jack_keeps_only_the_selected_ports(monkeypatch, virtual):
+    """Under JACK our input port is both the virtual port and where the selected ports are connected.
+    By default it keeps what another program connects to it; with `virtual=False` (`--no-virtual`) only
+    the ports `--midi-port` selects may feed it, as under ALSA: a connection from any other port is
+    removed at the next scan, logged once. (Before, the flag was ignored under JACK.) Real server."""
+    import collections
+
+    import jack
+
+    from synth.io.midi_jack import JackMidiInput
+
+    with JackServer(period=PERIOD) as srv:
+        for k, v in srv.env.items():
+            monkeypatch.setenv(k, v)
+        clients = {n: jack.Client(n, servername=srv.name, no_start_server=True) for n in ("keys", "other")}
+        outs = {n: c.midi_outports.register("out") for n, c in clients.items()}
+        for c in clients.values():
+            c.activate()
+        lines: list[str] = []
+        midi = JackMidiInput(collections.deque(), port_patterns=["^keys:"], virtual=virtual, poll_seconds=3600,
+                             log=lines.append)
+        try:
+            midi.start()
+            clients["other"].connect(outs["other"], "neural-synth:neural-synth")   # by hand, as a patchbay
+            _connections_settle(clients["other"], outs["other"], ["neural-synth:neural-synth"])
+            midi.rescan()
+            midi.rescan()
+            synth_port = ["neural-synth:neural-synth"]
+            assert _connections_settle(clients["keys"], outs["keys"], synth_port) == synth_port, lines
+            dropped = [s for s in lines if "disconnected other:out" in s]
+            if virtual:
+                assert _connections_settle(clients["other"], outs["other"], synth_port) == synth_port, lines
+                assert not dropped, lines
+            else:
+                assert _connections_settle(clients["other"], outs["other"], []) == [], lines
+                assert len(dropped) == 1 and "--no-virtual" in dropped[0], lines
+        finally:
+            midi.close()
+            for c in clients.values():
+                c.deactivate()
+                c.close()
+
+
+@pytest.mark.parametrize("audio_api", ["jack", "jack-client"])
+def test_no_virtual_reaches_the_jack_midi_input(tiny_preset, tmp_path, audio_api):
+    """`python -m synth --midi-api jack --no-virtual` (and `--audio-api jack-client`): the flag reaches
+    the JACK MIDI input, which removes a connection from a port `--midi-port` does not select and keeps
+    the selected one."""
+    import jack
+
+    cmd = synth_cmd(tiny_preset.path.parent, "--audio-api", audio_api, "--midi-api", "jack", "--midi-port",
+                    "^keys:", "--no-virtual")
+    with JackServer(period=PERIOD) as srv, SynthProcess(srv, cmd, tmp_path) as sp:
+        sp.wait_for("ready")
+        clients = {n: jack.Client(n, servername=srv.name, no_start_server=True) for n in ("keys", "other")}
+        try:
+            outs = {n: c.midi_outports.register("out") for n, c in clients.items()}
+            for c in clients.values():
+                c.activate()
+            clients["other"].connect(outs["other"], "neural-synth:neural-synth")
+            sp.wait_for("port connected: keys:out", timeout=10)
+            sp.wait_for("midi: disconnected other:out", timeout=10)
+            assert _connections_settle(clients["other"], outs["other"], []) == []
+            synth_port = ["neural-synth:neural-synth"]
+            assert _connections_settle(clients["keys"], outs["keys"], synth_port) == synth_port
+        finally:
+            for c in clients.values():
+                c.deactivate()
+                c.close()
+        assert sp.stop() == 0, sp.stderr[-2000:]
+
+
 def test_refused_output_connection_is_tried_again(monkeypatch):
     """`--audio-api jack-client` connects its outputs at start. A request JACK refuses (here: the
     playback ports' client activates 0.5 s later) is asked again for up to 2 s, so a busy server at
@@ -205,7 +289,7 @@ def test_refused_output_connection_is_tried_again(monkeypatch):
 
     import jack
 
-    from synth.midi_in import JackSynthClient
+    from synth.io.jack_audio import JackSynthClient
 
     with JackServer(period=PERIOD) as srv:
         for k, v in srv.env.items():

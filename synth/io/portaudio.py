@@ -1,125 +1,26 @@
-"""Audio output for live playing: the only module that imports sounddevice (PortAudio), lazily.
+"""Audio out through PortAudio (sounddevice): the only module that imports sounddevice, lazily.
 
-PortAudio scans its host APIs when sounddevice is imported, and the JACK host API only appears while
-a JACK server runs. So nothing here imports sounddevice at module load; `load_sounddevice()` does it
-at startup, after the API choice, so a JACK server that is already up is seen.
-
-`jack_server_running()` asks libjack directly (ctypes, no server autostart) and needs no PortAudio.
+PortAudio scans its host APIs when sounddevice is imported, and its JACK host API only appears while a
+JACK server runs. So nothing here imports sounddevice at module load; `load_sounddevice()` does, at
+start-up after the API choice, so a JACK server that is already up is seen.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from synth.errors import UserError
+from synth.io.apis import AUDIO_APIS
+from synth.io.libjack import jack_server_running
 
-JACK_AUDIO_CLIENT = "neural-synth-audio"
-# Not a PortAudio host API: one JACK client of our own for MIDI in and audio out (synth.midi_in).
-JACK_CLIENT_API = "jack-client"
+JACK_AUDIO_CLIENT = "neural-synth-audio"   # PortAudio's JACK client, as JACK lists it
 # Strings handed to C must outlive the call that stores the pointer.
 _keepalive: list[Any] = []
 _sd = None
 _sd_lock = threading.Lock()
-
-AUDIO_APIS = {
-    "auto": None,
-    "jack": "JACK Audio Connection Kit",
-    "alsa": "ALSA",
-    "oss": "OSS",
-    "pulse": "PulseAudio",
-    "pipewire": "PipeWire",
-    "coreaudio": "Core Audio",
-    "wasapi": "Windows WASAPI",
-    "asio": "ASIO",
-}
-
-
-def has_alsa_seq() -> bool:
-    """True when the ALSA sequencer device exists (ALSA MIDI is usable)."""
-    return os.path.exists("/dev/snd/seq")
-
-
-def jack_server_running() -> bool:
-    """True when a JACK server (the one `JACK_DEFAULT_SERVER` names, or the default) accepts clients."""
-    return jack_server_info() is not None
-
-
-def jack_server_info() -> tuple[int, int] | None:
-    """(sample rate Hz, period frames) of the running JACK server, or None when none runs.
-
-    Uses libjack through ctypes with `JackNoStartServer`, so it never starts a server itself and works
-    without PortAudio or the JACK-Client package. None when libjack is not installed.
-    """
-    path = ctypes.util.find_library("jack")
-    if not path:
-        return None
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError:
-        return None
-    lib.jack_client_open.restype = ctypes.c_void_p
-    lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-    lib.jack_client_close.argtypes = [ctypes.c_void_p]
-    # libjack prints "Cannot connect to server socket" on stderr when none runs; silence it.
-    lib.jack_set_error_function.argtypes = [ctypes.c_void_p]
-    lib.jack_set_info_function.argtypes = [ctypes.c_void_p]
-    silent = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(lambda msg: None)
-    _keepalive.append(silent)
-    lib.jack_set_error_function(ctypes.cast(silent, ctypes.c_void_p))
-    lib.jack_set_info_function(ctypes.cast(silent, ctypes.c_void_p))
-    status = ctypes.c_int(0)
-    jack_no_start_server = 0x01
-    for _ in range(3):
-        # With no server, the open fails at once (nothing listens on its socket). A server that exists
-        # but did not answer within its client timeout (a loaded machine) fails slowly: ask again
-        # rather than decide that there is no JACK.
-        t0 = time.monotonic()
-        client = lib.jack_client_open(b"neural-synth-probe", jack_no_start_server, ctypes.byref(status))
-        if client or time.monotonic() - t0 < 0.25:
-            break
-    if not client:
-        return None
-    lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
-    lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
-    info = (int(lib.jack_get_sample_rate(client)), int(lib.jack_get_buffer_size(client)))
-    lib.jack_client_close(client)
-    return info
-
-
-def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, str]:
-    """Resolve "auto" for the audio and MIDI APIs.
-
-    A running JACK server owns the sound card, so when one runs both go through JACK (always so when
-    `/dev/snd/seq` is missing: then there is no other MIDI). Otherwise audio uses PortAudio's default
-    output ("auto" stays "auto") and MIDI uses ALSA. Explicit choices are kept as given.
-    """
-    if audio_api not in AUDIO_APIS and audio_api != JACK_CLIENT_API:
-        raise UserError(f"--audio-api {audio_api!r} is not known; choose from "
-                        f"{', '.join([*AUDIO_APIS, JACK_CLIENT_API])}")
-    if midi_api not in ("auto", "alsa", "jack", "jack-rtmidi", "none"):
-        raise UserError(f"--midi-api {midi_api!r} is not known; choose from auto, alsa, jack, jack-rtmidi, none")
-    if audio_api == JACK_CLIENT_API:
-        if midi_api not in ("auto", "jack"):
-            raise UserError(f"--audio-api {JACK_CLIENT_API} reads MIDI on its own JACK port; drop --midi-api "
-                            f"{midi_api} (or pass --midi-api jack)")
-        if not jack_server_running():
-            raise UserError(f"--audio-api {JACK_CLIENT_API} needs a running JACK server; start one first "
-                            "(e.g. `jackd -d dummy -r 48000 -p 128 &`)")
-        return audio_api, "jack"
-    if audio_api != "auto" and midi_api != "auto":
-        return audio_api, midi_api
-    jack = jack_server_running()
-    if audio_api == "auto" and jack:
-        audio_api = "jack"
-    if midi_api == "auto":
-        midi_api = "jack" if jack and (audio_api == "jack" or not has_alsa_seq()) else "alsa"
-    return audio_api, midi_api
 
 
 def load_sounddevice(jack_client_name: str | None = JACK_AUDIO_CLIENT):
@@ -273,7 +174,7 @@ class AudioOutput:
     def close(self) -> bool:
         """Stop and close the stream. Returns False, leaving it open, when the JACK server is gone:
         PortAudio's JACK host API then hangs in close and in Pa_Terminate, so the caller must leave the
-        process with `os._exit` (see `synth.live`)."""
+        process with `os._exit` (`synth.live` does)."""
         if not self.stream.active and self.server_lost():
             return False
         try:
@@ -281,8 +182,3 @@ class AudioOutput:
         finally:
             self.stream.close(ignore_errors=True)
         return True
-
-
-def underflow(status) -> bool:
-    """True when PortAudio flagged an output underflow (an xrun) for this callback."""
-    return bool(status.output_underflow)
