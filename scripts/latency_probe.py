@@ -494,12 +494,19 @@ def gc_and_gil(parent: Path, name: str, churn_seconds: float = 1.2, reps: int = 
     return out
 
 
+def _shown(folder: Path, work: Path) -> str:
+    """The preset folder as the results show it: repo-relative, never a path of this machine."""
+    if folder.is_relative_to(work):
+        return "the tiny test preset (a temporary folder)"
+    return str(folder.relative_to(ROOT)) + "/" if folder.is_relative_to(ROOT) else folder.name + "/ (--preset-dir)"
+
+
 def run(quick: bool = False, preset: str | None = None, preset_dir: str | None = None,
         session_seconds: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="latency-probe-") as tmp:
         work = Path(tmp)
         parent, name = _preset_args(preset, preset_dir, work)
-        out = {"preset": name, "preset_dir": str(parent)}
+        out = {"preset": name, "preset_dir": _shown(parent, work)}
         out["latency_128"] = measure_latency(parent, name, work, notes=24 if quick else 60)
         # As a keyboard sees it (no feedback loop through the probe): both ways to JACK.
         out["direct_128"] = {api: measure_latency_direct(parent, name, work, api, notes=12 if quick else 24)
