@@ -10,7 +10,7 @@ distance, diversity, ONNX size and speed) go to `docs/arch_comparison-<M>min.jso
 (training takes M minutes per arch, far longer than `make bench` should). A run folder left in
 --work is resumed to the new total, so `--minutes 24` then `--minutes 60` costs 60 minutes per arch,
 not 84, and each budget is measured on the same run. The data set is built first when missing
-(`trainer dataset --program 0`, the GM piano).
+(the GM piano, with the flags of `trainer/recipes/piano.json`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ ARCHS = ("ddsp", "wavegan", "spectral")
 RECIPE_KEYS = ("loss", "adv_weight", "spectral_weight", "lr_g", "lr_d", "batch")   # from the run's resolved config
 
 
+def _rel(path: Path) -> str:
+    """`path` relative to the repository (the commands run there), so reports name no machine folders."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _run(cmd: list[str], log) -> None:
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     log.write(("+ " + " ".join(cmd) + "\n").encode())
@@ -47,13 +55,13 @@ def one(arch: str, data: Path, minutes: float, work: Path, pitches: str, log) ->
     report = work / f"eval-{arch}.json"
     t0 = time.monotonic()
     if (run / "checkpoints" / "last.pt").exists():
-        _run([py, "-m", "trainer", "fit", "--resume", str(run), "--minutes", f"{minutes:g}", "--quiet"], log)
+        _run([py, "-m", "trainer", "fit", "--resume", _rel(run), "--minutes", f"{minutes:g}", "--quiet"], log)
     else:
-        _run([py, "-m", "trainer", "fit", "--data", str(data), "--arch", arch, "--minutes", f"{minutes:g}",
-              "--steps", "1000000", "--out", str(run), "--name", f"compare-{arch}", "--quiet"], log)
+        _run([py, "-m", "trainer", "fit", "--data", _rel(data), "--arch", arch, "--minutes", f"{minutes:g}",
+              "--steps", "1000000", "--out", _rel(run), "--name", f"compare-{arch}", "--quiet"], log)
     fit_s = time.monotonic() - t0
-    _run([py, "-m", "trainer", "export", str(run), "--preset", str(preset), "--force"], log)
-    _run([py, "-m", "trainer", "eval", str(preset), "--data", str(data), "--pitches", pitches,
+    _run([py, "-m", "trainer", "export", _rel(run), "--preset", _rel(preset), "--force"], log)
+    _run([py, "-m", "trainer", "eval", _rel(preset), "--data", _rel(data), "--pitches", pitches,
           "--out", str(report)], log)
     rep = json.loads(report.read_text())
     man = json.loads((preset / "preset.json").read_text())
@@ -68,6 +76,13 @@ def one(arch: str, data: Path, minutes: float, work: Path, pitches: str, log) ->
         "recipe": {k: tr.get(k) for k in RECIPE_KEYS},
         "eval": rep,
     }
+
+
+def _recipe_dataset_args(out: Path) -> list[str]:
+    """The GM piano's dataset flags, from its recipe (trainer/recipes/piano.json), into `out`."""
+    from trainer import config as C
+
+    return C.cli_args({**C.recipe_section("piano", "dataset"), "out": _rel(out)})
 
 
 def main(argv=None) -> int:
@@ -90,7 +105,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "compare.log", "ab") as log:
         if not (data / "manifest.json").exists():
-            _run([sys.executable, "-m", "trainer", "dataset", "--program", "0", "--out", str(data), "--quiet"], log)
+            _run([sys.executable, "-m", "trainer", "dataset", *_recipe_dataset_args(data), "--quiet"], log)
         started = dt.datetime.now(dt.timezone.utc)
         results = [one(a, data, args.minutes, work, args.pitches, log) for a in archs]
     out = {

@@ -155,3 +155,54 @@ def test_eval_errors_name_the_problem(tmp_path):
         main([str(preset.path), "--data", str(tmp_path / "nope"), "--no-speed"])
     with pytest.raises(UserError, match="--pitches"):
         main([str(preset.path), "--data", str(data), "--pitches", "90-80"])
+
+
+def test_eval_runs_on_the_runtime_alone_without_scipy(tmp_path):
+    """`trainer eval` claims onnxruntime + numpy: the whole measurement (pitch, log-mel, diversity)
+    runs with scipy (a [train] extra) and torch unimportable."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    preset = make_tiny_preset(tmp_path / "presets", name="tone", note_seconds=0.5, pitch_range=(48, 72),
+                              layers=(64, 127))
+    data = _dataset_from_preset(preset, tmp_path / "data", range(48, 73, 8), (64, 127))
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("scipy", "torch"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from synth.preset import load_preset_dir
+from trainer.evaluate import evaluate
+rep, _ = evaluate(load_preset_dir({str(preset.path)!r}), {str(data)!r}, split="all", n_latents=1, speed=False)
+assert rep["pitch_accuracy_default"] == 1.0 and rep["log_mel_distance"] < 1e-4, rep
+print("ok")
+"""
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root,
+                       env={**os.environ, "PYO_GUI_WX": "0"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+def test_one_canonical_stft_periodic_hann_as_torch():
+    """trainer.nn.stft is the STFT of eval, the export's parity check and the TensorBoard pictures:
+    periodic Hann, centred frames, zero padding: torch.stft(center=True, pad_mode="constant")."""
+    import torch
+
+    from trainer import export, fit
+    from trainer.nn import stft
+
+    assert np.allclose(stft.hann(8), torch.hann_window(8, dtype=torch.float64).numpy())
+    x = np.random.default_rng(0).standard_normal((2, 3000))
+    ref = torch.stft(torch.from_numpy(x), 512, 128, window=torch.hann_window(512, dtype=torch.float64), center=True,
+                     pad_mode="constant", return_complex=True).transpose(1, 2).numpy()
+    assert np.allclose(stft.stft(x, 512, 128), ref, atol=1e-9)
+    assert np.array_equal(export._stft_mag(x, 512, 128), stft.magnitude(x, 512, 128))
+    assert fit._spectrogram_image(x[0].astype(np.float32)).shape[1] == 513
+    from trainer.evaluate import power_spectrogram, stft_params
+    n_fft, hop = stft_params(SR)
+    p = power_spectrogram(x.astype(np.float32), SR)
+    assert p.dtype == np.float32 and np.allclose(p, np.abs(stft.stft(x, n_fft, hop)) ** 2, rtol=1e-4, atol=1e-3)

@@ -31,11 +31,19 @@ def test_fit_export_reload_play(tmp_path):
     assert p.description == "one step" and p.training["arch"] == "ddsp" and p.training["steps"] == 1
     assert p.training["data"]["root"] == str(data)
     assert any(c.startswith("python -m trainer export") for c in p.training["commands"])
-    # The fit command resolves to the same config: non-default settings as flags, the rest inline.
+    # The fit command resolves to the same config: non-default settings as flags, the rest in an
+    # inline overlay (POSIX quoting, no process substitution), the run folder as --out.
     fit_cmd = next(c for c in p.training["commands"] if c.startswith("python -m trainer fit"))
     assert f"--data {data.resolve()} --arch ddsp" in fit_cmd and "--steps 1" in fit_cmd and "--batch 4" in fit_cmd
-    overlay = json.loads(shlex.split(fit_cmd.split("<(echo ", 1)[1][:-1])[0])
+    assert "<(" not in fit_cmd and fit_cmd.endswith(f"--out {run}")
+    args = shlex.split(fit_cmd)
+    overlay = json.loads(args[args.index("--config") + 1])
     assert overlay == {"model": TINY["model"], "disc": TINY["disc"]}
+    from trainer import config as C
+    from trainer.fit import _cli_overlay, build_parser
+    a = build_parser().parse_args(args[4:])
+    cfg = json.loads((run / "config.json").read_text())
+    assert C.resolve([C.load_overlay(o) for o in a.config] + [_cli_overlay(a)], cfg["data"]) == cfg
     meta = {m.key: m.value for m in onnx.load(str(dest / "generator.onnx")).metadata_props}
     assert meta["arch"] == "ddsp" and int(meta["latent_size"]) == p.latent_size
     audio = GeneratorSession(p, providers="cpu", threads=1).generate(

@@ -149,3 +149,27 @@ def test_ddp_two_gloo_processes_keep_identical_weights(data, overlay, tmp_path):
     assert len(prints) == 2 and prints[0] == prints[1]
     assert len(ck["rng"]) == 2 and len(ck["data_pos"]) == 2
     assert ck["data_pos"][0] != ck["data_pos"][1] or ck["rng"][0]["python"] != ck["rng"][1]["python"]
+
+
+def test_torchrun_resume_of_a_single_process_checkpoint_gives_each_rank_its_own_stream(data, overlay, tmp_path):
+    """A single-process checkpoint holds one RNG state. Resumed under torchrun, rank 0 continues it
+    and the other ranks get fresh streams seeded from (seed, rank, step): distinct, and the same on
+    every resume. (Every rank used to load the one state, so all drew the same noise.)"""
+    run = tmp_path / "run"
+    assert _fit("--data", data, "--steps", 2, "--config", overlay, "--out", run) == 0
+    single = _state(run)["rng"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "trainer", "fit", "--resume", str(run), "--steps", "3", "--device", "cpu", "--quiet"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rng = _state(run)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    # the resume itself: rank 0 takes the checkpoint's state, rank 1 a seeded one, deterministically
+    assert fit._resume_rng(single, 0) is single and fit._resume_rng(single, 1) is None
+    assert fit._resume_rng([single, None], 1) is None and fit._resume_rng([single, single], 1) is single
+    states = []
+    for rank in (1, 1, 2):
+        fit._seed_rank(0, rank, 2)
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1]) and not torch.equal(states[0], states[2])

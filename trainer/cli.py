@@ -1,4 +1,4 @@
-"""`python -m trainer` / `neural-synth-train`: dataset | fit | export | eval.
+"""`python -m trainer` / `neural-synth-train`: dataset | fit | export | eval | recipe.
 
 Subcommands are imported lazily (torch is heavy), so `--help` answers at once. Each module exposes
 `main(argv: list[str]) -> int`; errors follow `synth.cli.run_command`.
@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("trainer.fit", "train a GAN on a dataset (single process or torchrun)"),
     "export": ("trainer.export", "export a run's generator to a preset folder (ONNX + manifest + card)"),
     "eval": ("trainer.evaluate", "measure a preset: pitch accuracy, log-mel distance, diversity, speed"),
+    "recipe": ("trainer.recipes_cmd", "list the training recipes (trainer/recipes), or show one and its commands"),
 }
 
 
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         width = max(len(n) for n in COMMANDS)
-        print("usage: python -m trainer {dataset,fit,export,eval} [options]\n\ncommands:")
+        print("usage: python -m trainer {dataset,fit,export,eval,recipe} [options]\n\ncommands:")
         for n, (_, h) in COMMANDS.items():
             print(f"  {n:<{width}}  {h}")
         print("\n`python -m trainer COMMAND --help` shows a command's options.")

@@ -1,10 +1,24 @@
-"""Training configuration: defaults, JSON overlays, CLI overrides, resolution and hashing.
+"""Training configuration: recipes, JSON overlays, CLI overrides, resolution and hashing.
 
 A resolved config is a plain JSON-able dict:
 `{"name", "arch", "seed", "data": {dataset facts}, "model": {arch: kwargs}, "disc": {arch: kwargs},
 "train": {...}, "run": {device, amp}}`. Models take plain keyword arguments; binding happens only
 here and in `trainer.fit`. The run folder's name carries `config_hash(cfg)`, which ignores "run"
 (where and how fast it runs does not change what is trained).
+
+Every default lives in a JSON recipe under `trainer/recipes/`; this module reads and layers them. A
+config is resolved in layers, each an overlay whose keys must already exist:
+
+    recipes/base.json, with every arch's model/disc kwargs from recipes/arch/*.json
+    <- recipes/kind/<dataset kind>.json
+    <- --recipe NAME (its includes first) <- --config overlays (in order) <- flags
+    then train values still null take the run arch's (recipes/arch/<arch>.json "train"),
+    and the dataset facts fill "data".
+
+A recipe file is such an overlay plus four keys of its own: "about" (one line), "include" (parent
+recipes, applied first: "base" is always the root, "arch/X" sets the arch, "kind/X" states the
+dataset kind it is made for), "dataset" (`python -m trainer dataset` flags, "out" its folder) and
+"eval" (`python -m trainer eval` flags).
 """
 
 from __future__ import annotations
@@ -13,73 +27,157 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from synth.errors import UserError
 
-DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "arch": "ddsp",
-    "seed": 0,
-    "data": {},
-    "model": {
-        "ddsp": {"latent_size": 16, "n_harmonics": 96, "n_noise_bands": 16, "hop": 240, "hidden": 256,
-                 "layers": 3, "ctrl_frames": 48, "ctrl_bands": 8, "noise_seconds": 0.5,
-                 "noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": False, "end_stage": False,
-                 "end_min_seconds": 0.0, "noise_release_tied": True},
-        "spectral": {"latent_size": 64, "n_fft": 1024, "hop": 256, "n_mels": 256, "channels": 32, "blocks": 5,
-                     "cond_dim": 64},
-        "wavegan": {"latent_size": 100, "model_size": 16, "cond_dim": 64},
-    },
-    "disc": {
-        "ddsp": {"channels": 64, "n_mels": 80, "layers": 4, "resolutions": [[2048, 512], [1024, 256]]},
-        "spectral": {"channels": 32, "blocks": 5},
-        "wavegan": {"model_size": 16, "phase_shuffle": 2},
-    },
-    "train": {
-        "steps": 6000, "minutes": 60.0, "batch": 8, "spec_ffts": [2048, 1024, 256], "spec_floor_db": None,
-        "lr_g": None, "lr_d": None, "betas": None,
-        "loss": "hinge", "spectral_weight": None, "adv_weight": 1.0, "aux_weight": 0.1, "gp_weight": 10.0,
-        "encoder": False, "kl_weight": 0.01,
-        "ema": 0.995, "grad_clip": 10.0,
-        "ckpt_every": 250, "keep": 3, "log_every": 10, "sample_every": 500, "threads": 0,
-    },
-    "run": {"device": "auto", "amp": False},
+RECIPES = Path(__file__).resolve().parent / "recipes"
+META_KEYS = ("about", "include", "dataset", "eval")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
+
+
+# ------------------------------------------------------------------------------------------ recipes
+def recipe_names(group: str | None = None) -> list[str]:
+    """Names of the checked-in recipes: the presets' ("piano", ...) by default, or a group's ("arch", "kind")."""
+    folder = RECIPES / group if group else RECIPES
+    names = sorted(p.stem for p in folder.glob("*.json"))
+    return [f"{group}/{n}" for n in names] if group else [n for n in names if n != "base"]
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable JSON {what} ({e}); fix the file") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: a {what} must be a JSON object; fix the file")
+    return obj
+
+
+def recipe_path(name: str) -> Path:
+    """The file of recipe `name`: a name under trainer/recipes ("piano", "arch/ddsp") or a path to a .json file."""
+    if name.endswith(".json"):
+        return Path(name)
+    path = RECIPES / f"{name}.json"
+    if not _NAME_RE.match(name) or not path.is_file():
+        raise UserError(f"unknown recipe {name!r}; known recipes: {', '.join(recipe_names())} "
+                        f"(trainer/recipes/), or pass the path of a .json recipe")
+    return path
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe file as a dict (checked: the types of its own keys)."""
+    path = recipe_path(name)
+    r = _read_json(path, "recipe", "pass a recipe name (see `python -m trainer recipe`) or an existing file")
+    for key, typ in (("about", str), ("include", list), ("dataset", dict), ("eval", dict)):
+        if key in r and not isinstance(r[key], typ):
+            raise UserError(f"{path}: {key!r} must be a JSON {typ.__name__.replace('str', 'string')}; fix the recipe")
+    return r
+
+
+def _body(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k not in META_KEYS}
+
+
+def recipe_overlays(name: str, kind: str | None = None, _chain: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The config overlays recipe `name` stands for, parents first (see the module docstring).
+
+    `kind`: the dataset's kind; a recipe that includes another "kind/X" is refused for it.
+    """
+    if name in _chain:
+        raise UserError(f"recipe {_chain[0]!r}: includes itself through {' -> '.join((*_chain, name))}; fix the recipe")
+    if name == "base":
+        return []
+    group, _, leaf = name.partition("/")
+    if group == "arch" and leaf:
+        load_recipe(name)
+        return [{"arch": leaf}]
+    if group == "kind" and leaf:
+        load_recipe(name)
+        if kind is not None and str(kind) != leaf:
+            who = _chain[0] if _chain else name
+            raise UserError(f"recipe {who!r} is made for {leaf} datasets (it includes {name}), but this dataset is "
+                            f"{kind}; pass a {leaf} dataset or another recipe")
+        return []
+    r = load_recipe(name)
+    out: list[dict[str, Any]] = []
+    for parent in r.get("include", []):
+        out += recipe_overlays(str(parent), kind, (*_chain, name))
+    body = _body(r)
+    return [*out, body] if body else out
+
+
+def recipe_section(name: str, section: str) -> dict[str, Any]:
+    """A recipe's "dataset" or "eval" flags, its includes' first (a key set later wins)."""
+    if name == "base" or name.partition("/")[0] in ("arch", "kind"):
+        return {}
+    r = load_recipe(name)
+    out: dict[str, Any] = {}
+    for parent in r.get("include", []):
+        out.update(recipe_section(str(parent), section))
+    out.update(r.get(section, {}))
+    return out
+
+
+def cli_args(flags: dict[str, Any]) -> list[str]:
+    """{"program": 0, "drums": true, "out": "data/x"} -> ["--program", "0", "--drums", "--out", "data/x"]."""
+    args: list[str] = []
+    for k, v in flags.items():
+        if v is True:
+            args.append(f"--{k}")
+        elif v is not None and v is not False:
+            args += [f"--{k}", str(v)]
+    return args
+
+
+# ---------------------------------------------------------------------------------- the layers
+def _archs() -> list[str]:
+    return [n.split("/", 1)[1] for n in recipe_names("arch")]
+
+
+def _defaults() -> dict[str, Any]:
+    """base.json with every arch's model and disc kwargs: the whole key set of a config."""
+    cfg = _body(load_recipe("base"))
+    for arch in _archs():
+        a = load_recipe(f"arch/{arch}")
+        cfg["model"][arch] = a["model"][arch]
+        cfg["disc"][arch] = a["disc"][arch]
+    return cfg
+
+
+def _kind_layer(kind: str) -> dict[str, Any]:
+    return _body(load_recipe(f"kind/{kind}")) if (RECIPES / "kind" / f"{kind}.json").is_file() else {}
+
+
+# Read-only views of the recipe files, for code and tests that ask for one layer.
+DEFAULTS: dict[str, Any] = _defaults()
+ARCH_TRAIN: dict[str, dict[str, Any]] = {a: load_recipe(f"arch/{a}")["train"] for a in _archs()}
+KIND_MODEL: dict[str, dict[str, Any]] = {k.split("/")[1]: _kind_layer(k.split("/")[1]).get("model", {})
+                                         for k in recipe_names("kind")}
+KIND_TRAIN: dict[str, dict[str, Any]] = {k.split("/")[1]: _kind_layer(k.split("/")[1]).get("train", {})
+                                         for k in recipe_names("kind")}
+
+
+# Model keys added after runs had been trained without them. A run config that lacks one predates
+# it, and this value (the code's behaviour before the key existed) rebuilds that run's model.
+PREDATED: dict[str, dict[str, Any]] = {
+    "ddsp": {"noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": False, "end_stage": False,
+             "end_min_seconds": 0.0, "noise_release_tied": False},
 }
 
-# Per-kind model defaults, between DEFAULTS and the overlays. Drum kits get a finer noise bank (64
-# mel bands with a 16-band correction grid and two-stage decays): what tells one hit from another is
-# spectral detail and decay shape, not partials at the key's frequency.
-KIND_MODEL: dict[str, dict[str, Any]] = {
-    "drums": {"ddsp": {"n_noise_bands": 64, "noise_ctrl_bands": 16, "noise_decay_stages": 2, "end_stage": True, "attack_audio_rate": True,
-                       "end_min_seconds": 0.05}},
-}
-# Per-kind training defaults, likewise. The loudness-relative spectral floor (trainer/nn/losses.py)
-# is the kit recipe (drum class accuracy 0.57 -> 0.67 with it and per-key tuning); on the GM piano
-# one 60-minute run with it measured log-mel 7.43 dB and pitch accuracy 0.96 against 6.57 dB and
-# 1.00 for the shipped piano's absolute floor, so pitched sets keep the absolute floor.
-# Kits train with 0.3 of the adversarial weight: on the 218-hit GM kit the discriminator wins
-# outright (hinge D loss 1.2 -> 0.1 by step 7000) and the generator's adversarial gradient then pulls
-# it off the paired spectral fit (spectral L1 1.29 at step 5000 -> 1.50 at 7000; class accuracy 0.91
-# at 10 minutes -> 0.82 at 30 with 1.0; 0.97 at 10 minutes with 0.3). The price is a latent the kit
-# barely uses (diversity 0.39 dB). Pitched sets, whose knobs are latent directions, were kept at 1.0
-# until the piano showed the same drift (below); at 0.3 their latent still moves the sound (piano
-# diversity 1.08 dB, knobs 1.1-2.8 dB).
-KIND_TRAIN: dict[str, dict[str, Any]] = {
-    "drums": {"spec_floor_db": -80.0, "adv_weight": 0.3},
-    # The GM piano: with 1.0 the discriminator wins from ~2,000 steps on and the fit drifts (8.5 dB
-    # log-mel after 60 minutes); with 0.3, 24 minutes gave 6.05 dB, pitch accuracy 0.99 and knobs of
-    # 1.1-2.8 dB (docs/architecture.md).
-    "pitched": {"adv_weight": 0.3},
-}
 
-# Per-architecture training defaults, used where "train" leaves a value as None.
-ARCH_TRAIN: dict[str, dict[str, Any]] = {
-    "ddsp": {"lr_g": 3e-3, "lr_d": 2e-4, "betas": [0.8, 0.99], "spectral_weight": 10.0},
-    "spectral": {"lr_g": 4e-4, "lr_d": 4e-4, "betas": [0.0, 0.99], "spectral_weight": 1.0},
-    "wavegan": {"lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "spectral_weight": 1.0},
-}
+def with_predated(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of run config `cfg` with the model keys it predates filled in (PREDATED)."""
+    out = copy.deepcopy(cfg)
+    for arch, keys in PREDATED.items():
+        m = (out.get("model") or {}).get(arch)
+        if isinstance(m, dict):
+            out["model"][arch] = {**keys, **m}
+    return out
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any], where: str = "config") -> dict[str, Any]:
@@ -95,26 +193,23 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any], where: str = "config"
     return out
 
 
-def load_overlay(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a JSON overlay file (a partial config)."""
-    p = Path(path)
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{p}: config overlay not found; pass an existing JSON file to --config") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{p}: not a readable JSON config overlay ({e}); fix the file") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{p}: a config overlay must be a JSON object; fix the file")
-    return obj
+def load_overlay(spec: str | os.PathLike) -> dict[str, Any]:
+    """A JSON overlay (a partial config): a file, or the JSON object itself when `spec` starts with "{"."""
+    text = str(spec)
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config {text[:60]!r}: not valid JSON ({e}); quote it in single quotes") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"--config {text[:60]!r}: an overlay must be a JSON object")
+        return obj
+    return _read_json(Path(spec), "config overlay", "pass an existing JSON file (or a JSON object) to --config")
 
 
 def resolve(overlays: list[dict[str, Any]], data_info: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS <- KIND_MODEL/KIND_TRAIN[data kind] <- overlays (in order) <- dataset facts; fill per-arch training defaults."""
-    cfg = copy.deepcopy(DEFAULTS)
-    for arch, kw in KIND_MODEL.get(str(data_info.get("kind")), {}).items():
-        cfg["model"][arch].update(copy.deepcopy(kw))
-    cfg["train"].update(copy.deepcopy(KIND_TRAIN.get(str(data_info.get("kind")), {})))
+    """The resolved config: the layers of the module docstring, `overlays` being everything from --recipe on."""
+    cfg = deep_merge(_defaults(), _kind_layer(str(data_info.get("kind"))))
     for o in overlays:
         cfg = deep_merge(cfg, o)
     from trainer.models import ARCHS
@@ -123,7 +218,7 @@ def resolve(overlays: list[dict[str, Any]], data_info: dict[str, Any]) -> dict[s
     from trainer.nn.losses import LOSSES
     if cfg["train"]["loss"] not in LOSSES:
         raise UserError(f"config: unknown loss {cfg['train']['loss']!r}; choose from {', '.join(LOSSES)}")
-    for k, v in ARCH_TRAIN[cfg["arch"]].items():
+    for k, v in load_recipe(f"arch/{cfg['arch']}")["train"].items():
         if cfg["train"].get(k) is None:
             cfg["train"][k] = copy.deepcopy(v)
     cfg["data"] = {**data_info, **cfg["data"]}
@@ -137,3 +232,4 @@ def config_hash(cfg: dict[str, Any]) -> str:
     """8 hex digits identifying what is trained (everything but the "run" section)."""
     body = {k: v for k, v in cfg.items() if k != "run"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+

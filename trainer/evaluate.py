@@ -14,12 +14,12 @@ pitch_accuracy
 log_mel_distance (dB)
     For every real note of `--split` (test by default; heldout = valid + test, the notes fit never
     trains on; all = every note) whose pitch is in `--pitches`, the default latent is generated at
-    that note's pitch and velocity. Both notes are
-    trimmed to the shorter length (the real one is resampled to the preset's rate first if the rates
-    differ) and each is scaled to unit RMS over its whole length (loudness normalisation). Each then
-    becomes a log-mel power spectrogram: Hann-windowed STFT with n_fft = 2^round(log2(0.0427 s · sr))
-    (1024 at 24 kHz), hop n_fft/4, zero-padded at both ends by n_fft/2, power |X|², 80 triangular
-    HTK-mel bands from 30 Hz to sr/2 (a band narrower than one FFT bin takes its nearest bin),
+    that note's pitch and velocity. Both notes are trimmed to the shorter length (the real one is
+    resampled to the preset's rate first if the rates differ) and each is scaled to unit RMS over
+    its whole length (loudness normalisation). Each then becomes a log-mel power spectrogram:
+    periodic-Hann STFT (`trainer.nn.stft`) with n_fft = 2^round(log2(0.0427 s · sr)) (1024 at
+    24 kHz), hop n_fft/4, zero-padded at both ends by n_fft/2, power |X|², 80 triangular HTK-mel
+    bands from 30 Hz to sr/2 (a band narrower than one FFT bin takes its nearest bin),
     10·log10(max(P, 1e-8)) dB (so a floor 80 dB below the note's mean power). The distance of a pair
     is the mean absolute difference of the two dB spectrograms over all time-frequency bins; the
     figure is the mean over the notes. Identical notes measure 0; a gain change measures 0.
@@ -107,19 +107,11 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int = N_MELS, fmin: float = F_MI
 
 
 def power_spectrogram(audio: np.ndarray, sr: int) -> np.ndarray:
-    """|STFT|² of float32[B, N] → float32[B, T, n_fft//2+1] (Hann window, see `stft_params`)."""
-    from scipy import fft as sfft
+    """|STFT|² of float32[B, N] → float32[B, T, n_fft//2+1] (`trainer.nn.stft`, see `stft_params`)."""
+    from trainer.nn import stft
 
     n_fft, hop = stft_params(sr)
-    x = np.asarray(audio, np.float32)
-    x = np.pad(x, ((0, 0), (n_fft // 2, n_fft // 2)))
-    if x.shape[1] < n_fft:
-        x = np.pad(x, ((0, 0), (0, n_fft - x.shape[1])))
-    starts = np.arange(0, x.shape[1] - n_fft + 1, hop)
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=1)[:, starts]   # [B, T, n_fft]
-    win = np.hanning(n_fft + 1)[:-1].astype(np.float32)                              # periodic Hann
-    spec = sfft.rfft(frames * win, axis=-1)
-    return (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    return stft.power(np.asarray(audio, np.float32), n_fft, hop)
 
 
 def log_mel(audio: np.ndarray, sr: int, n_mels: int = N_MELS, normalise: bool = True) -> np.ndarray:
@@ -387,9 +379,8 @@ def evaluate(preset, data_root: str | os.PathLike, split: str = "test", pitches:
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
     ds = OneShotDataset(data_root)
-    info = ds.info
-    if (info["kind"] == "drums") != preset.is_drums:
-        raise UserError(f"{data_root}: a {info['kind']} dataset cannot measure the {preset.kind} preset "
+    if (ds.info["kind"] == "drums") != preset.is_drums:
+        raise UserError(f"{data_root}: a {ds.info['kind']} dataset cannot measure the {preset.kind} preset "
                         f"{preset.name!r}; pass the dataset the preset was trained on")
     in_split = np.array([n["split"] in SPLITS[split] for n in ds.notes], dtype=bool)
     if not in_split.any():
@@ -397,12 +388,32 @@ def evaluate(preset, data_root: str | os.PathLike, split: str = "test", pitches:
     sr = preset.sample_rate
     rng = np.random.default_rng(seed)
     sess = GeneratorSession(preset, providers="cpu", threads=os.cpu_count() or 1, warmup=False)
-    Z = preset.latent_size
-    z0 = np.asarray(preset.default_latent, np.float32)
 
     def gen(z, keys, vels):
         return sess.generate(np.asarray(z, np.float32), np.asarray(keys, np.int64), np.asarray(vels, np.float32))
 
+    lo, hi, keys = _measured_keys(preset, pitches)
+    rep: dict[str, Any] = {"preset": preset.name, "kind": preset.kind, "data": str(data_root), "split": split,
+                           "pitches": [lo, hi], "seed": seed}
+    if not preset.is_drums:
+        rep.update(_pitch_report(preset, keys, gen, rng, n_latents))
+    sel = [i for i in range(len(ds)) if in_split[i] and lo <= ds.pitches[i] <= hi]
+    if not sel:
+        raise UserError(f"{data_root}: no {split!r} notes between MIDI {lo} and {hi}; widen --pitches or use "
+                        "another --split")
+    lmd, grid = _log_mel_report(preset, ds, sel, gen, grid_rows)
+    rep.update(lmd)
+    rep.update(_diversity_report(preset, keys, gen, rng, n_latents))
+    if preset.is_drums:
+        rep.update(_drum_accuracy(preset, ds, in_split, split == "all", keys, gen, rng, n_latents, sr))
+    if speed:
+        rep.update(speed_report(preset))
+    rep["eval_seconds"] = round(time.time() - t_start, 1)
+    return rep, grid
+
+
+def _measured_keys(preset, pitches: tuple[int, int] | None) -> tuple[int, int, list[int]]:
+    """(lo, hi, keys): the preset's keys within `pitches` (default: all of them)."""
     if preset.is_drums:
         keys_all = preset.playable_keys()
         lo, hi = pitches or (min(keys_all), max(keys_all))
@@ -415,79 +426,67 @@ def evaluate(preset, data_root: str | os.PathLike, split: str = "test", pitches:
         keys = list(range(lo, hi + 1))
     if not keys:
         raise UserError(f"--pitches {lo}-{hi}: none of the preset's keys lie in this range")
-    rep: dict[str, Any] = {"preset": preset.name, "kind": preset.kind, "data": str(data_root), "split": split,
-                           "pitches": [lo, hi], "seed": seed}
-    v_mid = _mid_velocity(preset)
+    return lo, hi, keys
 
-    # -- pitch accuracy ------------------------------------------------------------------------
-    if not preset.is_drums:
-        k = np.asarray(keys, np.int64)
-        audio = gen(np.repeat(z0[None], len(k), 0), k, np.full(len(k), v_mid))
-        acc_d, err_d = pitch_accuracy(audio, k, sr)
-        zr = rng.standard_normal((n_latents * len(k), Z)).astype(np.float32)
-        kr = np.tile(k, n_latents)
-        err_r = np.zeros(0)
-        acc_r = float("nan")
-        if n_latents:
-            audio = gen(zr, kr, np.full(len(kr), v_mid))
-            acc_r, err_r = pitch_accuracy(audio, kr, sr)
-        err = np.concatenate([err_d, err_r])
-        ok = np.isfinite(err) & (np.abs(np.nan_to_num(err, nan=1e9)) <= PITCH_TOL_CENTS)
-        rep["pitch_accuracy"] = float(ok.mean())
-        rep["pitch_accuracy_default"] = acc_d
-        rep["pitch_accuracy_random"] = acc_r
-        rep["pitch_notes"] = int(len(err))
-        allk = np.concatenate([k, kr])
-        rep["pitch_misses_default"] = [[int(p), None if not np.isfinite(e) else round(float(e), 1)]
-                                       for p, e in zip(k, err_d, strict=True)
-                                       if not (np.isfinite(e) and abs(e) <= PITCH_TOL_CENTS)][:40]
-        fin = np.isfinite(err)
-        rep["pitch_median_abs_cents"] = float(np.median(np.abs(err[fin]))) if fin.any() else None
-        del allk
 
-    # -- log-mel distance to the real held-out notes ----------------------------------------------
-    sel = [i for i in range(len(ds)) if in_split[i] and lo <= ds.pitches[i] <= hi]
-    if not sel:
-        raise UserError(f"{data_root}: no {split!r} notes between MIDI {lo} and {hi}; widen --pitches or use "
-                        "another --split")
-    real = _resample(ds.audio_batch(np.asarray(sel)), info["sample_rate"], sr)
+def _pitch_report(preset, keys: list[int], gen, rng, n_latents: int) -> dict[str, Any]:
+    """pitch_accuracy (and its default / random split, misses, median error) over the keys."""
+    sr, Z, v_mid = preset.sample_rate, preset.latent_size, _mid_velocity(preset)
+    z0 = np.asarray(preset.default_latent, np.float32)
+    k = np.asarray(keys, np.int64)
+    audio = gen(np.repeat(z0[None], len(k), 0), k, np.full(len(k), v_mid))
+    acc_d, err_d = pitch_accuracy(audio, k, sr)
+    zr = rng.standard_normal((n_latents * len(k), Z)).astype(np.float32)
+    kr = np.tile(k, n_latents)
+    err_r = np.zeros(0)
+    acc_r = float("nan")
+    if n_latents:
+        audio = gen(zr, kr, np.full(len(kr), v_mid))
+        acc_r, err_r = pitch_accuracy(audio, kr, sr)
+    err = np.concatenate([err_d, err_r])
+    ok = np.isfinite(err) & (np.abs(np.nan_to_num(err, nan=1e9)) <= PITCH_TOL_CENTS)
+    fin = np.isfinite(err)
+    return {"pitch_accuracy": float(ok.mean()), "pitch_accuracy_default": acc_d, "pitch_accuracy_random": acc_r,
+            "pitch_notes": int(len(err)),
+            "pitch_misses_default": [[int(p), None if not np.isfinite(e) else round(float(e), 1)]
+                                     for p, e in zip(k, err_d, strict=True)
+                                     if not (np.isfinite(e) and abs(e) <= PITCH_TOL_CENTS)][:40],
+            "pitch_median_abs_cents": float(np.median(np.abs(err[fin]))) if fin.any() else None}
+
+
+def _log_mel_report(preset, ds, sel: list[int], gen, grid_rows: int):
+    """(log_mel_distance figures, grid): the default latent against each selected real note, at its
+    pitch and velocity; the grid shows `grid_rows` of them spread over pitch."""
+    sr = preset.sample_rate
+    z0 = np.asarray(preset.default_latent, np.float32)
+    real = _resample(ds.audio_batch(np.asarray(sel)), ds.info["sample_rate"], sr)
     rk = ds.pitches[sel]
     rv = ds.velocities[sel] if preset.velocity_conditioned else np.full(len(sel), 1.0, np.float32)
     fake = gen(np.repeat(z0[None], len(sel), 0), rk, rv)
     d = log_mel_distance(real, fake, sr)
-    rep["log_mel_distance"] = float(d.mean())
-    rep["log_mel_distance_notes"] = len(sel)
     by_vel: dict[str, list[float]] = {}
     for v, x in zip(ds.velocities[sel], d, strict=True):
         by_vel.setdefault(str(int(round(v * 127))), []).append(float(x))
-    rep["log_mel_distance_by_velocity"] = {k2: float(np.mean(v2)) for k2, v2 in sorted(by_vel.items(),
-                                                                                          key=lambda t: int(t[0]))}
+    rep = {"log_mel_distance": float(d.mean()), "log_mel_distance_notes": len(sel),
+           "log_mel_distance_by_velocity": {k: float(np.mean(v)) for k, v in sorted(by_vel.items(),
+                                                                                 key=lambda t: int(t[0]))}}
     order = np.argsort(rk, kind="stable")
     picks = order[np.linspace(0, len(order) - 1, min(grid_rows, len(order))).round().astype(int)]
     picks = list(dict.fromkeys(int(i) for i in picks))
     grid = [(f"{_key_name(preset, int(rk[i]))} vel {int(round(float(ds.velocities[sel][i]) * 127))}  "
              f"({d[i]:.1f} dB)", real[i], fake[i]) for i in picks]
+    return rep, grid
 
-    # -- diversity across latents -----------------------------------------------------------------
+
+def _diversity_report(preset, keys: list[int], gen, rng, n_latents: int) -> dict[str, Any]:
+    """diversity: mean pairwise log-mel distance of n_latents + 2 random latents at up to 5 keys."""
     kd = np.asarray(keys, np.int64)[np.linspace(0, len(keys) - 1, min(5, len(keys))).round().astype(int)]
     kd = np.unique(kd)
     n_div = n_latents + 2
-    zs = rng.standard_normal((n_div, Z)).astype(np.float32)
-    divs = []
-    for key in kd:
-        notes = gen(zs, np.full(n_div, key), np.full(n_div, v_mid))
-        divs.append(pairwise_distance(notes, sr))
-    rep["diversity"] = float(np.mean(divs))
-    rep["diversity_latents"] = n_div
-
-    # -- drums: classifier trained on the real kit --------------------------------------------------
-    if preset.is_drums:
-        rep.update(_drum_accuracy(preset, ds, in_split, split == "all", keys, gen, rng, n_latents, sr))
-
-    if speed:
-        rep.update(speed_report(preset))
-    rep["eval_seconds"] = round(time.time() - t_start, 1)
-    return rep, grid
+    zs = rng.standard_normal((n_div, preset.latent_size)).astype(np.float32)
+    divs = [pairwise_distance(gen(zs, np.full(n_div, key), np.full(n_div, _mid_velocity(preset))),
+                              preset.sample_rate) for key in kd]
+    return {"diversity": float(np.mean(divs)), "diversity_latents": n_div}
 
 
 def _key_name(preset, key: int) -> str:

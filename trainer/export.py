@@ -1,39 +1,24 @@
 """`python -m trainer export RUN --preset presets/NAME`: a run folder → a playable, self-describing preset.
 
-Steps, all inside a temporary folder beside the destination that is renamed into place at the end
+All inside a temporary folder beside the destination, renamed into place at the end
 (`synth.fsutil.atomic_dir`), so a crash or a refusal leaves any previous preset untouched:
 
 1. Rebuild the EMA generator from the run folder alone (`trainer.fit.load_generator`).
-2. `torch.onnx.export` (the dynamo exporter, opset 18; the TorchScript exporter, opset 17, as a
-   fallback when dynamo fails or its graph fails the parity check), dynamic batch, inputs z / pitch /
-   velocity, output audio, weights inside the one .onnx file (no external data). metadata_props:
-   name, sample_rate, note_samples, pitch_lo, pitch_hi, latent_size, arch, created.
-3. Parity: onnxruntime vs torch on random z, pitches and velocities at batch 1 and 8; refuse when
-   max |Δ| > 1e-4 (or when the output leaves [-1, 1] or is not finite). One exception, measured:
-   a sustained note's phase drifts, since its partials' frequencies come from the network and
-   float32 GEMMs in torch and ORT round differently (~1e-7 relative); after N samples that is a
-   phase error of 2*pi*f*N/sr*1e-7, which grows linearly along the note (a 4-s strings note:
-   up to 1.4e-4 in the first 16384 samples, 4.8e-4 at the end, magnitude spectra equal to 2e-4
-   of their peak). Such a graph is accepted when the first 4096 samples (the attack, 0.17 s at
-   24 kHz, before the drift has grown) meet the 1e-4 bar *and* the STFT magnitudes of the whole note agree within 1e-3 of their peak *and*
-   the whole-note max |Δ| stays under 1e-2; all three figures go into the manifest.
-4. Knob directions (`knob_directions`), measured on the exported graph; see its docstring.
+2. ONNX: the dynamo exporter (opset 18), the TorchScript one (opset 17) as a fallback; dynamic batch,
+   inputs z / pitch / velocity, output audio, weights inline, metadata_props as in the preset contract.
+3. Parity with torch at batch 1 and 8: max |Δ| <= 1e-4, or, for a sustained note's phase drift (float32
+   GEMMs round partial frequencies differently in torch and ORT), the first 4096 samples within 1e-4,
+   the whole-note STFT magnitudes within 1e-3 of the peak and max |Δ| under 1e-2.
+4. The default latent (`choose_default_latent`) and the knob directions (`knob_directions`), measured
+   on the exported graph; a kit's engine knobs (`engine_knobs`).
 5. Envelope facts from the real notes when the run's dataset folder is reachable (else from
    generated notes): sustain mode, release time, velocity curve.
-6. preset.json through `synth.preset.validate_manifest` / `manifest_dict`, `card.md` and
-   `spectrograms.png` (`trainer.card`).
-7. Save = write, validate, reload, call: the manifest is reloaded with `load_preset_dir` and the
-   ONNX graph is run once through `synth.inference.GeneratorSession`.
+6. preset.json (validated by `synth.preset`), with the commands that rebuild it (`trainer.commands`),
+   card.md and spectrograms.png (`trainer.card`).
+7. Save = write, validate, reload, call: the manifest is reloaded and the graph run once.
 
-Default latent: the zero vector. Generators here draw z ~ N(0, I), whose mean and mode is 0; it is
-the centre that the truncation trick shrinks towards, so it gives the most typical timbre, and each
-knob's range is measured from it in units of the prior's standard deviation. When the run trained
-an encoder (`train.encoder`), the default is instead the mean of its codes (posterior means) of the
-real training notes: the latent that reconstructs the data's own timbre on average.
-
-Dataset facts come from the run's resolved config (`config["data"]`); the real notes (for the
-envelope facts, the velocity curve, the encoder codes and the card's spectrograms) from the folder
-it records (`data.root`) or `--data`. Without them the same facts are measured on generated notes.
+Dataset facts come from the run's resolved config (`config["data"]`); the real notes from the folder
+it records (`data.root`) or `--data`. Measurements behind these choices: docs/decisions-trainer.md.
 """
 
 from __future__ import annotations
@@ -47,6 +32,7 @@ import platform
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +168,24 @@ def write_onnx(data: bytes, path: Path, meta: dict[str, Any]) -> None:
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=str(k), value=str(v))
+    relative_source_paths(model)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def relative_source_paths(model) -> int:
+    """Make the source file paths in node metadata (the dynamo exporter's stack traces) relative to the
+    repository, so a preset names no machine's folders. Only metadata changes. Returns the count."""
+    from trainer.commands import REPO
+
+    prefix, count = str(REPO) + os.sep, 0
+    for nodes in (model.graph.node, *(fn.node for fn in model.functions)):
+        for node in nodes:
+            for prop in node.metadata_props:
+                if prefix in prop.value:
+                    prop.value = prop.value.replace(prefix, "")
+                    count += 1
+    return count
 
 
 def _ort_session(path: Path, threads: int | None = None):
@@ -196,12 +198,10 @@ def _ort_session(path: Path, threads: int | None = None):
 
 
 def _stft_mag(x: np.ndarray, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
-    """|STFT| of float[B, N] (Hann, float64): float[B, frames, n_fft // 2 + 1]."""
-    x = x.astype(np.float64)
-    if x.shape[-1] < n_fft:
-        x = np.pad(x, [(0, 0), (0, n_fft - x.shape[-1])])
-    fr = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[:, ::hop, :]
-    return np.abs(np.fft.rfft(fr * np.hanning(n_fft), axis=-1))
+    """|STFT| of float[B, N] in float64 (`trainer.nn.stft`): float[B, frames, n_fft // 2 + 1]."""
+    from trainer.nn import stft
+
+    return stft.magnitude(np.asarray(x, np.float64), n_fft, hop)
 
 
 def parity_check(G, onnx_path: Path, keys: list[int], latent_size: int, seed: int = 0,
@@ -286,36 +286,46 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     """Find, rank, measure and name the latent directions that the knobs move along.
 
     gen(z float32[B, Z], pitch int64[B], velocity float32[B]) -> audio float32[B, N] at `sr`.
-
-    Method (GANSpace-style, on the sound itself so it works for any generator): sample
-    `n_samples` latents z ~ N(0, I), generate each at up to 3 keys spread over `keys`, describe each
-    note by its loudness-normalised log-mel in 8 time slices, and take the principal components of
-    these features. Each component's latent direction is the regression of z on its score (the
-    direction in latent space that moves the features along the component), made unit length and
-    orthogonal to the earlier ones. The 2·n_knobs candidates are then ranked by audible effect:
-    the mean log-mel distance between the notes at the two ends of the knob (a candidate that
-    changes it by less than 0.5 dB is dropped). The `n_knobs` best are kept, preferring ones whose
-    main descriptor differs from every stronger knob's, and named from measurement: the descriptor
-    (`trainer.evaluate.descriptors`: brightness, decay, attack, noise, loudness) that changes most
-    between the ends relative to a clearly audible step names the knob, and the direction is
-    signed so that turning the CC up increases it. CC 74 goes to the brightness knob, the others
-    take CC 1, 71, 76 in rank order (and CC 74 last). `candidates` (float[K, Z], e.g. the
-    principal axes of an encoder's codes of real notes) are ranked alongside.
-
-    Range: z's projection on a unit direction is N(0, 1) under the prior, so the ends sit at
-    ±2 standard deviations (the central 95 %) around the default latent; the range is stored as
-    [-r, r·63/64] so that CC 64 gives the default latent exactly. For pitched models it is halved
-    (down to 0.5) while the pitch at either end leaves ±50 cents where the default latent is in tune.
-
+    GANSpace-style, on the sound itself so it works for any generator: principal components of the
+    notes' loudness-normalised log-mel features over `n_samples` random latents, mapped back to latent
+    directions by regression (`_latent_directions`; `candidates`, e.g. an encoder's code axes, rank
+    alongside). The audible ones are kept (`_pick_knobs`), named by the descriptor that changes most
+    and signed so that CC up increases it (`_make_knob`); ranges are ±KNOB_SIGMA prior standard
+    deviations around `default`, stored as [-r, r·63/64] so that CC 64 is the default exactly, and
+    halved for pitched models while an end leaves ±50 cents. CC 74 goes to the brightness knob.
     Returns (knobs as manifest dicts, a one-paragraph description of the method for the card).
     """
-    from trainer.evaluate import descriptors, f0_cents_error, log_mel_distance
-
     rng = np.random.default_rng(seed)
     z0 = np.zeros(latent_size, np.float32) if default is None else np.asarray(default, np.float32)
     kk = _spread(list(keys), 3)
     n_samples = max(n_samples, 8)
     zs = rng.standard_normal((n_samples, latent_size)).astype(np.float32)
+    dirs = _latent_directions(gen, zs, kk, velocity, sr, n_knobs, candidates)
+    if not dirs:
+        return [], "the generator ignores its latent: no knob direction changes the sound"
+    ends = _knob_ends(gen, z0, kk, velocity)
+    chosen = _pick_knobs(_measure_directions(dirs, ends, sr), n_knobs)
+    in_tune = _in_tune(gen(np.repeat(z0[None], len(kk), 0), np.asarray(kk, np.int64),
+                           np.full(len(kk), velocity, np.float32)), kk, sr) if pitched else None
+    knobs: list[dict[str, Any]] = []
+    used_names: set[str] = set()
+    for rank, measured in enumerate(chosen):
+        knobs.append(_make_knob(measured, rank, used_names, ends, kk, sr, in_tune))
+    _assign_ccs(knobs, ccs)
+    method = (("principal axes of the encoder's codes of real notes and " if candidates is not None else "")
+              + f"principal components of loudness-normalised log-mel features of {n_samples} random latents "
+              f"at MIDI {kk} (velocity {velocity:.2f}), mapped back to latent directions by regression, "
+              f"ranked by the log-mel distance between each knob's ends, named by the descriptor that changes "
+              f"most, ranges ±{KNOB_SIGMA:g} prior standard deviations (see trainer/export.py knob_directions)")
+    return [{"cc": k["cc"], "name": k["name"], "description": k["description"], "direction": k["direction"],
+             "range": k["range"], "default": k["default"]} for k in knobs], method
+
+
+def _latent_directions(gen, zs: np.ndarray, kk: list[int], velocity: float, sr: int, n_knobs: int,
+                       candidates: np.ndarray | None) -> list[np.ndarray]:
+    """Unit, mutually orthogonal latent directions float64[Z]: the `candidates` first, then the
+    regressions of the latents zs float32[S, Z] on the principal components of their notes' features."""
+    n_samples, latent_size = zs.shape
     feats = []
     for k in kk:
         audio = gen(zs, np.full(n_samples, k, np.int64), np.full(n_samples, velocity, np.float32))
@@ -325,7 +335,6 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     u, s, _ = np.linalg.svd(f, full_matrices=False)
     n_cand = int(min(2 * n_knobs, latent_size, n_samples - 1, int((s > 1e-9 * max(s[0], 1e-30)).sum())))
     dirs: list[np.ndarray] = []
-    # Given candidates (the principal axes of an encoder's codes) come first, then the features' axes.
     for w in ([] if candidates is None else list(np.asarray(candidates, np.float64))):
         for d in dirs:
             w = w - (w @ d) * d
@@ -342,15 +351,23 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
         # (e.g. their square), not a new control: skip it.
         if norm > 1e-8 and norm >= 0.5 * raw:
             dirs.append(w / norm)
-    if not dirs:
-        return [], "the generator ignores its latent: no knob direction changes the sound"
+    return dirs
 
+
+def _knob_ends(gen, z0: np.ndarray, kk: list[int], velocity: float):
+    """ends(d, r) -> (notes at z0 - r·d, notes at z0 + r·d), each float32[len(kk), N] at the keys kk."""
     def ends(d: np.ndarray, r: float):
         lo = np.repeat((z0 - r * d)[None], len(kk), 0).astype(np.float32)
         hi = np.repeat((z0 + r * d)[None], len(kk), 0).astype(np.float32)
         kv = np.asarray(kk, np.int64)
         vv = np.full(len(kk), velocity, np.float32)
         return gen(lo, kv, vv), gen(hi, kv, vv)
+    return ends
+
+
+def _measure_directions(dirs: list[np.ndarray], ends, sr: int) -> list[tuple]:
+    """(effect dB, direction, mean descriptor change, descriptors at -end, at +end) per direction, by effect."""
+    from trainer.evaluate import descriptors, log_mel_distance
 
     measured = []
     for d in dirs:
@@ -366,13 +383,16 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
             change[key] = float(np.mean(delta))
         measured.append((effect, d, change, dl, dh))
     measured.sort(key=lambda t: -t[0])
+    return measured
+
+
+def _pick_knobs(measured: list[tuple], n_knobs: int) -> list[tuple]:
+    """The `n_knobs` strongest audible directions, preferring ones whose main descriptor no stronger one has."""
     audible = [m for m in measured if m[0] >= MIN_EFFECT_DB]
 
     def primary(m) -> str:
         return max(m[2], key=lambda k: abs(m[2][k]) / DESCRIPTORS[k][1])
 
-    # Prefer knobs that do different things: in order of effect, first the candidates whose main
-    # descriptor no stronger knob already has, then the rest.
     firsts, seen = [], set()
     for m in audible:
         if primary(m) not in seen:
@@ -380,51 +400,60 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
             firsts.append(m)
     chosen = (firsts + [m for m in audible if not any(m is f for f in firsts)])[:n_knobs]
     chosen.sort(key=lambda t: -t[0])
+    return chosen
 
-    base_err = None
-    if pitched:
-        base = gen(np.repeat(z0[None], len(kk), 0), np.asarray(kk, np.int64), np.full(len(kk), velocity, np.float32))
-        base_err = np.abs(np.nan_to_num(f0_cents_error(base, kk, sr), nan=1e9)) <= 50
 
-    knobs: list[dict[str, Any]] = []
-    used_names: set[str] = set()
-    for rank, (effect, d, change, dl, dh) in enumerate(chosen):
-        # The most audible descriptor names the knob; a name already taken falls to the next
-        # clearly audible one, else to a numbered one ("decay 2"), else (no descriptor moves
-        # audibly although the spectrum does) to "timbre N".
-        scores = sorted(((abs(v) / DESCRIPTORS[k][1], k) for k, v in change.items()), reverse=True)
-        key, name = scores[0][1], None
-        for i, (sc, k) in enumerate(scores):
-            if DESCRIPTORS[k][0] not in used_names and (sc >= 1.0 or i == 0):
-                name, key = DESCRIPTORS[k][0], k
+def _in_tune(audio: np.ndarray, kk: list[int], sr: int) -> np.ndarray:
+    """bool[len(kk)]: the notes float32[K, N] within ±50 cents of their keys."""
+    from trainer.evaluate import f0_cents_error
+
+    return np.abs(np.nan_to_num(f0_cents_error(audio, kk, sr), nan=1e9)) <= 50
+
+
+def _knob_name(change: dict[str, float], used_names: set[str], rank: int) -> tuple[str, str]:
+    """(name, descriptor): the most audible descriptor names the knob; a name already taken falls to the
+    next clearly audible one, else to a numbered one ("decay 2"), else to "timbre N"."""
+    scores = sorted(((abs(v) / DESCRIPTORS[k][1], k) for k, v in change.items()), reverse=True)
+    key, name = scores[0][1], None
+    for i, (sc, k) in enumerate(scores):
+        if DESCRIPTORS[k][0] not in used_names and (sc >= 1.0 or i == 0):
+            name, key = DESCRIPTORS[k][0], k
+            break
+    if name is None and scores[0][0] >= 1.0:
+        base, num = DESCRIPTORS[key][0], 2
+        while f"{base} {num}" in used_names:
+            num += 1
+        name = f"{base} {num}"
+    if name is None:
+        name = f"timbre {rank + 1}"
+    return name, key
+
+
+def _make_knob(measured: tuple, rank: int, used_names: set[str], ends, kk: list[int], sr: int,
+               in_tune: np.ndarray | None) -> dict[str, Any]:
+    """A knob (no CC yet) for one measured direction: named, signed so that CC up increases its
+    descriptor, its range halved (down to 0.5) while either end puts an in-tune key out of tune."""
+    effect, d, change, dl, dh = measured
+    name, key = _knob_name(change, used_names, rank)
+    used_names.add(name)
+    if change[key] < 0:
+        d = -d
+        dl, dh = dh, dl
+        change = {k: -v for k, v in change.items()}
+    r = KNOB_SIGMA
+    if in_tune is not None and in_tune.any():
+        while r > 0.5:
+            a_lo, a_hi = ends(d, r)
+            if all(_in_tune(a, kk, sr)[in_tune].all() for a in (a_lo, a_hi)):
                 break
-        if name is None and scores[0][0] >= 1.0:
-            base, num = DESCRIPTORS[key][0], 2
-            while f"{base} {num}" in used_names:
-                num += 1
-            name = f"{base} {num}"
-        if name is None:
-            name = f"timbre {rank + 1}"
-        used_names.add(name)
-        if change[key] < 0:
-            d = -d
-            dl, dh = dh, dl
-            change = {k: -v for k, v in change.items()}
-        r = KNOB_SIGMA
-        if pitched and base_err is not None and base_err.any():
-            while r > 0.5:
-                a_lo, a_hi = ends(d, r)
-                ok = all((np.abs(np.nan_to_num(f0_cents_error(a, kk, sr), nan=1e9)) <= 50)[base_err].all()
-                         for a in (a_lo, a_hi))
-                if ok:
-                    break
-                r /= 2
-        knobs.append({"name": name, "direction": [float(x) for x in d], "range": [-r, r * 63 / 64],
-                      "default": 64, "description": _describe(name, key, change, dl, dh, effect, r),
-                      "_key": key, "_effect": effect})
-    # CC 74 to the brightness-like knob, the others in rank order.
-    # CC 74 is the brightness control on most keyboards: it goes to the brightness knob, and to
-    # another knob only when every other CC is taken.
+            r /= 2
+    return {"name": name, "direction": [float(x) for x in d], "range": [-r, r * 63 / 64], "default": 64,
+            "description": _describe(name, key, change, dl, dh, effect, r)}
+
+
+def _assign_ccs(knobs: list[dict[str, Any]], ccs: tuple[int, ...]) -> None:
+    """CC 74, a keyboard's brightness control, to the brightness knob (to another only when every other
+    CC is taken); the others in rank order."""
     free = [c for c in ccs if c != 74] + [c for c in ccs if c == 74]
     bright = next((k for k in knobs if k["name"] == "brightness"), None)
     if bright is not None and 74 in free:
@@ -433,16 +462,6 @@ def knob_directions(gen, latent_size: int, keys: list[int], velocity: float, sr:
     for k in knobs:
         if "cc" not in k:
             k["cc"] = free.pop(0) if free else next(c for c in range(1, 128) if c not in {x.get("cc") for x in knobs})
-    for k in knobs:
-        k.pop("_key")
-        k.pop("_effect")
-    method = (("principal axes of the encoder's codes of real notes and " if candidates is not None else "")
-              + f"principal components of loudness-normalised log-mel features of {n_samples} random latents "
-              f"at MIDI {kk} (velocity {velocity:.2f}), mapped back to latent directions by regression, "
-              f"ranked by the log-mel distance between each knob's ends, named by the descriptor that changes "
-              f"most, ranges ±{KNOB_SIGMA:g} prior standard deviations (see trainer/export.py knob_directions)")
-    return [{"cc": k["cc"], "name": k["name"], "description": k["description"], "direction": k["direction"],
-             "range": k["range"], "default": k["default"]} for k in knobs], method
 
 
 def engine_knobs(kind: str, knobs: list[dict[str, Any]], note_seconds: float,
@@ -450,9 +469,8 @@ def engine_knobs(kind: str, knobs: list[dict[str, Any]], note_seconds: float,
     """Drum-machine knobs for a kit, on the CCs the latent knobs left free: `tune` (the voices play
     every hit 12 semitones lower to 12 higher, faster or slower, as a drum machine's tune does; no
     regeneration) and `decay` (each hit fades to -60 dB in as little as 50 ms; at CC 127 the hits are
-    as trained). A kit's latent moves its sound too little to carry knobs of its own (the shipped kit
-    trained at a 0.3 adversarial weight, and export found no direction worth 0.5 dB), and these are
-    the controls a drummer reaches for. Pitched presets get none: their knobs are timbre directions."""
+    as trained). A kit's latent moves its sound too little to carry knobs of its own
+    (docs/decisions-trainer.md). Pitched presets get none: their knobs are timbre directions."""
     if kind != "drums":
         return []
     taken = {k["cc"] for k in knobs}
@@ -671,104 +689,34 @@ def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> di
     return out
 
 
-FIT_FLAGS = {("arch",): "--arch", ("seed",): "--seed", ("name",): "--name", ("train", "loss"): "--loss",
-             ("train", "spectral_weight"): "--spectral-weight", ("train", "steps"): "--steps",
-             ("train", "minutes"): "--minutes", ("train", "batch"): "--batch"}
+@dataclass
+class _Facts:
+    """What export needs to know about a generator and its data (from G and the run config)."""
+    info: dict[str, Any]
+    sr: int
+    n: int
+    Z: int
+    kind: str
+    drum_classes: dict[int, str]
+    lo: int
+    hi: int
+    keys: list[int]
+    layers: list[int]
+    arch: Any
+    arch_name: str
+    params: int = 0
+
+    @property
+    def conditioned(self) -> bool:
+        return len(self.layers) > 1
+
+    @property
+    def v_mid(self) -> float:
+        return self.layers[len(self.layers) // 2] / 127.0
 
 
-def _diff(cfg: Any, base: Any) -> Any:
-    """The parts of `cfg` that differ from `base` (nested dicts), or None when equal."""
-    if isinstance(cfg, dict) and isinstance(base, dict):
-        out = {k: d for k, v in cfg.items() if (d := _diff(v, base.get(k, _MISSING))) is not None}
-        return out or None
-    return None if cfg == base else cfg
-
-
-_MISSING = object()
-
-
-def fit_command(config: dict[str, Any], info: dict[str, Any], run_dir) -> str:
-    """A `trainer fit` command line that resolves to `config` again.
-
-    Settings that differ from `trainer.config`'s defaults become flags where fit has one; any
-    others go in a `--config` overlay, written inline as JSON (shell-quoted) so the line stands
-    alone. The "run" section (device, precision) does not change what is trained and is left out.
-    """
-    import shlex
-
-    root = info.get("root", "DATA")
-    try:
-        from trainer import config as C
-
-        base = C.resolve([{"arch": config["arch"]}], config.get("data") or {})
-    except Exception:  # noqa: BLE001 - a config from another version: fall back to the file itself
-        return f"python -m trainer fit --data {root} --config {Path(run_dir) / 'config.json'} --out {run_dir}"
-    body = {k: v for k, v in config.items() if k not in ("run", "data")}
-    diff = _diff(body, {k: v for k, v in base.items() if k not in ("run", "data")}) or {}
-    flags = [f"--arch {config['arch']}"]
-    for path, flag in FIT_FLAGS.items():
-        node = diff
-        for k in path[:-1]:
-            node = node.get(k, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and path[-1] in node and path != ("arch",):
-            flags.append(f"{flag} {shlex.quote(str(node.pop(path[-1])))}")
-    diff.pop("arch", None)
-    diff = {k: v for k, v in diff.items() if v not in ({}, None)}
-    cmd = f"python -m trainer fit --data {root} " + " ".join(flags)
-    if diff:
-        cmd += f" --config <(echo {shlex.quote(json.dumps(diff, sort_keys=True))})"
-    return cmd
-
-
-def _commands(config: dict[str, Any], info: dict[str, Any], run_dir, export_cmd: list[str] | None) -> list[str]:
-    """The dataset, fit and export commands that reproduce the preset."""
-    cmds = []
-    src = info.get("source") if isinstance(info.get("source"), dict) else {}
-    if src.get("command"):
-        cmds.append(" ".join(map(str, src["command"])))
-    run = config.get("run") if isinstance(config.get("run"), dict) else {}
-    fit = config.get("command") or run.get("command")
-    if fit:
-        cmds.append(fit if isinstance(fit, str) else " ".join(map(str, fit)))
-    elif run_dir is not None and isinstance(config.get("train"), dict):
-        cmds.append(fit_command(config, info, run_dir))
-    if export_cmd:
-        cmds.append(" ".join(export_cmd))
-    return cmds
-
-
-def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: str | None = None,
-                  description: str = "", force: bool = False, run_dir: str | os.PathLike | None = None,
-                  data_root: str | os.PathLike | None = None, commands: list[str] | None = None,
-                  n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False,
-                  exporters: tuple[str, ...] = EXPORTERS, run_facts: dict[str, Any] | None = None,
-                  encoder=None):
-    """Export generator `G` (eval mode; `forward(z float32[B, Z], pitch int64[B], velocity float32[B])
-    -> audio float32[B, N]` in [-1, 1]; attributes sample_rate, note_samples, latent_size) with its run's
-    resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`.
-
-    run_facts: {"steps", "minutes"} actually trained (from the checkpoint). encoder: the run's
-    E(audio float32[B, N]) -> (mu, logvar) or None; with one, the default latent is the mean code of
-    the real notes and the codes' principal axes join the knob candidates.
-    """
-    from synth.fsutil import atomic_dir
-    from synth.inference import GeneratorSession
-    from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
-    from trainer import card
-
-    dest = Path(dest)
-    name = name or dest.name
-    if not NAME_RE.match(name):
-        raise UserError(f"{dest}: preset name {name!r} is not valid; use letters, digits, '_', '.', '-' "
-                        "(pass --name)")
-    if dest.exists() and not force:
-        raise UserError(f"{dest}: already exists; pass --force to replace it")
-    t0 = time.time()
-
-    def say(msg: str) -> None:
-        if not quiet:
-            print(f"[export {time.time() - t0:5.1f}s] {msg}", file=sys.stderr)
-
+def _export_facts(G, config: dict[str, Any], run_dir) -> _Facts:
+    """Sample rate, note length, latent size, kind, keys and velocity layers; UserError when missing."""
     info = dataset_info(config)
     sr = int(getattr(G, "sample_rate", 0) or info.get("sample_rate", 0))
     n = int(getattr(G, "note_samples", 0) or info.get("note_samples", 0))
@@ -785,154 +733,261 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     lo, hi = int(pr[0]), int(pr[1])
     keys = sorted(drum_classes) if drum_classes else list(range(lo, hi + 1))
     layers = sorted({int(v) for v in (info.get("velocities") or [127])})
-    conditioned = len(layers) > 1
-    v_mid = layers[len(layers) // 2] / 127.0
     arch = config.get("arch")
     arch_name = arch.get("name", str(arch)) if isinstance(arch, dict) else str(arch or type(G).__name__)
-    G.eval()
-    params = int(sum(p.numel() for p in G.parameters()))
+    return _Facts(info, sr, n, Z, kind, drum_classes, lo, hi, keys, layers, arch, arch_name)
 
-    with atomic_dir(dest, replace=force) as tmp:
-        meta = {"name": name, "sample_rate": sr, "note_samples": n, "pitch_lo": lo, "pitch_hi": hi,
-                "latent_size": Z, "arch": arch_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        onnx_path = tmp / "generator.onnx"
-        errors = []
-        for method in exporters:
-            say(f"ONNX export of {arch_name} ({params:,} parameters, {method} exporter)")
-            try:
-                data, opset = onnx_bytes(G, Z, method)
-                write_onnx(data, onnx_path, meta)
-                parity: dict[str, float] = {}
-                worst = parity_check(G, onnx_path, keys, Z, seed=seed, tol=tolerance, details=parity)
-                break
-            except ExportError as e:
-                errors.append(str(e))
-                say(f"refused: {e}")
-        else:
-            raise ExportError(f"{dest}: no exporter gave a graph that matches torch, nothing was written: "
-                              + " | ".join(errors))
-        size_mb = onnx_path.stat().st_size / 1e6
-        say(f"parity max |Δ| = {worst:.2e} (first {PARITY_EARLY} samples {parity['max_abs_attack']:.2e}, "
-            f"spectra {parity['spectral_rel']:.2e} of the peak); {size_mb:.2f} MB")
-        if size_mb > MAX_SHIPPED_MB:
-            say(f"warning: {size_mb:.1f} MB is over the {MAX_SHIPPED_MB:g} MB bar for shipped presets")
-        sess = _ort_session(onnx_path)
 
-        def gen(z, p, v):
-            out = []
-            for s in range(0, len(z), 32):
-                out.append(sess.run(["audio"], {"z": np.ascontiguousarray(z[s:s + 32], np.float32),
-                                                "pitch": np.ascontiguousarray(p[s:s + 32], np.int64),
-                                                "velocity": np.ascontiguousarray(v[s:s + 32], np.float32)})[0])
-            return np.concatenate(out)
+def _export_graph(G, f: _Facts, tmp: Path, dest: Path, name: str, seed: int, tolerance: float,
+                  exporters: tuple[str, ...], say) -> tuple[Path, int, dict[str, float]]:
+    """generator.onnx in `tmp` from the first exporter whose graph passes the parity check:
+    (path, opset, parity figures {"max_abs", "max_abs_attack", "spectral_rel"})."""
+    meta = {"name": name, "sample_rate": f.sr, "note_samples": f.n, "pitch_lo": f.lo, "pitch_hi": f.hi,
+            "latent_size": f.Z, "arch": f.arch_name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    onnx_path = tmp / "generator.onnx"
+    errors = []
+    for method in exporters:
+        say(f"ONNX export of {f.arch_name} ({f.params:,} parameters, {method} exporter)")
+        try:
+            data, opset = onnx_bytes(G, f.Z, method)
+            write_onnx(data, onnx_path, meta)
+            parity: dict[str, float] = {}
+            parity_check(G, onnx_path, f.keys, f.Z, seed=seed, tol=tolerance, details=parity)
+            break
+        except ExportError as e:
+            errors.append(str(e))
+            say(f"refused: {e}")
+    else:
+        raise ExportError(f"{dest}: no exporter gave a graph that matches torch, nothing was written: "
+                          + " | ".join(errors))
+    size_mb = onnx_path.stat().st_size / 1e6
+    say(f"parity max |Δ| = {parity['max_abs']:.2e} (first {PARITY_EARLY} samples {parity['max_abs_attack']:.2e}, "
+        f"spectra {parity['spectral_rel']:.2e} of the peak); {size_mb:.2f} MB")
+    if size_mb > MAX_SHIPPED_MB:
+        say(f"warning: {size_mb:.1f} MB is over the {MAX_SHIPPED_MB:g} MB bar for shipped presets")
+    return onnx_path, opset, parity
 
-        root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
-        real = _real_notes(root, sr, keys)
-        z0 = np.zeros(Z, np.float32)
-        default_doc = "zeros: the mean and mode of the N(0, I) prior (the truncation centre)"
-        code_axes = None
-        if encoder is not None and real is not None:
-            from trainer.data import OneShotDataset
 
-            codes = encoder_codes(encoder, OneShotDataset(root, split="train"))
-            z0 = codes.mean(axis=0).astype(np.float32)
-            # Principal axes of the real notes' codes: where the data itself varies in latent space.
-            _, _, vt = np.linalg.svd(codes - z0, full_matrices=False)
-            code_axes = vt[:2 * n_knobs]
-            default_doc = (f"the mean encoder code of {len(codes)} real training notes (the data's own "
-                           "timbre; the run trained an encoder)")
-        if root is not None:
-            pick = choose_default_latent(gen, root, sr, keys, z0, default_doc.split(":")[0], seed=seed)
-            if pick is not None:
-                z0, default_doc = pick
-                say(f"default latent: {default_doc}")
-        say("knob directions")
-        knobs, knob_method = knob_directions(gen, Z, keys, v_mid, sr, n_knobs=n_knobs, default=z0,
-                                             pitched=kind != "drums", seed=seed, candidates=code_axes)
-        extra = engine_knobs(kind, knobs, n / sr)
-        if extra:
-            knobs = knobs + extra
-            knob_method += ("; plus engine knobs (no latent): " + ", ".join(k["name"] for k in extra)
-                            + " (trainer/export.py engine_knobs)")
-        src = info.get("source") or {}
-        hold = info.get("hold_seconds")
-        if hold is None and isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
-            hold = float(src["seconds"]) - float(src["release"])
+def _onnx_generator(onnx_path: Path):
+    """gen(z float32[B, Z], pitch int64[B], velocity float32[B]) -> float32[B, N] through ONNX Runtime, 32 at a time."""
+    sess = _ort_session(onnx_path)
+
+    def gen(z, p, v):
+        out = []
+        for s in range(0, len(z), 32):
+            out.append(sess.run(["audio"], {"z": np.ascontiguousarray(z[s:s + 32], np.float32),
+                                            "pitch": np.ascontiguousarray(p[s:s + 32], np.int64),
+                                            "velocity": np.ascontiguousarray(v[s:s + 32], np.float32)})[0])
+        return np.concatenate(out)
+    return gen
+
+
+def _default_latent(gen, f: _Facts, root: Path | None, real, encoder, n_knobs: int, seed: int,
+                    say) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """(default latent, how it was chosen, the encoder codes' principal axes or None).
+
+    Start: zeros, the mean and mode of the N(0, I) prior (the truncation centre); with a trained
+    encoder, the mean code of the real notes. Then `choose_default_latent` searches by sound.
+    """
+    z0 = np.zeros(f.Z, np.float32)
+    default_doc = "zeros: the mean and mode of the N(0, I) prior (the truncation centre)"
+    code_axes = None
+    if encoder is not None and real is not None:
+        from trainer.data import OneShotDataset
+
+        codes = encoder_codes(encoder, OneShotDataset(root, split="train"))
+        z0 = codes.mean(axis=0).astype(np.float32)
+        # Principal axes of the real notes' codes: where the data itself varies in latent space.
+        _, _, vt = np.linalg.svd(codes - z0, full_matrices=False)
+        code_axes = vt[:2 * n_knobs]
+        default_doc = (f"the mean encoder code of {len(codes)} real training notes (the data's own "
+                       "timbre; the run trained an encoder)")
+    if root is not None:
+        pick = choose_default_latent(gen, root, f.sr, f.keys, z0, default_doc.split(":")[0], seed=seed)
+        if pick is not None:
+            z0, default_doc = pick
+            say(f"default latent: {default_doc}")
+    return z0, default_doc, code_axes
+
+
+def _all_knobs(gen, f: _Facts, z0: np.ndarray, n_knobs: int, seed: int, code_axes, say):
+    """(knobs, method): the latent knobs (`knob_directions`) plus a kit's engine knobs."""
+    say("knob directions")
+    knobs, knob_method = knob_directions(gen, f.Z, f.keys, f.v_mid, f.sr, n_knobs=n_knobs, default=z0,
+                                         pitched=f.kind != "drums", seed=seed, candidates=code_axes)
+    extra = engine_knobs(f.kind, knobs, f.n / f.sr)
+    if extra:
+        knobs = knobs + extra
+        knob_method += ("; plus engine knobs (no latent): " + ", ".join(k["name"] for k in extra)
+                        + " (trainer/export.py engine_knobs)")
+    return knobs, knob_method
+
+
+def _envelope(gen, f: _Facts, z0: np.ndarray, real, say) -> dict[str, Any]:
+    """Sustain mode (and loop end), release time and velocity curve, with their evidence, measured on
+    the real notes when there are some, else on generated ones."""
+    src = f.info.get("source") or {}
+    hold = f.info.get("hold_seconds")
+    if hold is None and isinstance(src, dict) and src.get("seconds") and src.get("release") is not None:
+        hold = float(src["seconds"]) - float(src["release"])
+    if real is not None:
+        ds, idx = real
+        env_audio, env_from = ds.audio_batch(idx), f"{len(idx)} real notes"
+    else:
+        kk = np.asarray(_spread(f.keys, 12), np.int64)
+        env_audio = gen(np.repeat(z0[None], len(kk), 0), kk, np.full(len(kk), f.v_mid, np.float32))
+        env_from = f"{len(kk)} generated notes"
+    mode, sus_ev, release, rel_ev = envelope_facts(env_audio, f.sr, hold, f.kind)
+    curve, curve_from = 1.0, "not velocity-conditioned"
+    if f.conditioned and real is not None:
+        ds, idx = real
+        curve = velocity_curve(ds.audio_batch(idx), ds.pitches[idx], ds.velocities[idx] * 127, f.sr)
+        curve_from = f"fitted to the loudness of {len(idx)} real notes across velocities"
+    elif f.conditioned:
+        kk = np.repeat(np.asarray(_spread(f.keys, 3), np.int64), len(f.layers))
+        vv = np.tile(np.asarray(f.layers, np.float32), len(kk) // len(f.layers))
+        curve = velocity_curve(gen(np.repeat(z0[None], len(kk), 0), kk, vv / 127), kk, vv, f.sr)
+        curve_from = f"fitted to the loudness of {len(kk)} generated notes across velocities"
+    sustain: dict = {"mode": mode}
+    if mode == "loop" and hold is not None and 0.2 < hold <= f.n / f.sr:
+        # loop the held part only: end 50 ms before the data's note-off, where the release begins
+        sustain["loop_end_seconds"] = round(float(hold) - 0.05, 3)
+    say(f"sustain {mode} ({sus_ev}, {env_from}); release {release:.2f} s; velocity curve {curve:.2f}")
+    return {"sustain": sustain, "release": release, "curve": curve, "sustain_evidence": f"{sus_ev} ({env_from})",
+            "release_evidence": rel_ev, "velocity_curve_evidence": curve_from}
+
+
+def _data_description(info: dict[str, Any]) -> dict[str, Any]:
+    """The dataset facts shown in the manifest and card (root relative to the repository when inside it)."""
+    from trainer.commands import repo_relative
+
+    data_desc = {k: info[k] for k in ("root", "kind", "sample_rate", "note_samples", "pitch_range", "velocities",
+                                      "n_notes") if k in info}
+    if "root" in data_desc:
+        data_desc["root"] = repo_relative(data_desc["root"])
+    src = info.get("source") or {}
+    if isinstance(src, dict):
+        for k in ("type", "soundfont", "preset", "program", "bank", "seconds", "release"):
+            if k in src:
+                data_desc[f"source {k}"] = src[k]
+    return data_desc
+
+
+def _manifest(f: _Facts, config: dict[str, Any], name: str, description: str, z0: np.ndarray, default_doc: str,
+              knobs: list[dict[str, Any]], knob_method: str, env: dict[str, Any], opset: int,
+              parity: dict[str, float], run_facts, run_dir, commands: list[str]) -> dict[str, Any]:
+    """The preset.json dict (before validation): sound facts, knobs, training facts, no metrics yet."""
+    from trainer.commands import repo_relative
+
+    data_desc = _data_description(f.info)
+    training = {"data": data_desc, "arch": f.arch_name, "params": f.params, **_train_facts(config, run_facts),
+                "run": repo_relative(run_dir, os.getcwd()) if run_dir else None, "commands": commands, "onnx_opset": opset,
+                "parity_max_abs": float(f"{parity['max_abs']:.3g}"),
+                "parity_max_abs_attack": float(f"{parity['max_abs_attack']:.3g}"),
+                "parity_spectral_rel": float(f"{parity['spectral_rel']:.3g}"), "knob_method": knob_method,
+                "default_latent": default_doc, "latent_prior": "normal(0, 1)",
+                "sustain_evidence": env["sustain_evidence"], "release_evidence": env["release_evidence"],
+                "velocity_curve_evidence": env["velocity_curve_evidence"]}
+    if isinstance(f.arch, dict):
+        training["arch_details"] = json.dumps(f.arch, sort_keys=True)[:600]
+    training = {k: v for k, v in training.items() if v is not None and v != ""}
+    m = {"format": "neural-synth-preset", "version": 1, "name": name,
+         "description": description or _describe_preset(f.arch_name, f.kind, data_desc),
+         "kind": f.kind, "sample_rate": f.sr, "note_samples": f.n, "pitch_range": [f.lo, f.hi],
+         "velocity": {"conditioned": f.conditioned, "layers": f.layers, "curve": round(env["curve"], 3)},
+         "latent": {"size": f.Z, "default": [float(x) for x in z0]}, "knobs": knobs,
+         "release_seconds": round(env["release"], 3), "sustain": env["sustain"], "gain_db": 0.0,
+         "generator": "generator.onnx", "training": training, "metrics": {}}
+    if f.drum_classes:
+        m["drum_classes"] = {str(k): v for k, v in sorted(f.drum_classes.items())}
+    return m
+
+
+def _write_grid(gen, f: _Facts, z0: np.ndarray, real, tmp: Path, name: str) -> None:
+    """spectrograms.png: real vs generated at a few keys and velocities (generated only without data)."""
+    from trainer import card
+
+    gv = [f.layers[-1], f.layers[0]] if len(f.layers) > 1 else f.layers
+    grid = []
+    for i, k in enumerate(_spread(f.keys, 4)):
+        v = gv[i % len(gv)]
+        fake = gen(z0[None], np.array([k], np.int64), np.array([v / 127.0], np.float32))[0]
+        r = None
         if real is not None:
-            ds, idx = real
-            env_audio, env_from = ds.audio_batch(idx), f"{len(idx)} real notes"
-        else:
-            kk = np.asarray(_spread(keys, 12), np.int64)
-            env_audio = gen(np.repeat(z0[None], len(kk), 0), kk, np.full(len(kk), v_mid, np.float32))
-            env_from = f"{len(kk)} generated notes"
-        mode, sus_ev, release, rel_ev = envelope_facts(env_audio, sr, hold, kind)
-        curve, curve_from = 1.0, "not velocity-conditioned"
-        if conditioned and real is not None:
-            ds, idx = real
-            curve = velocity_curve(ds.audio_batch(idx), ds.pitches[idx], ds.velocities[idx] * 127, sr)
-            curve_from = f"fitted to the loudness of {len(idx)} real notes across velocities"
-        elif conditioned:
-            kk = np.repeat(np.asarray(_spread(keys, 3), np.int64), len(layers))
-            vv = np.tile(np.asarray(layers, np.float32), len(kk) // len(layers))
-            curve = velocity_curve(gen(np.repeat(z0[None], len(kk), 0), kk, vv / 127), kk, vv, sr)
-            curve_from = f"fitted to the loudness of {len(kk)} generated notes across velocities"
-        sustain: dict = {"mode": mode}
-        if mode == "loop" and hold is not None and 0.2 < hold <= n / sr:
-            # loop the held part only: end 50 ms before the data's note-off, where the release begins
-            sustain["loop_end_seconds"] = round(float(hold) - 0.05, 3)
-        say(f"sustain {mode} ({sus_ev}, {env_from}); release {release:.2f} s; velocity curve {curve:.2f}")
-        data_desc = {k: info[k] for k in ("root", "kind", "sample_rate", "note_samples", "pitch_range", "velocities",
-                                          "n_notes") if k in info}
-        if isinstance(src, dict):
-            for k in ("type", "soundfont", "preset", "program", "bank", "seconds", "release"):
-                if k in src:
-                    data_desc[f"source {k}"] = src[k]
-        training = {"data": data_desc, "arch": arch_name, "params": params, **_train_facts(config, run_facts),
-                    "run": str(run_dir) if run_dir else None,
-                    "commands": _commands(config, info, run_dir, commands), "onnx_opset": opset,
-                    "parity_max_abs": float(f"{worst:.3g}"),
-                    "parity_max_abs_attack": float(f"{parity['max_abs_attack']:.3g}"),
-                    "parity_spectral_rel": float(f"{parity['spectral_rel']:.3g}"), "knob_method": knob_method,
-                    "default_latent": default_doc, "latent_prior": "normal(0, 1)",
-                    "sustain_evidence": f"{sus_ev} ({env_from})", "release_evidence": rel_ev,
-                    "velocity_curve_evidence": curve_from}
-        if isinstance(arch, dict):
-            training["arch_details"] = json.dumps(arch, sort_keys=True)[:600]
-        training = {k: v for k, v in training.items() if v is not None and v != ""}
-        m = {"format": "neural-synth-preset", "version": 1, "name": name,
-             "description": description or _describe_preset(arch_name, kind, data_desc),
-             "kind": kind, "sample_rate": sr, "note_samples": n, "pitch_range": [lo, hi],
-             "velocity": {"conditioned": conditioned, "layers": layers, "curve": round(curve, 3)},
-             "latent": {"size": Z, "default": [float(x) for x in z0]}, "knobs": knobs,
-             "release_seconds": round(release, 3), "sustain": sustain, "gain_db": 0.0,
-             "generator": "generator.onnx", "training": training, "metrics": {}}
-        if drum_classes:
-            m["drum_classes"] = {str(k): v for k, v in sorted(drum_classes.items())}
+            ds, _ = real
+            cand = np.nonzero((ds.pitches == k) & (np.abs(ds.velocities * 127 - v) < 0.5))[0]
+            r = ds[int(cand[0])]["audio"] if len(cand) else None
+        label = f"{f.drum_classes.get(k, k)}" if f.drum_classes else f"MIDI {k}"
+        grid.append((f"{label} vel {v}", r, fake))
+    card.spectrogram_grid(grid, f.sr, tmp / card.GRID_FILE, title=f"{name}: real vs generated, log-mel dB")
+
+
+def _check_reload(tmp: Path, f: _Facts, dest: Path) -> None:
+    """Save = write, validate, reload, call: the folder reloads as a preset and its graph generates a note."""
+    from synth.inference import GeneratorSession
+    from synth.preset import load_preset_dir
+
+    reloaded = load_preset_dir(tmp)
+    out = GeneratorSession(reloaded, providers="cpu", threads=1, warmup=False).generate(
+        np.asarray([reloaded.default_latent], np.float32), np.array([f.keys[len(f.keys) // 2]], np.int64),
+        np.array([f.v_mid], np.float32))
+    if not np.isfinite(out).all():
+        raise ExportError(f"{dest}: the reloaded preset generates NaN; nothing was written")
+
+
+def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: str | None = None,
+                  description: str = "", force: bool = False, run_dir: str | os.PathLike | None = None,
+                  data_root: str | os.PathLike | None = None, commands: list[str] | None = None,
+                  n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False,
+                  exporters: tuple[str, ...] = EXPORTERS, run_facts: dict[str, Any] | None = None,
+                  encoder=None):
+    """Export generator `G` (eval mode; `forward(z float32[B, Z], pitch int64[B], velocity float32[B])
+    -> audio float32[B, N]` in [-1, 1]; attributes sample_rate, note_samples, latent_size) with its run's
+    resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`.
+
+    commands: this export's own command line (recorded after the dataset and fit commands). run_facts:
+    {"steps", "minutes"} actually trained (from the checkpoint). encoder: the run's E(audio) -> (mu,
+    logvar) or None; with one, the default latent starts at the mean code of the real notes and the
+    codes' principal axes join the knob candidates.
+    """
+    from synth.fsutil import atomic_dir
+    from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
+    from trainer import card
+    from trainer.commands import reproduce
+
+    dest = Path(dest)
+    name = name or dest.name
+    if not NAME_RE.match(name):
+        raise UserError(f"{dest}: preset name {name!r} is not valid; use letters, digits, '_', '.', '-' "
+                        "(pass --name)")
+    if dest.exists() and not force:
+        raise UserError(f"{dest}: already exists; pass --force to replace it")
+    t0 = time.time()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[export {time.time() - t0:5.1f}s] {msg}", file=sys.stderr)
+
+    f = _export_facts(G, config, run_dir)
+    G.eval()
+    f.params = int(sum(p.numel() for p in G.parameters()))
+    with atomic_dir(dest, replace=force) as tmp:
+        onnx_path, opset, parity = _export_graph(G, f, tmp, dest, name, seed, tolerance, exporters, say)
+        gen = _onnx_generator(onnx_path)
+        info = f.info
+        root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
+        real = _real_notes(root, f.sr, f.keys)
+        z0, default_doc, code_axes = _default_latent(gen, f, root, real, encoder, n_knobs, seed, say)
+        knobs, knob_method = _all_knobs(gen, f, z0, n_knobs, seed, code_axes, say)
+        env = _envelope(gen, f, z0, real, say)
+        cmds = reproduce(config, info, run_dir, commands, cwd=os.getcwd())
+        m = _manifest(f, config, name, description, z0, default_doc, knobs, knob_method, env, opset, parity,
+                      run_facts, run_dir, cmds)
         preset = validate_manifest(json.loads(json.dumps(m)), tmp)
         (tmp / "preset.json").write_text(json.dumps(manifest_dict(preset), indent=1) + "\n", encoding="utf-8")
-        # Spectrogram grid: real vs generated at a few keys and velocities (generated only without data).
-        gk = _spread(keys, 4)
-        gv = [layers[-1], layers[0]] if len(layers) > 1 else layers
-        grid = []
-        for i, k in enumerate(gk):
-            v = gv[i % len(gv)]
-            fake = gen(z0[None], np.array([k], np.int64), np.array([v / 127.0], np.float32))[0]
-            r = None
-            if real is not None:
-                ds, _ = real
-                cand = np.nonzero((ds.pitches == k) & (np.abs(ds.velocities * 127 - v) < 0.5))[0]
-                r = ds[int(cand[0])]["audio"] if len(cand) else None
-            label = f"{drum_classes.get(k, k)}" if drum_classes else f"MIDI {k}"
-            grid.append((f"{label} vel {v}", r, fake))
-        card.spectrogram_grid(grid, sr, tmp / card.GRID_FILE, title=f"{name}: real vs generated, log-mel dB")
+        _write_grid(gen, f, z0, real, tmp, name)
         card.write_card(tmp)
-        # Save = write, validate, reload, call.
-        reloaded = load_preset_dir(tmp)
-        out = GeneratorSession(reloaded, providers="cpu", threads=1, warmup=False).generate(
-            np.asarray([reloaded.default_latent], np.float32), np.array([keys[len(keys) // 2]], np.int64),
-            np.array([v_mid], np.float32))
-        if not np.isfinite(out).all():
-            raise ExportError(f"{dest}: the reloaded preset generates NaN; nothing was written")
+        _check_reload(tmp, f, dest)
     say(f"wrote {dest} ({len(knobs)} knobs: " + ", ".join(f"CC{k['cc']} {k['name']}" for k in knobs) + ")")
     return load_preset_dir(dest)
 

@@ -3,16 +3,16 @@
 Single process or `torchrun` (DistributedDataParallel: nccl on GPUs, gloo on CPU; rank 0 writes).
 Run folder `runs/<name>-<hash8>/` (or `--out`): `config.json` (fully resolved, dataset facts
 included), `checkpoints/last.pt` + `checkpoints/step-XXXXXXX.pt` (the last `train.keep`), `tb/`.
+The config comes from the recipes (`--recipe`, `trainer/config.py`), `--config` overlays and flags.
 
-Each step: one generator forward G(z, p, v); one discriminator update on (real, G(z) detached) with the adversarial loss and an auxiliary
-pitch/class cross-entropy (plus a gradient penalty for wgan-gp); then one generator update with the
-adversarial loss, the auxiliary loss and a paired multi-resolution spectral L1 between G(z, p, v)
-and the real note x with the same pitch and velocity (plus, with `train.encoder`, the
-reconstruction G(E(x), p, v) ~ x and a KL term). The generator's EMA is what gets exported.
+Each step: one generator forward G(z, p, v); a discriminator update on (real, G(z) detached) with the
+adversarial loss and an auxiliary pitch/class cross-entropy; a generator update with the adversarial
+and auxiliary losses and a paired multi-resolution spectral L1 between G(z, p, v) and the real note
+with the same pitch and velocity (plus, with `train.encoder`, the reconstruction G(E(x), p, v) ~ x
+and a KL term). The generator's EMA is what gets exported.
 
-Checkpoints hold the step, config, G, G_ema, D, E, both optimisers, the RNG states and the data
-position, so `--resume RUN` continues exactly (same next batch, same next losses). They are written
-atomically every `--ckpt-every` steps and at exit (budget reached, SIGTERM, Ctrl-C).
+Checkpoints hold everything `--resume RUN` needs to continue exactly (same next batch, same next
+losses): the step, config, weights, optimisers, RNG states and data position.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ CKPT_KEYS = ("step", "config", "G", "G_ema", "D", "opt_G", "opt_D", "rng", "data
 # ----------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="trainer fit", description="Train a GAN on a one-shot dataset.")
-    ap.add_argument("--data", help="dataset folder from `python -m trainer dataset` (not needed with --resume)")
+    ap.add_argument("--data", help="dataset folder from `python -m trainer dataset` (default: the recipe's; "
+                                   "not needed with --resume)")
+    ap.add_argument("--recipe", metavar="NAME", help="a recipe from trainer/recipes (piano, drums, ...) or a .json "
+                                                    "recipe file; --config and flags apply on top")
     ap.add_argument("--arch", choices=("ddsp", "spectral", "wavegan"), help="model (default: ddsp)")
     ap.add_argument("--loss", choices=("hinge", "ns", "wgan-gp"), help="adversarial loss (default: hinge)")
     ap.add_argument("--spectral-weight", type=float, dest="spectral_weight", help="weight of the paired spectral L1")
@@ -56,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="run folder (default runs/<name>-<config hash>)")
     ap.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from checkpoints/last.pt")
     ap.add_argument("--config", action="append", default=[], metavar="OVERLAY.json",
-                    help="JSON overlay(s) on the defaults, applied in order (see trainer/config.py)")
+                    help="JSON overlay(s) on the recipe, applied in order: a file, or an object such as "
+                         "'{\"train\": {\"adv_weight\": 0.3}}' (see trainer/config.py)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--name", help="run name (default <dataset>-<arch>)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
@@ -260,9 +264,10 @@ class Sampler:
 def _spectrogram_image(audio: np.ndarray, n_fft: int = 1024) -> np.ndarray:
     """uint8[3, H, W] log spectrogram picture (low frequencies at the bottom)."""
     from matplotlib import colormaps
+
+    from trainer.nn import stft
     hop = max(n_fft // 4, len(audio) // 400)
-    frames = np.lib.stride_tricks.sliding_window_view(np.pad(audio, (0, n_fft)), n_fft)[::hop]
-    S = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)).T
+    S = stft.magnitude(np.asarray(audio, np.float64)[None], n_fft, hop)[0].T
     db = 20 * np.log10(S + 1e-6)
     db = np.clip((db - db.max() + 80.0) / 80.0, 0.0, 1.0)[::-1]
     return (colormaps["magma"](db)[..., :3] * 255).astype(np.uint8).transpose(2, 0, 1)
@@ -320,6 +325,16 @@ def _device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _read_run_config(run_dir: Path) -> dict[str, Any]:
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{cfg_path}: missing; --resume takes a run folder written by `trainer fit`")
+    try:
+        return json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg_path}: unreadable run config ({e}); restore it or retrain") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -328,14 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data import OneShotDataset
 
     if a.resume:
+        if a.recipe or a.config:
+            raise UserError("--resume continues a run with its own config; drop --recipe/--config "
+                            "(only --steps, --minutes, --ckpt-every, --device and --amp may change)")
         run_dir = Path(a.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise UserError(f"{cfg_path}: missing; --resume takes a run folder written by `trainer fit`")
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{cfg_path}: unreadable run config ({e}); restore it or retrain") from None
+        cfg = _read_run_config(run_dir)
         over = _cli_overlay(a)
         # a resumed run may only change its budget and where it runs; anything else is a new run
         cfg["train"].update({k: v for k, v in over["train"].items() if k in ("steps", "minutes", "ckpt_every")})
@@ -343,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         ds = OneShotDataset(a.data or cfg["data"]["root"], "train")
     else:
-        if not a.data:
+        data = a.data or (C.recipe_section(a.recipe, "dataset").get("out") if a.recipe else None)
+        if not data:
             raise UserError("trainer fit: --data DIR is required (a folder from `python -m trainer dataset`)")
-        ds = OneShotDataset(a.data, "train")
-        overlays = [C.load_overlay(p) for p in a.config] + [_cli_overlay(a)]
-        cfg = C.resolve(overlays, data_info(ds))
+        ds = OneShotDataset(data, "train")
+        info = data_info(ds)
+        recipe = C.recipe_overlays(a.recipe, info.get("kind")) if a.recipe else []
+        overlays = recipe + [C.load_overlay(p) for p in a.config] + [_cli_overlay(a)]
+        cfg = C.resolve(overlays, info)
         run_dir = Path(a.out) if a.out else Path("runs") / f"{cfg['name']}-{C.config_hash(cfg)}"
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise UserError(f"{run_dir}: already holds a trained run; continue it with --resume {run_dir}, "
@@ -355,278 +370,368 @@ def main(argv: list[str] | None = None) -> int:
         ck = None
     if len(ds) == 0:
         raise UserError(f"{ds.root}: the train split is empty; add notes to the dataset")
-    return _train(cfg, run_dir, ds, ck, rank, world, local_rank, quiet=a.quiet)
+    return Trainer(cfg, run_dir, ds, ck, rank, world, local_rank).run(quiet=a.quiet)
 
 
-def _train(cfg, run_dir: Path, ds, ck, rank: int, world: int, local_rank: int, quiet: bool) -> int:
-    from trainer.models import build_discriminator, build_encoder, build_generator
-    from trainer.nn.losses import MultiResSTFTLoss, d_adv_loss, g_adv_loss, gradient_penalty
+def _resume_rng(saved: Any, rank: int) -> dict[str, Any] | None:
+    """The RNG state rank `rank` resumes with: its own from a DDP checkpoint, the single process's for
+    rank 0, else None (the checkpoint holds no stream for this rank: `_seed_rank` makes one)."""
+    if isinstance(saved, list):
+        return saved[rank] if rank < len(saved) and isinstance(saved[rank], dict) else None
+    return saved if rank == 0 else None
 
-    tr, run = cfg["train"], cfg["run"]
-    device = _device(run["device"], local_rank)
-    ddp = world > 1
-    if ddp:
-        import torch.distributed as dist
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cpu":
-        threads = int(tr.get("threads") or 0) or max(1, (os.cpu_count() or 1) // world)
-        torch.set_num_threads(threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    master = rank == 0
 
-    seed = int(cfg["seed"])
-    random.seed(seed + rank)
-    np.random.seed(seed + rank)
-    torch.manual_seed(seed)            # identical initial weights on every rank
-    G = build_generator(cfg).to(device)
-    D = build_discriminator(cfg).to(device)
-    E = build_encoder(cfg)
-    E = E.to(device) if E is not None else None
-    torch.manual_seed(seed + 1000 * rank)   # then per-rank noise streams
-    G_ema = copy.deepcopy(G).eval()
-    for p in G_ema.parameters():
-        p.requires_grad_(False)
-    g_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
-    opt_G = torch.optim.Adam(g_params, lr=tr["lr_g"], betas=tuple(tr["betas"]))
-    opt_D = torch.optim.Adam(D.parameters(), lr=tr["lr_d"], betas=tuple(tr["betas"]))
-    d_params = list(D.parameters())
-    bad_steps = skipped_total = 0
+def _seed_rank(seed: int, rank: int, step: int) -> None:
+    """A fresh stream for a rank that resumes a checkpoint without one: distinct per rank, the same on every
+    resume of the same checkpoint (seeded from seed, rank and step)."""
+    s = int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
 
-    def finite_step(opt, params, clip) -> bool:
+
+class Trainer:
+    """One training process: its models, optimisers, data position and loop state.
+
+    `Trainer(cfg, run_dir, ds, ck, rank, world, local_rank).run()` trains until the step or time
+    budget, a signal or Ctrl-C, checkpointing on the way and at the end; returns the exit status.
+    """
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, ds, ck: dict[str, Any] | None, rank: int,
+                 world: int, local_rank: int) -> None:
+        self.cfg, self.tr, self.run_dir, self.ds, self.resumed = cfg, cfg["train"], run_dir, ds, ck is not None
+        self.rank, self.world, self.master, self.ddp = rank, world, rank == 0, world > 1
+        self.device = self._init_process(local_rank)
+        self._build_models()
+        self.sampler = Sampler(len(ds), int(self.tr["batch"]), int(cfg["seed"]), rank, world)
+        self.step, self.train_seconds = 0, 0.0
+        self.bad_steps = self.skipped_total = 0
+        if ck is not None:
+            self._restore(ck)
+        self._wrap_ddp()
+        self._init_amp()
+        self._init_losses()
+        self.ckdir = run_dir / "checkpoints"
+        self.stop: dict[str, Any] = {"signal": None}
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _init_process(self, local_rank: int) -> torch.device:
+        """The device; the process group under DDP; CPU threads (train.threads, else the cores / world)."""
+        device = _device(self.cfg["run"]["device"], local_rank)
+        if self.ddp:
+            import torch.distributed as dist
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":
+            threads = int(self.tr.get("threads") or 0) or max(1, (os.cpu_count() or 1) // self.world)
+            torch.set_num_threads(threads)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
+
+    def _build_models(self) -> None:
+        """G, D, E (identical initial weights on every rank), then per-rank noise streams, G_ema and the optimisers."""
+        from trainer.models import build_discriminator, build_encoder, build_generator
+
+        seed, rank, device = int(self.cfg["seed"]), self.rank, self.device
+        random.seed(seed + rank)
+        np.random.seed(seed + rank)
+        torch.manual_seed(seed)
+        self.G = build_generator(self.cfg).to(device)
+        self.D = build_discriminator(self.cfg).to(device)
+        E = build_encoder(self.cfg)
+        self.E = E.to(device) if E is not None else None
+        torch.manual_seed(seed + 1000 * rank)
+        self.G_ema = copy.deepcopy(self.G).eval()
+        for p in self.G_ema.parameters():
+            p.requires_grad_(False)
+        self.g_params = list(self.G.parameters()) + (list(self.E.parameters()) if self.E is not None else [])
+        betas = tuple(self.tr["betas"])
+        self.opt_G = torch.optim.Adam(self.g_params, lr=self.tr["lr_g"], betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.tr["lr_d"], betas=betas)
+        self.d_params = list(self.D.parameters())
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        """Weights, optimisers, step, RNG and data position from checkpoint `ck` (`--resume`)."""
+        self.G.load_state_dict(ck["G"])
+        self.G_ema.load_state_dict(ck["G_ema"])
+        self.D.load_state_dict(ck["D"])
+        if self.E is not None:
+            self.E.load_state_dict(ck["E"])
+        self.opt_G.load_state_dict(ck["opt_G"])
+        self.opt_D.load_state_dict(ck["opt_D"])
+        self.step = int(ck["step"])
+        self.train_seconds = float(ck.get("train_seconds", 0.0))
+        st = _resume_rng(ck["rng"], self.rank)
+        if st is not None:
+            _set_rng_state(st, self.device)
+        else:
+            _seed_rank(int(self.cfg["seed"]), self.rank, self.step)
+        pos = ck["data_pos"]
+        if isinstance(pos[0], (list, tuple)):
+            pos = pos[self.rank] if self.rank < len(pos) else pos[0]
+        self.sampler.load(pos)
+
+    def _wrap_ddp(self) -> None:
+        self.Gm, self.Dm, self.Em = self.G, self.D, self.E
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+            self.Gm, self.Dm = DDP(self.G, **kw), DDP(self.D, **kw)
+            self.Em = DDP(self.E, **kw) if self.E is not None else None
+
+    def _init_amp(self) -> None:
+        """Mixed precision on CUDA with `run.amp` (bf16, else fp16 with a gradient scaler)."""
+        self.amp_dtype = None
+        if self.cfg["run"].get("amp") and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _init_losses(self) -> None:
+        from trainer.nn.losses import MultiResSTFTLoss
+
+        tr = self.tr
+        # None: the absolute floor (pitched sets, and runs made before the relative floor existed).
+        self.spec = MultiResSTFTLoss(tuple(tr["spec_ffts"]), relative_floor_db=tr.get("spec_floor_db")).to(self.device)
+        self.loss_kind, self.lam = tr["loss"], float(tr["spectral_weight"])
+        self.adv_w, self.aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
+        self.Z = self.cfg["model"][self.cfg["arch"]]["latent_size"]
+        self.steps_total, self.budget_s = int(tr["steps"]), float(tr["minutes"]) * 60.0
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _finite_step(self, opt, params, clip) -> bool:
         """Clip (if `clip`) and step; a step whose gradients are not finite is skipped (as AMP's scaler
         does), so one 0/0 in a backward pass cannot turn the weights into NaN. True if it stepped."""
-        scaler.unscale_(opt)
+        self.scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else math.inf)
-        if scaler.is_enabled():
-            scaler.step(opt)            # the scaler skips non-finite steps itself and lowers its scale
+        if self.scaler.is_enabled():
+            self.scaler.step(opt)            # the scaler skips non-finite steps itself and lowers its scale
             return True
         if not torch.isfinite(norm):
             opt.zero_grad(set_to_none=True)
             return False
         opt.step()
         return True
-    sampler = Sampler(len(ds), int(tr["batch"]), seed, rank, world)
-    step, train_seconds = 0, 0.0
-    if ck is not None:
-        G.load_state_dict(ck["G"])
-        G_ema.load_state_dict(ck["G_ema"])
-        D.load_state_dict(ck["D"])
-        if E is not None:
-            E.load_state_dict(ck["E"])
-        opt_G.load_state_dict(ck["opt_G"])
-        opt_D.load_state_dict(ck["opt_D"])
-        step = int(ck["step"])
-        train_seconds = float(ck.get("train_seconds", 0.0))
-        rngs = ck["rng"][rank] if isinstance(ck["rng"], list) and rank < len(ck["rng"]) else ck["rng"]
-        _set_rng_state(rngs if isinstance(rngs, dict) else ck["rng"][0], device)
-        pos = ck["data_pos"]
-        sampler.load(pos[rank] if isinstance(pos[0], (list, tuple)) else pos)
 
-    Gm, Dm, Em = G, D, E
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        Gm, Dm = DDP(G, **kw), DDP(D, **kw)
-        Em = DDP(E, **kw) if E is not None else None
+    def _generate(self, x, z, p, v):
+        """One generator forward for both updates: (fake, reconstruction or None, mu, logvar)."""
+        with self._autocast():
+            if self.Em is not None:
+                mu, logvar = self.Em(x)
+                zr = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+                both = self.Gm(torch.cat([z, zr]), torch.cat([p, p]), torch.cat([v, v])).float()
+                B = x.shape[0]
+                return both[:B], both[B:], mu, logvar
+            return self.Gm(z, p, v).float(), None, None, None
 
-    amp_dtype = None
-    if run.get("amp") and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    def _d_step(self, x, fake, p, v) -> tuple[dict[str, float], bool]:
+        """Discriminator update on (real, fake detached): adversarial + auxiliary (+ gradient penalty)."""
+        from trainer.nn.losses import d_adv_loss, gradient_penalty
 
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=amp_dtype)
+        B = x.shape[0]
+        with self._autocast():
+            logit, aux = self.Dm(torch.cat([x, fake.detach()]), torch.cat([p, p]), torch.cat([v, v]))
+        logit, aux = logit.float(), aux.float()
+        l_d = d_adv_loss(self.loss_kind, logit[:B], logit[B:])
+        l_aux_d = F.cross_entropy(aux[:B], p)
+        loss_d = self.adv_w * l_d + self.aux_w * l_aux_d
+        logs = {"adv/d": l_d.item(), "aux/d": l_aux_d.item()}
+        if self.loss_kind == "wgan-gp":
+            gp = gradient_penalty(self.D, x, fake.detach(), p, v)
+            loss_d = loss_d + float(self.tr["gp_weight"]) * gp
+            logs["adv/gp"] = gp.item()
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        return logs, not self._finite_step(self.opt_D, self.d_params, None)
 
-    # None: the absolute floor (pitched sets, and runs made before the relative floor existed).
-    spec = MultiResSTFTLoss(tuple(tr["spec_ffts"]), relative_floor_db=tr.get("spec_floor_db")).to(device)
-    kind, lam = tr["loss"], float(tr["spectral_weight"])
-    adv_w, aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
-    Z = cfg["model"][cfg["arch"]]["latent_size"]
-    steps_total, budget_s = int(tr["steps"]), float(tr["minutes"]) * 60.0
-    ckdir = run_dir / "checkpoints"
+    def _g_step(self, x, fake, rec, mu, logvar, p, v) -> tuple[dict[str, float], bool]:
+        """Generator update through D: adversarial + auxiliary + paired spectral L1 (+ reconstruction and KL)."""
+        from trainer.nn.losses import g_adv_loss
 
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=1, sort_keys=True) + "\n")
-    logs = _Logs(run_dir, cfg, master)
+        if not self.ddp:
+            self.D.requires_grad_(False)
+        with self._autocast():
+            lf, af = self.Dm(fake, p, v)
+        l_g = g_adv_loss(self.loss_kind, lf.float())
+        l_aux_g = F.cross_entropy(af.float(), p)
+        l_spec = self.spec(fake, x)
+        loss_g = self.adv_w * l_g + self.aux_w * l_aux_g + self.lam * l_spec
+        logs = {"adv/g": l_g.item(), "aux/g": l_aux_g.item(), "spec/l1": l_spec.item()}
+        if rec is not None:
+            l_rec = self.spec(rec, x)
+            kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).sum(-1).mean()
+            loss_g = loss_g + self.lam * l_rec + float(self.tr["kl_weight"]) * kl
+            logs.update({"rec/l1": l_rec.item(), "rec/kl": kl.item()})
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        return logs, not self._finite_step(self.opt_G, self.g_params, self.tr.get("grad_clip"))
 
-    stop = {"signal": None}
+    def _count_skipped(self, skipped: bool, logs_g: dict[str, float]) -> None:
+        """Count steps skipped for non-finite gradients; MAX_BAD_STEPS in a row end the run as diverged."""
+        self.bad_steps = self.bad_steps + 1 if skipped else 0
+        self.skipped_total += int(skipped)
+        if self.skipped_total:
+            logs_g["skipped"] = float(self.skipped_total)
+        if self.bad_steps > MAX_BAD_STEPS:
+            raise UserError(f"{self.run_dir}: training diverged at step {self.step} ({self.bad_steps} steps in a row "
+                            "with non-finite gradients); lower --spectral-weight or the learning rates in an overlay, "
+                            "or --resume from an earlier checkpoint")
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
+    def _update_ema(self) -> None:
+        with torch.no_grad():
+            # warm-up: early weights are poor, so the average must not remember them for long
+            decay = min(float(self.tr["ema"]), (1.0 + self.step) / (10.0 + self.step))
+            for pe, pg in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
+                pe.lerp_(pg.detach(), 1.0 - decay)
 
-    old_handlers = {}
-    for s in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(ValueError):   # not the main thread
-            old_handlers[s] = signal.signal(s, on_signal)
+    def train_step(self) -> dict[str, float]:
+        """One step on the next batch: D update, G update, EMA. Returns the namespaced loss logs."""
+        dev = self.device
+        idx = self.sampler.next()
+        x = torch.from_numpy(self.ds.audio_batch(idx)).to(dev)
+        p = self.pitches[idx].to(dev)
+        v = self.vels[idx].to(dev)
+        z = torch.randn(x.shape[0], self.Z, device=dev)
+        fake, rec, mu, logvar = self._generate(x, z, p, v)
+        logs_d, skipped_d = self._d_step(x, fake, p, v)
+        logs_g, skipped_g = self._g_step(x, fake, rec, mu, logvar, p, v)
+        self.scaler.update()
+        self._count_skipped(skipped_d or skipped_g, logs_g)
+        if not self.ddp:
+            self.D.requires_grad_(True)
+        self._update_ema()
+        self.step += 1
+        logs = {**logs_d, **logs_g}
+        bad = [k for k, val in logs.items() if not math.isfinite(val)]
+        if bad:
+            raise UserError(f"{self.run_dir}: training diverged at step {self.step} (non-finite {', '.join(bad)}); "
+                            "lower --spectral-weight or the learning rates in an overlay, or --resume from an "
+                            "earlier checkpoint")
+        return logs
 
-    def checkpoint() -> None:
-        rng = _rng_state(device)
-        pos = sampler.state()
-        if ddp:
+    # -- the loop ---------------------------------------------------------------------------------
+    def _out_of_budget(self) -> bool:
+        """A signal arrived or the time budget is spent (on any rank, under DDP)."""
+        done = bool(self.stop["signal"]) or self.train_seconds + time.monotonic() - self.t_start >= self.budget_s
+        if not self.ddp:
+            return done
+        import torch.distributed as dist
+        flag = torch.tensor([1.0 if done else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        return flag.item() > 0
+
+    def checkpoint(self) -> None:
+        """Gather every rank's RNG state and data position (checking their weights agree); rank 0 saves."""
+        rng, pos, prints = _rng_state(self.device), self.sampler.state(), None
+        if self.ddp:
             import torch.distributed as dist
-            rngs: list[Any] = [None] * world
-            poss: list[Any] = [None] * world
-            prints: list[Any] = [None] * world
+            rngs: list[Any] = [None] * self.world
+            poss: list[Any] = [None] * self.world
+            prints = [None] * self.world
             dist.all_gather_object(rngs, rng)
             dist.all_gather_object(poss, pos)
-            dist.all_gather_object(prints, _fingerprint(G, D))
+            dist.all_gather_object(prints, _fingerprint(self.G, self.D))
             rng, pos = rngs, poss
             if len(set(prints)) != 1:
-                raise RuntimeError(f"DDP ranks diverged at step {step}: weight fingerprints {prints}")
-        if master:
-            st = {"step": step, "config": json.dumps(cfg, sort_keys=True), "G": G.state_dict(),
-                  "G_ema": G_ema.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                  "opt_D": opt_D.state_dict(), "rng": rng, "data_pos": pos, "train_seconds": train_seconds,
-                  "arch": cfg["arch"]}
-            if E is not None:
-                st["E"] = E.state_dict()
-            if ddp:
+                raise RuntimeError(f"DDP ranks diverged at step {self.step}: weight fingerprints {prints}")
+        if self.master:
+            st = {"step": self.step, "config": json.dumps(self.cfg, sort_keys=True), "G": self.G.state_dict(),
+                  "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(),
+                  "opt_D": self.opt_D.state_dict(), "rng": rng, "data_pos": pos, "train_seconds": self.train_seconds,
+                  "arch": self.cfg["arch"]}
+            if self.E is not None:
+                st["E"] = self.E.state_dict()
+            if self.ddp:
                 st["rank_fingerprints"] = prints
-            _save(st, ckdir, int(tr["keep"]), step)
+            _save(st, self.ckdir, int(self.tr["keep"]), self.step)
 
-    bar = None
-    if master and not quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=steps_total, initial=step, desc=run_dir.name, dynamic_ncols=True, mininterval=1.0,
-                   file=sys.stderr)
-    pitches = torch.from_numpy(ds.pitches)
-    vels = torch.from_numpy(ds.velocities)
-    t_start = time.monotonic()
-    t_last, step_last = t_start, step
-    last_ckpt = step
-    status = 0
-    try:
-        while step < steps_total:
-            if ddp:
-                import torch.distributed as dist
-                flag = torch.tensor([1.0 if (stop["signal"] or train_seconds + time.monotonic() - t_start >= budget_s)
-                                     else 0.0], device=device)
-                dist.all_reduce(flag)
-                if flag.item() > 0:
-                    break
-            elif stop["signal"] or train_seconds + time.monotonic() - t_start >= budget_s:
-                break
-            idx = sampler.next()
-            x = torch.from_numpy(ds.audio_batch(idx)).to(device)
-            p = pitches[idx].to(device)
-            v = vels[idx].to(device)
-            B = x.shape[0]
-            z = torch.randn(B, Z, device=device)
+    def _after_step(self, logs: dict[str, float]) -> None:
+        """Log curves and samples (rank 0), advance the bar, checkpoint every train.ckpt_every steps."""
+        step, tr = self.step, self.tr
+        now = time.monotonic()
+        if self.master and (step % int(tr["log_every"]) == 0 or step == self.steps_total):
+            rate = (step - self.step_last) / max(now - self.t_last, 1e-9)
+            self.t_last, self.step_last = now, step
+            self.logs.scalars(step, {**logs, "perf/steps_per_s": rate})
+            if self.bar is not None:
+                self.bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"steps/s": f"{rate:.2f}"},
+                                     refresh=False)
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.master and step % int(tr["sample_every"]) == 0:
+            self.logs.samples(step, self.G_ema, self.device)
+        if step - self.last_ckpt >= int(tr["ckpt_every"]):
+            self.train_seconds += time.monotonic() - self.t_start
+            self.t_start = time.monotonic()
+            self.checkpoint()
+            self.last_ckpt = step
 
-            # one generator forward serves both updates: D sees it detached, then G backpropagates
-            # through D (after D's step) into it
-            with autocast():
-                if Em is not None:
-                    mu, logvar = Em(x)
-                    zr = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-                    both = Gm(torch.cat([z, zr]), torch.cat([p, p]), torch.cat([v, v])).float()
-                    fake, rec = both[:B], both[B:]
-                else:
-                    fake = Gm(z, p, v).float()
+    def _start(self, quiet: bool) -> None:
+        """Run folder and resolved config (rank 0), logs, signal handlers, progress bar, clocks."""
+        if self.master:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg, indent=1, sort_keys=True) + "\n")
+        self.logs = _Logs(self.run_dir, self.cfg, self.master)
 
-            # discriminator
-            with autocast():
-                logit, aux = Dm(torch.cat([x, fake.detach()]), torch.cat([p, p]), torch.cat([v, v]))
-            logit, aux = logit.float(), aux.float()
-            l_d = d_adv_loss(kind, logit[:B], logit[B:])
-            l_aux_d = F.cross_entropy(aux[:B], p)
-            loss_d = adv_w * l_d + aux_w * l_aux_d
-            logs_d = {"adv/d": l_d.item(), "aux/d": l_aux_d.item()}
-            if kind == "wgan-gp":
-                gp = gradient_penalty(D, x, fake.detach(), p, v)
-                loss_d = loss_d + float(tr["gp_weight"]) * gp
-                logs_d["adv/gp"] = gp.item()
-            opt_D.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
-            skipped_d = not finite_step(opt_D, d_params, None)
+        def on_signal(signum, _frame):
+            self.stop["signal"] = signum
 
-            # generator
-            if not ddp:
-                D.requires_grad_(False)
-            with autocast():
-                lf, af = Dm(fake, p, v)
-            l_g = g_adv_loss(kind, lf.float())
-            l_aux_g = F.cross_entropy(af.float(), p)
-            l_spec = spec(fake, x)
-            loss_g = adv_w * l_g + aux_w * l_aux_g + lam * l_spec
-            logs_g = {"adv/g": l_g.item(), "aux/g": l_aux_g.item(), "spec/l1": l_spec.item()}
-            if Em is not None:
-                l_rec = spec(rec, x)
-                kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).sum(-1).mean()
-                loss_g = loss_g + lam * l_rec + float(tr["kl_weight"]) * kl
-                logs_g.update({"rec/l1": l_rec.item(), "rec/kl": kl.item()})
-            opt_G.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            skipped_g = not finite_step(opt_G, g_params, tr.get("grad_clip"))
-            scaler.update()
-            bad_steps = bad_steps + 1 if (skipped_d or skipped_g) else 0
-            skipped_total += int(skipped_d or skipped_g)
-            if skipped_total:
-                logs_g["skipped"] = float(skipped_total)
-            if bad_steps > MAX_BAD_STEPS:
-                raise UserError(f"{run_dir}: training diverged at step {step} ({bad_steps} steps in a row with "
-                                "non-finite gradients); lower --spectral-weight or the learning rates in an overlay, "
-                                "or --resume from an earlier checkpoint")
-            if not ddp:
-                D.requires_grad_(True)
-            with torch.no_grad():
-                # warm-up: early weights are poor, so the average must not remember them for long
-                decay = min(float(tr["ema"]), (1.0 + step) / (10.0 + step))
-                for pe, pg in zip(G_ema.parameters(), G.parameters(), strict=True):
-                    pe.lerp_(pg.detach(), 1.0 - decay)
-            step += 1
+        self.old_handlers = {}
+        for s in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):   # not the main thread
+                self.old_handlers[s] = signal.signal(s, on_signal)
+        self.bar = None
+        if self.master and not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.steps_total, initial=self.step, desc=self.run_dir.name, dynamic_ncols=True,
+                            mininterval=1.0, file=sys.stderr)
+        self.pitches = torch.from_numpy(self.ds.pitches)
+        self.vels = torch.from_numpy(self.ds.velocities)
+        self.t_start = time.monotonic()
+        self.t_last, self.step_last = self.t_start, self.step
+        self.last_ckpt = self.step
 
-            bad = [k for k, val in (*logs_d.items(), *logs_g.items()) if not math.isfinite(val)]
-            if bad:
-                raise UserError(f"{run_dir}: training diverged at step {step} (non-finite {', '.join(bad)}); lower "
-                                "--spectral-weight or the learning rates in an overlay, or --resume from an earlier "
-                                "checkpoint")
-            now = time.monotonic()
-            if master and (step % int(tr["log_every"]) == 0 or step == steps_total):
-                rate = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                logs.scalars(step, {**logs_d, **logs_g, "perf/steps_per_s": rate})
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in {**logs_d, **logs_g}.items()}
-                                    | {"steps/s": f"{rate:.2f}"}, refresh=False)
-            if bar is not None:
-                bar.update(1)
-            if master and step % int(tr["sample_every"]) == 0:
-                logs.samples(step, G_ema, device)
-            if step - last_ckpt >= int(tr["ckpt_every"]):
-                train_seconds += time.monotonic() - t_start
-                t_start = time.monotonic()
-                checkpoint()
-                last_ckpt = step
-    except KeyboardInterrupt:
-        status = 130
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-    train_seconds += time.monotonic() - t_start
-    if step != last_ckpt or ck is None or not (ckdir / "last.pt").exists():
-        checkpoint()
-    if master:
-        logs.samples(step, G_ema, device)
-    logs.close()
-    if bar is not None:
-        bar.close()
-    if master:
-        why = f"signal {stop['signal']}" if stop["signal"] else ("interrupted" if status else
-              ("step budget" if step >= steps_total else "time budget"))
-        print(f"trainer fit: stopped at step {step} ({why}), {train_seconds / 60:.1f} min; run folder {run_dir}",
-              file=sys.stderr)
-    if ddp:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
-    if stop["signal"] == signal.SIGINT:
-        return 130
-    return status
+    def run(self, quiet: bool = False) -> int:
+        """Train to the budget; 0 when done or stopped by SIGTERM, 130 on Ctrl-C."""
+        self._start(quiet)
+        status = 0
+        try:
+            while self.step < self.steps_total and not self._out_of_budget():
+                self._after_step(self.train_step())
+        except KeyboardInterrupt:
+            status = 130
+        finally:
+            for s, h in self.old_handlers.items():
+                signal.signal(s, h)
+        return self._finish(status)
+
+    def _finish(self, status: int) -> int:
+        """Final checkpoint and samples, a one-line summary, the process group torn down."""
+        self.train_seconds += time.monotonic() - self.t_start
+        if self.step != self.last_ckpt or not self.resumed or not (self.ckdir / "last.pt").exists():
+            self.checkpoint()
+        if self.master:
+            self.logs.samples(self.step, self.G_ema, self.device)
+        self.logs.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.master:
+            sig = self.stop["signal"]
+            why = f"signal {sig}" if sig else ("interrupted" if status else
+                                              ("step budget" if self.step >= self.steps_total else "time budget"))
+            print(f"trainer fit: stopped at step {self.step} ({why}), {self.train_seconds / 60:.1f} min; "
+                  f"run folder {self.run_dir}", file=sys.stderr)
+        if self.ddp:
+            import torch.distributed as dist
+            dist.barrier()
+            dist.destroy_process_group()
+        if self.stop["signal"] == signal.SIGINT:
+            return 130
+        return status
 
 
 if __name__ == "__main__":

@@ -42,6 +42,20 @@ def _prior_cdf(s: np.ndarray) -> np.ndarray:
     return 1.0 - (1.0 - s) ** b * (1.0 + b * s)
 
 
+def next_fast_len(n: int) -> int:
+    """The smallest 5-smooth integer (2^a 3^b 5^c) >= n: a fast real FFT length (scipy's next_fast_len)."""
+    best = 1 << max(0, (int(n) - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p235 = p35 * (1 << max(0, (-(-int(n) // p35) - 1).bit_length()))   # p35 times the next power of 2
+            best = min(best, p235)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def f0_track(audio: np.ndarray, sr: int, fmin: float = 25.0, fmax: float = 4200.0,
              hop_s: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame pYIN candidates of a mono signal.
@@ -49,8 +63,6 @@ def f0_track(audio: np.ndarray, sr: int, fmin: float = 25.0, fmax: float = 4200.
     audio: float32[N] at `sr` Hz. Returns (f0_hz float64[F], voiced_prob float64[F] in 0..1,
     rms float64[F]) for frames every `hop_s` seconds; f0 is NaN where a frame has no candidate.
     """
-    from scipy import fft as sfft
-
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     tau_max = int(np.ceil(sr / fmin))
     tau_min = max(2, int(np.floor(sr / fmax)))
@@ -61,11 +73,11 @@ def f0_track(audio: np.ndarray, sr: int, fmin: float = 25.0, fmax: float = 4200.
     hop = max(1, int(round(hop_s * sr)))
     starts = np.arange(0, x.size - L + 1, hop)
     frames = np.lib.stride_tricks.sliding_window_view(x, L)[starts]           # [F, L]
-    nfft = sfft.next_fast_len(L + W, real=True)
+    nfft = next_fast_len(L + W)
     # float32 FFTs: twice as fast, and the difference function needs no more precision than that.
-    spec_full = sfft.rfft(frames, nfft, axis=1)
-    spec_head = sfft.rfft(frames[:, :W], nfft, axis=1)
-    r = sfft.irfft(np.conj(spec_head) * spec_full, nfft, axis=1)[:, :tau_max + 1]  # r[t] = sum_j x_j x_{j+t}
+    spec_full = np.fft.rfft(frames, nfft, axis=1)
+    spec_head = np.fft.rfft(frames[:, :W], nfft, axis=1)
+    r = np.fft.irfft(np.conj(spec_head) * spec_full, nfft, axis=1)[:, :tau_max + 1]  # r[t] = sum_j x_j x_{j+t}
     r = r.astype(np.float64)
     # Window energies from one running sum over the whole signal (float64: differences of large sums).
     csum = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])

@@ -1,5 +1,6 @@
 """Generators and discriminators, built from a resolved config (see `trainer.config`).
 
+Constructor defaults equal the recipes' (`trainer/recipes/base.json` + `arch/<arch>.json`).
 `build_generator(cfg)` reads `cfg["arch"]`, `cfg["model"][arch]` and the data facts in
 `cfg["data"]` (sample_rate, note_samples, kind, hold_seconds, key_hz for drum kits). Every generator has
 `forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B]) -> float32[B, N]` in [-1, 1] and
@@ -16,11 +17,15 @@ ARCHS = ("ddsp", "spectral", "wavegan")
 
 
 def _parts(cfg: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(arch, model kwargs, data facts); a run config that predates a model key gets the value that
+    reproduces it (`trainer.config.PREDATED`), not today's default."""
+    from trainer.config import PREDATED
+
     arch = cfg["arch"]
     if arch not in ARCHS:
         from synth.errors import UserError
         raise UserError(f"config: unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-    return arch, dict(cfg["model"][arch]), cfg["data"]
+    return arch, {**PREDATED.get(arch, {}), **cfg["model"][arch]}, cfg["data"]
 
 
 def build_generator(cfg: dict[str, Any]) -> nn.Module:

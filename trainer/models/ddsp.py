@@ -1,37 +1,20 @@
 """DDSP-style harmonic-plus-noise generator, multi-resolution spectral discriminator, encoder.
 
-The generator maps (z, pitch, velocity) through an MLP to a compact, physically shaped description
-of a struck/plucked/sustained note, then renders it with export-safe oscillator and noise banks:
+The generator maps (z, pitch, velocity) through an MLP to a compact description of a note, then
+renders it with export-safe oscillator and noise banks (`trainer.nn.dsp`):
 
-- partials f_k = k * f0 * sqrt(1 + B k^2) * 2^(detune/1200) (B: learned inharmonicity, pianos
-  need it), zeroed from 0.45 x Nyquist up;
-- per-partial level, two-stage exponential decay (fast then slow, as a piano's double decay),
-  attack ramp, release after the note-off time of the data set, and a smooth free-form log-gain
-  correction over (warped time, log partial index);
-- filtered noise from a fixed band bank with per-band level, decay (one exponential, or two as the
-  partials have) and a correction grid, either per band or, with `noise_ctrl_bands`, on a coarser
-  band axis interpolated across the bands (drum kits: 64 bands, so a hi-hat, a cabasa and a guiro
-  differ in spectral detail that 16 mel bands cannot draw; a resynthesis from the real hits' own
-  band envelopes is told apart by the eval classifier 88% of the time with 16 bands and 100% with 64);
-- the attack ramp, at audio rate with `attack_audio_rate` (drum kits). On the control grid it could not
-  be shorter than one hop (10 ms at 24 kHz: frame 0 is silent and amplitudes are interpolated
-  linearly), which put the first 10 ms of every drum hit 5-15 dB under the real one whatever the
-  learned attack time;
-- with `end_stage` (drum kits), a learned end time (at least `end_min_seconds`) after which the note
-  falls at 1500 dB/s, as a sampler voice stops where its sample ends. The GM kit's hits end in digital silence 0.13-1.6 s in,
-  at -56 to -118 dBFS; exponential decays never get there, and their residue (inaudible, 60-70 dB
-  under the hit) is what a log-mel feature with an 80-dB floor sees in the tail: cutting the
-  generated hits where the real ones end lifts the eval classifier's accuracy from 0.67 to 0.81.
-
-- with `noise_release_tied` (pitched sets), the noise's release rate after the note-off is the mean
-  of the partials' release rates, as one damper (or a sampler's release envelope) stops the whole
-  note. A free noise release learned too slow: on a 60-minute GM piano run it sat at 20-160 dB/s (20,
-  its floor, for the top keys, where the sigmoid gives no gradient) while the real notes fall at
-  110-190 dB/s, and the generated tails were 5-13 dB too loud in every mel band. Tying it after the
-  fact, on that run's generator, cut its log-mel distance on the test notes from 7.58 to 6.66 dB.
+- partials f_k = k * f0 * sqrt(1 + B k^2) * 2^(detune/1200) (B: learned inharmonicity), zeroed from
+  0.45 x Nyquist up; per-partial level, two-stage exponential decay, attack ramp, release after the
+  data's note-off, and a smooth log-gain correction grid over (warped time, log partial index);
+- filtered noise from a fixed band bank with per-band level, decay (one or two stages) and a
+  correction grid, per band or on `noise_ctrl_bands` coarser bands interpolated across them;
+- options a recipe turns on: `attack_audio_rate` (the attack ramp at audio rate, not on the control
+  grid), `end_stage` (after a learned end time, at least `end_min_seconds`, the note falls at
+  1500 dB/s, as a sampler voice stops where its sample ends), `noise_release_tied` (the noise's
+  release after the note-off is the mean of the partials' release rates: one damper).
 
 Everything that varies with time is a [B, M+1, K] control grid at hop resolution; audio-rate work
-is matmuls in `trainer.nn.dsp`.
+is matmuls. Why each option exists, with measurements: docs/decisions-trainer.md.
 """
 
 from __future__ import annotations
@@ -79,11 +62,11 @@ class DDSPGenerator(nn.Module):
     """
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 16, kind: str = "pitched",
-                 n_harmonics: int = 64, n_noise_bands: int = 16, hop: int = 240, hidden: int = 256,
+                 n_harmonics: int = 96, n_noise_bands: int = 16, hop: int = 240, hidden: int = 256,
                  layers: int = 3, ctrl_frames: int = 48, ctrl_bands: int = 8, hold_seconds: float | None = None,
                  noise_seconds: float = 0.5, noise_ctrl_bands: int = 0, noise_decay_stages: int = 1,
                  key_hz: dict | None = None, attack_audio_rate: bool = False, end_stage: bool = False,
-                 end_min_seconds: float = 0.0, noise_release_tied: bool = False, **_unused) -> None:
+                 end_min_seconds: float = 0.0, noise_release_tied: bool = True, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         self.K, self.Q, self.hop = int(n_harmonics), int(n_noise_bands), int(hop)
@@ -169,7 +152,7 @@ class DDSPGenerator(nn.Module):
         mask = torch.clamp((0.9 * nyq - freqs) / (0.1 * nyq), 0.0, 1.0)
 
         attack = 0.0005 + 0.03 * torch.sigmoid(p["attack"] - 2.0)                # seconds [B, 1]
-        # on the control grid the ramp is at least one hop long (see the module docstring)
+        # on the control grid the ramp lasts at least one hop (docs/decisions-trainer.md, 2026-12-03)
         att = 1.0 if self.attack_audio_rate else torch.clamp(t / attack.unsqueeze(1), max=1.0)   # [B, M+1, 1]
         if self.hold is not None:
             after = torch.relu(t - self.hold)
@@ -231,8 +214,8 @@ class MultiResSpecDiscriminator(nn.Module):
     realness judgement conditional on (pitch, velocity).
     """
 
-    def __init__(self, sample_rate: int, kind: str = "pitched", channels: int = 128, n_mels: int = 80,
-                 resolutions=((2048, 512), (1024, 256), (512, 128)), layers: int = 4, n_classes: int = 128,
+    def __init__(self, sample_rate: int, kind: str = "pitched", channels: int = 64, n_mels: int = 80,
+                 resolutions=((2048, 512), (1024, 256)), layers: int = 4, n_classes: int = 128,
                  **_unused) -> None:
         super().__init__()
         self.fronts = nn.ModuleList([LogMel(sample_rate, n, h, n_mels) for n, h in resolutions])

@@ -24,7 +24,7 @@ class SpectralGenerator(nn.Module):
     """forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B]) -> float32[B, N] in [-1, 1]."""
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 64, kind: str = "pitched",
-                 n_fft: int = 1024, hop: int = 256, n_mels: int | None = 256, channels: int = 64,
+                 n_fft: int = 1024, hop: int = 256, n_mels: int | None = 256, channels: int = 32,
                  blocks: int = 5, cond_dim: int = 64, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)

@@ -20,7 +20,7 @@ class WaveGANGenerator(nn.Module):
     """forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B]) -> float32[B, N] in [-1, 1]."""
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 100, kind: str = "pitched",
-                 model_size: int = 32, cond_dim: int = 64, layers: int | None = None, **_unused) -> None:
+                 model_size: int = 16, cond_dim: int = 64, layers: int | None = None, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         L = int(layers or 5)
@@ -51,7 +51,7 @@ class WaveGANGenerator(nn.Module):
 class WaveGANDiscriminator(nn.Module):
     """forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes])."""
 
-    def __init__(self, note_samples: int, kind: str = "pitched", model_size: int = 32, phase_shuffle: int = 2,
+    def __init__(self, note_samples: int, kind: str = "pitched", model_size: int = 16, phase_shuffle: int = 2,
                  layers: int | None = None, n_classes: int = 128, **_unused) -> None:
         super().__init__()
         L = int(layers or 5)

@@ -46,15 +46,11 @@ class MultiResSTFTLoss(torch.nn.Module):
     log S_y| (natural log). The log term weighs quiet tails and upper partials like the log-mel
     metric the bars use; the linear term pins loud partials.
 
-    `relative_floor_db` (the default, -80): both notes are first divided by the real note's RMS, and
-    the log floor sits that many dB below a unit-RMS white noise's magnitude per bin, so the floor is
-    relative to each note's loudness, as in `trainer.evaluate`'s log-mel distance (80 dB below the
-    note's mean power). With the old absolute floor (`relative_floor_db=None`, `eps`), a velocity-25
-    note's release tail and a drum hit's decay fell under the floor and cost nothing in training
-    while the metric counted them: the shipped piano's upper notes were 20-28 dB too loud after the
-    note-off. The convergence term is taken per note, so quiet notes count as much as loud ones.
-    The training config uses it for drum kits (`config.KIND_TRAIN`); on the GM piano one 60-minute
-    run with it measured worse (log-mel 7.43 dB against 6.57 dB), so pitched sets keep the absolute one.
+    `relative_floor_db` (-80 by default; the drum-kit recipe): both notes are first divided by the
+    real note's RMS and the log floor sits that many dB below a unit-RMS white noise's magnitude per
+    bin, as in `trainer.evaluate`'s log-mel distance, and the convergence term is taken per note, so
+    quiet notes and tails count. None: the absolute floor `eps` (pitched recipes). Why each:
+    docs/decisions-trainer.md.
     """
 
     def __init__(self, ffts=(2048, 1024, 512, 256), eps: float = 1e-5, log_weight: float = 1.0,
