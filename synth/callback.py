@@ -53,6 +53,8 @@ MAX_BACKLOG = 1024
 # A note-on deferred this long is dropped: a flood beyond the cap (1500 note-ons/s) must not build an
 # endless backlog. A 256-note cluster starts within 0.17 s, so bursts are never cut.
 MAX_DEFER_SECONDS = 0.3
+# `panic_request` value for the fade-out of a clean stop: the same silencing as a panic, not counted as one.
+FADE_OUT = "fade-out"
 
 
 try:
@@ -150,7 +152,9 @@ class LiveCore:
         self.entry_hist = np.zeros(HIST_BINS, np.int64)
         self._entry_raw: list[float] = []
         self._entry_base: float | None = None
-        self.panic_request = False   # set by any thread; the audio thread calls engine.panic()
+        # Set by any thread; the audio thread calls engine.panic(). True: a panic (SIGUSR1), counted in
+        # `panics`; FADE_OUT: the fade of a clean stop, not counted.
+        self.panic_request: bool | str = False
         self.panics = 0
 
     # -- the audio thread ---------------------------------------------------------------------------
@@ -183,8 +187,9 @@ class LiveCore:
                 buf = self._buf[:frames]
             if self.panic_request:
                 # engine.panic() touches the voices, so it must run here, between renders.
+                if self.panic_request is not FADE_OUT:
+                    self.panics += 1
                 self.panic_request = False
-                self.panics += 1
                 self.engine.panic()
             if self._lead is None and self.ref_clock is None:
                 self._reference(time_info)   # learn the DAC lead before the first note arrives

@@ -15,12 +15,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("synth.live", "play live: MIDI in (rtmidi), audio out (sounddevice)  [default]"),
     "render": ("synth.render", "render a MIDI file to WAV/FLAC offline with the same engine"),
     "presets": ("synth.presets_cmd", "list installed presets"),
-    "devices": ("synth.devices_cmd", "list audio and MIDI devices"),
+    "devices": ("synth.devices_cmd", "what `play` would open (same flags), then audio and MIDI devices"),
 }
 
-USAGE = """usage: python -m synth [play] --preset NAME [options]
-       python -m synth render IN.mid -o OUT.wav --preset NAME [options]
-       python -m synth presets | devices
+USAGE = """usage: python -m synth [play] [--preset NAME] [options]      (default preset: piano)
+       python -m synth render IN.mid -o OUT.wav [--preset NAME] [options]
+       python -m synth presets
+       python -m synth devices [play's --audio-api/--midi-api/--device/... flags]
 
 A real-time synthesizer whose sounds come from GAN generators (ONNX Runtime).
 

@@ -1,47 +1,68 @@
-"""`python -m synth devices`: list audio host APIs and output devices (PortAudio) and MIDI input ports.
+"""`python -m synth devices`: what `play` would open, then the audio host APIs and output devices
+(PortAudio) and the MIDI input ports.
 
-What `python -m synth play` would pick by itself is marked, so a player can see why sound goes where it
-goes. Works without any device: it then says so and how to get one.
+It takes the flags that choose where sound and MIDI go (`--audio-api`, `--midi-api`, `--device`,
+`--sample-rate`, `--blocksize`, `--midi-port`, `--no-virtual`), and predicts with the same functions
+`play` runs (`synth.live.choose_output`, `synth.live.predict`): the audio API, the output device (or
+the JACK client and the ports it connects), the rate and block, and the MIDI API and ports. `play`
+logs the same lines once it has opened them, and writes the same fields as `opened` in `--stats-json`
+(`--json` prints them alone). Works without any device: it then says why `play` would not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m synth devices",
-                                description="List audio output devices and MIDI input ports.")
-    p.add_argument("--audio-api", default="auto", help="as for `play`: which choice to mark (default auto)")
-    p.add_argument("--midi-api", default="auto", help="as for `play` (default auto)")
+    from synth import live
+
+    p = argparse.ArgumentParser(
+        prog="python -m synth devices",
+        description="What `play` would open with these flags, then every audio output device and MIDI input port.")
+    live.add_output_args(p)
+    p.add_argument("--json", action="store_true",
+                   help="print only the prediction, as JSON: the `opened` field of play's --stats-json")
     args = p.parse_args(argv)
+    live.check_output_ranges(args)
 
     from synth.errors import UserError
     from synth.io import apis, portaudio
     from synth.io.libjack import jack_server_info
 
-    audio_api, midi_api = apis.choose_apis(args.audio_api, args.midi_api)
-    jack = jack_server_info()
+    notes: list[str] = []
+    if args.json:
+        # A UserError here is play's own: one line, exit 2.
+        print(json.dumps(live.predict(live.choose_output(args, notes.append), args), indent=1))
+        return 0
+
     out = sys.stdout
+    jack = jack_server_info()
     state = f"running, {jack[0]} Hz, period {jack[1]}" if jack else "not running"
     out.write(f"JACK server: {state}"
               f" (JACK_DEFAULT_SERVER={os.environ.get('JACK_DEFAULT_SERVER', 'default')})\n")
     out.write(f"ALSA sequencer (/dev/snd/seq): {'present' if apis.has_alsa_seq() else 'missing'}\n")
-    out.write(f"play would use: audio {audio_api}, MIDI {midi_api}\n")
+    chosen = None
+    try:
+        choice = live.choose_output(args, notes.append)
+        plan = live.predict(choice, args)
+    except UserError as e:
+        out.write(f"play would not start: {e}\n")
+    else:
+        chosen = choice.device.index if choice.device is not None else None
+        out.write(f"play would use: audio {choice.audio_api}, MIDI {choice.midi_api}\n")
+        out.write("play would open:\n")
+        for line in [*notes, *live.report_lines(plan)]:
+            out.write(f"  {line}\n")
     if jack:
         out.write(f"  (--audio-api {apis.JACK_CLIENT_API}: one JACK client of the synth's own for MIDI and "
                   "audio, its outputs connected to the physical playback ports or to --device PATTERN)\n")
     out.write("\n")
 
     sd = portaudio.load_sounddevice()
-    chosen = None
-    if audio_api != apis.JACK_CLIENT_API:   # no PortAudio device to mark then
-        try:
-            chosen = portaudio.resolve_device(sd, None, audio_api).index
-        except UserError as e:
-            out.write(f"(no default output: {e})\n")
     out.write("audio host APIs and output devices (--audio-api, --device):\n")
     devs = portaudio.output_devices(sd)
     for api in portaudio.hostapi_names(sd):
@@ -73,5 +94,5 @@ def main(argv: list[str]) -> int:
         out.write(f"  {api}: {len(ports)} port(s)\n")
         for name in ports:
             out.write(f"     {name}\n")
-    out.write("  (play also opens a virtual input port named 'neural-synth')\n")
+    out.write("  (play also opens a virtual input port named 'neural-synth', unless --no-virtual)\n")
     return 0

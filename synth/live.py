@@ -23,12 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from synth.callback import LiveCore
+from synth.callback import FADE_OUT, LiveCore
 from synth.errors import UserError
 from synth.io.apis import AUDIO_APIS, JACK_CLIENT_API, MIDI_APIS, choose_apis, has_alsa_seq
 from synth.io.events import EventQueue
 from synth.io.libjack import jack_server_info
-from synth.io.ports import velocity_map
+from synth.io.ports import CLIENT_NAME, VIRTUAL_PORT, velocity_map
 from synth.rt import GC_TICK, GcTamer, raise_priority
 from synth.status import StatusLine, engine_stats, final_summary, status_text
 
@@ -37,13 +37,11 @@ if TYPE_CHECKING:
 
 
 # -- command line ----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m synth [play]", description=(
-        "Play live: MIDI from every input port plus a virtual port 'neural-synth', audio through "
-        "sounddevice. Ctrl-C stops."))
-    p.add_argument("--preset", action="append", required=True, metavar="NAME",
-                   help="preset name; repeat for more (program change N selects the N-th)")
-    p.add_argument("--preset-dir", action="append", default=[], metavar="DIR", help="extra folder of presets")
+DEFAULT_PRESET = "piano"   # as for `render`
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose where sound and MIDI go: `play` and `devices` (which predicts them) share them."""
     p.add_argument("--device", default=None, help="output device index or name substring (`synth devices`)")
     p.add_argument("--blocksize", type=int, default=128, help="frames per audio block (default 128)")
     p.add_argument("--sample-rate", type=int, default=48000, help="output rate in Hz (default 48000)")
@@ -59,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-virtual", action="store_true",
                    help="take MIDI only from the ports the synth opens itself (--midi-port): no virtual port "
                         "'neural-synth' (ALSA); under JACK, connections from other ports are removed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m synth [play]", description=(
+        "Play live: MIDI from every input port plus a virtual port 'neural-synth', audio through "
+        "sounddevice. Ctrl-C stops."))
+    p.add_argument("--preset", action="append", default=None, metavar="NAME",
+                   help=f"preset name; repeat for more (program change N selects the N-th) (default: "
+                        f"{DEFAULT_PRESET}); `python -m synth presets` lists them")
+    p.add_argument("--preset-dir", action="append", default=[], metavar="DIR", help="extra folder of presets")
+    add_output_args(p)
     p.add_argument("--cache-mb", type=float, default=None, help="note cache size in MB (engine default)")
     p.add_argument("--polyphony", type=int, default=None,
                    help="voices playing at most; beyond it the oldest released voice is stolen (default 256)")
@@ -83,11 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_ranges(args) -> None:
+def check_output_ranges(args) -> None:
     if not 16 <= args.blocksize <= 8192:
         raise UserError(f"--blocksize {args.blocksize}: choose 16..8192 frames (128 is the default)")
     if not 8000 <= args.sample_rate <= 192000:
         raise UserError(f"--sample-rate {args.sample_rate}: choose 8000..192000 Hz")
+
+
+def _check_ranges(args) -> None:
+    check_output_ranges(args)
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be > 0 seconds")
 
@@ -112,6 +125,13 @@ class Output:
     def on_jack(self) -> bool:
         """True when the audio callback runs in a JACK cycle (PortAudio's JACK host API or our client)."""
         return self.own_client or self.device.hostapi == AUDIO_APIS["jack"]
+
+    def where(self, client_name: str = CLIENT_NAME) -> str:
+        """The output as the reports name it: PortAudio's device, or our JACK client (`client_name`: the
+        name JACK gave it, `neural-synth-01` when another synth runs)."""
+        if self.own_client:
+            return f"JACK client {client_name} (one callback for MIDI and audio)"
+        return f"{self.device.name} ({self.device.hostapi})"
 
 
 def choose_output(args, log: Callable[[str], None]) -> Output:
@@ -139,6 +159,103 @@ def choose_output(args, log: Callable[[str], None]) -> Output:
                 log(f"note: the JACK server's period is {info[1]} frames; using that instead of {out.blocksize}")
             out.sample_rate, out.blocksize = info
     return out
+
+
+# -- what play opens, and what devices predicts it opens ---------------------------------------------
+def opened_report(out: Output, audio_connections: list[str] | None, midi_ports: list[str],
+                  virtual_port: str | None, client_name: str = CLIENT_NAME) -> dict:
+    """What `play` opens, as `--stats-json` (`opened`) and `python -m synth devices --json` give it.
+
+    `audio_connections`: "neural-synth:out_0 -> system:playback_1", ... with `--audio-api jack-client`
+    (None with PortAudio, whose device says it). `midi_ports`: the ports of other programs that feed
+    the synth, sorted. `virtual_port`: the synth's own input port, or None (`--no-virtual`)."""
+    return {"audio_api": out.audio_api, "output": out.where(client_name), "sample_rate": out.sample_rate,
+            "blocksize": out.blocksize, "audio_connections": audio_connections, "midi_api": out.midi_api,
+            "midi_ports": list(midi_ports), "midi_virtual_port": virtual_port}
+
+
+def report_lines(r: dict) -> list[str]:
+    """`opened_report` as the two lines `play` logs at start and `devices` prints as its prediction."""
+    audio = f"audio ({r['audio_api']}): {r['output']}, {r['sample_rate']} Hz, block {r['blocksize']}"
+    if r["audio_connections"] is not None:
+        audio += ", " + (", ".join(r["audio_connections"]) or "outputs not connected (no JACK audio input)")
+    if r["midi_api"] == "none":
+        return [audio, "midi (none): no MIDI input"]
+    ports = ", ".join(r["midi_ports"]) or "no port of another program"
+    virtual = f"; virtual port {r['midi_virtual_port']}" if r["midi_virtual_port"] else ""
+    return [audio, f"midi ({r['midi_api']}): {ports}{virtual}"]
+
+
+def predict(out: Output, args) -> dict:
+    """What `play` with these flags would open (`opened_report`), without opening it: the JACK outputs it
+    would connect (`jack_audio.output_destinations`) and the MIDI ports it would take (`ports.wants` over
+    the same listing), by the same functions `play` uses. `out` is `choose_output`'s."""
+    from synth.io.ports import compile_patterns, wants
+
+    patterns = compile_patterns(args.midi_port)
+    audio_connections = None
+    names: list[str] = []
+    client = None
+    try:
+        if out.own_client or out.midi_api == "jack":
+            from synth.io.midi_jack import open_client
+
+            client = open_client(CLIENT_NAME + "-devices")
+        if out.own_client:
+            from synth.io.jack_audio import output_destinations
+
+            audio_connections = [f"{CLIENT_NAME}:out_{i} -> {d}"
+                                 for i, d in enumerate(output_destinations(client, out.out_ports))]
+        if out.midi_api == "jack":
+            from synth.io.midi_jack import midi_sources
+
+            names = midi_sources(client)
+        elif out.midi_api in ("alsa", "jack-rtmidi"):
+            from synth.io.midi_rtmidi import list_ports
+
+            names = list_ports("jack" if out.midi_api == "jack-rtmidi" else "alsa")
+    finally:
+        if client is not None:
+            client.close()
+    virtual = None if args.no_virtual or out.midi_api == "none" else f"{CLIENT_NAME}:{VIRTUAL_PORT}"
+    return opened_report(out, audio_connections, sorted(n for n in names if wants(n, patterns)), virtual)
+
+
+def latency_readout(out: Output, audio, midi, engine) -> dict:
+    """Key to sound, in frames, as far as the synth can know it (the `latency_*` fields of `--stats-json`):
+
+    - `synth`: from a key's arrival to its frame in the block the synth writes. 0 with `--audio-api
+      jack-client` (a key sounds in the cycle it arrives); else one block (the callback places an event
+      one block after its time stamp; under JACK, PortAudio's callback takes the events our MIDI client
+      read a cycle later).
+    - `output`: from that block to the speaker. Under JACK, the playback latency that JACK reports for
+      our output port (it follows the connections: 0 when the outputs feed a recorder or nothing);
+      else PortAudio's output latency.
+    - `engine`: the engine's own delay (`latency_samples`: the effects' chunk).
+
+    Reads JACK: main thread only. `tests/test_cli_live.py` checks it against a measurement."""
+    sr = out.sample_rate
+    synth = int(getattr(audio, "synth_latency_frames", out.blocksize))
+    output, source = None, "jack"
+    if out.own_client:
+        output = audio.output_latency_frames()
+    elif out.on_jack and hasattr(midi, "playback_latency"):
+        from synth.io.portaudio import JACK_AUDIO_CLIENT
+
+        output = midi.playback_latency(f"{JACK_AUDIO_CLIENT}:out_0")
+    if output is None:
+        output, source = int(round(audio.latency_seconds * sr)), "portaudio"
+    engine_frames = int(getattr(engine, "latency_samples", 0) or 0)
+    total = synth + output + engine_frames
+    return {"latency_frames": total, "latency_ms": round(1e3 * total / sr, 3),
+            "latency_parts": {"synth": synth, "output": output, "engine": engine_frames, "output_from": source}}
+
+
+def latency_line(lat: dict) -> str:
+    parts = lat["latency_parts"]
+    where = "JACK playback" if parts["output_from"] == "jack" else "PortAudio output"
+    return (f"latency: {lat['latency_ms']:.1f} ms from key to sound ({lat['latency_frames']} frames: synth "
+            f"{parts['synth']} + {where} {parts['output']} + engine {parts['engine']})")
 
 
 def _default_engine_factory(**kw):
@@ -210,7 +327,8 @@ class Session:
         self.reason = "stopped"
         self.rc = 0
         self.audio = self.midi = None
-        self.where = ""   # the audio line's "where", set when the output opens
+        self.opened: dict = {}    # `opened_report` of what `_start` opened
+        self.latency: dict = {}   # `latency_readout`, refreshed at every status tick (JACK connections change)
 
     def run(self, notes: list[str]) -> int:
         """Open, play until told to stop, close. Returns the exit status."""
@@ -226,9 +344,7 @@ class Session:
                 signal.signal(s, h)
             abandoned = self._close()
         self.write_stats()
-        summary = final_summary(self.core, self.engine, self.tamer, self.reason, self.midi)
-        self.status.log(f"stopped ({self.reason}): " + " ".join(f"{k}={v}" for k, v in summary.items()
-                                                                 if not isinstance(v, (dict, list))))
+        self.status.log(stopped_line(self.summary()))
         if abandoned:
             # The JACK server died under the stream: PortAudio would hang in its exit handler
             # (Pa_Terminate), so leave now. Everything of ours is already written and flushed.
@@ -240,7 +356,7 @@ class Session:
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == getattr(signal, "SIGUSR1", None):
-            self.core.panic_request = True
+            self.core.panic_request = True   # the panic button: counted and reported
             return
         self.reason = signal.Signals(signum).name
         self.stop.set()
@@ -256,26 +372,28 @@ class Session:
                 self.queue, core.callback, port_patterns=args.midi_port, virtual=not args.no_virtual,
                 velocity_map=vmap, log=self.status.log, connect_to=out.out_ports)
             core.ref_clock = self.midi.cycle_clock
-            self.where = f"JACK client {self.midi.client.name} (one callback for MIDI and audio)"
         else:
             from synth.io.portaudio import AudioOutput
 
             self.audio = AudioOutput(out.device, out.sample_rate, out.blocksize, core.callback)
-            self.where = f"{out.device.name} ({out.device.hostapi})"
             self.midi = open_midi(out, args, self.queue, self.audio, core, vmap, self.status.log)
 
     def _start(self, notes: list[str]) -> None:
         out, log = self.out, self.status.log
         self.tamer.start()
         self.audio.start()
-        lat_engine = int(getattr(self.engine, "latency_samples", 0) or 0)
-        log(f"audio: {self.where}, {out.sample_rate} Hz, block {out.blocksize}, "
-            f"output latency {1e3 * self.audio.latency_seconds:.1f} ms + engine {lat_engine} samples")
         for note in notes:
             log(note)
         if self.midi is not None:
-            self.midi.start()
-            log(f"midi ({out.midi_api}): {', '.join(self.midi.port_names) or 'no ports'}")
+            self.midi.start()   # with --audio-api jack-client, done by audio.start()
+        midi = self.midi
+        self.opened = opened_report(out, self.audio.connections if out.own_client else None,
+                                    midi.external_ports if midi else [], midi.virtual_port if midi else None,
+                                    midi.client.name if out.own_client else CLIENT_NAME)
+        for line in report_lines(self.opened):
+            log(line)
+        self.latency = latency_readout(out, self.audio, midi, self.engine)
+        log(latency_line(self.latency))
 
     def _loop(self) -> None:
         """The main thread until a stop: the ready line, errors, GC ticks, and one tick per status interval."""
@@ -318,16 +436,24 @@ class Session:
         here (it never logs), then the status line and the stats file."""
         # >>> Main-thread reports, one call each. The NaN guard's (the engine method that logs what the
         # audio thread counted) goes on this line. <<<
-        ports = len(self.midi.port_names) if self.midi else 0
-        self.status.show(status_text(self.preset_name, self.core, engine_stats(self.engine), ports))
+        try:
+            self.latency = latency_readout(self.out, self.audio, self.midi, self.engine)
+        except Exception:   # a JACK server going away: keep the last reading
+            pass
+        ports = len(self.midi.external_ports) if self.midi else 0
+        self.status.show(status_text(self.preset_name, self.core, engine_stats(self.engine), ports,
+                                     self.latency.get("latency_ms")))
         self.write_stats()
+
+    def summary(self) -> dict:
+        return final_summary(self.core, self.engine, self.tamer, self.reason, self.midi,
+                             {**self.latency, "opened": self.opened})
 
     def write_stats(self) -> None:
         if self.args.stats_json:
             from synth.fsutil import atomic_write_text
 
-            summary = final_summary(self.core, self.engine, self.tamer, self.reason, self.midi)
-            atomic_write_text(self.args.stats_json, json.dumps(summary, indent=1))
+            atomic_write_text(self.args.stats_json, json.dumps(self.summary(), indent=1))
 
     def _close(self) -> bool:
         """Close MIDI, fade out and close the audio, close the engine. False when the audio stream had
@@ -338,8 +464,9 @@ class Session:
         abandoned = False
         if audio is not None:
             if audio.stream.active:
-                # Fade every voice out inside the stream before closing it: no click at exit.
-                self.core.panic_request = True
+                # Fade every voice out inside the stream before closing it: no click at exit. The same
+                # silencing as a panic, but not one: a clean stop reports none.
+                self.core.panic_request = FADE_OUT
                 time.sleep(min(0.2, 0.01 + 4 * self.out.blocksize / self.out.sample_rate))
             abandoned = not audio.close()
         close = getattr(self.engine, "close", None)
@@ -347,6 +474,27 @@ class Session:
             close()
         self.tamer.stop()
         return abandoned
+
+
+def stopped_line(summary: dict) -> str:
+    """The last line: why it stopped and the scalar counters. Panic counts only when there was one (a
+    clean stop fades out without a panic)."""
+    skip = {"panic_button", "panic_messages"} | ({"panics"} if not summary.get("panics") else set())
+    return f"stopped ({summary['reason']}): " + " ".join(
+        f"{k}={v}" for k, v in summary.items() if k not in skip and not isinstance(v, (dict, list)))
+
+
+def default_preset(preset_dirs: list[str]) -> str:
+    """The preset `play` uses without --preset (piano, as for `render`), or a `UserError` listing what
+    is installed."""
+    from synth.preset import available_presets
+
+    known = available_presets(preset_dirs)
+    if DEFAULT_PRESET not in known:
+        raise UserError(f"no preset named {DEFAULT_PRESET!r} is installed, and play uses it when --preset is "
+                        f"not given; installed presets: {', '.join(sorted(known)) or 'none'}; pass --preset NAME "
+                        "(`python -m synth presets` shows where presets are looked for)")
+    return DEFAULT_PRESET
 
 
 def main(argv: list[str], engine_factory: Callable | None = None) -> int:
@@ -360,7 +508,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     nice_note = raise_priority(args.nice)   # before any thread starts: new threads inherit it
     single_thread_blas()   # the mix's matrix product never waits for BLAS helper threads
     program_map = parse_program_map(args.program_map)
-    names = list(dict.fromkeys(args.preset + [n for n in program_map.values()]))
+    names = list(dict.fromkeys((args.preset or [default_preset(args.preset_dir)]) + list(program_map.values())))
     presets = [find_preset(n, args.preset_dir) for n in names]
     status = StatusLine(args.status_interval)
     out = choose_output(args, status.log)

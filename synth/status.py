@@ -48,16 +48,28 @@ def engine_stats(engine) -> dict:
         return {}
 
 
-def status_text(preset: str, core: LiveCore, stats: dict, ports: int) -> str:
+def status_text(preset: str, core: LiveCore, stats: dict, ports: int, latency_ms: float | None = None) -> str:
+    """The status line. `ports`: MIDI ports of other programs feeding the synth (never its own virtual
+    port or clients); `latency_ms`: key to sound (`synth.live.latency_readout`)."""
     load = core.load()
     hit = stats.get("cache_hit_rate", stats.get("hit_rate"))
     hit_s = f"{100 * hit:.0f}%" if isinstance(hit, (int, float)) and math.isfinite(hit) else "-"
     voices = stats.get("voices", stats.get("active_voices", "-"))
     return (f"{preset} | voices {voices} | cache hits {hit_s} | load p99 {100 * load['p99']:.0f}% "
-            f"(max {100 * load['max']:.0f}%, cpu p99 {100 * load['cpu_p99']:.0f}%) | xruns {core.underflows + core.overruns} | MIDI ports {ports}")
+            f"(max {100 * load['max']:.0f}%, cpu p99 {100 * load['cpu_p99']:.0f}%) | xruns {core.underflows + core.overruns} | MIDI ports {ports}"
+            + (f" | latency {latency_ms:.1f} ms" if latency_ms is not None else ""))
 
 
-def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str, midi=None) -> dict:
+def panic_counts(core: LiveCore) -> dict:
+    """The panics of a run: the panic button (SIGUSR1) and the CC 120/123 messages that arrived. The
+    fade-out of a clean stop is not one (`callback.FADE_OUT`)."""
+    messages = int(getattr(core.queue, "panics", 0))
+    return {"panics": core.panics + messages, "panic_button": core.panics, "panic_messages": messages}
+
+
+def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str, midi=None, extra: dict | None = None) -> dict:
+    """The counters of `--stats-json` (docs/live.md, "Diagnostics"). `extra` (what was opened, the
+    latency readout) is merged in after the scalar counters."""
     load = core.load()
     d = core.durations_ms()
     out = {
@@ -74,7 +86,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str, midi=None) -
         "deferred": core.deferred,
         "dropped": core.dropped,
         "callback_errors": core.errors,
-        "panics": core.panics,
+        **panic_counts(core),
         "load_p50": round(load["p50"], 4),
         "load_p99": round(load["p99"], 4),
         "load_max": round(load["max"], 4),
@@ -88,6 +100,7 @@ def final_summary(core: LiveCore, engine, tamer: GcTamer, why: str, midi=None) -
         "gc_collect_ms_max": round(1e3 * tamer.collect_seconds_max, 3),
         "gc_collect_cpu_ms_max": round(1e3 * tamer.collect_cpu_max, 3),
         "latency_samples": int(getattr(engine, "latency_samples", 0) or 0),
+        **(extra or {}),
         "load_hist_pct": core.load_hist.tolist(),
         "cpu_hist_pct": core.cpu_hist.tolist(),
         "worst_callbacks": core.worst_callbacks(),

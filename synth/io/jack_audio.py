@@ -32,6 +32,20 @@ def output_pattern(device: str | None) -> re.Pattern | None:
                         "JACK ports to connect the outputs to, e.g. '^system:playback_'") from None
 
 
+def output_destinations(client, connect_to: re.Pattern | None) -> list[str]:
+    """Where `--audio-api jack-client` connects `out_0` and `out_1`: the names of the JACK audio inputs,
+    one per output in order (one input takes both; none: nothing is connected). The inputs that match
+    `connect_to` (`output_pattern(--device)`), else the physical playback ports. `client` is any
+    JACK-Client `Client` of the server: `play` asks with its own, `python -m synth devices` with one it
+    opens to predict it."""
+    if connect_to is not None:
+        dests = [p.name for p in client.get_ports(is_audio=True, is_input=True)
+                 if connect_to.search(p.name) and not p.name.startswith(CLIENT_NAME + ":")]
+    else:
+        dests = [p.name for p in client.get_ports(is_audio=True, is_input=True, is_physical=True)]
+    return dests[:2] if len(dests) != 1 else dests * 2
+
+
 class _Timing:
     """What `LiveCore.callback` reads from sounddevice's `time_info` and `status`, filled by hand."""
 
@@ -65,6 +79,7 @@ class JackSynthClient(JackMidiInput):
         self.outs = [self.client.outports.register(f"out_{i}") for i in range(2)]
         self._out_ptrs = [self._fast.ptr(p) for p in self.outs]
         self.connect_to = connect_to   # from output_pattern(--device)
+        self.connections: list[str] = []   # "neural-synth:out_0 -> system:playback_1", as made by start()
         # The cycle's start on JACK's frame clock (seconds), read once per cycle by the process callback;
         # LiveCore's reference clock returns it rather than asking JACK a second time.
         self._cycle_s = 0.0
@@ -85,10 +100,21 @@ class JackSynthClient(JackMidiInput):
     def stream(self):
         return self
 
+    # Frames from a key's arrival to its frame in the block the synth writes: none. An event at offset
+    # `o` of this cycle's MIDI sounds at frame `o` of this cycle's block (`latency_probe.
+    # measure_latency_direct` measures 0 frames inside the graph).
+    synth_latency_frames = 0
+
+    def output_latency_frames(self) -> int:
+        """JACK's playback latency of our outputs (the larger of the two), frames: what the graph reports
+        from the block we write to the speaker, or to whatever the outputs feed (0 for a recorder or
+        nothing). It follows the connections. Main thread; not for the process callback."""
+        return max(self._fast.playback_latency(p) for p in self._out_ptrs)
+
     @property
     def latency_seconds(self) -> float:
-        """Playback latency of our outputs as JACK reports it (the driver's periods), seconds."""
-        return max(self._fast.playback_latency(self._out_ptrs[0]), self.blocksize) / self.sample_rate
+        """`output_latency_frames` in seconds."""
+        return self.output_latency_frames() / self.sample_rate
 
     def _cycle_start(self) -> float:
         return self._cycle_s
@@ -131,27 +157,21 @@ class JackSynthClient(JackMidiInput):
         self.active = False
 
     def start(self) -> None:
-        """Activate, connect the outputs (to `connect_to`'s matches, else the physical playback ports),
-        then connect MIDI sources and start the hot-plug thread. Called for audio and for MIDI: once."""
+        """Activate, connect the outputs (`output_destinations`), then connect MIDI sources and start the
+        hot-plug thread. Called for audio and for MIDI: once."""
         if self._started:
             return
         self._started = True
         self.client.activate()
         self.active = True
         try:
-            if self.connect_to is not None:
-                dests = [p for p in self.client.get_ports(is_audio=True, is_input=True)
-                         if self.connect_to.search(p.name) and not p.name.startswith(CLIENT_NAME + ":")]
-            else:
-                dests = self.client.get_ports(is_audio=True, is_input=True, is_physical=True)
+            dests = output_destinations(self.client, self.connect_to)
             if not dests:
                 what = f"matches --device {self.connect_to.pattern!r}" if self.connect_to else "is a playback port"
                 self.log(f"audio: no JACK audio input {what}; connect {CLIENT_NAME}:out_0/out_1 by hand")
-            pairs = list(zip(self.outs, dests[:2], strict=False))
-            if len(dests) == 1:
-                pairs.append((self.outs[1], dests[0]))
-            for src, dst in pairs:
+            for src, dst in zip(self.outs, dests, strict=False):
                 self._connect_output(src, dst)
+                self.connections.append(f"{src.name} -> {dst}")
         except self._jack.JackError as e:
             self.log(f"audio: cannot connect the outputs ({e}); connect {CLIENT_NAME}:out_0/out_1 by hand")
         self.start_hotplug()

@@ -121,6 +121,8 @@ class JackFast:
         self._last_frame.argtypes, self._last_frame.restype = [vp], u32
         self._since_start = lib.jack_frames_since_cycle_start
         self._since_start.argtypes, self._since_start.restype = [vp], u32
+        self._by_name = lib.jack_port_by_name
+        self._by_name.argtypes, self._by_name.restype = [vp, ctypes.c_char_p], vp
         self._latency_range = lib.jack_port_get_latency_range
         self._latency_range.argtypes, self._latency_range.restype = [vp, ctypes.c_int, ctypes.c_void_p], None
         # ctypes.memmove releases the GIL (CFUNCTYPE); the same C function as a PYFUNCTYPE keeps it.
@@ -153,8 +155,13 @@ class JackFast:
             out.append((ev.time, ctypes.string_at(ev.buffer, ev.size)))
         return out
 
+    def port_by_name(self, name: str) -> int:
+        """The C pointer of the port called `name` (any client's), 0 when there is none. Not per cycle."""
+        return self._by_name(self.client, name.encode()) or 0
+
     def playback_latency(self, port: int) -> int:
-        """Frames from this port to the speaker, as the graph reports it (the upper bound)."""
+        """Frames from this port to the speaker, as the graph reports it (the upper bound; 0 for an
+        output that feeds nothing)."""
         rng = (ctypes.c_uint32 * 2)()
         self._latency_range(port, 1, rng)   # 1: JackPlaybackLatency
         return int(rng[1])

@@ -14,9 +14,29 @@ from collections.abc import Callable
 from synth.errors import UserError
 from synth.io.events import Parser
 from synth.io.libjack import FrameClock, JackFast
-from synth.io.ports import CLIENT_NAME, VIRTUAL_PORT, MidiSource, PortRefused
+from synth.io.ports import CLIENT_NAME, VIRTUAL_PORT, MidiSource, PortRefused, is_own
 
 EEXIST = 17   # JACK's answer to a connection that exists already
+
+
+def open_client(name: str):
+    """A JACK-Client `Client` called `name` on the running server (never starting one), or a `UserError`
+    that says how to get one."""
+    try:
+        import jack
+    except (ImportError, OSError) as e:
+        raise UserError(f"JACK MIDI needs the JACK-Client package and libjack ({e}); "
+                        "`pip install JACK-Client` or use --midi-api jack-rtmidi") from None
+    try:
+        return jack.Client(name, no_start_server=True)
+    except jack.JackError as e:
+        raise UserError(f"cannot open JACK MIDI ({e}); start a JACK server or use --midi-api alsa") from None
+
+
+def midi_sources(client) -> list[str]:
+    """Every JACK MIDI output port, sorted: the ports the port rule chooses from (`synth.io.ports`).
+    `client` is any JACK-Client `Client` of the server."""
+    return sorted(p.name for p in client.get_ports(is_midi=True, is_output=True))
 
 
 class JackMidiInput(MidiSource):
@@ -35,20 +55,14 @@ class JackMidiInput(MidiSource):
     def __init__(self, queue: collections.deque, port_patterns: list[str] | None = None, virtual: bool = True,
                  poll_seconds: float = 1.0, velocity_map: list[int] | None = None,
                  log: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None):
-        try:
-            import jack
-        except (ImportError, OSError) as e:
-            raise UserError(f"JACK MIDI needs the JACK-Client package and libjack ({e}); "
-                            "`pip install JACK-Client` or use --midi-api jack-rtmidi") from None
         super().__init__(queue, port_patterns=port_patterns, virtual=virtual, poll_seconds=poll_seconds,
                          velocity_map=velocity_map, log=log)
+        self.client = open_client(CLIENT_NAME)
+        import jack
+
         self._jack = jack
         self.api = "jack"
         self.clock = clock   # None: stamp in JACK frames (audio on JACK too); else the audio stream's clock
-        try:
-            self.client = jack.Client(CLIENT_NAME, no_start_server=True)
-        except jack.JackError as e:
-            raise UserError(f"cannot open JACK MIDI ({e}); start a JACK server or use --midi-api alsa") from None
         self.sample_rate = self.client.samplerate
         self.port = self.client.midi_inports.register(VIRTUAL_PORT)
         self._fast = JackFast(self.client)
@@ -97,9 +111,9 @@ class JackMidiInput(MidiSource):
 
     # -- the port rule's hooks (synth.io.ports) ---------------------------------------------------------
     def _list_ports(self) -> list[str]:
-        ports = self.client.get_ports(is_midi=True, is_output=True)
+        names = midi_sources(self.client)
         self._connected = {p.name for p in self.client.get_all_connections(self.port)}
-        return sorted(p.name for p in ports)
+        return names
 
     def _take(self, name: str):
         if name in self._connected:
@@ -129,12 +143,27 @@ class JackMidiInput(MidiSource):
                 self.log(f"midi: disconnected {name}: --no-virtual takes only the ports --midi-port selects")
 
     @property
-    def port_names(self) -> list[str]:
+    def external_ports(self) -> list[str]:
+        """The ports of other programs connected to our input, sorted: those the scan connected (JACK
+        shows a new connection to other clients a cycle or so later) and those connected by hand.
+        Never the synth's own ports."""
         try:
-            conns = [p.name for p in self.client.get_all_connections(self.port)]
+            conns = {p.name for p in self.client.get_all_connections(self.port)}
         except self._jack.JackError:
-            conns = []
-        return self._virtual_label() + conns
+            conns = set()
+        with self._lock:
+            conns |= set(self._taken)
+        return sorted(n for n in conns if not is_own(n))
+
+    @property
+    def virtual_port(self) -> str | None:
+        return self.port.name if self.virtual else None   # "neural-synth-01:..." when JACK renamed us
+
+    def playback_latency(self, port_name: str) -> int | None:
+        """JACK's playback latency of any port of this server (frames from it to the speaker, as the graph
+        reports it), or None when there is no such port. Main thread; not for the process callback."""
+        ptr = self._fast.port_by_name(port_name)
+        return self._fast.playback_latency(ptr) if ptr else None
 
     def close(self) -> None:
         self.stop_hotplug()

@@ -115,8 +115,9 @@ class MidiInput(MidiSource):
     def _release(self, name: str, handle) -> None:
         _close(handle)
 
-    def _virtual_label(self) -> list[str]:
-        return [f"{CLIENT_NAME}:{VIRTUAL_PORT} (virtual)"] if self._virtual_in is not None else []
+    @property
+    def virtual_port(self) -> str | None:
+        return f"{CLIENT_NAME}:{VIRTUAL_PORT}" if self._virtual_in is not None else None
 
     def close(self) -> None:
         self.stop_hotplug()

@@ -154,10 +154,15 @@ class AudioOutput:
                 from None
         self.sample_rate = sample_rate
         self.blocksize = blocksize
+        # Frames from a key's arrival to its frame in the block: one block (the callback places an event
+        # one block after its time stamp; under JACK, our MIDI client reads it a cycle before this
+        # callback takes it). See `synth.live.latency_readout`.
+        self.synth_latency_frames = blocksize
 
     @property
     def latency_seconds(self) -> float:
-        """PortAudio's reported output latency, seconds."""
+        """PortAudio's reported output latency, seconds. (Under JACK it is not the port's playback
+        latency: `synth.live.latency_readout` asks JACK instead.)"""
         return float(self.stream.latency)
 
     def time(self) -> float:

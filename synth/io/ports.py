@@ -45,6 +45,13 @@ def is_own(name: str) -> bool:
     return client == CLIENT_NAME or client.startswith(CLIENT_NAME + "-")
 
 
+def wants(name: str, patterns: list[re.Pattern]) -> bool:
+    """The port rule: True when `name` is not one of the synth's own ports and matches one of
+    `patterns` (`compile_patterns`), or any port when there are none. `play` takes exactly these ports,
+    and `python -m synth devices` predicts them with this same function."""
+    return not is_own(name) and (not patterns or any(p.search(name) for p in patterns))
+
+
 def velocity_map(curve: float) -> list[int] | None:
     """128-entry velocity response: out = round(127 * (v / 127) ** curve), kept >= 1 for v >= 1.
     curve < 1 is a light touch (soft keys louder), > 1 a heavy one; 1 is identity (None)."""
@@ -104,7 +111,7 @@ class MidiSource:
         self._thread: threading.Thread | None = None
 
     def wanted(self, name: str) -> bool:
-        return not is_own(name) and (not self.patterns or any(p.search(name) for p in self.patterns))
+        return wants(name, self.patterns)
 
     # -- what a source provides ----------------------------------------------------------------------
     def _list_ports(self) -> list[str]:
@@ -178,10 +185,21 @@ class MidiSource:
 
     @property
     def port_names(self) -> list[str]:
-        """The virtual port (when open) and the ports feeding the synth, for the status line."""
+        """The virtual port (when open) and the ports feeding the synth, for the start-up log."""
+        return self._virtual_label() + self.external_ports
+
+    @property
+    def external_ports(self) -> list[str]:
+        """The ports of other programs that feed the synth, sorted: what the status line counts (never
+        the virtual port, never a port of the synth's own clients)."""
         with self._lock:
-            names = list(self._taken)
-        return self._virtual_label() + names
+            return sorted(self._taken)
+
+    @property
+    def virtual_port(self) -> str | None:
+        """The virtual port's name while it is open, else None."""
+        return f"{CLIENT_NAME}:{VIRTUAL_PORT}" if self.virtual else None
 
     def _virtual_label(self) -> list[str]:
-        return [f"{CLIENT_NAME}:{VIRTUAL_PORT} (virtual)"] if self.virtual else []
+        v = self.virtual_port
+        return [f"{v} (virtual)"] if v else []
