@@ -1,11 +1,14 @@
-"""Dataset benchmarks: full GM piano render time and size, pYIN speed and label agreement, loader reads.
+"""Dataset benchmarks: full GM piano render time and size, pYIN speed and label agreement, loader reads,
+and with --family the `keys` family set (FluidR3 + MuseScore General, programs 0-7).
 
-    python scripts/bench_dataset.py [--quick] [--json OUT.json]
+    python scripts/bench_dataset.py [--quick] [--family] [--json OUT.json]
 
 The piano set is the issue-3 bar: FluidR3_GM program 0, 88 pitches x 5 velocities, 4 s at 24 kHz,
 rendered through the same code path as `python -m trainer dataset` (in-process `main`), timed wall
 clock, bar < 30 s on the 2-core machine. `--quick` checks pYIN on 88 notes instead of 440 and skips
-the one-process comparison. `run(quick)` returns rows for `scripts/bench.py`.
+the one-process comparison. `--family` adds the issue-20 bar: the keys family (16 instruments x 88
+keys x 5 velocities, 4 s at 24 kHz, 16-bit) within 2 GB on disk; it takes about 5 minutes here.
+`run(quick)` returns rows for `scripts/bench.py`.
 """
 
 from __future__ import annotations
@@ -51,7 +54,36 @@ def _render_piano(out: Path, jobs: int) -> float:
     return elapsed
 
 
-def run(quick: bool = False) -> list[dict]:
+KEYS_FAMILY = ["--soundfont", "/usr/share/sounds/sf2/FluidR3_GM.sf2", "--soundfont",
+               "/usr/share/sounds/sf3/MuseScore_General.sf3", "--programs", "0-7"]
+
+
+def _family_rows(tmp: Path) -> list[dict]:
+    """Render the keys family with the defaults of `python -m trainer dataset`; its time and size."""
+    from trainer.data import OneShotDataset
+    from trainer.data.cli import main
+
+    if not Path(KEYS_FAMILY[3]).exists():
+        return [_row("dataset: keys family render", float("nan"), "s", "", None,
+                     "skipped: musescore-general-soundfont missing (scripts/system_deps.sh)")]
+    out = tmp / "keys"
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main([*KEYS_FAMILY, "--out", str(out), "--quiet"])
+    secs = time.perf_counter() - t
+    if rc != 0:
+        raise RuntimeError(f"keys family render failed with exit {rc}")
+    ds = OneShotDataset(out)
+    size = _du(out)
+    counts = np.bincount(ds.instruments).tolist()
+    return [_row("dataset: keys family render (2 SoundFonts x programs 0-7, 88x5, 4 s, 24 kHz)", secs, "s", "", None,
+                 f"{len(ds)} notes, {len(counts)} instruments ({min(counts)}-{max(counts)} notes each)"),
+            _row("dataset: keys family size on disk (16-bit bank)", size / 1e6, "MB", "< 2000 MB", size < 2e9,
+                 f"notes.i16 {(out / 'notes.i16').stat().st_size / 1e6:.0f} MB + manifest "
+                 f"{(out / 'manifest.json').stat().st_size / 1e6:.1f} MB")]
+
+
+def run(quick: bool = False, family: bool = False) -> list[dict]:
     from trainer.data import OneShotDataset
     from trainer.data.pitch import estimate_f0, hz_to_midi
     from trainer.data.soundfont import DEFAULT_SOUNDFONT
@@ -114,15 +146,19 @@ def run(quick: bool = False) -> list[dict]:
         per_batch = (time.perf_counter() - t) / 100 * 1e3
         rows.append(_row("dataset: loader batch of 16 notes (audio_batch)", per_batch, "ms", "", None,
                          "one fancy-index gather from the memory map"))
+        if family:
+            shutil.rmtree(out)
+            rows += _family_rows(Path(tmp))
     return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--family", action="store_true", help="also render the keys family set (about 5 minutes)")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args()
-    rows = run(args.quick)
+    rows = run(args.quick, args.family)
     for r in rows:
         ok = {True: "PASS", False: "FAIL", None: ""}[r["pass"]]
         print(f"{r['name']:<84} {r['value']:>10.2f} {r['unit']:<3} {r['bar']:<9} {ok:<4}  {r['notes']}")

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project needs, or say exactly how to.
 # fluidsynth + fluid-soundfont-gm: training data and the FluidSynth benchmark baseline.
+# musescore-general-soundfont: the second family source (MuseScore General, an SF3 of Ogg samples
+#   that FluidSynth 2 renders: /usr/share/sounds/sf3/MuseScore_General.sf3, 76 MB download).
+# timgm6mb-soundfont: TimGM6mb, held out of every family; capture is measured on it.
 # jackd2: JACK dummy server for live tests without a sound card. libportaudio2: sounddevice.
 set -euo pipefail
-pkgs=(fluidsynth fluid-soundfont-gm jackd2 libportaudio2)
+pkgs=(fluidsynth fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont jackd2 libportaudio2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

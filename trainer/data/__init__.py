@@ -1,7 +1,8 @@
 """One-shot datasets: the folder format, the loader and `python -m trainer dataset`.
 
 `OneShotDataset(root, split=None)` reads a folder written by `python -m trainer dataset`
-(manifest.json + notes.f32); see `trainer.data.format` for the format. No torch import here.
+(manifest.json + notes.f32, or notes.i16 for a 16-bit set); see `trainer.data.format` for the
+format and `trainer.data.family` for multi-instrument SoundFont sets. No torch import here.
 """
 
 from trainer.data.format import FORMAT, GM_DRUMS, VERSION, content_hash, split_of

@@ -4,6 +4,10 @@ Pitch comes from the file name when it holds one (see `samples.parse_name`); oth
 (`trainer.data.pitch`) estimates it and the estimate and its confidence are recorded. With
 `drums=True` each file's class is its subfolder's name (or the first word of its name), mapped to
 its GM key when the name is a GM class, else to keys from 82 up.
+
+With `by_subfolder=True` (pitched sets) each top-level subfolder is one instrument of a
+multi-instrument set: its notes carry `instrument_index` and `instrument_folder`, and the set lists
+the subfolders that gave notes as its instruments (sorted by name).
 """
 
 from __future__ import annotations
@@ -166,8 +170,10 @@ class _Worker:
 
 
 def build(writer, *, root: str | os.PathLike, drums: bool, pitches: list[int] | None, min_seconds: float,
-          normalize: str, jobs: int, progress_factory: Callable[[int], Any]) -> dict[str, Any]:
-    """Import every audio file under `root` into `writer`; return the manifest `source` dict, gain, drum map."""
+          normalize: str, jobs: int, progress_factory: Callable[[int], Any], by_subfolder: bool = False
+          ) -> dict[str, Any]:
+    """Import every audio file under `root` into `writer`; return the manifest `source` dict, gain, drum
+    map, and with `by_subfolder` the instrument entries (else None)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: folder not found; pass --from-folder DIR with your samples")
@@ -192,22 +198,45 @@ def build(writer, *, root: str | os.PathLike, drums: bool, pitches: list[int] | 
             if wanted is not None and res["pitch"] not in wanted:
                 writer.skip(res["file"], f"pitch {res['pitch']} ({res['pitch_from']}) outside --pitches")
                 continue
+            parts = Path(res["file"]).parts
+            if by_subfolder and len(parts) < 2:
+                writer.skip(res["file"], "not in an instrument subfolder (--by-subfolder: one subfolder per instrument)")
+                continue
             if "warning" in res:
                 writer.warn(res["file"], res["warning"])
             estimated += res["pitch_from"] == "pYIN"
+            extra = {"instrument_folder": parts[0]} if by_subfolder else {}
             writer.add(res["audio"], pitch=res["pitch"], velocity=res["velocity"], source=res["file"],
                        duration=res["duration"], pitch_from=res["pitch_from"], f0_hz=res["f0_hz"],
-                       f0_confidence=res["f0_confidence"])
+                       f0_confidence=res["f0_confidence"], **extra)
     drum_classes = _assign_drum_keys(writer) if drums else None
     if not writer.notes:
         _no_notes(root, writer)
+    instruments = _assign_instruments(root, writer, files) if by_subfolder else None
     gain = 1.0
     if normalize == "set":
         gain = 10 ** (-1 / 20) / max(writer.peak(), 1e-12)
     return {"source": {"type": "folder", "folder": str(root.resolve()), "files": len(files), "ignored_files": ignored,
                        "normalize": normalize, "min_seconds": min_seconds, "pitch_estimated": estimated,
-                       "pitch_estimator": "pYIN thresholds, median over the stable part (trainer.data.pitch)"},
-            "gain": gain, "drum_classes": drum_classes}
+                       "pitch_estimator": "pYIN thresholds, median over the stable part (trainer.data.pitch)",
+                       **({"by_subfolder": True} if by_subfolder else {})},
+            "gain": gain, "drum_classes": drum_classes, "instruments": instruments}
+
+
+def _assign_instruments(root: Path, writer, files: list[Path]) -> list[dict[str, Any]]:
+    """One instrument per subfolder that gave notes, sorted by name; sets each note's `instrument_index`.
+
+    A subfolder whose files were all skipped is no instrument of the set (a warning says so), so
+    the indices count only timbres that have notes.
+    """
+    names = sorted({n["instrument_folder"] for n in writer.notes})
+    index = {name: i for i, name in enumerate(names)}
+    for n in writer.notes:
+        n["instrument_index"] = index[n["instrument_folder"]]
+    for sub in sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1} - set(names)):
+        writer.warn(sub, "no usable notes in this subfolder (see skipped); it is not an instrument of the set")
+    return [{"id": name, "name": name, "source": f"{root.name}/{name}", "bank": None, "program": None,
+             "gm_kind": None, "held_out": False} for name in names]
 
 
 def _assign_drum_keys(writer) -> dict[str, str]:

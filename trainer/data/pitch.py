@@ -126,7 +126,8 @@ def f0_track(audio: np.ndarray, sr: int, fmin: float = 25.0, fmax: float = 4200.
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = np.where(np.abs(den) > 1e-12, 0.5 * (a - cc) / den, 0.0)
     tau = t + np.clip(shift, -1.0, 1.0)
-    f0 = np.where(has & (voiced > 0), sr / tau, np.nan)
+    with np.errstate(divide="ignore"):  # tau = 0 (t = 1, shift = -1) gives inf, as it always did, silently
+        f0 = np.where(has & (voiced > 0), sr / tau, np.nan)
     rms = np.sqrt(e0 / W)
     return f0, voiced, rms
 

@@ -14,6 +14,7 @@ Reverb and chorus are off (`-R 0 -C 0`): the notes are dry. Levels are kept rela
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -38,6 +39,10 @@ FADE_OUT = 0.005               # s cosine fade at the window end, so a cut tail 
 SILENT_DB = -60.0              # a note whose peak is this far below the set's loudest note is "silent"
 TARGET_PEAK = 10 ** (-1 / 20)  # set-wide gain puts the loudest sample at -1 dBFS
 RENDER_GAIN = 0.5              # FluidSynth -g; float output never clips, the set gain fixes the level
+# When a SoundFont does not load, FluidSynth exits 0 and plays its default one (default-GM.sf2/.sf3,
+# 8 s to load MuseScore General's Ogg samples) in its place; with none it renders silence, and
+# `_render_group` turns its "Failed to load" message into an error.
+NO_DEFAULT_SOUNDFONT = "synth.default-soundfont="
 
 
 @dataclass(frozen=True)
@@ -47,58 +52,97 @@ class Preset:
     bank: int
 
 
-def _next_chunk(data: bytes, pos: int) -> int:
-    """Where the next RIFF chunk starts after one ending at `pos`.
+@dataclass(frozen=True)
+class SoundFontFacts:
+    """What the header chunks of one SF2/SF3 file say: its presets and its INFO/INAM bank name."""
+    presets: tuple[Preset, ...]
+    bank_name: str
+
+
+def _next_chunk(peek: Callable[[int], bytes], pos: int) -> int:
+    """Where the next RIFF chunk starts after one ending at `pos`; `peek(p)` gives 4 bytes at p.
 
     RIFF pads odd-sized chunks to an even offset, but some SF3 writers (MuseScore_General.sf3) do
     not, so take the unpadded offset when a chunk id (4 ASCII letters) starts there.
     """
-    if pos & 1 and not data[pos:pos + 4].isalpha():
+    if pos & 1 and not peek(pos).isalpha():
         return pos + 1
     return pos
 
 
-def read_presets(path: str | os.PathLike) -> list[Preset]:
-    """The presets of an SF2/SF3 file, from its `pdta/phdr` chunk (38-byte records, last is EOP).
+def _sub_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(id, body) of the chunks inside one LIST body (after its 4-byte type)."""
+    sub = 4
+    while sub + 8 <= len(data):
+        sid, ssize = data[sub:sub + 4], struct.unpack_from("<I", data, sub + 4)[0]
+        yield sid, data[sub + 8:sub + 8 + ssize]
+        sub = _next_chunk(lambda p: data[p:p + 4], sub + 8 + ssize)
 
-    Raises `UserError` naming the file when it is not a RIFF `sfbk` file or has no preset headers.
+
+def read_soundfont(path: str | os.PathLike) -> SoundFontFacts:
+    """The presets (from `pdta/phdr`: 38-byte records, the last is EOP) and the bank name of a SoundFont.
+
+    Seeks over the sample data, so even a 150 MB file costs a few small reads. Raises `UserError`
+    naming the file when it is missing, not a RIFF `sfbk` file, or has no preset headers.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return _scan(path, f, os.fstat(f.fileno()).st_size)
     except FileNotFoundError:
         raise UserError(f"{path}: SoundFont not found; pass --soundfont PATH "
                         f"(Debian/Ubuntu: apt-get install fluid-soundfont-gm gives {DEFAULT_SOUNDFONT})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a SoundFont; pass an .sf2 or .sf3 file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the SoundFont ({e.strerror}); check the path and permissions") from None
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"sfbk":
+
+
+def _scan(path: Path, f, size: int) -> SoundFontFacts:
+    def peek(p: int) -> bytes:
+        f.seek(p)
+        return f.read(4)
+
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"sfbk":
         raise UserError(f"{path}: not a SoundFont (no RIFF 'sfbk' header); pass an .sf2 or .sf3 file")
-    pos, end = 12, min(len(data), 8 + struct.unpack_from("<I", data, 4)[0])
+    pos, end = 12, min(size, 8 + struct.unpack_from("<I", head, 4)[0])
+    presets: list[Preset] = []
+    bank_name = ""
     while pos + 8 <= end:
-        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        body = pos + 8
-        if cid == b"LIST" and data[body:body + 4] == b"pdta":
-            sub, sub_end = body + 4, min(body + size, len(data))
-            while sub + 8 <= sub_end:
-                sid, ssize = data[sub:sub + 4], struct.unpack_from("<I", data, sub + 4)[0]
-                if sid == b"phdr":
-                    recs = data[sub + 8:sub + 8 + ssize]
-                    out = []
-                    for i in range(len(recs) // 38 - 1):  # the last record is the EOP terminator
-                        name, program, bank = struct.unpack_from("<20sHH", recs, i * 38)
-                        out.append(Preset(name.split(b"\0")[0].decode("latin-1").strip(), program, bank))
-                    if out:
-                        return out
-                    break
-                sub = _next_chunk(data, sub + 8 + ssize)
-        pos = _next_chunk(data, body + size)
-    raise UserError(f"{path}: SoundFont has no preset headers (truncated or corrupt file); try another SoundFont")
+        f.seek(pos)
+        hdr = f.read(12)
+        cid, csize = hdr[:4], struct.unpack_from("<I", hdr, 4)[0]
+        if cid == b"LIST" and hdr[8:12] in (b"pdta", b"INFO"):
+            f.seek(pos + 8)
+            body = f.read(min(csize, end - pos - 8))
+            for sid, data in _sub_chunks(body):
+                if sid == b"INAM":
+                    bank_name = data.split(b"\0")[0].decode("latin-1").strip()
+                elif sid == b"phdr" and not presets:
+                    for i in range(len(data) // 38 - 1):  # the last record is the EOP terminator
+                        name, program, bank = struct.unpack_from("<20sHH", data, i * 38)
+                        presets.append(Preset(name.split(b"\0")[0].decode("latin-1").strip(), program, bank))
+                    if not presets:
+                        break
+        pos = _next_chunk(peek, pos + 8 + csize)
+    if not presets:
+        raise UserError(f"{path}: SoundFont has no preset headers (truncated or corrupt file); try another SoundFont")
+    return SoundFontFacts(tuple(presets), bank_name)
 
 
-def find_preset(path: str | os.PathLike, program: int, bank: int) -> Preset:
-    """The preset at (bank, program), or a `UserError` listing what the SoundFont does have."""
-    presets = read_presets(path)
+def read_presets(path: str | os.PathLike) -> list[Preset]:
+    """The presets of an SF2/SF3 file (see `read_soundfont`)."""
+    return list(read_soundfont(path).presets)
+
+
+def find_preset(path: str | os.PathLike, program: int, bank: int,
+                presets: list[Preset] | tuple[Preset, ...] | None = None) -> Preset:
+    """The preset at (bank, program), or a `UserError` listing what the SoundFont does have.
+
+    `presets`: the file's presets when already read (`read_soundfont`), to spare a second read.
+    """
+    presets = read_presets(path) if presets is None else presets
     for p in presets:
         if p.program == program and p.bank == bank:
             return p
@@ -106,7 +150,8 @@ def find_preset(path: str | os.PathLike, program: int, bank: int) -> Preset:
     have = (f"bank {bank} has programs {_ranges(in_bank)}" if in_bank
             else f"it has banks {sorted({p.bank for p in presets})}")
     kind = "drum kit" if bank == 128 else "program"
-    raise UserError(f"{path}: no {kind} {program} in bank {bank} ({have}); pick one of those with --program/--bank")
+    raise UserError(f"{path}: no {kind} {program} in bank {bank} ({have}); "
+                    "pick one of those with --program (or --programs) and --bank")
 
 
 def _ranges(xs: list[int]) -> str:
@@ -184,15 +229,17 @@ class _Procs:
 
 
 def _render_group(soundfont: Path, midi: Path, specs: list[NoteSpec], *, sample_rate: int, lead: int, slot: int,
-                  note_samples: int, procs: _Procs) -> list[tuple[NoteSpec, np.ndarray, float, float]]:
+                  note_samples: int, procs: _Procs, options: tuple[str, ...] = ()
+                  ) -> list[tuple[NoteSpec, np.ndarray, float, float]]:
     """Run one FluidSynth process on `midi`, streaming raw float32 stereo from its stdout, and cut
-    each slot into a note as it arrives (no temporary audio on disk, one slot in memory)."""
+    each slot into a note as it arrives (no temporary audio on disk, one slot in memory).
+    `options`: extra `-o NAME=VALUE` settings."""
     exe = shutil.which("fluidsynth")
     if exe is None:
         raise UserError("fluidsynth not found on PATH; install it (Debian/Ubuntu: apt-get install fluidsynth)")
     cmd = [exe, "-ni", "-q", "-R", "0", "-C", "0", "-g", str(RENDER_GAIN), "-r", str(sample_rate),
-           "-o", "synth.polyphony=256", "-T", "raw", "-O", "float", "-E", "little", "-F", "-",
-           str(soundfont), str(midi)]
+           "-o", "synth.polyphony=256", "-o", NO_DEFAULT_SOUNDFONT, *(a for o in options for a in ("-o", o)),
+           "-T", "raw", "-O", "float", "-E", "little", "-F", "-", str(soundfont), str(midi)]
     out: list[tuple[NoteSpec, np.ndarray, float, float]] = []
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty stderr cannot block the render
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
@@ -216,11 +263,15 @@ def _render_group(soundfont: Path, midi: Path, specs: list[NoteSpec], *, sample_
             proc.stdout.close()
             with procs.lock:
                 procs.procs.discard(proc)
+        err.seek(0)
+        text = err.read().decode("utf-8", "replace")
         if proc.returncode != 0 or (specs and got == 0):
-            err.seek(0)
-            tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            tail = text.strip().splitlines()[-1:] or ["no output"]
             raise UserError(f"{soundfont}: FluidSynth failed (exit {proc.returncode}: {tail[0]}); "
                             "check that the SoundFont loads with `fluidsynth -i FILE`")
+        if re.search(r"failed to load (the )?soundfont", text, re.IGNORECASE):  # FluidSynth still exits 0
+            raise UserError(f"{soundfont}: FluidSynth cannot load this SoundFont; check the file with "
+                            "`fluidsynth -i FILE`, or use another SoundFont")
     return out
 
 
@@ -268,20 +319,46 @@ def render_notes(soundfont: str | os.PathLike, notes: list[NoteSpec], *, program
     `jobs` FluidSynth processes run at once, each on `chunk` notes (one MIDI file); at most
     `jobs + 1` groups of cut notes are held in memory.
     """
-    soundfont = Path(soundfont)
+    voice = Voice(Path(soundfont), program, bank, drums)
+    for _, spec, audio, peak, dur in render_parts([(voice, notes)], seconds=seconds, release=release,
+                                                  sample_rate=sample_rate, jobs=jobs, chunk=chunk):
+        yield spec, audio, peak, dur
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One instrument to render: a preset of a SoundFont (drums: a kit in bank 128, on channel 10)."""
+    soundfont: Path
+    program: int
+    bank: int
+    drums: bool
+
+
+def render_parts(parts: list[tuple[Voice, list[NoteSpec]]], *, seconds: float, release: float, sample_rate: int,
+                 jobs: int = 2, chunk: int = 64, options: tuple[str, ...] = ()
+                 ) -> Iterator[tuple[int, NoteSpec, np.ndarray, float, float]]:
+    """Render several instruments' notes; yield (part index, spec, float32[seconds*sr], raw peak, duration).
+
+    Every part is cut into groups of `chunk` notes (one MIDI file and one FluidSynth process each,
+    so a group never mixes instruments), and all groups of all parts share one pool of `jobs`
+    processes, so no instrument waits for the last group of the one before it. `options` are extra
+    FluidSynth `-o` settings. Notes come out in order; at most `jobs + 1` groups are held in memory.
+    """
     note_samples = int(round(seconds * sample_rate))
     slot = int(round(_slot_seconds(seconds) * TICKS_PER_SECOND)) * sample_rate // TICKS_PER_SECOND
     lead = int(round(0.05 * TICKS_PER_SECOND)) * sample_rate // TICKS_PER_SECOND
-    groups = [notes[i:i + chunk] for i in range(0, len(notes), chunk)]
+    groups = [(pi, notes[i:i + chunk]) for pi, (_, notes) in enumerate(parts) for i in range(0, len(notes), chunk)]
     procs = _Procs()
     with tempfile.TemporaryDirectory(prefix="fluidsynth-") as tmp:
         tmpd = Path(tmp)
 
         def render(gi: int) -> list[tuple[NoteSpec, np.ndarray, float, float]]:
+            pi, specs = groups[gi]
+            v = parts[pi][0]
             midi = tmpd / f"g{gi}.mid"
-            _write_midi(midi, groups[gi], program=program, bank=bank, drums=drums, seconds=seconds, release=release)
-            return _render_group(soundfont, midi, groups[gi], sample_rate=sample_rate, lead=lead, slot=slot,
-                                 note_samples=note_samples, procs=procs)
+            _write_midi(midi, specs, program=v.program, bank=v.bank, drums=v.drums, seconds=seconds, release=release)
+            return _render_group(v.soundfont, midi, specs, sample_rate=sample_rate, lead=lead, slot=slot,
+                                 note_samples=note_samples, procs=procs, options=options)
 
         with ThreadPoolExecutor(max(1, jobs)) as ex:
             window = max(1, jobs) + 1
@@ -292,7 +369,8 @@ def render_notes(soundfont: str | os.PathLike, notes: list[NoteSpec], *, program
                     futures[gi] = None
                     if len(futures) < len(groups):
                         futures.append(ex.submit(render, len(futures)))
-                    yield from done
+                    for item in done:
+                        yield (groups[gi][0], *item)
             finally:
                 for f in futures:
                     if f is not None:
