@@ -15,12 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("synth.live", "play live: MIDI in (rtmidi), audio out (sounddevice)  [default]"),
     "render": ("synth.render", "render a MIDI file to WAV/FLAC offline with the same engine"),
     "presets": ("synth.presets_cmd", "list installed presets"),
+    "bake": ("synth.bake", "bake a preset into a SoundFont (.sf2) or SFZ instrument for any sampler"),
     "devices": ("synth.devices_cmd", "what `play` would open (same flags), then audio and MIDI devices"),
 }
 
 USAGE = """usage: python -m synth [play] [--preset NAME] [options]      (default preset: piano)
        python -m synth render IN.mid -o OUT.wav [--preset NAME] [options]
        python -m synth presets
+       python -m synth bake --preset NAME -o OUT.sf2|OUT.sfz [options]   (--all: one GM bank)
        python -m synth devices [play's --audio-api/--midi-api/--device/... flags]
 
 A real-time synthesizer whose sounds come from GAN generators (ONNX Runtime).
