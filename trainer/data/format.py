@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from synth import gm
+
 FORMAT = "neural-synth-dataset"
 VERSION = 2          # the newest version this code reads and writes
 VERSIONS = {1: "f32", 2: None}  # version -> the storage it implies (2 names it in "storage")
@@ -69,8 +71,8 @@ GM_DRUMS: dict[int, str] = {
 
 
 # The 16 GM program families, 8 programs each (GM 1 sound set): program // 8 indexes this.
-GM_FAMILIES = ("piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
-               "reed", "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic", "percussive", "sound_effects")
+# The GM families of synth.gm (the one table), as manifest words: "piano" .. "sound_effects".
+GM_FAMILIES = tuple(f.lower().replace(" ", "_") for f in gm.FAMILIES)
 
 
 def gm_kind(program: int | None, drums: bool = False) -> str | None:
