@@ -110,6 +110,9 @@ def test_eval_cli_on_own_notes_and_update_preset(tmp_path, capsys):
     assert rep["pitch_accuracy_default"] == 1.0
     assert rep["pitch_notes"] == 2 * 25
     assert rep["diversity"] > 0.1          # the tiny graph's timbre follows z
+    # the steady figure: every note with each random latent (their own stream: the figures above keep theirs)
+    assert rep["log_mel_distance_latents"] == 1 and len(rep["log_mel_distance_random_per_latent"]) == 1
+    assert rep["log_mel_distance_random"] > 0.1 and rep["log_mel_distance_random_std"] == 0.0
     assert 0 < rep["ms_per_note"] < 1000 and rep["ms_per_88"] > 0
     assert png.stat().st_size > 5000
     p = load_preset_dir(preset.path)
@@ -125,7 +128,33 @@ def test_eval_cli_on_own_notes_and_update_preset(tmp_path, capsys):
     assert rc == 0
     rep2 = json.loads(capsys.readouterr().out)
     assert rep2["pitches"] == [60, 64] and rep2["log_mel_distance_notes"] == 4
-    assert "ms_per_note" not in rep2
+    assert "ms_per_note" not in rep2 and "log_mel_distance_random" not in rep2
+
+
+def test_steady_log_mel_over_latents_leaves_the_old_figures_alone(tmp_path):
+    """log_mel_distance_random: every note with each of --latents latents, mean and spread; the
+    default-latent figure and those drawn before it (random pitch latents, diversity) are what they
+    were without it."""
+    from trainer.evaluate import evaluate
+
+    preset = make_tiny_preset(tmp_path / "presets", name="tone", note_seconds=0.5, pitch_range=(48, 72),
+                              layers=(64, 127))
+    data = _dataset_from_preset(preset, tmp_path / "data", range(48, 73, 6), (64, 127))
+    rep, _ = evaluate(preset, data, split="all", n_latents=3, speed=False)
+    per = rep["log_mel_distance_random_per_latent"]
+    assert len(per) == 3 and rep["log_mel_distance_random"] == pytest.approx(np.mean(per), abs=1e-4)
+    assert rep["log_mel_distance_random_std"] == pytest.approx(np.std(per), abs=1e-4) and np.std(per) > 0
+    assert rep["log_mel_distance"] == pytest.approx(0.0, abs=1e-6) and rep["log_mel_distance_random"] > 0.1
+    assert 0.0 <= rep["pitch_accuracy_random_std"] <= 0.5
+    import trainer.evaluate as E
+    before = E._log_mel_report
+    try:                                    # the report as it was: no random latents in the log-mel part
+        E._log_mel_report = lambda *a, **k: before(*a[:5])
+        old, _ = evaluate(preset, data, split="all", n_latents=3, speed=False)
+    finally:
+        E._log_mel_report = before
+    for k in ("log_mel_distance", "pitch_accuracy", "pitch_accuracy_random", "diversity"):
+        assert old[k] == rep[k], k
 
 
 def test_eval_drums_class_accuracy(tmp_path):

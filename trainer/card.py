@@ -7,6 +7,7 @@ the manifest. matplotlib is imported lazily with the Agg backend (no display nee
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 CARD_FILE = "card.md"
 GRID_FILE = "spectrograms.png"
+VALID_FILE = "validation.png"
 MAX_ONNX_MB = 10.0
 # Measured with `python scripts/bench_model.py` (FluidR3_GM, MIDI 28-96, velocities 25-127, 24 kHz).
 LMD_SCALE = ("FluidR3's acoustic grand vs itself at an adjacent velocity layer 1.2 dB, vs its Bright "
@@ -26,8 +28,11 @@ METRIC_ROWS: tuple[tuple[str, str, str, str, Any], ...] = (
     ("pitch_accuracy", "pitch accuracy (±50 cents, pYIN)", "{:.3f}", ">= 0.95", lambda v: v >= 0.95),
     ("pitch_accuracy_default", "↳ default latent", "{:.3f}", "", None),
     ("pitch_accuracy_random", "↳ random latents", "{:.3f}", "", None),
+    ("pitch_accuracy_random_std", "↳ spread across the random latents", "{:.3f}", "", None),
     ("pitch_median_abs_cents", "median pitch error (cents)", "{:.1f}", "", None),
     ("log_mel_distance", "log-mel distance to real held-out notes (dB)", "{:.2f}", "<= 6.5 (piano)", None),
+    ("log_mel_distance_random", "↳ random latents, every note each (mean over latents)", "{:.2f}", "", None),
+    ("log_mel_distance_random_std", "↳ spread across those latents", "{:.2f}", "", None),
     ("diversity", "diversity across latents (dB)", "{:.2f}", "", None),
     ("class_accuracy", "drum class accuracy (generated hits)", "{:.3f}", ">= 0.9", lambda v: v >= 0.9),
     ("class_accuracy_default", "↳ default latent", "{:.3f}", "", None),
@@ -105,7 +110,11 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
         lines.append("- not recorded")
     lines += ["", "## Architecture and training", ""]
     for key, label in (("arch", "architecture"), ("params", "generator parameters"), ("steps", "steps"),
-                       ("minutes", "training minutes"), ("hardware", "hardware"), ("run", "run folder"),
+                       ("minutes", "training minutes"), ("checkpoint", "checkpoint exported"),
+                       ("run_steps", "steps the run trained"), ("run_minutes", "minutes the run trained"),
+                       ("ended_by", "the run ended by (steps, minutes or signal)"),
+                       ("steps_per_second", "training steps per second"), ("discriminator", "discriminator"),
+                       ("hardware", "hardware"), ("run", "run folder"),
                        ("parity_max_abs", "ONNX vs torch max |Δ|"),
                        ("parity_max_abs_attack", "ONNX vs torch max |Δ| over the first 4096 samples"),
                        ("parity_spectral_rel", "ONNX vs torch STFT magnitude difference (share of the peak)")):
@@ -113,6 +122,11 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
             v = tr[key]
             if key == "params" and isinstance(v, int):
                 v = f"{v:,} ({v * 4 / 1e6:.2f} MB as float32)"
+            if key == "checkpoint" and v == "best.pt":
+                v = "best.pt (the best validation; `trainer export --last` takes the last weights)"
+            if isinstance(v, dict):
+                v = ", ".join(f"{k} {json.dumps(x, sort_keys=True) if isinstance(x, dict) else _fmt(x)}"
+                              for k, x in v.items())
             lines.append(f"- {label}: {_fmt(v) if not isinstance(v, str) else v}")
     if tr.get("arch_details"):
         lines.append(f"- details: {tr['arch_details']}")
@@ -150,13 +164,74 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
         lines.append(f"Default latent: {tr['default_latent']}")
     if (folder / GRID_FILE).is_file():
         lines += ["", "## Spectrograms", "", f"![spectrograms]({GRID_FILE})"]
+    if (folder / VALID_FILE).is_file():
+        lines += ["", "## Validation during training", "", *_validation_text(tr), "", f"![validation]({VALID_FILE})"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _validation_text(tr: dict[str, Any]) -> list[str]:
+    """What the validation curve shows and which of its steps the preset is."""
+    v = tr.get("validation") or {}
+    acc = "class accuracy" if "class_acc" in v else "pitch accuracy"
+    out = [f"Every {v.get('every', '?')} steps the EMA generator was measured on the dataset's valid split "
+           f"(every valid note at its pitch and velocity, with the same {v.get('latents', '?')} fixed latents each "
+           f"time; `trainer/validation.py`): log-mel distance (dB, the mean over latents; the band: its spread "
+           f"across them) and {acc}. The best evaluation is the lowest distance"
+           + (" (the highest accuracy with `valid_metric` pitch_acc)" if v.get("metric") == "pitch_acc" else "")
+           + "."]
+    if v:
+        a = v.get("pitch_acc", v.get("class_acc"))
+        out.append(f"The preset is step {v.get('step')} ({tr.get('checkpoint', 'last.pt')}): "
+                   f"{_fmt(v.get('logmel_db'))} dB" + (f", {acc} {_fmt(a)}" if a is not None else "") + ".")
+    return out
+
+
+def validation_plot(doc: dict[str, Any], path: str | os.PathLike, exported_step: int | None = None,
+                    title: str = "") -> Path:
+    """Write a PNG of a run's validation curve (`validation.json`: history of {step, logmel_db,
+    logmel_db_std, pitch_acc | class_acc}): log-mel distance with its spread across latents, and the
+    accuracy, against the step; the best evaluation and the exported step marked. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synth.fsutil import atomic_path
+
+    hist = [h for h in doc.get("history") or [] if isinstance(h, dict) and "step" in h and "logmel_db" in h]
+    steps = np.array([h["step"] for h in hist], float)
+    lmd = np.array([h["logmel_db"] for h in hist], float)
+    sd = np.array([h.get("logmel_db_std", 0.0) for h in hist], float)
+    acc_key = "class_acc" if any("class_acc" in h for h in hist) else "pitch_acc"
+    acc = np.array([h.get(acc_key, np.nan) for h in hist], float)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.0, 4.2), sharex=True)
+    a1.plot(steps, lmd, "o-", ms=3, color="C0")
+    a1.fill_between(steps, lmd - sd, lmd + sd, color="C0", alpha=0.25, lw=0)
+    a1.set_ylabel("log-mel distance (dB)", fontsize=8)
+    a2.plot(steps, acc, "o-", ms=3, color="C1")
+    a2.set_ylabel(acc_key.replace("_acc", " accuracy"), fontsize=8)
+    a2.set_xlabel("step", fontsize=8)
+    best = doc.get("best") or {}
+    for ax in (a1, a2):
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if "step" in best:
+            ax.axvline(best["step"], color="C2", lw=1, ls="--", label=f"best (step {best['step']})")
+        if exported_step is not None and exported_step != best.get("step"):
+            ax.axvline(exported_step, color="C3", lw=1, ls=":", label=f"exported (step {exported_step})")
+    if "step" in best or exported_step is not None:
+        a1.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
 
 
 def write_card(folder: str | os.PathLike) -> Path:
     """Render `folder/card.md` from `folder/preset.json` (atomically); returns its path."""
-    import json
-
     from synth.fsutil import atomic_write_text
     from synth.preset import load_preset_dir, manifest_dict
 

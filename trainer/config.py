@@ -228,8 +228,30 @@ def resolve(overlays: list[dict[str, Any]], data_info: dict[str, Any]) -> dict[s
     return cfg
 
 
+# Train keys added after runs had been hashed without them, each with the value that means "off" (the
+# code behaves as before the key existed). A config whose key holds this value hashes as if the key
+# were absent, so adding a key to base.json leaves every existing run folder name where it was; a run
+# config that lacks one (an older run) gets it filled in by `with_absent`.
+TRAIN_ABSENT: dict[str, Any] = {
+    "augment": {"shift_ms": 0.0, "gain_db": 0.0, "time_mask": 0.0, "freq_mask": 0.0, "paired": False},
+    "r1_gamma": 0.0, "r1_every": 16, "fm_weight": 0.0, "d_start": 0,
+    "valid_every": 0, "valid_latents": 4, "valid_metric": "logmel_db",
+}
+
+
+def with_absent(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of run config `cfg` with the train keys it predates set to their "off" value (TRAIN_ABSENT)."""
+    out = copy.deepcopy(cfg)
+    if isinstance(out.get("train"), dict):
+        out["train"] = {**copy.deepcopy(TRAIN_ABSENT), **out["train"]}
+    return out
+
+
 def config_hash(cfg: dict[str, Any]) -> str:
-    """8 hex digits identifying what is trained (everything but the "run" section)."""
+    """8 hex digits identifying what is trained (everything but the "run" section; train keys at
+    their TRAIN_ABSENT value count as absent)."""
     body = {k: v for k, v in cfg.items() if k != "run"}
+    if isinstance(body.get("train"), dict):
+        body["train"] = {k: v for k, v in body["train"].items() if k not in TRAIN_ABSENT or v != TRAIN_ABSENT[k]}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
 

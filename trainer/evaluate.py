@@ -9,7 +9,8 @@ pitch_accuracy
     lies within ±50 cents of the target MIDI pitch. The notes: the default latent at every pitch of
     `--pitches` (default: the preset's range) at the middle velocity layer, plus `--latents` random
     latents z ~ N(0, I) at the same pitches. An unvoiced note (no f0) counts as a miss.
-    Split into pitch_accuracy_default / pitch_accuracy_random. Pitched presets only.
+    Split into pitch_accuracy_default / pitch_accuracy_random (pitch_accuracy_random_std: its spread
+    across the random latents). Pitched presets only.
 
 log_mel_distance (dB)
     For every real note of `--split` (test by default; heldout = valid + test, the notes fit never
@@ -23,6 +24,11 @@ log_mel_distance (dB)
     10·log10(max(P, 1e-8)) dB (so a floor 80 dB below the note's mean power). The distance of a pair
     is the mean absolute difference of the two dB spectrograms over all time-frequency bins; the
     figure is the mean over the notes. Identical notes measure 0; a gain change measures 0.
+    log_mel_distance_random is the steadier figure: the same over every note with each of `--latents`
+    random latents (z ~ N(0, I), their own stream of `--seed`), the mean over latents, with
+    log_mel_distance_random_std their spread (standard deviation of the per-latent means) and
+    log_mel_distance_random_per_latent the means themselves; log_mel_distance (the default latent
+    alone) stays for comparison with earlier figures.
     For scale (`python scripts/bench_model.py`, 60 notes of FluidR3_GM at 24 kHz): the acoustic
     grand against itself one velocity layer away 1.2 dB, against the Bright Acoustic program (the
     same samples, brighter) 2.5 dB, against the Electric Grand 18.5 dB.
@@ -401,7 +407,7 @@ def evaluate(preset, data_root: str | os.PathLike, split: str = "test", pitches:
     if not sel:
         raise UserError(f"{data_root}: no {split!r} notes between MIDI {lo} and {hi}; widen --pitches or use "
                         "another --split")
-    lmd, grid = _log_mel_report(preset, ds, sel, gen, grid_rows)
+    lmd, grid = _log_mel_report(preset, ds, sel, gen, grid_rows, n_latents, seed)
     rep.update(lmd)
     rep.update(_diversity_report(preset, keys, gen, rng, n_latents))
     if preset.is_drums:
@@ -446,7 +452,9 @@ def _pitch_report(preset, keys: list[int], gen, rng, n_latents: int) -> dict[str
     err = np.concatenate([err_d, err_r])
     ok = np.isfinite(err) & (np.abs(np.nan_to_num(err, nan=1e9)) <= PITCH_TOL_CENTS)
     fin = np.isfinite(err)
+    per_latent = ok[len(err_d):].reshape(n_latents, len(k)).mean(axis=1) if n_latents else np.zeros(0)
     return {"pitch_accuracy": float(ok.mean()), "pitch_accuracy_default": acc_d, "pitch_accuracy_random": acc_r,
+            "pitch_accuracy_random_std": float(per_latent.std()) if n_latents else float("nan"),
             "pitch_notes": int(len(err)),
             "pitch_misses_default": [[int(p), None if not np.isfinite(e) else round(float(e), 1)]
                                      for p, e in zip(k, err_d, strict=True)
@@ -454,9 +462,10 @@ def _pitch_report(preset, keys: list[int], gen, rng, n_latents: int) -> dict[str
             "pitch_median_abs_cents": float(np.median(np.abs(err[fin]))) if fin.any() else None}
 
 
-def _log_mel_report(preset, ds, sel: list[int], gen, grid_rows: int):
-    """(log_mel_distance figures, grid): the default latent against each selected real note, at its
-    pitch and velocity; the grid shows `grid_rows` of them spread over pitch."""
+def _log_mel_report(preset, ds, sel: list[int], gen, grid_rows: int, n_latents: int = 0, seed: int = 0):
+    """(log_mel_distance figures, grid): the default latent, and each of `n_latents` random ones,
+    against each selected real note at its pitch and velocity; the grid shows `grid_rows` of the
+    default latent's notes spread over pitch."""
     sr = preset.sample_rate
     z0 = np.asarray(preset.default_latent, np.float32)
     real = _resample(ds.audio_batch(np.asarray(sel)), ds.info["sample_rate"], sr)
@@ -470,6 +479,13 @@ def _log_mel_report(preset, ds, sel: list[int], gen, grid_rows: int):
     rep = {"log_mel_distance": float(d.mean()), "log_mel_distance_notes": len(sel),
            "log_mel_distance_by_velocity": {k: float(np.mean(v)) for k, v in sorted(by_vel.items(),
                                                                                  key=lambda t: int(t[0]))}}
+    if n_latents:
+        # their own stream: the figures drawn from `rng` (random pitch latents, diversity) stay as they were
+        zs = np.random.default_rng([seed, 1]).standard_normal((n_latents, preset.latent_size)).astype(np.float32)
+        per = [float(log_mel_distance(real, gen(np.repeat(z[None], len(sel), 0), rk, rv), sr).mean()) for z in zs]
+        rep.update({"log_mel_distance_random": float(np.mean(per)), "log_mel_distance_random_std": float(np.std(per)),
+                    "log_mel_distance_random_per_latent": [round(x, 4) for x in per],
+                    "log_mel_distance_latents": n_latents})
     order = np.argsort(rk, kind="stable")
     picks = order[np.linspace(0, len(order) - 1, min(grid_rows, len(order))).round().astype(int)]
     picks = list(dict.fromkeys(int(i) for i in picks))
@@ -542,8 +558,9 @@ SPLITS = {"train": {"train"}, "valid": {"valid"}, "test": {"test"}, "heldout": {
           "all": {"train", "valid", "test"}}
 
 # Scalar figures copied into preset.json `metrics` (lists and bookkeeping stay in the JSON report).
-METRIC_KEYS = ("pitch_accuracy", "pitch_accuracy_default", "pitch_accuracy_random", "pitch_median_abs_cents",
-               "log_mel_distance", "diversity", "class_accuracy", "class_accuracy_default", "class_accuracy_real",
+METRIC_KEYS = ("pitch_accuracy", "pitch_accuracy_default", "pitch_accuracy_random", "pitch_accuracy_random_std",
+               "pitch_median_abs_cents", "log_mel_distance", "log_mel_distance_random", "log_mel_distance_random_std",
+               "diversity", "class_accuracy", "class_accuracy_default", "class_accuracy_real",
                "ms_per_note", "ms_per_88", "ms_per_88_all_cores", "ms_per_note_cuda", "ms_per_88_cuda")
 
 
@@ -596,7 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="real notes to compare with (default test; heldout = valid + test, never trained on; "
                          "all = every note)")
     ap.add_argument("--pitches", default=None, help="MIDI range LO-HI to measure (default: the preset's range)")
-    ap.add_argument("--latents", type=int, default=4, help="random latents for pitch accuracy and diversity (default 4)")
+    ap.add_argument("--latents", type=int, default=4,
+                    help="random latents for pitch accuracy, diversity and the steady log-mel figure "
+                         "(log_mel_distance_random: every note with each latent, mean and spread; default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the JSON report here too")
     ap.add_argument("--png", help="write a spectrogram grid (real vs generated) here")

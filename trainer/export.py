@@ -3,7 +3,8 @@
 All inside a temporary folder beside the destination, renamed into place at the end
 (`synth.fsutil.atomic_dir`), so a crash or a refusal leaves any previous preset untouched:
 
-1. Rebuild the EMA generator from the run folder alone (`trainer.fit.load_generator`).
+1. Rebuild the EMA generator from the run folder alone (`trainer.fit.load_generator`): the best
+   validation's weights (checkpoints/best.pt) when the run kept them, else (or with `--last`) last.pt.
 2. ONNX: the dynamo exporter (opset 18), the TorchScript one (opset 17) as a fallback; dynamic batch,
    inputs z / pitch / velocity, output audio, weights inline, metadata_props as in the preset contract.
 3. Parity with torch at batch 1 and 8: max |Δ| <= 1e-4, or, for a sustained note's phase drift (float32
@@ -70,23 +71,42 @@ class ExportError(UserError):
 # --------------------------------------------------------------------------------------------------
 # run folder
 
-def load_run(run_dir: str | os.PathLike):
+def load_run(run_dir: str | os.PathLike, which: str = "auto"):
     """(G, config, facts, encoder) from a run folder alone.
 
-    G and config come from `trainer.fit.load_generator(run_dir, ema=True)`; facts = {"steps",
-    "minutes"} actually trained (and "hardware" when the checkpoint records it), read from
-    checkpoints/last.pt; encoder is the run's E (eval mode) when it trained one, else None.
+    which: "auto" (checkpoints/best.pt, the best validation, when the run kept one, else last.pt),
+    "best" or "last" (`trainer.fit.run_checkpoint`). G and config come from
+    `trainer.fit.load_generator(run_dir, ema=True, which)`; facts (`run_facts`): "steps" and "minutes"
+    trained up to the exported weights, "checkpoint" (best.pt or last.pt) and, from last.pt, what
+    the run recorded ("run_steps" and "run_minutes" when they differ, "ended_by", "steps_per_second",
+    "hardware") and
+    "validation" (the exported step's figures); encoder is the run's E (eval mode) of the same
+    checkpoint when it trained one, else None.
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"{run}: run folder not found; train one with `python -m trainer fit`")
-    from trainer.fit import load_checkpoint, load_generator
+    from trainer.fit import BEST_KEYS, load_checkpoint, load_generator, run_checkpoint
 
-    G, config = load_generator(run, ema=True)
-    ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    facts = {"steps": int(ck.get("step", 0)), "minutes": round(float(ck.get("train_seconds", 0.0)) / 60.0, 2)}
-    if isinstance(ck.get("hardware"), str):
-        facts["hardware"] = ck["hardware"]
+    path = run_checkpoint(run, which)
+    G, config = load_generator(run, ema=True, which=which)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    ck = load_checkpoint(path, BEST_KEYS) if path.name == "best.pt" else last
+    facts: dict[str, Any] = {"steps": int(ck.get("step", 0)),
+                             "minutes": round(float(ck.get("train_seconds", 0.0)) / 60.0, 2),
+                             "checkpoint": path.name}
+    if path.name == "best.pt" and int(last.get("step", 0)) != facts["steps"]:
+        facts["run_steps"] = int(last.get("step", 0))
+        facts["run_minutes"] = round(float(last.get("train_seconds", 0.0)) / 60.0, 2)
+    for k in ("ended_by", "steps_per_second", "hardware"):
+        if isinstance(last.get(k), (str, int, float)):
+            facts[k] = last[k]
+    valid = ck.get("valid") or _valid_at(last.get("valid_state"), int(ck.get("step", -1)))
+    if valid:
+        tr = config.get("train") or {}
+        facts["validation"] = {**{k: v for k, v in valid.items() if k != "seconds"},
+                               "every": tr.get("valid_every"), "latents": tr.get("valid_latents"),
+                               "metric": tr.get("valid_metric")}
     encoder = None
     if ck.get("E") is not None:
         from trainer.models import build_encoder
@@ -96,6 +116,14 @@ def load_run(run_dir: str | os.PathLike):
             encoder.load_state_dict(ck["E"])
             encoder.eval()
     return G, config, facts, encoder
+
+
+def _valid_at(state: dict[str, Any] | None, step: int) -> dict[str, Any] | None:
+    """The validation record of `step` in a checkpoint's valid_state (None when it was not evaluated)."""
+    for h in (state or {}).get("history") or []:
+        if int(h.get("step", -1)) == step:
+            return dict(h)
+    return None
 
 
 def encoder_codes(encoder, ds, max_notes: int = 512, batch: int = 16) -> np.ndarray:
@@ -674,9 +702,20 @@ def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> di
     budget = {k: tr[k] for k in ("steps", "minutes") if k in tr}
     if budget:
         out["budget"] = budget
+    for k in ("checkpoint", "run_steps", "run_minutes", "ended_by", "steps_per_second", "validation"):
+        if k in facts:
+            out[k] = facts[k]
     for k in ("loss", "batch", "spectral_weight", "encoder", "ema"):
         if k in tr:
             out[k] = tr[k]
+    from trainer.config import TRAIN_ABSENT
+
+    regs = {k: tr[k] for k in ("adv_weight", "augment", "r1_gamma", "r1_every", "fm_weight", "d_start")
+            if k in tr and (k == "adv_weight" or tr[k] != TRAIN_ABSENT.get(k))}
+    if not regs.get("r1_gamma"):
+        regs.pop("r1_every", None)
+    if regs:
+        out["discriminator"] = regs
     if "seed" in config:
         out["seed"] = config["seed"]
     run = config.get("run") if isinstance(config.get("run"), dict) else {}
@@ -922,6 +961,21 @@ def _write_grid(gen, f: _Facts, z0: np.ndarray, real, tmp: Path, name: str) -> N
     card.spectrogram_grid(grid, f.sr, tmp / card.GRID_FILE, title=f"{name}: real vs generated, log-mel dB")
 
 
+def _write_validation_plot(run_dir, tmp: Path, run_facts: dict[str, Any] | None, name: str) -> None:
+    """validation.png: the run's validation curve (its validation.json), the exported step marked; none
+    when the run did not validate."""
+    path = Path(run_dir) / "validation.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable validation curve ({e}); delete it or fix it, then export again") from None
+    from trainer import card
+
+    card.validation_plot(doc, tmp / card.VALID_FILE, (run_facts or {}).get("steps"), title=f"{name}: validation")
+
+
 def _check_reload(tmp: Path, f: _Facts, dest: Path) -> None:
     """Save = write, validate, reload, call: the folder reloads as a preset and its graph generates a note."""
     from synth.inference import GeneratorSession
@@ -946,7 +1000,8 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`.
 
     commands: this export's own command line (recorded after the dataset and fit commands). run_facts:
-    {"steps", "minutes"} actually trained (from the checkpoint). encoder: the run's E(audio) -> (mu,
+    {"steps", "minutes"} trained up to these weights and what else the run recorded (`load_run`); with
+    run_dir's validation.json the card gets the validation curve. encoder: the run's E(audio) -> (mu,
     logvar) or None; with one, the default latent starts at the mean code of the real notes and the
     codes' principal axes join the knob candidates.
     """
@@ -986,6 +1041,7 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
         preset = validate_manifest(json.loads(json.dumps(m)), tmp)
         (tmp / "preset.json").write_text(json.dumps(manifest_dict(preset), indent=1) + "\n", encoding="utf-8")
         _write_grid(gen, f, z0, real, tmp, name)
+        _write_validation_plot(run_dir, tmp, run_facts, name)
         card.write_card(tmp)
         _check_reload(tmp, f, dest)
     say(f"wrote {dest} ({len(knobs)} knobs: " + ", ".join(f"CC{k['cc']} {k['name']}" for k in knobs) + ")")
@@ -1008,6 +1064,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--knobs", type=int, default=4, help="number of knobs (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="replace an existing preset folder")
+    ap.add_argument("--last", action="store_true",
+                    help="export the run's last weights (checkpoints/last.pt) instead of its best validation's "
+                         "(checkpoints/best.pt, the default when the run kept one)")
     return ap
 
 
@@ -1015,7 +1074,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not 0 <= args.knobs <= 8:
         raise UserError(f"--knobs {args.knobs}: must be 0..8")
-    G, config, facts, encoder = load_run(args.run)
+    G, config, facts, encoder = load_run(args.run, "last" if args.last else "auto")
+    print(f"[export] {args.run}: checkpoints/{facts['checkpoint']} (step {facts['steps']}"
+          + (f" of {facts['run_steps']}, the best validation" if "run_steps" in facts else "") + ")", file=sys.stderr)
     export_preset(G, config, args.preset, name=args.name, description=args.description, force=args.force,
                   run_dir=args.run, data_root=args.data, n_knobs=args.knobs, seed=args.seed,
                   commands=["python", "-m", "trainer", "export", *argv], run_facts=facts, encoder=encoder)

@@ -11,8 +11,24 @@ and auxiliary losses and a paired multi-resolution spectral L1 between G(z, p, v
 with the same pitch and velocity (plus, with `train.encoder`, the reconstruction G(E(x), p, v) ~ x
 and a KL term). The generator's EMA is what gets exported.
 
+A discriminator that cannot simply memorise a few hundred notes (all off in base.json; docs/
+decisions-trainer.md): `train.augment` (DiffAugment on the waveform, real and fake alike, in both
+updates: `trainer.nn.augment`), `train.r1_gamma` (lazy R1 on the real notes every `train.r1_every`
+steps, scaled by that interval as in StyleGAN2), `train.fm_weight` (feature matching: L1 between D's
+activations for each real note and the fake at its pitch and velocity, in the generator's loss) and
+`train.d_start` (the discriminator and every adversarial term start at that step, as in Parallel
+WaveGAN; before it the generator fits the paired spectral loss alone). Log keys: adv/*, aux/*,
+spec/l1, reg/r1, fm/loss, valid/*, perf/steps_per_s.
+
+Validation (`train.valid_every` > 0; `trainer.validation`): every that many steps and at the end,
+the EMA generator is measured on the valid split; the best evaluation's weights go to
+`checkpoints/best.pt` (atomically), the curve to `validation.json`, and `trainer export` takes
+best.pt when there is one. The run ends at `train.steps` or `train.minutes`, whichever comes first,
+or on a signal; the checkpoint records which (`ended_by`) and the steps per second.
+
 Checkpoints hold everything `--resume RUN` needs to continue exactly (same next batch, same next
-losses): the step, config, weights, optimisers, RNG states and data position.
+losses, same best-so-far): the step, config, weights, optimisers, RNG states, data position and the
+validation state with the best weights.
 """
 
 from __future__ import annotations
@@ -40,6 +56,8 @@ from trainer import config as C
 
 MAX_BAD_STEPS = 20       # consecutive steps with non-finite gradients before a run counts as diverged
 CKPT_KEYS = ("step", "config", "G", "G_ema", "D", "opt_G", "opt_D", "rng", "data_pos")
+BEST_KEYS = ("step", "config", "G_ema", "valid")
+ENDED_BY = ("steps", "minutes", "signal")
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -117,8 +135,9 @@ def drum_key_hz(ds) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True`; a missing or corrupt file is a `UserError`."""
+def load_checkpoint(path: str | os.PathLike, keys: tuple[str, ...] = CKPT_KEYS) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; a missing or corrupt file (or one without `keys`:
+    BEST_KEYS for best.pt) is a `UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; train first (`python -m trainer fit --data DIR`) "
@@ -128,9 +147,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise UserError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it and resume "
                         f"from an older checkpoints/step-*.pt (copy it to last.pt) or retrain") from None
-    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
+    if not isinstance(ck, dict) or any(k not in ck for k in keys):
         raise UserError(f"{path}: not a trainer checkpoint (missing keys); delete it or retrain")
     return ck
+
+
+def _save_file(ck: dict[str, Any], dest: Path, step: int) -> None:
+    """torch.save `ck` to `dest` atomically; a failed write leaves the previous file and is a `UserError`."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{dest.parent}: cannot create the checkpoint folder ({e.strerror or e})") from None
+    try:
+        with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+            torch.save(ck, f)    # through a Python file, so an OS error keeps its errno (as __context__)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{dest}: writing the step-{step} checkpoint failed ({_io_reason(e)}); the previous "
+                        f"{dest.parent / 'last.pt'} is intact: free space, then continue with --resume "
+                        f"{dest.parent.parent}") from None
 
 
 def _save(ck: dict[str, Any], ckdir: Path, keep: int, step: int) -> None:
@@ -139,18 +173,8 @@ def _save(ck: dict[str, Any], ckdir: Path, keep: int, step: int) -> None:
     A failed write (full disk, file size limit, I/O error) removes its temporary file, leaves the
     previous last.pt as it was and raises a one-line `UserError`.
     """
-    try:
-        ckdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{ckdir}: cannot create the checkpoint folder ({e.strerror or e})") from None
     for dest in (ckdir / f"step-{step:07d}.pt", ckdir / "last.pt"):
-        try:
-            with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-                torch.save(ck, f)    # through a Python file, so an OS error keeps its errno (as __context__)
-        except (OSError, RuntimeError) as e:
-            raise UserError(f"{dest}: writing the step-{step} checkpoint failed ({_io_reason(e)}); the previous "
-                            f"{ckdir / 'last.pt'} is intact: free space, then continue with --resume "
-                            f"{ckdir.parent}") from None
+        _save_file(ck, dest, step)
     olds = sorted(ckdir.glob("step-*.pt"))
     for p in olds[:-keep] if keep > 0 else olds:
         with contextlib.suppress(FileNotFoundError):
@@ -206,8 +230,20 @@ def _fingerprint(*modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def load_generator(run_dir: str | os.PathLike, ema: bool = True):
-    """(G in eval mode on CPU, resolved config) rebuilt from a run folder alone (config + last.pt)."""
+def run_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Path:
+    """The checkpoint file of a run folder: "last" (checkpoints/last.pt), "best" (checkpoints/best.pt,
+    the best validation) or "auto" (best.pt when the run kept one, else last.pt)."""
+    ckdir = Path(run_dir) / "checkpoints"
+    if which not in ("last", "best", "auto"):
+        raise ValueError(f"which must be last, best or auto, not {which!r}")
+    if which == "auto":
+        which = "best" if (ckdir / "best.pt").is_file() else "last"
+    return ckdir / f"{which}.pt"
+
+
+def load_generator(run_dir: str | os.PathLike, ema: bool = True, which: str = "last"):
+    """(G in eval mode on CPU, resolved config) rebuilt from a run folder alone (config.json and the
+    checkpoint `which`: see `run_checkpoint`; best.pt holds the EMA weights only)."""
     from trainer.models import build_generator
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -217,7 +253,11 @@ def load_generator(run_dir: str | os.PathLike, ema: bool = True):
         raise UserError(f"{cfg_path}: missing; {run_dir} is not a run folder from `python -m trainer fit`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{cfg_path}: unreadable run config ({e}); retrain or restore the file") from None
-    ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    path = run_checkpoint(run_dir, which)
+    best = path.name == "best.pt"
+    if best and not ema:
+        raise UserError(f"{path}: holds the EMA generator only; load last.pt for the raw weights")
+    ck = load_checkpoint(path, BEST_KEYS if best else CKPT_KEYS)
     G = build_generator(cfg)
     G.load_state_dict(ck["G_ema" if ema else "G"])
     return G.eval(), cfg
@@ -347,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--resume continues a run with its own config; drop --recipe/--config "
                             "(only --steps, --minutes, --ckpt-every, --device and --amp may change)")
         run_dir = Path(a.resume)
-        cfg = _read_run_config(run_dir)
+        cfg = C.with_absent(_read_run_config(run_dir))
         over = _cli_overlay(a)
         # a resumed run may only change its budget and where it runs; anything else is a new run
         cfg["train"].update({k: v for k, v in over["train"].items() if k in ("steps", "minutes", "ckpt_every")})
@@ -404,8 +444,10 @@ class Trainer:
         self.device = self._init_process(local_rank)
         self._build_models()
         self.sampler = Sampler(len(ds), int(self.tr["batch"]), int(cfg["seed"]), rank, world)
-        self.step, self.train_seconds = 0, 0.0
+        self.step, self.train_seconds, self.valid_seconds = 0, 0.0, 0.0
+        self.ended_by: str | None = None          # steps | minutes | signal, once the loop has stopped
         self.bad_steps = self.skipped_total = 0
+        self._init_valid()
         if ck is not None:
             self._restore(ck)
         self._wrap_ddp()
@@ -470,6 +512,9 @@ class Trainer:
         if isinstance(pos[0], (list, tuple)):
             pos = pos[self.rank] if self.rank < len(pos) else pos[0]
         self.sampler.load(pos)
+        self.valid_seconds = float(ck.get("valid_seconds", 0.0))
+        self.tracker.load(ck.get("valid_state"))
+        self.best_G_ema, self.best_E = ck.get("best_G_ema"), ck.get("best_E")
 
     def _wrap_ddp(self) -> None:
         self.Gm, self.Dm, self.Em = self.G, self.D, self.E
@@ -501,6 +546,38 @@ class Trainer:
         self.adv_w, self.aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
         self.Z = self.cfg["model"][self.cfg["arch"]]["latent_size"]
         self.steps_total, self.budget_s = int(tr["steps"]), float(tr["minutes"]) * 60.0
+        self._init_disc_regs()
+
+    def _init_disc_regs(self) -> None:
+        """Augmentation, R1, feature matching and the discriminator's start step (train.*; all off in base)."""
+        from trainer.nn.augment import DiffAugment
+
+        tr = self.tr
+        self.aug = DiffAugment.from_config(int(self.cfg["data"]["sample_rate"]), tr.get("augment"))
+        self.r1_gamma, self.r1_every = float(tr.get("r1_gamma") or 0.0), int(tr.get("r1_every") or 16)
+        self.fm_w, self.d_start = float(tr.get("fm_weight") or 0.0), int(tr.get("d_start") or 0)
+        self.last_r1 = float("nan")
+        bad = [k for k, v in (("r1_gamma", self.r1_gamma), ("fm_weight", self.fm_w), ("d_start", self.d_start),
+                              ("r1_every", self.r1_every - 1)) if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            raise UserError(f"config: train.{bad[0]} = {tr.get(bad[0])!r}; use a number >= 0 (r1_every >= 1)")
+
+    def _init_valid(self) -> None:
+        """Validation state (train.valid_every > 0): the valid split's measure on rank 0, the tracker on all."""
+        from trainer.validation import Tracker, Validator
+
+        self.valid_every = int(self.tr.get("valid_every") or 0)
+        self.tracker = Tracker(str(self.tr.get("valid_metric") or "logmel_db"))
+        self.best_G_ema: dict[str, torch.Tensor] | None = None      # the best evaluation's weights
+        self.best_E: dict[str, torch.Tensor] | None = None
+        self.validator = None
+        if self.valid_every > 0 and self.master:
+            v = Validator(self.ds.root, self.cfg, self.device)
+            if v.enabled:
+                self.validator = v
+            else:
+                print(f"trainer fit: {self.ds.root} has no valid notes; validation is off (no best.pt)",
+                      file=sys.stderr)
 
     # -- one step ---------------------------------------------------------------------------------
     def _finite_step(self, opt, params, clip) -> bool:
@@ -528,39 +605,85 @@ class Trainer:
                 return both[:B], both[B:], mu, logvar
             return self.Gm(z, p, v).float(), None, None, None
 
+    @property
+    def d_on(self) -> bool:
+        """The discriminator trains and judges from step train.d_start on."""
+        return self.step >= self.d_start
+
     def _d_step(self, x, fake, p, v) -> tuple[dict[str, float], bool]:
-        """Discriminator update on (real, fake detached): adversarial + auxiliary (+ gradient penalty)."""
+        """Discriminator update on (real, fake detached), both through the augmentation: adversarial +
+        auxiliary (+ gradient penalty, + lazy R1). Nothing before train.d_start."""
         from trainer.nn.losses import d_adv_loss, gradient_penalty
 
+        if not self.d_on:
+            return {}, False
         B = x.shape[0]
+        self.opt_D.zero_grad(set_to_none=True)
+        logs = {}
+        if self.r1_gamma > 0:
+            if self.step % self.r1_every == 0:
+                self.last_r1 = self._r1_backward(x, p, v)
+            if math.isfinite(self.last_r1):     # the latest lazy value, so every logged step shows one
+                logs["reg/r1"] = self.last_r1
         with self._autocast():
-            logit, aux = self.Dm(torch.cat([x, fake.detach()]), torch.cat([p, p]), torch.cat([v, v]))
+            xa = self.aug(torch.cat([x, fake.detach()]), B if self.aug.paired else None)
+            logit, aux = self.Dm(xa, torch.cat([p, p]), torch.cat([v, v]))
         logit, aux = logit.float(), aux.float()
         l_d = d_adv_loss(self.loss_kind, logit[:B], logit[B:])
         l_aux_d = F.cross_entropy(aux[:B], p)
         loss_d = self.adv_w * l_d + self.aux_w * l_aux_d
-        logs = {"adv/d": l_d.item(), "aux/d": l_aux_d.item()}
+        logs.update({"adv/d": l_d.item(), "aux/d": l_aux_d.item()})
         if self.loss_kind == "wgan-gp":
             gp = gradient_penalty(self.D, x, fake.detach(), p, v)
             loss_d = loss_d + float(self.tr["gp_weight"]) * gp
             logs["adv/gp"] = gp.item()
-        self.opt_D.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         return logs, not self._finite_step(self.opt_D, self.d_params, None)
 
-    def _g_step(self, x, fake, rec, mu, logvar, p, v) -> tuple[dict[str, float], bool]:
-        """Generator update through D: adversarial + auxiliary + paired spectral L1 (+ reconstruction and KL)."""
-        from trainer.nn.losses import g_adv_loss
+    def _r1_backward(self, x, p, v) -> float:
+        """Backward of the lazy R1 term, gamma/2 * r1_every * R1 (StyleGAN2), into D's gradients. Under DDP
+        through the bare module, outside DDP's forward: its gradient is not synced here, and the D loss's
+        backward that follows all-reduces the sum. Returns R1."""
+        from trainer.nn.losses import r1_penalty
 
-        if not self.ddp:
-            self.D.requires_grad_(False)
+        with self.Dm.no_sync() if self.ddp else contextlib.nullcontext():
+            r1 = r1_penalty(self.D, x, p, v, self.aug if self.aug.active else None)
+            self.scaler.scale(0.5 * self.r1_gamma * self.r1_every * r1).backward()
+        return r1.item()
+
+    def _g_adv(self, x, fake, p, v) -> tuple[torch.Tensor, dict[str, float]]:
+        """The discriminator's terms of the generator loss: adversarial + auxiliary on the augmented fakes,
+        and with train.fm_weight the feature matching against the real notes (same augmentation draw)."""
+        from trainer.nn.losses import feature_matching, g_adv_loss
+
+        B = x.shape[0]
         with self._autocast():
-            lf, af = self.Dm(fake, p, v)
+            if self.fm_w > 0:
+                lo, au, feats = self.Dm(self.aug(torch.cat([x, fake]), B), torch.cat([p, p]), torch.cat([v, v]),
+                                        features=True)
+                lf, af = lo[B:], au[B:]
+                l_fm = feature_matching([f[:B] for f in feats], [f[B:] for f in feats])
+            else:
+                lf, af = self.Dm(self.aug(fake), p, v)
         l_g = g_adv_loss(self.loss_kind, lf.float())
         l_aux_g = F.cross_entropy(af.float(), p)
+        loss = self.adv_w * l_g + self.aux_w * l_aux_g
+        logs = {"adv/g": l_g.item(), "aux/g": l_aux_g.item()}
+        if self.fm_w > 0:
+            loss = loss + self.fm_w * l_fm
+            logs["fm/loss"] = l_fm.item()
+        return loss, logs
+
+    def _g_step(self, x, fake, rec, mu, logvar, p, v) -> tuple[dict[str, float], bool]:
+        """Generator update: paired spectral L1 (+ reconstruction and KL), and from train.d_start on the
+        discriminator's terms (`_g_adv`)."""
+        if not self.ddp:
+            self.D.requires_grad_(False)
+        l_adv, logs = self._g_adv(x, fake, p, v) if self.d_on else (None, {})
         l_spec = self.spec(fake, x)
-        loss_g = self.adv_w * l_g + self.aux_w * l_aux_g + self.lam * l_spec
-        logs = {"adv/g": l_g.item(), "aux/g": l_aux_g.item(), "spec/l1": l_spec.item()}
+        # the sum in the order it had before the D terms could be off: same recipe, same bits
+        loss_g = self.lam * l_spec if l_adv is None else l_adv + self.lam * l_spec
+        logs["spec/l1"] = l_spec.item()
         if rec is not None:
             l_rec = self.spec(rec, x)
             kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).sum(-1).mean()
@@ -642,15 +765,107 @@ class Trainer:
             st = {"step": self.step, "config": json.dumps(self.cfg, sort_keys=True), "G": self.G.state_dict(),
                   "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(),
                   "opt_D": self.opt_D.state_dict(), "rng": rng, "data_pos": pos, "train_seconds": self.train_seconds,
-                  "arch": self.cfg["arch"]}
+                  "arch": self.cfg["arch"], "valid_seconds": self.valid_seconds,
+                  "steps_per_second": self.steps_per_second, "valid_state": self.tracker.state()}
+            if self.ended_by:
+                st["ended_by"] = self.ended_by
+            if self.best_G_ema is not None:
+                st["best_G_ema"] = self.best_G_ema
+            if self.best_E is not None:
+                st["best_E"] = self.best_E
             if self.E is not None:
                 st["E"] = self.E.state_dict()
             if self.ddp:
                 st["rank_fingerprints"] = prints
             _save(st, self.ckdir, int(self.tr["keep"]), self.step)
 
+    @property
+    def steps_per_second(self) -> float:
+        """Training steps per second over the whole run so far, validation time excluded."""
+        return round(self.step / max(self.train_seconds - self.valid_seconds, 1e-9), 4) if self.step else 0.0
+
+    def _clock(self) -> None:
+        """Move the wall time since the last call into train_seconds (the minutes budget's clock)."""
+        now = time.monotonic()
+        self.train_seconds += now - self.t_start
+        self.t_start = now
+
+    def _say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    # -- validation ---------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        """Measure G_ema on the valid split (rank 0); on a new best write best.pt; log and write the curve."""
+        t0 = time.monotonic()
+        fig = self.validator.measure(self.G_ema)
+        self._clock()
+        fig["minutes"] = round(self.train_seconds / 60.0, 3)
+        improved = self.tracker.add(self.step, fig)
+        if improved:
+            self.best_G_ema = {k: t.detach().cpu().clone() for k, t in self.G_ema.state_dict().items()}
+            if self.E is not None:
+                self.best_E = {k: t.detach().cpu().clone() for k, t in self.E.state_dict().items()}
+            self._write_best()
+        self._write_curve()
+        self.logs.scalars(self.step, {f"valid/{k}": v for k, v in fig.items() if k not in ("seconds", "minutes")})
+        self._say(self.tracker.summary(self.step, fig, improved))
+        self.valid_seconds += time.monotonic() - t0
+
+    def _write_best(self) -> None:
+        """checkpoints/best.pt (atomic): the best evaluation's EMA weights, its figures and when it was."""
+        b = self.tracker.best
+        st = {"step": int(b["step"]), "config": json.dumps(self.cfg, sort_keys=True), "G_ema": self.best_G_ema,
+              "arch": self.cfg["arch"], "valid": dict(b), "train_seconds": 60.0 * float(b.get("minutes", 0.0))}
+        if self.best_E is not None:
+            st["E"] = self.best_E
+        _save_file(st, self.ckdir / "best.pt", int(b["step"]))
+
+    def _write_curve(self) -> None:
+        """validation.json in the run folder: every evaluation so far and the best (atomic)."""
+        from trainer.validation import VALID_SEED
+
+        doc = {"metric": self.tracker.metric, "every": self.valid_every, "latents": int(self.tr["valid_latents"]),
+               "notes": self.validator.n_notes, "seed": VALID_SEED,
+               "best": self.tracker.best, "history": self.tracker.history}
+        atomic_write_text(self.run_dir / "validation.json", json.dumps(doc, indent=1) + "\n")
+
+    def _sync_best_files(self) -> None:
+        """On resume: best.pt and validation.json as the checkpoint's validation state says (a run killed
+        after a checkpoint may have written a later best.pt, from steps the resumed run will redo)."""
+        if self.validator is None:
+            return
+        best_pt = self.ckdir / "best.pt"
+        b = self.tracker.best
+        if b is None or self.best_G_ema is None:
+            with contextlib.suppress(FileNotFoundError):
+                best_pt.unlink()
+        else:
+            try:
+                on_disk = int(load_checkpoint(best_pt, BEST_KEYS)["step"])
+            except UserError:
+                on_disk = None
+            if on_disk != int(b["step"]):
+                self._write_best()
+        if self.tracker.history:
+            self._write_curve()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _out_of_budget(self) -> bool:
+        """A signal arrived or the time budget is spent (on any rank, under DDP)."""
+        done = bool(self.stop["signal"]) or self.train_seconds + time.monotonic() - self.t_start >= self.budget_s
+        if not self.ddp:
+            return done
+        import torch.distributed as dist
+        flag = torch.tensor([1.0 if done else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        return flag.item() > 0
+
     def _after_step(self, logs: dict[str, float]) -> None:
-        """Log curves and samples (rank 0), advance the bar, checkpoint every train.ckpt_every steps."""
+        """Log curves and samples (rank 0), advance the bar, validate every train.valid_every steps,
+        checkpoint every train.ckpt_every steps."""
         step, tr = self.step, self.tr
         now = time.monotonic()
         if self.master and (step % int(tr["log_every"]) == 0 or step == self.steps_total):
@@ -664,9 +879,11 @@ class Trainer:
             self.bar.update(1)
         if self.master and step % int(tr["sample_every"]) == 0:
             self.logs.samples(step, self.G_ema, self.device)
+        if self.validator is not None and step % self.valid_every == 0:
+            self._validate()
+            self.t_last, self.step_last = time.monotonic(), step     # the next steps/s: training alone
         if step - self.last_ckpt >= int(tr["ckpt_every"]):
-            self.train_seconds += time.monotonic() - self.t_start
-            self.t_start = time.monotonic()
+            self._clock()
             self.checkpoint()
             self.last_ckpt = step
 
@@ -675,6 +892,10 @@ class Trainer:
         if self.master:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg, indent=1, sort_keys=True) + "\n")
+            if not quiet:      # (quiet: an error stays the one line on stderr)
+                print(f"trainer fit: budget {self.steps_total} steps or {self.budget_s / 60:g} minutes, whichever "
+                      f"comes first (train.steps, train.minutes); starting at step {self.step}, "
+                      f"{self.train_seconds / 60:.1f} min", file=sys.stderr)
         self.logs = _Logs(self.run_dir, self.cfg, self.master)
 
         def on_signal(signum, _frame):
@@ -693,38 +914,47 @@ class Trainer:
         self.vels = torch.from_numpy(self.ds.velocities)
         self.t_start = time.monotonic()
         self.t_last, self.step_last = self.t_start, self.step
-        self.last_ckpt = self.step
+        self.last_ckpt = self.start_step = self.step
+        if self.master and self.resumed:
+            self._sync_best_files()
 
     def run(self, quiet: bool = False) -> int:
         """Train to the budget; 0 when done or stopped by SIGTERM, 130 on Ctrl-C."""
         self._start(quiet)
         status = 0
         try:
-            while self.step < self.steps_total and not self._out_of_budget():
+            while True:
+                if self.step >= self.steps_total:
+                    self.ended_by = "steps"
+                    break
+                if self._out_of_budget():
+                    self.ended_by = "signal" if self.stop["signal"] else "minutes"
+                    break
                 self._after_step(self.train_step())
         except KeyboardInterrupt:
-            status = 130
+            status, self.ended_by = 130, "signal"
         finally:
             for s, h in self.old_handlers.items():
                 signal.signal(s, h)
         return self._finish(status)
 
     def _finish(self, status: int) -> int:
-        """Final checkpoint and samples, a one-line summary, the process group torn down."""
-        self.train_seconds += time.monotonic() - self.t_start
-        if self.step != self.last_ckpt or not self.resumed or not (self.ckdir / "last.pt").exists():
-            self.checkpoint()
+        """A last validation (unless stopped by a signal), the final checkpoint and samples, a one-line
+        summary saying what ended the run, the process group torn down."""
+        if (self.validator is not None and self.ended_by != "signal"
+                and (not self.tracker.history or self.tracker.history[-1]["step"] != self.step)):
+            self._validate()
+        self._clock()
+        if (self.step != self.last_ckpt or self.step != self.start_step or not self.resumed
+                or not (self.ckdir / "last.pt").exists() or self.valid_every > 0):
+            self.checkpoint()         # also when the last step just checkpointed: it lacked ended_by
         if self.master:
             self.logs.samples(self.step, self.G_ema, self.device)
         self.logs.close()
         if self.bar is not None:
             self.bar.close()
         if self.master:
-            sig = self.stop["signal"]
-            why = f"signal {sig}" if sig else ("interrupted" if status else
-                                              ("step budget" if self.step >= self.steps_total else "time budget"))
-            print(f"trainer fit: stopped at step {self.step} ({why}), {self.train_seconds / 60:.1f} min; "
-                  f"run folder {self.run_dir}", file=sys.stderr)
+            self._say(self._summary())
         if self.ddp:
             import torch.distributed as dist
             dist.barrier()
@@ -732,6 +962,19 @@ class Trainer:
         if self.stop["signal"] == signal.SIGINT:
             return 130
         return status
+
+    def _summary(self) -> str:
+        """The run's last log line: where and why it stopped, its speed and its best validation."""
+        sig = self.stop["signal"]
+        why = {"steps": f"the step budget; {self.train_seconds / 60:.1f} of {self.budget_s / 60:g} minutes used",
+               "minutes": f"the {self.budget_s / 60:g}-minute budget, before the {self.steps_total} steps",
+               "signal": f"signal {sig}" if sig else "interrupted"}[self.ended_by]
+        line = (f"trainer fit: stopped at step {self.step} (ended_by: {self.ended_by}: {why}), "
+                f"{self.train_seconds / 60:.1f} min, {self.steps_per_second:.2f} steps/s")
+        b = self.tracker.best
+        if b is not None:
+            line += f"; best validation at step {b['step']} ({b['logmel_db']:.3f} dB, checkpoints/best.pt)"
+        return line + f"; run folder {self.run_dir}"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from trainer.nn.dsp import exp2_small, harmonic_bank, make_noise_bank, midi_note_hz, noise_bank_synth
-from trainer.nn.layers import Conditioning, LogMel, ProjectionHead
+from trainer.nn.layers import Conditioning, LogMel, ProjectionHead, run_body
 
 _DB = math.log(10.0) / 20.0   # nats per dB
 
@@ -210,7 +210,8 @@ class MultiResSpecDiscriminator(nn.Module):
     """Log-mel magnitudes at several STFT resolutions -> 1-D conv over time per resolution.
 
     forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes]):
-    logits and auxiliary pitch/class logits summed over resolutions. The projection term makes the
+    logits and auxiliary pitch/class logits summed over resolutions; with `features=True` also the
+    list of every conv layer's activations (for feature matching). The projection term makes the
     realness judgement conditional on (pitch, velocity).
     """
 
@@ -228,14 +229,23 @@ class MultiResSpecDiscriminator(nn.Module):
             self.bodies.append(nn.Sequential(*mods))
             self.heads.append(ProjectionHead(2 * channels, kind, n_classes))
 
-    def forward(self, x, pitch, velocity):
+    def inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the trainable layers see: float32[B, n_mels, T_r] log-mel magnitudes per resolution."""
+        return [front(x) for front in self.fronts]
+
+    def forward(self, x, pitch, velocity, features: bool = False):
+        return self.judge(self.inputs(x), pitch, velocity, features)
+
+    def judge(self, reps: list[torch.Tensor], pitch, velocity, features: bool = False):
+        """`forward` from `inputs(x)` (R1 takes its gradient with respect to these)."""
         logit, aux = 0.0, 0.0
-        for front, body, head in zip(self.fronts, self.bodies, self.heads, strict=True):
-            f = body(front(x))
+        feats: list[torch.Tensor] | None = [] if features else None
+        for rep, body, head in zip(reps, self.bodies, self.heads, strict=True):
+            f = run_body(body, rep, feats)
             h = torch.cat([f.mean(-1), f.amax(-1)], dim=-1)
             lo, au = head(h, pitch, velocity)
             logit, aux = logit + lo, aux + au
-        return logit, aux
+        return (logit, aux, feats) if features else (logit, aux)
 
 
 class SpecEncoder(nn.Module):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.nn.dsp import InverseSTFT, mel_to_linear_matrix
-from trainer.nn.layers import Conditioning, ProjectionHead
+from trainer.nn.layers import Conditioning, ProjectionHead, run_body
 
 
 class SpectralGenerator(nn.Module):
@@ -81,7 +81,8 @@ def logmag_if(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> to
 
 
 class SpectralDiscriminator(nn.Module):
-    """forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes])."""
+    """forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes]);
+    with `features=True` also the list of every conv layer's activations (for feature matching)."""
 
     def __init__(self, kind: str = "pitched", n_fft: int = 1024, hop: int = 256, channels: int = 32,
                  blocks: int = 5, n_classes: int = 128, **_unused) -> None:
@@ -96,6 +97,16 @@ class SpectralDiscriminator(nn.Module):
         self.body = nn.Sequential(*mods)
         self.head = ProjectionHead(c, kind, n_classes)
 
-    def forward(self, x, pitch, velocity):
-        f = self.body(logmag_if(x, self.n_fft, self.hop, self.window))
-        return self.head(f.mean(dim=(2, 3)), pitch, velocity)
+    def inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the trainable layers see: [float32[B, 2, T, F] log-magnitude and IF]."""
+        return [logmag_if(x, self.n_fft, self.hop, self.window)]
+
+    def forward(self, x, pitch, velocity, features: bool = False):
+        return self.judge(self.inputs(x), pitch, velocity, features)
+
+    def judge(self, reps: list[torch.Tensor], pitch, velocity, features: bool = False):
+        """`forward` from `inputs(x)` (R1 takes its gradient with respect to these)."""
+        feats: list[torch.Tensor] | None = [] if features else None
+        f = run_body(self.body, reps[0], feats)
+        logit, aux = self.head(f.mean(dim=(2, 3)), pitch, velocity)
+        return (logit, aux, feats) if features else (logit, aux)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.nn.layers import Conditioning, PhaseShuffle, ProjectionHead
+from trainer.nn.layers import Conditioning, PhaseShuffle, ProjectionHead, run_body
 
 
 class WaveGANGenerator(nn.Module):
@@ -49,7 +49,8 @@ class WaveGANGenerator(nn.Module):
 
 
 class WaveGANDiscriminator(nn.Module):
-    """forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes])."""
+    """forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes]);
+    with `features=True` also the list of every conv layer's activations (for feature matching)."""
 
     def __init__(self, note_samples: int, kind: str = "pitched", model_size: int = 16, phase_shuffle: int = 2,
                  layers: int | None = None, n_classes: int = 128, **_unused) -> None:
@@ -67,6 +68,16 @@ class WaveGANDiscriminator(nn.Module):
         self.body = nn.Sequential(*mods)
         self.head = ProjectionHead(chans[-1], kind, n_classes)
 
-    def forward(self, x, pitch, velocity):
-        f = self.body(x.unsqueeze(1))
-        return self.head(f.mean(-1), pitch, velocity)
+    def inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the trainable layers see: [the waveform float32[B, 1, N]]."""
+        return [x.unsqueeze(1)]
+
+    def forward(self, x, pitch, velocity, features: bool = False):
+        return self.judge(self.inputs(x), pitch, velocity, features)
+
+    def judge(self, reps: list[torch.Tensor], pitch, velocity, features: bool = False):
+        """`forward` from `inputs(x)` (R1 takes its gradient with respect to these)."""
+        feats: list[torch.Tensor] | None = [] if features else None
+        f = run_body(self.body, reps[0], feats)
+        logit, aux = self.head(f.mean(-1), pitch, velocity)
+        return (logit, aux, feats) if features else (logit, aux)

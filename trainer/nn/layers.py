@@ -99,6 +99,16 @@ class LogMel(nn.Module):
         return torch.log(torch.matmul(self.fb, S) + 1e-5)
 
 
+def run_body(body: nn.Sequential, x: torch.Tensor, feats: list[torch.Tensor] | None) -> torch.Tensor:
+    """`body(x)`, appending each activation's output to `feats` (D's intermediate features, for
+    feature matching) when it is a list."""
+    for layer in body:
+        x = layer(x)
+        if feats is not None and isinstance(layer, nn.LeakyReLU):
+            feats.append(x)
+    return x
+
+
 class ProjectionHead(nn.Module):
     """Features h[B, C] -> (logit[B] with a projection-discriminator condition term, aux logits[B, n_cls])."""
 
