@@ -75,7 +75,7 @@ class NoteCache:
             self.misses += 1
         else:
             self.hits += 1
-            self._touched.append(key)
+            self._touched.append(e.key)   # the cached tuple, not the caller's: the hints keep no copies
         return e
 
     def acquire(self, entry: NoteEntry) -> bool:
@@ -96,7 +96,8 @@ class NoteCache:
     def release_many(self, slots: np.ndarray) -> None:
         """`release` for many slots at once (a slot may repeat: two voices on one note)."""
         rc = self.refcount
-        for s in slots.tolist():
+        for i in range(len(slots)):
+            s = slots.item(i)
             if s >= 0:
                 rc[s] -= 1
 
@@ -142,7 +143,8 @@ class NoteCache:
         """Store note `key` (audio float32[M] at the output rate; None = silent) and return its entry.
 
         `protect`: a (preset, knobkey) whose notes must not be evicted to make room (a prefill
-        must not evict the keyboard it is filling). Returns None when no slot can be freed.
+        must not evict the keyboard it is filling). A full cache evicts the least recently used note
+        that no voice plays and `protect` spares; returns None when there is none.
         """
         preset, knobkey, pitch, vlayer = key
         with self._wlock:
@@ -185,18 +187,21 @@ class NoteCache:
             k = self._touched.popleft()
             if k in self._lru:
                 self._lru.move_to_end(k)
+        # The least recently used entry that no voice plays and no prefill protects. (Evicting a
+        # playing one would free nothing until its voices end, and empty the index under a small
+        # cap with many notes held.)
         skipped = 0
         while self._lru and skipped <= len(self._lru):
             k = next(iter(self._lru))
             e = self._entries[k]
-            if e.slot < 0 or (protect is not None and (k[0], k[1]) == protect):
+            if e.slot < 0 or self.refcount[e.slot] > 0 or (protect is not None and (k[0], k[1]) == protect):
                 self._lru.move_to_end(k)
                 skipped += 1
                 continue
             self._evict(k)
             if self.refcount[e.slot] == 0:
                 return e.slot
-            self._pending.append(e.slot)
+            self._pending.append(e.slot)   # a voice took it between the check and the eviction
         return None
 
     def _evict(self, k: tuple) -> None:

@@ -51,16 +51,10 @@ _VOICE_CCS = frozenset((64, 120, 121, 123))   # CCs that act on playing voices a
 
 def single_thread_blas() -> int:
     """Make numpy's BLAS run on the calling thread only, process-wide: `python -m synth` (live) and
-    `python -m synth render` call it at start. (Not the engine itself: in a process that also trains,
-    it would slow torch's BLAS.)
-
-    The mix ends in one matrix product; OpenBLAS splits one over its own threads above ~262k
-    multiply-adds (2 x 512 frames x 256 voices is over), and the audio thread then waits for helper
-    threads that run at normal priority, on a machine whose other cores the JACK server, the MIDI
-    clients and the generator worker keep busy: a rare wait of many milliseconds in the callback.
-    One thread does that product in ~0.15 ms. threadpoolctl finds whichever BLAS numpy loaded
-    (OpenBLAS, MKL, BLIS) and sets it at run time, after numpy is imported. Returns the number of
-    BLAS libraries it limited (0 when threadpoolctl is missing)."""
+    `python -m synth render` call it at start (not the engine: in a process that also trains, it
+    would slow torch). The mix ends in one matrix product, which OpenBLAS splits over helper threads
+    of normal priority above ~262k multiply-adds; the audio thread would wait for them. Returns the
+    number of BLAS libraries limited (0 without threadpoolctl). Why: docs/decisions-engine.md."""
     try:
         from threadpoolctl import threadpool_info, threadpool_limits
     except ImportError:   # an optional nicety, not a reason to refuse to play
@@ -74,16 +68,43 @@ def _touches_voices(kind: str, args: tuple) -> bool:
     return kind in ("on", "off", "bend") or (kind == "cc" and args[1] in _VOICE_CCS)
 
 
-def soft_limit(x: np.ndarray, knee: float = LIMIT_KNEE) -> None:
-    """Soft-clip `x` in place: identity below `knee`, tanh into ±1.0 above; never beyond ±1.0."""
-    a = np.abs(x)
-    if a.max(initial=0.0) <= knee:
+def _extremes(x: np.ndarray) -> tuple[float, float]:
+    """(max, min) of `x`, NaN when it holds one: argmax/argmin, which allocate no reduction buffers."""
+    if not x.size:
+        return 0.0, 0.0
+    flat = x.reshape(-1)
+    return flat.item(flat.argmax()), flat.item(flat.argmin())
+
+
+def soft_limit(x: np.ndarray, knee: float = LIMIT_KNEE, work: np.ndarray | None = None,
+               over: np.ndarray | None = None, extremes: tuple[float, float] | None = None) -> None:
+    """Soft-clip `x` (float32, C-contiguous) in place: identity below `knee`, tanh into ±1.0 above;
+    never beyond ±1.0. `work` (float32) and `over` (bool), at least x.size long, are work buffers
+    (allocated when not given); `extremes`: x's (max, min) when the caller has them."""
+    if not x.flags.c_contiguous:
+        y = np.ascontiguousarray(x)
+        soft_limit(y, knee)
+        x[...] = y
         return
-    over = a > knee
+    hi, lo = _extremes(x) if extremes is None else extremes
+    if max(hi, -lo, 0.0) <= knee:
+        return
+    flat = x.reshape(-1)
+    n = flat.size
+    a = np.empty(n, np.float32) if work is None else work[:n]
+    big = np.empty(n, bool) if over is None else over[:n]
     room = 1.0 - knee
-    y = knee + room * np.tanh((a[over] - knee) / room)
-    x[over] = np.copysign(y, x[over]).astype(x.dtype)
-    np.clip(x, -1.0, 1.0, out=x)
+    np.greater(np.abs(flat, out=a), knee, out=big)
+    # knee + room * tanh((|x| - knee) / room), with the sign of x, on every sample (elementwise the
+    # same float32 operations as on the samples above the knee alone); kept only above it.
+    np.subtract(a, knee, out=a)
+    np.divide(a, room, out=a)
+    np.tanh(a, out=a)
+    np.multiply(room, a, out=a)
+    np.add(knee, a, out=a)
+    np.copysign(a, flat, out=a)
+    np.copyto(flat, a, where=big)
+    np.minimum(np.maximum(flat, -1.0, out=flat), 1.0, out=flat)   # np.clip's values, at less cost
 
 
 class Engine:
@@ -183,7 +204,17 @@ class Engine:
         self._maybe_held = bytearray(16 * 128)
         self.fallbacks = 0
         self.steals = 0
+        # What the render thread counts and `report` logs (render() never logs): NaN/Inf blocks,
+        # program changes with no preset mapped, notes skipped offline (the cache full); the counts
+        # already logged, and the last program change and note skipped.
         self.nan_blocks = 0
+        self._ignored_programs = 0
+        self._skipped_notes = 0
+        self._reported = (0, 0, 0)
+        self._last_ignored = (0, 0)
+        self._last_skipped = (0, 0)
+        self._limit_work = np.empty(0, np.float32)   # soft_limit's work buffers, grown to the largest block
+        self._limit_over = np.empty(0, bool)
         self._closed = False
         if self.realtime:
             self.worker.start()
@@ -398,8 +429,8 @@ class Engine:
         and sums voices in start order, so most note events need no cut: a note-on whose note is
         cached, with a voice row free and no voice to steal; a note-off whose voices hold a constant
         full level (their release ramp from `t`, clipped to 1, is that level before `t`). Steals,
-        misses, pedals, bends and sound-off mix up to their frame first. An offline render cuts ~4x
-        fewer mixes this way; the output is the same at any block size.
+        misses, pedals, bends and sound-off mix up to their frame first. The output is the same at
+        any block size.
         """
         if kind == "on":
             return self._note_on(args[0], args[1], args[2], at=t)
@@ -419,12 +450,13 @@ class Engine:
             bend = 2.0 ** (BEND_SEMITONES * value / 8192.0 / 12.0)
             self._bend[ch] = bend
             v = self.voices
-            v.set_bend_rows(np.flatnonzero(v.active & (v.chan == ch)), self.now, bend)
+            v.set_bend_rows(v.select(ch), self.now, bend)
         elif kind == "prog":
             ch, program = args
             pi = self._program_target(ch, program)
             if pi is None:
-                log.debug("program %d on channel %d: no preset mapped; ignored", program, ch + 1)
+                self._ignored_programs += 1      # logged by `report`, from another thread
+                self._last_ignored = (program, ch)
             else:
                 self._chan_preset[ch] = pi
 
@@ -440,11 +472,11 @@ class Engine:
         elif len(rows):
             # Many voices end together (a released cluster): unpin and free them in one step.
             v = self.voices
-            self.cache.release_many(v.slot[rows])
+            self.cache.release_many(v.slots_of(rows))
             v.free_rows(rows)
             if self._pending_xfade:
-                for i in rows.tolist():
-                    self._pending_xfade.pop(i, None)
+                for i in range(len(rows)):
+                    self._pending_xfade.pop(rows.item(i), None)
 
     def _alloc_voice(self) -> int:
         """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
@@ -485,18 +517,23 @@ class Engine:
         if at is not None:
             e = self.cache.peek(key)
             v = self.voices
-            if e is None or (e.slot >= 0 and (v.n_live >= self.polyphony or not v._free)):
+            if e is None or (e.slot >= 0 and (v.n_live >= self.polyphony or not v.n_free)):
                 return False
         entry = self.cache.lookup(key)
         if entry is not None and not self.cache.acquire(entry):
             entry = None
         if entry is None and not self.realtime:
-            self.worker.generate_now([key])
+            self.worker.defer_warnings = True    # render() never logs: `report` does
+            try:
+                self.worker.generate_now([key])
+            finally:
+                self.worker.defer_warnings = False
             entry = self.cache.peek(key)
             if entry is not None and not self.cache.acquire(entry):
                 entry = None
             if entry is None:
-                log.warning("note %d of preset %s could not be cached (cache full); skipped", note, p.name)
+                self._skipped_notes += 1         # logged by `report`
+                self._last_skipped = (note, pi)
                 return True
         if entry is not None:
             if entry.slot >= 0:
@@ -523,7 +560,7 @@ class Engine:
                 self._pending_start.pop((ch, note), None)
             return True
         v = self.voices
-        rows = np.flatnonzero(v.active & v.held & (v.chan == ch) & (v.note == note))
+        rows = v.select(ch, note, where=v.held)
         if at is None:
             at = self.now
         elif not self._sustain[ch] and len(rows) and ((v.slope[rows] != 0.0).any() or (v.env0[rows] != 1.0).any()):
@@ -544,7 +581,7 @@ class Engine:
 
     def _release_rows(self, rows: np.ndarray) -> None:
         v = self.voices
-        v.release_rows(rows, self.now, self._release_arr[v.preset[rows]], self.sample_rate)
+        v.release_rows(rows, self.now, v.per_preset(self._release_arr, rows), self.sample_rate)
 
     def _cc(self, ch: int, cc: int, value: int) -> None:
         v = self.voices
@@ -552,17 +589,17 @@ class Engine:
             on = value >= 64
             if self._sustain[ch] and not on:
                 # Pedal up: every voice it held releases at once, in one vectorised step.
-                self._release_rows(np.flatnonzero(v.active & v.sustained & (v.chan == ch)))
+                self._release_rows(v.select(ch, where=v.sustained))
             self._sustain[ch] = on
         elif cc == 120:
-            rows = np.flatnonzero(v.active & (v.chan == ch))
+            rows = v.select(ch)
             v.fade_out_rows(rows, self.now, SOUND_OFF_FADE_S, self.sample_rate)
             if self._pending_xfade:
-                for i in rows.tolist():
-                    self._pending_xfade.pop(i, None)
+                for i in range(len(rows)):
+                    self._pending_xfade.pop(rows.item(i), None)
             self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
         elif cc == 123:
-            self._release_rows(np.flatnonzero(v.active & ~v.ghost & ~v.released & (v.chan == ch)))
+            self._release_rows(v.select(ch, unless=(v.ghost, v.released)))
             self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
         elif cc == 121:
             self._cc(ch, 64, 0)
@@ -585,7 +622,7 @@ class Engine:
             e = self.cache.peek(key)
             if e is None:
                 continue
-            if budget <= 0 or not v._free:
+            if budget <= 0 or not v.n_free:
                 break
             budget -= 1
             del self._pending_xfade[i]
@@ -622,8 +659,15 @@ class Engine:
     def render(self, frames: int, out: np.ndarray | None = None) -> np.ndarray:
         """Render the next `frames` frames → float32[frames, 2] in [-1, 1] at `sample_rate`.
 
-        `out`: optional float32[frames, 2] to write into (the audio callback's buffer); nothing large
-        is allocated then. Events are applied at their exact frames.
+        `out`: optional float32[frames, 2], C-contiguous, to write into (the audio callback's buffer).
+        Events are applied at their exact frames.
+
+        Real time: it never logs (what goes wrong is counted; `report` logs it, from another thread),
+        and in steady state (notes cached, `out` given, no block longer than an earlier one) no
+        allocation it makes exceeds 1 KB: small Python objects, numpy scalars and views, never an
+        array. tests/test_realtime_alloc.py holds this at 256 voices in 128- and 512-frame blocks with
+        note-ons, note-offs, steals, bends and pedal moves in every block; render's traced memory
+        rises at most 16 KB while it runs and does not grow from block to block.
         """
         if out is None:
             out = np.empty((frames, 2), np.float32)
@@ -634,7 +678,7 @@ class Engine:
             evs.append(self._events.popleft())
         self._carry = []
         if evs:
-            evs.sort(key=lambda e: (e[0], e[1]))
+            evs.sort()    # by (frame, serial): the serial is unique, so nothing past it is compared
         cur = 0
         grid = self._split_grid(evs, frames) if self.realtime and len(evs) > MAX_SPLITS else 0
         skip = self._superseded(evs, frames, grid) if grid > 1 else ()
@@ -668,13 +712,14 @@ class Engine:
         if cur < frames:
             self._mix(out[cur:frames])
         self._reap()
-        if not np.isfinite(out).all():
-            self._nan_guard(out)
+        if out.size > len(self._limit_work):
+            self._limit_work = np.empty(out.size, np.float32)
+            self._limit_over = np.empty(out.size, bool)
+        extremes = self._nan_guard(out)
         if self.fx is not None:
             self.fx.process(out)
-            if not np.isfinite(out).all():
-                self._nan_guard(out)
-        soft_limit(out)
+            extremes = self._nan_guard(out)
+        soft_limit(out, work=self._limit_work, over=self._limit_over, extremes=extremes)
         return out
 
     @staticmethod
@@ -715,11 +760,46 @@ class Engine:
                 last_cc.clear()
         return skip
 
-    def _nan_guard(self, out: np.ndarray) -> None:
+    def _nan_guard(self, out: np.ndarray) -> tuple[float, float] | None:
+        """Replace NaN/Inf in `out` by silence, and count the block (`report` logs the count).
+        Returns out's (max, min) when `out` is C-contiguous and was finite."""
+        if not out.flags.c_contiguous:
+            if not np.isfinite(out).all():
+                self.nan_blocks += 1
+                np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            return None
+        hi, lo = _extremes(out)
+        if math.isfinite(hi) and math.isfinite(lo):
+            return hi, lo
         self.nan_blocks += 1
-        if self.nan_blocks == 1 or self.nan_blocks % 1000 == 0:
-            log.warning("NaN/Inf in the mix (%d blocks so far); replaced by silence", self.nan_blocks)
-        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        flat = out.reshape(-1)
+        bad = self._limit_over[:flat.size]
+        np.copyto(flat, 0.0, where=np.logical_not(np.isfinite(flat, out=bad), out=bad))
+        return None
+
+    def report(self) -> int:
+        """Log what `render` only counted since the last call: NaN/Inf blocks replaced by silence,
+        notes skipped for a full cache, program changes with no preset, and (offline) the generator's
+        warnings about notes generated inside render. Call it from another thread than the audio
+        callback: once per status line live, after rendering offline. Returns the messages logged."""
+        logged = len(self.worker.deferred)
+        while self.worker.deferred:
+            msg, args = self.worker.deferred.pop(0)
+            log.warning(msg, *args)
+        counts = (self.nan_blocks, self._skipped_notes, self._ignored_programs)
+        nan, skipped, ignored = (now - then for now, then in zip(counts, self._reported, strict=True))
+        self._reported = counts
+        if nan > 0:
+            log.warning("NaN/Inf in the mix: %d block(s) replaced by silence (%d so far)", nan, counts[0])
+        if skipped > 0:
+            note, pi = self._last_skipped
+            log.warning("%d note(s) could not be cached (cache full) and were skipped, the last note %d of preset "
+                        "%s; raise cache_mb", skipped, note, self.presets[pi].name)
+        if ignored > 0:
+            program, ch = self._last_ignored
+            log.debug("%d program change(s) with no preset mapped were ignored, the last program %d on channel %d",
+                      ignored, program, ch + 1)
+        return logged + (nan > 0) + (skipped > 0) + (ignored > 0)
 
     def _mix(self, out: np.ndarray) -> None:
         n = out.shape[0]

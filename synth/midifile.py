@@ -11,9 +11,7 @@ other than tempo.
 
 Limits, so that a hostile or absurd file is refused clearly instead of eating the machine:
 `MAX_FILE_BYTES` (4 MiB; a dense 5-minute piece is about 50 KB) and `MAX_EVENTS` (2,000,000 kept
-events). mido holds about 320 bytes per message while parsing: a million-event file (4.0 MB) parses
-in 10-25 s on a 2-core machine and peaks at about 350 MB; the worst case a 4 MiB file allows (two
-bytes per event) stays under about 0.8 GB. Kept events cost 14 bytes each afterwards.
+events); what parsing costs at those limits: docs/decisions-engine.md.
 """
 
 from __future__ import annotations

@@ -348,14 +348,54 @@ def make_progress(enabled: bool | None, total_seconds: float):
                                           "[{elapsed}<{remaining}]")
 
 
+def _load_presets(preset: str, program_map: dict, drums: str | None, preset_dirs) -> list:
+    """The presets a render plays: `preset`, the program map's, and the drum kit last."""
+    from synth.preset import find_preset
+
+    presets = [find_preset(n, list(preset_dirs)) for n in dict.fromkeys([preset, *program_map.values()])]
+    if drums is not None:
+        kit = find_preset(drums, list(preset_dirs))
+        if not kit.is_drums:
+            raise UserError(f"--drums {drums}: is a {kit.kind} preset, not a drum kit (`python -m synth presets` "
+                            f"shows each preset's kind)")
+        presets = [p for p in presets if p.name != kit.name] + [kit]
+    return presets
+
+
+def _write(engine, events, out: Path, container: str, fmt: str, sample_rate: int, blocksize: int, bar) -> _Sink:
+    """Render `events` through `engine` into `out`, atomically; a write failure is a `UserError`."""
+    import soundfile as sf
+
+    from synth.fsutil import atomic_path
+
+    try:
+        # atomic_path gives the file the mode the umask asks for (read without changing it).
+        with atomic_path(out) as tmp:
+            try:
+                with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
+                                  subtype=FORMATS[fmt]) as f:
+                    sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
+                    try:
+                        render_events(engine, events, sample_rate, blocksize, sink, bar)
+                    finally:
+                        sink.close()
+            except OSError as e:
+                raise UserError(f"{out}: cannot write ({e.strerror or e}); check free space and permissions") from None
+            except sf.LibsndfileError as e:
+                raise UserError(f"{out}: cannot write ({e}); check free space and permissions") from None
+    except PermissionError:
+        raise UserError(f"{out}: permission denied; choose a writable output path") from None
+    except FileNotFoundError:
+        raise UserError(f"{out}: cannot create a file in {out.parent or '.'}; choose a writable output path") from None
+    return sink
+
+
 def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), sample_rate: int = 48000,
                 fmt: str = "pcm16", knobs=(), program_map=None, blocksize: int = DEFAULT_BLOCKSIZE,
                 fx: str | None = None, progress: bool | None = None, drums: str | None = None,
                 engine_kw: dict | None = None) -> RenderResult:
     """Render MIDI file `input_path` to `output_path` (.wav/.flac). Raises `UserError` on bad input."""
-    from synth.fsutil import atomic_path
     from synth.midifile import read_midi
-    from synth.preset import find_preset
 
     t0 = time.perf_counter()
     inp, out = Path(input_path), Path(output_path)
@@ -386,20 +426,10 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
     kw: dict = {}
     try:
         program_map = dict(program_map or {})
-        names = [preset] + [n for n in program_map.values() if n != preset]
-        presets = []
-        for n in dict.fromkeys(names):
-            presets.append(find_preset(n, list(preset_dirs)))
-        if drums is not None:
-            kit = find_preset(drums, list(preset_dirs))
-            if not kit.is_drums:
-                raise UserError(f"--drums {drums}: is a {kit.kind} preset, not a drum kit (`python -m synth presets` "
-                                f"shows each preset's kind)")
-            presets = [p for p in presets if p.name != kit.name] + [kit]
-
         from synth.engine import Engine
 
-        kw = dict(sample_rate=sample_rate, blocksize=blocksize, presets=presets, realtime=False)
+        kw = dict(sample_rate=sample_rate, blocksize=blocksize, realtime=False,
+                  presets=_load_presets(preset, program_map, drums, preset_dirs))
         if program_map:
             kw["program_map"] = program_map
         if fx:
@@ -420,15 +450,6 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
         if events.end_time > MAX_SECONDS:
             raise UserError(f"{inp}: the file lasts {events.end_time / 3600:.1f} hours, over the {MAX_SECONDS / 3600:.0f}"
                             f"-hour render limit; its tempo map or timing is probably broken")
-    except BaseException:
-        engine.close()
-        if kw.get("fx") is not None:
-            kw["fx"].close()
-        raise
-
-    import soundfile as sf
-
-    try:
         for cc, v in knobs:
             for ch in range(16):
                 engine.control_change(ch, cc, v)
@@ -437,30 +458,12 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
         t_prep = time.perf_counter() - t_prep
         bar = make_progress(progress, events.end_time)
         try:
-            with atomic_path(out) as tmp:
-                os.chmod(tmp, 0o666 & ~_umask())
-                try:
-                    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
-                                      subtype=FORMATS[fmt]) as f:
-                        sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
-                        try:
-                            render_events(engine, events, sample_rate, blocksize, sink, bar)
-                        finally:
-                            sink.close()
-                except OSError as e:
-                    raise UserError(f"{out}: cannot write ({e.strerror or e}); check free space and permissions") \
-                        from None
-                except sf.LibsndfileError as e:
-                    raise UserError(f"{out}: cannot write ({e}); check free space and permissions") from None
-        except PermissionError:
-            raise UserError(f"{out}: permission denied; choose a writable output path") from None
-        except FileNotFoundError:
-            raise UserError(f"{out}: cannot create a file in {out.parent or '.'}; choose a writable output path") \
-                from None
+            sink = _write(engine, events, out, container, fmt, sample_rate, blocksize, bar)
         finally:
             if bar is not None:
                 bar.close()
     finally:
+        engine.report()   # what the engine only counted while rendering (NaN blocks, skipped notes)
         engine.close()
         if kw.get("fx") is not None:
             kw["fx"].close()  # frees its pyo server now rather than at garbage collection
@@ -469,20 +472,14 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
                         notes_prepared=n_prep)
 
 
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     sr = parse_int(args.sample_rate, "--sample-rate", 8000, 192000, "choose 8000..192000 Hz (48000 is the default)")
     bs = parse_int(args.blocksize, "--blocksize", 1, MAX_BLOCKSIZE, f"choose 1..{MAX_BLOCKSIZE} frames")
     from synth.engine import single_thread_blas
 
-    # The mix's matrix product is memory-bound: a second BLAS thread bought no wall time on the bench
-    # piece and cost a quarter more CPU (five interleaved renders each way).
+    # The mix's matrix product is memory-bound: a second BLAS thread buys no wall time offline either
+    # (docs/decisions-engine.md).
     single_thread_blas()
     res = render_file(args.input, args.output, preset=args.preset, preset_dirs=args.preset_dir, sample_rate=sr,
                       fmt=args.format, knobs=parse_knobs(args.knob), program_map=parse_program_map(args.program_map),

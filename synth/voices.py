@@ -11,7 +11,12 @@ gather of [voices, frames] from the cache's flat note bank (two, with linear int
 voice is pitch-bent or transposed) and one matrix product with the per-voice [2] gains, in float64.
 No Python loop runs per sample or per voice while mixing.
 
-The arrays and work buffers are allocated once; mixing allocates only a few [voices]-sized arrays.
+Allocation: every array the mixer and the vectorised event methods work in is allocated here, once.
+They allocate nothing above 1 KB, only views, numpy scalars and small Python objects
+(tests/test_realtime_alloc.py: 256 voices). Two numpy habits shape the code: a ufunc that
+broadcasts allocates buffers of 64 KB or more (per-voice values are spread over [voices, frames]
+with `np.copyto` first), and one that works in place on a one-element array allocates ~1 KB (work
+vectors are never written over their inputs). History of the design: docs/decisions-engine.md.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 NEVER = np.iinfo(np.int64).max // 4
 _EMPTY = np.zeros(0, np.int64)
+ROW_COPY_FRAMES = 768     # mixes this long gather straight-ahead voices a row at a time
 _SUSTAINED = 1 << 44      # steal-priority tiers above the start serial
 _HELD = 2 << 44
 
@@ -42,10 +48,6 @@ class VoiceBank:
         self.budget = max(int(budget), n)
         if len(bank) < self.max_frames + self.slot_len:
             raise ValueError("the note bank needs max_frames zeros after its last slot")
-        # Row r of this view is bank[r : r + max_frames]: a voice reading straight ahead (no bend, no
-        # loop seam) is one row, so a block of such voices is a single fancy-indexed row copy.
-        self._win = np.lib.stride_tricks.as_strided(bank, shape=(len(bank) - self.max_frames + 1, self.max_frames),
-                                                    strides=(bank.itemsize, bank.itemsize), writeable=False)
         self.active = np.zeros(n, bool)
         self.ghost = np.zeros(n, bool)        # fading out after a steal / crossfade; not a playing note
         self.held = np.zeros(n, bool)         # key down
@@ -71,30 +73,128 @@ class VoiceBank:
         self.env_t = np.zeros(n, np.int64)
         self.env0 = np.zeros(n, np.float64)
         self.slope = np.zeros(n, np.float64)
-        self.end_t = np.zeros(n, np.int64)
+        self.end_t = np.full(n, NEVER, np.int64)   # NEVER for free rows
         self.gain = np.zeros((2, n), np.float64)
         self._serial = 0
         self.next_end = NEVER   # no active voice ends before this time (a lower bound)
         self.n_live = 0         # active voices that are not ghosts
         self.latest_start = 0   # the latest start time given to `start` (a voice may start ahead)
-        self._set_gen = 0       # bumped when a voice starts or stops: the mix's start order is cached
-        self._sorted = (-1, _EMPTY)
-        self._free = list(range(n - 1, -1, -1))   # free rows, lowest on top
+        self._free = np.arange(n - 1, -1, -1, dtype=np.int64)   # a stack of free rows, lowest on top
+        self.n_free = n
+        # The active rows in start order, as the mix sums them: appended by `start`, compacted (rows
+        # since freed dropped) by the next mix after a voice starts or stops (`_set_gen`).
+        self._ord = np.zeros(2 * n, np.int64)
+        self._ord_ser = np.zeros(2 * n, np.int64)   # the start serial each entry was appended with
+        self._ord2 = np.zeros(2 * n, np.int64)
+        self._ord_ser2 = np.zeros(2 * n, np.int64)
+        self._n_ord = 0
+        self._set_gen = 0
+        self._ord_gen = 0
+        # Work vectors (float64, int64, bool rows), one pool per group of methods so that none
+        # overwrites another's: the mix (m), the gather and interpolation (g), the envelopes (n),
+        # end times (e), the vectorised event methods (v); `_nonzero` and `_compact` own theirs.
+        # Operations on them never write over an input: numpy allocates ~1 KB for an in-place
+        # operation on a one-element array.
+        self._mf, self._mi, self._mb = np.zeros((7, n)), np.zeros((3, n + 1), np.int64), np.zeros((4, n), bool)
+        self._gf, self._gi, self._gb = np.zeros((5, n)), np.zeros((4, n + 1), np.int64), np.zeros((1, n), bool)
+        self._nf, self._ni, self._nb = np.zeros((6, n)), np.zeros((4, n + 1), np.int64), np.zeros((3, n), bool)
+        self._ef, self._ei, self._eb = np.zeros((5, n)), np.zeros((6, n + 1), np.int64), np.zeros((3, n), bool)
+        self._vf, self._vi, self._vb = np.zeros((7, n)), np.zeros((7, n + 1), np.int64), np.zeros((3, n), bool)
+        self._nz = np.zeros((2, 2 * n), np.int64)
+        self._nz_b = np.zeros(2 * n, bool)
+        self._cpi, self._cpb = np.zeros((2, 2 * n + 1), np.int64), np.zeros((2, 2 * n), bool)
+        self._rows = np.zeros((3, n + 1), np.int64)     # rows handed to the engine: dead, select, slots
+        self._gains = np.zeros((3, 2 * n))              # the mix's [2, voices] gains (contiguous)
         size = self.budget
         self._i = np.empty(size, np.int64)
+        self._ig = np.empty(size, np.int64)            # the straight-ahead voices' sample indices,
+        self._g_src = np.zeros(n, np.int64)             # ... their first (src), and the shape, kept
+        self._g_shape = (0, 0)                          # from one mix to the next (`_gather`),
+        self._g_base = 0                                # and where in the bank they count from
+        # `_voice_params`: what the mix reads per voice, kept while no voice changes (`_par_gen`).
+        self._cf, self._cb = np.zeros((6, n)), np.zeros((2, n), bool)
+        self._par_gen = 0
+        self._params_key = self._gains_key = None
+        self._loops = False
         self._p = np.empty(size, np.float64)
         self._w = np.empty(size, np.float64)
+        self._x = np.empty(size, np.float64)            # per-voice values spread over [voices, frames]
+        self._e = np.empty(size + self.max_frames, np.float64)   # envelopes (+ a row of ones)
+        self._m = np.empty(size, bool)
         self._s0 = np.empty(size, np.float32)
         self._s1 = np.empty(size, np.float32)
         self._fr = np.empty(size, np.float32)
         self._o = np.empty((2, self.max_frames), np.float64)
         # Touch every page of the work buffers now: the first mix with many voices would otherwise
-        # fault them in on the audio thread (measured: 6.5 ms of CPU for the first 320-voice
-        # 512-frame mix against 1.6 ms for the next; a 154% callback in a 60-s bench session).
-        for b in (self._i, self._p, self._w, self._s0, self._s1, self._fr, self._o):
+        # fault them in on the audio thread (docs/decisions-engine.md).
+        for b in (self._i, self._ig, self._p, self._w, self._x, self._e, self._m, self._s0, self._s1, self._fr, self._o):
             b.fill(0)
-        self._ar = np.arange(self.max_frames, dtype=np.int64)
+        self._ar = np.arange(max(self.max_frames, 2 * n + 1), dtype=np.int64)
         self._arf = np.arange(self.max_frames, dtype=np.float64)
+
+    # ---- work-buffer helpers ---------------------------------------------------------------------
+    def _nonzero(self, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """`np.flatnonzero(mask)`: a new array when it is small (64 indices at most: 512 bytes, cheaper),
+        else written into `out` (int64, at least len(mask) + 1 long) and a view of it."""
+        m = len(mask)
+        if np.count_nonzero(mask) <= 64:
+            return mask.nonzero()[0]
+        c, d = self._nz[0, :m], self._nz[1, :m]
+        np.copyto(c, mask)
+        np.add.accumulate(c, out=c)
+        k = c.item(m - 1)
+        if k:
+            np.subtract(c, 1, out=d)
+            nb = self._nz_b[:m]
+            np.logical_not(mask, out=nb)
+            np.copyto(d, m, where=nb)        # unselected elements go to the spare slot out[m]
+            out[d] = self._ar[:m]
+        return out[:k]
+
+    def _partition(self, mask: np.ndarray, n_true: int, out: np.ndarray) -> np.ndarray:
+        """Destinations of a stable partition of `mask`'s elements: True ones to 0..n_true-1, False
+        ones from n_true on, each in their order (into `out`, int64[len(mask)])."""
+        m = len(mask)
+        c, d = self._nz[0, :m], self._nz[1, :m]
+        np.copyto(c, mask)
+        np.add.accumulate(c, out=c)          # c[i]: True elements up to and including i
+        np.add(self._ar[:m], n_true, out=d)
+        np.subtract(d, c, out=out)           # a False one: n_true + the False ones before it
+        np.subtract(c, 1, out=d)
+        np.copyto(out, d, where=mask)
+        return out
+
+    def _since(self, times: np.ndarray, rows: np.ndarray, t: int, out: np.ndarray, tmp: np.ndarray,
+               itmp: np.ndarray) -> np.ndarray:
+        """float(t − times[rows]) into `out`: exact, as the int64 difference it stands for (times are
+        integers below 2**53). `tmp`, `itmp`: float64 and int64 work vectors."""
+        np.copyto(tmp, times.take(rows, out=itmp, mode="clip"))
+        return np.subtract(t, tmp, out=out)
+
+    def _positions(self, rows: np.ndarray, rate: np.ndarray, t: int, out: np.ndarray, tmp: np.ndarray,
+                   tmp2: np.ndarray, itmp: np.ndarray) -> np.ndarray:
+        """Read positions of `rows` at time `t`, unwrapped: seg_pos + rate · (t − seg_t), into `out`
+        (`rate`: theirs; `tmp`, `tmp2`, `itmp`: work vectors)."""
+        dt = self._since(self.seg_t, rows, t, tmp2, tmp, itmp)
+        np.multiply(rate, dt, out=tmp)
+        return np.add(self.seg_pos.take(rows, out=tmp2, mode="clip"), tmp, out=out)
+
+    def _wrap(self, rows: np.ndarray, p: np.ndarray, loop_e: np.ndarray, where: np.ndarray, w: np.ndarray) -> None:
+        """Wrap the positions `p` of `rows` into their loop where `where` (p >= loop_e), as `pos_at`
+        does: ls + fmod(p − ls, loop_e − ls). `w`: float64[4, len(rows)] of work vectors."""
+        ls = self.loop_s.take(rows, out=w[0], mode="clip")
+        np.subtract(p, ls, out=w[1])
+        np.subtract(loop_e, ls, out=w[2])
+        np.fmod(w[1], w[2], out=w[3])
+        np.copyto(p, np.add(ls, w[3], out=w[1]), where=where)
+
+    def _spread(self, values: np.ndarray, k: int, f: int) -> np.ndarray:
+        """`values` (float64 or int64 [k]) repeated along [k, f] in `_x` (a broadcast operand that
+        costs no allocation)."""
+        x = self._x[:k * f].reshape(k, f) if values.dtype == np.float64 else \
+            self._x.view(np.int64)[:k * f].reshape(k, f)
+        np.copyto(x, values[:, None])
+        return x
 
     # ---- per-voice state (called at event times) -----------------------------------------------
     def pos_at(self, v: int, t: int) -> float:
@@ -131,21 +231,43 @@ class VoiceBank:
     def _update_end_rows(self, rows: np.ndarray) -> None:
         """`_update_end` for many rows at once, from their current segment and envelope arrays (the
         same arithmetic; integer times stay int64, since NEVER is not exact as a float)."""
-        end = np.full(len(rows), NEVER, np.int64)
-        one = self.loop_e[rows] == np.inf
-        if one.any():
-            r = rows[one]
-            rem = self.length[r] - self.seg_pos[r]
-            end[one] = self.seg_t[r] + np.maximum(0.0, np.ceil(rem / self.rate[r])).astype(np.int64)
-        s, e0, et = self.slope[rows], self.env0[rows], self.env_t[rows]
-        down = s < 0
-        if down.any():
-            end[down] = np.minimum(end[down], et[down] + np.ceil(e0[down] / -s[down]).astype(np.int64))
-        zero = (s == 0) & (e0 <= 0)
-        if zero.any():
-            end[zero] = np.minimum(end[zero], et[zero])
+        k = len(rows)
+        fv, iv, bv = self._ef, self._ei, self._eb
+        end = iv[0, :k]
+        end.fill(NEVER)
+        one = np.equal(self.loop_e.take(rows, out=fv[0, :k], mode="clip"), np.inf, out=bv[0, :k])
+        if np.count_nonzero(one):
+            pos = self._nonzero(one, iv[1])
+            n = len(pos)
+            r = rows.take(pos, out=iv[2, :n], mode="clip")
+            a, b = fv[0, :n], fv[1, :n]
+            np.copyto(a, self.length.take(r, out=iv[3, :n], mode="clip"))
+            np.subtract(a, self.seg_pos.take(r, out=fv[2, :n], mode="clip"), out=b)   # samples left
+            np.divide(b, self.rate.take(r, out=fv[2, :n], mode="clip"), out=a)
+            np.maximum(0.0, np.ceil(a, out=b), out=a)
+            v = iv[3, :n]
+            np.copyto(v, a, casting="unsafe")
+            end[pos] = np.add(self.seg_t.take(r, out=iv[4, :n], mode="clip"), v, out=iv[5, :n])
+        s = self.slope.take(rows, out=fv[3, :k], mode="clip")
+        e0 = self.env0.take(rows, out=fv[4, :k], mode="clip")
+        down = np.less(s, 0.0, out=bv[0, :k])
+        if np.count_nonzero(down):
+            pos = self._nonzero(down, iv[1])
+            n = len(pos)
+            q, neg = fv[0, :n], fv[1, :n]
+            np.negative(s.take(pos, out=fv[2, :n], mode="clip"), out=neg)
+            np.divide(e0.take(pos, out=q, mode="clip"), neg, out=fv[2, :n])
+            v = iv[2, :n]
+            np.copyto(v, np.ceil(fv[2, :n], out=q), casting="unsafe")                   # ramp samples left
+            w = np.add(self.env_t.take(rows.take(pos, out=iv[3, :n], mode="clip"), out=iv[4, :n], mode="clip"),
+                       v, out=iv[5, :n])
+            end[pos] = np.minimum(end.take(pos, out=iv[3, :n], mode="clip"), w, out=v)
+        zero = np.logical_and(np.equal(s, 0.0, out=bv[0, :k]), np.less_equal(e0, 0.0, out=bv[1, :k]), out=bv[2, :k])
+        if np.count_nonzero(zero):
+            np.copyto(end, np.minimum(end, self.env_t.take(rows, out=iv[1, :k], mode="clip"), out=iv[2, :k]),
+                      where=zero)
         self.end_t[rows] = end
-        self.next_end = min(self.next_end, int(end.min()))
+        self.next_end = min(self.next_end, end.item(end.argmin()))
 
     def start(self, v: int, t: int, entry, chan: int, note: int, preset: int, base_rate: float, bend: float,
               gain_l: float, gain_r: float, pos: float = 0.0, env0: float = 1.0, slope: float = 0.0) -> None:
@@ -192,10 +314,18 @@ class VoiceBank:
         self.end_t[v] = end
         if end < self.next_end:
             self.next_end = end
+        m = self._n_ord
+        if m == len(self._ord):
+            self._compact()
+            m = self._n_ord
+        self._ord[m] = v
+        self._ord_ser[m] = self._serial
+        self._n_ord = m + 1
 
     def set_bend(self, v: int, t: int, bend: float) -> None:
         """New pitch-bend factor for voice `v` from time `t` on (a new position segment)."""
         p = self.pos_at(v, t)
+        self._par_gen += 1
         self.seg_pos[v] = p
         self.seg_t[v] = t
         self.rate[v] = self.base_rate[v] * bend
@@ -204,15 +334,18 @@ class VoiceBank:
     def set_bend_rows(self, rows: np.ndarray, t: int, bend: float) -> None:
         """`set_bend` for many rows at once (a bend moves every voice of its channel): the same
         arithmetic, vectorised, so the positions match the one-row path exactly."""
-        if len(rows) == 0:
+        k = len(rows)
+        if not k:
             return
-        p = self.seg_pos[rows] + self.rate[rows] * (t - self.seg_t[rows]).astype(np.float64)
-        le = self.loop_e[rows]
-        wrap = p >= le
-        if wrap.any():
-            ls = self.loop_s[rows]
-            p = np.where(wrap, ls + np.fmod(p - ls, np.where(wrap, le - ls, 1.0)), p)
-        rate = self.base_rate[rows] * bend
+        fv, iv, bv = self._vf, self._vi, self._vb
+        p = self._positions(rows, self.rate.take(rows, out=fv[0, :k], mode="clip"), t, fv[1, :k], fv[2, :k],
+                            fv[3, :k], iv[0, :k])
+        le = self.loop_e.take(rows, out=fv[0, :k], mode="clip")
+        wrap = np.greater_equal(p, le, out=bv[0, :k])
+        if np.count_nonzero(wrap):
+            self._wrap(rows, p, le, wrap, fv[2:6, :k])
+        rate = np.multiply(self.base_rate.take(rows, out=fv[0, :k], mode="clip"), bend, out=fv[2, :k])
+        self._par_gen += 1
         self.seg_pos[rows] = p
         self.seg_t[rows] = t
         self.rate[rows] = rate
@@ -221,6 +354,7 @@ class VoiceBank:
     def ramp(self, v: int, t: int, seconds_to_zero: float, sample_rate: int) -> None:
         """Fade voice `v` linearly from its current level at time `t` (full scale per `seconds_to_zero`)."""
         e = self.env_at(v, t)
+        self._par_gen += 1
         self.env0[v] = e
         self.env_t[v] = t
         self.slope[v] = -1.0 / max(1.0, seconds_to_zero * sample_rate)
@@ -234,20 +368,36 @@ class VoiceBank:
             self.steal_key[v] = self.order[v]
         self.ramp(v, t, seconds, sample_rate)
 
-    def release_rows(self, rows: np.ndarray, t: int, seconds: np.ndarray, sample_rate: int) -> None:
+    def _env_now(self, rows: np.ndarray, t: int, out: np.ndarray) -> np.ndarray:
+        """`env_at` for many rows, into `out` (float64[len(rows)])."""
+        k = len(rows)
+        a, b = self._vf[4, :k], self._vf[5, :k]
+        dt = self._since(self.env_t, rows, t, b, a, self._vi[0, :k])
+        np.multiply(self.slope.take(rows, out=a, mode="clip"), dt, out=out)
+        np.add(self.env0.take(rows, out=a, mode="clip"), out, out=b)
+        return np.clip(b, 0.0, 1.0, out=out)
+
+    def release_rows(self, rows: np.ndarray, t: int, seconds, sample_rate: int) -> None:
         """`release` for many rows at once (pedal up, all-notes-off over a held cluster): the same
-        arithmetic, vectorised; `seconds` gives each row's release time."""
-        if len(rows) == 0:
+        arithmetic, vectorised; `seconds` gives each row's release time (or all rows' one)."""
+        k = len(rows)
+        if not k:
             return
+        fv, iv, bv = self._vf, self._vi, self._vb
         self.held[rows] = False
         self.sustained[rows] = False
         self.released[rows] = True
-        live = rows[~self.ghost[rows]]
-        self.steal_key[live] = self.order[live]
-        e = np.clip(self.env0[rows] + self.slope[rows] * (t - self.env_t[rows]).astype(np.float64), 0.0, 1.0)
-        self.env0[rows] = e
+        live = np.logical_not(self.ghost.take(rows, out=bv[0, :k], mode="clip"), out=bv[1, :k])
+        key = self.steal_key.take(rows, out=iv[1, :k], mode="clip")
+        np.copyto(key, self.order.take(rows, out=iv[2, :k], mode="clip"), where=live)
+        self.steal_key[rows] = key
+        self._par_gen += 1
+        self.env0[rows] = self._env_now(rows, t, fv[0, :k])
         self.env_t[rows] = t
-        self.slope[rows] = -1.0 / np.maximum(1.0, np.asarray(seconds, np.float64) * sample_rate)
+        a, b = fv[1, :k], fv[2, :k]
+        np.copyto(a, seconds)
+        np.maximum(1.0, np.multiply(a, sample_rate, out=b), out=a)
+        self.slope[rows] = np.divide(-1.0, a, out=b)
         self._update_end_rows(rows)
 
     def sustain(self, v: int) -> None:
@@ -279,14 +429,16 @@ class VoiceBank:
 
     def fade_out_rows(self, rows: np.ndarray, t: int, seconds: float, sample_rate: int) -> None:
         """`fade_out` for many rows at once (all-sound-off, panic): the same arithmetic, vectorised."""
-        if len(rows) == 0:
+        k = len(rows)
+        if not k:
             return
-        self.n_live -= int(np.count_nonzero(~self.ghost[rows]))
-        e = np.clip(self.env0[rows] + self.slope[rows] * (t - self.env_t[rows]).astype(np.float64), 0.0, 1.0)
+        self.n_live -= k - int(np.count_nonzero(self.ghost.take(rows, out=self._vb[0, :k], mode="clip")))
+        e = self._env_now(rows, t, self._vf[0, :k])
         slope = -1.0 / max(1.0, seconds * sample_rate)
+        self._par_gen += 1
         self.ghost[rows] = True
         self.steal_key[rows] = NEVER
-        self.ghost_key[rows] = self.order[rows]
+        self.ghost_key[rows] = self.order.take(rows, out=self._vi[1, :k], mode="clip")
         self.held[rows] = False
         self.sustained[rows] = False
         self.released[rows] = True
@@ -297,7 +449,10 @@ class VoiceBank:
 
     def take_row(self) -> int | None:
         """A free row for `start`, or None when every row is busy."""
-        return self._free.pop() if self._free else None
+        if not self.n_free:
+            return None
+        self.n_free -= 1
+        return self._free.item(self.n_free)
 
     def free_row(self, v: int) -> None:
         """Stop voice `v` at once and return its row (the caller releases its cache slot)."""
@@ -306,20 +461,25 @@ class VoiceBank:
         self.active[v] = False
         self.steal_key[v] = NEVER
         self.ghost_key[v] = NEVER
+        self.end_t[v] = NEVER
         self.slot[v] = -1
-        self._free.append(v)
+        self._free[self.n_free] = v
+        self.n_free += 1
         self._set_gen += 1
 
     def free_rows(self, rows: np.ndarray) -> None:
         """`free_row` for many rows at once, in order (a 256-voice cluster ending in one block)."""
-        if len(rows) == 0:
+        k = len(rows)
+        if not k:
             return
-        self.n_live -= int(np.count_nonzero(~self.ghost[rows]))
+        self.n_live -= k - int(np.count_nonzero(self.ghost.take(rows, out=self._vb[0, :k], mode="clip")))
         self.active[rows] = False
         self.steal_key[rows] = NEVER
         self.ghost_key[rows] = NEVER
+        self.end_t[rows] = NEVER
         self.slot[rows] = -1
-        self._free.extend(rows.tolist())
+        self._free[self.n_free:self.n_free + k] = rows
+        self.n_free += k
         self._set_gen += 1
 
     def frames_for(self, voices: int) -> int:
@@ -327,163 +487,323 @@ class VoiceBank:
         return max(1, min(self.max_frames, self.budget // max(1, voices)))
 
     def dead(self, t: int) -> np.ndarray:
-        """Indices of active voices that are silent for good at time `t` (updates `next_end`)."""
+        """Rows of active voices that are silent for good at time `t` (updates `next_end`): a view of
+        a work buffer, valid until the next call."""
         if t < self.next_end:
             return _EMPTY
-        gone = np.flatnonzero(self.active & (self.end_t <= t))
-        still = self.end_t[self.active & (self.end_t > t)]
-        self.next_end = int(still.min()) if len(still) else NEVER
+        over = np.less_equal(self.end_t, t, out=self._vb[1])    # free rows end at NEVER
+        gone = self._nonzero(over, self._rows[0])
+        rest = self._vi[6, :self.capacity]
+        np.copyto(rest, self.end_t)
+        np.copyto(rest, NEVER, where=over)
+        self.next_end = rest.item(rest.argmin())
         return gone
+
+    def select(self, chan: int, note: int | None = None, where: np.ndarray | None = None,
+               unless: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+        """Rows of the active voices on `chan` (playing `note`; with `where` set; with none of
+        `unless` set), in row order: a view of a work buffer, valid until the next call."""
+        b, c = self._vb[1], self._vb[2]
+        np.equal(self.chan, chan, out=b)
+        np.logical_and(b, self.active, out=b)
+        if note is not None:
+            np.logical_and(b, np.equal(self.note, note, out=c), out=b)
+        if where is not None:
+            np.logical_and(b, where, out=b)
+        for flag in unless:
+            np.logical_and(b, np.logical_not(flag, out=c), out=b)
+        return self._nonzero(b, self._rows[1])
+
+    def slots_of(self, rows: np.ndarray) -> np.ndarray:
+        """The cache slots of `rows`: a view of a work buffer, valid until the next call."""
+        return self.slot.take(rows, out=self._rows[2, :len(rows)], mode="clip")
+
+    def per_preset(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`values[preset]` for each of `rows` (`values`: float64, one per preset): a view of a work
+        buffer, valid until the next call."""
+        k = len(rows)
+        return values.take(self.preset.take(rows, out=self._vi[5, :k], mode="clip"), out=self._vf[6, :k], mode="clip")
+
+    def _start_order(self) -> np.ndarray:
+        """The active rows in start order: a view of `_ord`, kept until a voice starts or stops."""
+        if self._ord_gen != self._set_gen:
+            self._compact()
+            self._ord_gen = self._set_gen
+        return self._ord[:self._n_ord]
+
+    def _compact(self) -> None:
+        """Drop the entries of `_ord` whose row has stopped (or stopped and started another note)."""
+        m = self._n_ord
+        rows, ser = self._ord[:m], self._ord_ser[:m]
+        keep, act = self._cpb[0, :m], self._cpb[1, :m]
+        np.equal(self.order.take(rows, out=self._cpi[0, :m], mode="clip"), ser, out=keep)
+        np.logical_and(keep, self.active.take(rows, out=act, mode="clip"), out=keep)
+        k = int(np.count_nonzero(keep))
+        if k < m:
+            pos = self._nonzero(keep, self._cpi[1])
+            rows.take(pos, out=self._ord2[:k], mode="clip")
+            ser.take(pos, out=self._ord_ser2[:k], mode="clip")
+            self._ord, self._ord2 = self._ord2, self._ord
+            self._ord_ser, self._ord_ser2 = self._ord_ser2, self._ord_ser
+        self._n_ord = k
 
     # ---- mixing ---------------------------------------------------------------------------------
     def mix(self, t: int, out: np.ndarray) -> None:
         """Mix all active voices for frames [t, t + F) into `out` float32[F, 2] (overwritten).
 
-        F <= frames_for(active voices). Voices reading straight ahead are copied as rows of the
-        bank; the others (bent, transposed, crossing a loop seam) get an index per sample and linear
-        interpolation. Both give the same samples for a voice that qualifies for either.
+        F <= frames_for(active voices). Voices reading straight ahead get one index per sample into
+        the bank; the others (bent, transposed, crossing a loop seam) get fractional positions and
+        linear interpolation. Both give the same samples for a voice that qualifies for either.
 
         A voice whose start time `seg_t` is after `t` (started ahead by the engine, at a frame later
-        in the block) is silent until then. The voices are summed in start order (`order`), whatever
-        their rows or envelopes: a voice started ahead, or released ahead, adds exact zeros or the
-        same samples at the same place in the sum as it would from a mix cut at its frame, so the
-        output does not depend on where the engine cut.
+        in the block) is silent until then. The voices are summed in start order, whatever their rows
+        or envelopes: a voice started ahead, or released ahead, adds exact zeros or the same samples
+        at the same place in the sum as it would from a mix cut at its frame, so the output does not
+        depend on where the engine cut.
+
+        Allocation: none above 1 KB, only views, numpy scalars and index arrays of 64 entries at
+        most; every array it works in is the bank's, allocated once (tests/test_realtime_alloc.py
+        holds it at 256 voices in 128- and 512-frame blocks). The exception: a one-frame mix of one
+        voice, where numpy allocates ~1.1 KB for an operation in place on one element.
         """
         f = out.shape[0]
-        gen, idx = self._sorted
-        if gen != self._set_gen:
-            idx = np.flatnonzero(self.active)
-            if len(idx) > 1:
-                idx = idx[self.order[idx].argsort()]
-            self._sorted = (self._set_gen, idx)
+        idx = self._start_order()
         nv = len(idx)
         if nv == 0:
             out[:] = 0.0
             return
-        rate = self.rate[idx]
-        loop_e = self.loop_e[idx]
-        p0 = self.seg_pos[idx] + rate * (t - self.seg_t[idx])
-        looped = p0 >= loop_e
-        if looped.any():
-            ls = self.loop_s[idx]
-            p0 = np.where(looped, ls + np.fmod(p0 - ls, loop_e - ls), p0)
-        simple = (rate == 1.0) & (p0 == np.floor(p0)) & (p0 + f <= loop_e)
-        ramp = self.slope[idx] != 0.0
-        # Rows of ww: the straight-ahead voices, then the interpolated ones, each in start order.
-        if simple.all():
-            fast, slow, order, ramp_o = idx, _EMPTY, idx, ramp
+        fv, iv, bv = self._mf, self._mi, self._mb
+        cf, cb = self._voice_params(idx)
+        rate, loop_e, ramp = cf[0, :nv], cf[1, :nv], cb[1, :nv]
+        # The read positions at t: seg_pos + rate · (t − seg_t), as `pos_at`.
+        np.multiply(rate, np.subtract(t, cf[3, :nv], out=fv[3, :nv]), out=fv[4, :nv])
+        p0 = np.add(cf[2, :nv], fv[4, :nv], out=fv[2, :nv])
+        a, b, c = bv[0, :nv], bv[1, :nv], bv[2, :nv]
+        if self._loops:
+            looped = np.greater_equal(p0, loop_e, out=a)
+            if np.count_nonzero(looped):
+                self._wrap(idx, p0, loop_e, looped, fv[3:7, :nv])
+        # Straight ahead: rate 1, on a whole sample, and not crossing the loop seam in this block.
+        simple = np.logical_and(cb[0, :nv], np.equal(p0, np.floor(p0, out=fv[3, :nv]), out=a), out=b)
+        if self._loops:
+            simple = np.logical_and(b, np.less_equal(np.add(p0, f, out=fv[3, :nv]), loop_e, out=a), out=c)
+        nf = int(np.count_nonzero(simple))
+        if nf == nv:
+            order, ramp_o, p_o = idx, ramp, p0
         else:
-            fast, slow = idx[simple], idx[~simple]
-            order = np.concatenate((fast, slow))
-            ramp_o = np.concatenate((ramp[simple], ramp[~simple]))
-        nf = len(fast)
-        n = nv * f
-        ww = self._w[:n].reshape(nv, f)
-        rr = np.flatnonzero(ramp_o)            # rows with an envelope ramp (fast ones first)
-        k = len(rr)
-        kf = int(np.count_nonzero(rr < nf))
-        # Ramping fast rows spread between constant ones (a released voice sits in start order), in
-        # more runs than `_env_rows` multiplies one by one: they are gathered apart and scattered
-        # into place once multiplied by their envelope, which costs what one contiguous range of
-        # them would (a fancy-indexed multiply in place takes 2x).
-        cut = (np.flatnonzero(np.diff(rr) != 1) + 1).tolist() if k > 1 and int(rr[-1]) - int(rr[0]) + 1 != k else []
-        split = False
-        if 0 < kf < nf and cut and cut[0] < kf:
-            split = (1 + sum(1 for c in cut if c < kf)) * 4096 > kf * f
-        rows_r = None
+            # Rows of ww: the straight-ahead voices, then the interpolated ones, each in start order.
+            dest = self._partition(simple, nf, iv[1, :nv])
+            order, ramp_o, p_o = iv[2, :nv], bv[3, :nv], fv[4, :nv]
+            order[dest] = idx
+            ramp_o[dest] = ramp
+            p_o[dest] = p0
+        ww = self._w[:nv * f].reshape(nv, f)
         if nf:
-            start = p0[simple].astype(np.int64) if len(slow) else p0.astype(np.int64)
-            offs = self.off[fast]
-            src = offs + start
-            if split:
-                cf = np.flatnonzero(~ramp_o[:nf])
-                rows = self._win[src[cf], :f]
-                self._fix_rows(rows, start[cf], offs[cf], f)
-                ww[cf] = rows
-                rf = rr[:kf]
-                rows_r = self._win[src[rf], :f]
-                self._fix_rows(rows_r, start[rf], offs[rf], f)
-            else:
-                rows = self._win[src, :f]
-                self._fix_rows(rows, start, offs, f)
-                np.copyto(ww[:nf], rows)
-        if len(slow):
-            self._mix_slow(t, slow, ww[nf:], f)
-        # env0 is always within [0, 1]; a voice without a ramp has a constant envelope, folded into its gains.
-        gain = self.gain[:, order] * self.env0[order]
-        if k:
-            oe = order[rr]
-            # float(t - env_t + n) is exact (integers < 2**53), as the int64 sum it replaces was.
-            env = self._p[:k * f].reshape(k, f)
-            np.add((t - self.env_t[oe]).astype(np.float64)[:, None], self._arf[None, :f], out=env)
-            env *= self.slope[oe][:, None]
-            env += self.env0[oe][:, None]
-            ends = env[:, ::f - 1] if f > 1 else env
-            if ends[:, 0].max() >= 1.0:
-                # A ramp up (a crossfade in) that has reached full level stays there: from now on the
-                # voice is constant, and costs no envelope (the same samples: x * 1.0 is x).
-                full = oe[(ends[:, 0] >= 1.0) & (self.slope[oe] > 0.0)]
-                if len(full):
-                    self.env0[full] = 1.0
-                    self.slope[full] = 0.0
-                    self.env_t[full] = t
-            if ends.min() < 0.0 or ends.max() > 1.0:
-                # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
-                np.clip(env, 0.0, 1.0, out=env)
-            if rows_r is not None:
-                np.multiply(rows_r, env[:kf], out=env[:kf])
-                ww[rr[:kf]] = env[:kf]
-                self._env_rows(ww, rr[kf:], env[kf:], f)
-            else:
-                self._env_rows(ww, rr, env, f, cut)
-            gain[:, rr] = self.gain[:, oe]
-        if len(slow) and self.latest_start > t:
-            # Interpolated voices started ahead are silent until their frame (the straight-ahead
-            # ones were made so in `_fix_rows`).
-            lead = self.seg_t[slow] - t
-            for r in np.flatnonzero(lead > 0).tolist():
-                ww[nf + r, :min(f, int(lead[r]))] = 0.0
+            self._gather(order[:nf], p_o[:nf], ww[:nf], f)
+        if nf < nv:
+            self._mix_slow(t, order[nf:], ww[nf:], f)
+        ramping = int(np.count_nonzero(ramp_o))
+        gain = self._mix_gains(order, ramp_o, ramping, cf[4, :nv] if nf == nv else None)
+        if ramping:
+            self._apply_envelopes(t, order, self._nonzero(ramp_o, iv[0]), ww, f)
+        if nf < nv and self.latest_start > t:
+            self._silence_before_start(t, order[nf:], ww[nf:], f)
         o = self._o[:, :f]
         np.matmul(gain, ww, out=o)
         # One channel at a time: the same values as out[:] = o.T, in a seventh of the time.
         out[:, 0] = o[0]
         out[:, 1] = o[1]
 
-    def _fix_rows(self, rows: np.ndarray, start: np.ndarray, offs: np.ndarray, f: int) -> None:
-        """Straight-ahead rows just gathered from the bank window, fixed where the window is wrong:
-        a voice started ahead (start < 0: the engine starts voices ahead only at position 0) is
-        silent until its frame, then reads its slot from the beginning; a note running off its slot
-        in this block reads zeros, not the next slot."""
-        if not len(start):
-            return
-        if start.min() < 0:
-            for r in np.flatnonzero(start < 0).tolist():
-                s = min(f, -int(start[r]))
-                rows[r, :s] = 0.0
-                rows[r, s:] = self.bank[int(offs[r]):int(offs[r]) + f - s]
-        if start.max() + f > self.slot_len:
-            for r in np.flatnonzero(start + f > self.slot_len).tolist():
-                rows[r, max(0, self.slot_len - int(start[r])):] = 0.0
+    def _voice_params(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The per-voice values the mix reads, for the active voices in start order (rows of `_cf`:
+        rate, loop end, seg_pos, float(seg_t), env0; of `_cb`: rate == 1, ramping), gathered again
+        only after a voice started, stopped, or changed segment or envelope (`_par_gen`)."""
+        key = (self._set_gen, self._par_gen)
+        if key != self._params_key:
+            self._params_key = key
+            k = len(idx)
+            cf, cb = self._cf, self._cb
+            self.rate.take(idx, out=cf[0, :k], mode="clip")
+            self.loop_e.take(idx, out=cf[1, :k], mode="clip")
+            self.seg_pos.take(idx, out=cf[2, :k], mode="clip")
+            np.copyto(cf[3, :k], self.seg_t.take(idx, out=self._mi[0, :k], mode="clip"))
+            self.env0.take(idx, out=cf[4, :k], mode="clip")
+            np.equal(cf[0, :k], 1.0, out=cb[0, :k])
+            np.not_equal(self.slope.take(idx, out=cf[5, :k], mode="clip"), 0.0, out=cb[1, :k])
+            self._loops = cf[1, :k].item(cf[1, :k].argmin()) < math.inf
+        return self._cf, self._cb
 
-    @staticmethod
-    def _env_rows(ww: np.ndarray, rr: np.ndarray, env: np.ndarray, f: int, cut: list | None = None) -> None:
-        """ww[rr] *= env, in place: one slice when the rows are consecutive, else runs of consecutive
-        rows when they are long enough (each costs ~1.5 us of calls), else a fancy-indexed multiply.
-        `cut`: where runs of rr start (not counting 0), when the caller knows."""
-        k = len(rr)
-        if not k:
-            return
-        if int(rr[-1]) - int(rr[0]) + 1 == k:
-            ww[int(rr[0]):int(rr[-1]) + 1] *= env
-            return
-        if cut is None:
-            cut = (np.flatnonzero(np.diff(rr) != 1) + 1).tolist()
-        if (len(cut) + 1) * 4096 <= k * f:
-            for a, b in zip([0, *cut], [*cut, k], strict=True):
-                r = int(rr[a])
-                ww[r:r + b - a] *= env[a:b]
+    def _mix_gains(self, order: np.ndarray, ramp: np.ndarray, ramping: int, env0: np.ndarray | None) -> np.ndarray:
+        """The [2, voices] gains of the mix's rows: a voice without a ramp has a constant envelope
+        (env0, within [0, 1]) folded in; a ramping one gets its envelope in ww, and gains times 1.0
+        (the same values). `env0`: the voices' in `order` when the caller has them (then the result
+        is kept until the voice parameters change)."""
+        nv = len(order)
+        g = self._gains[:, :2 * nv].reshape(3, 2, nv)
+        if env0 is not None and self._gains_key == self._params_key:
+            return g[2]
+        e0 = self._mf[5, :nv]
+        if env0 is None:
+            self.env0.take(order, out=e0, mode="clip")
         else:
-            ww[rr] *= env
+            np.copyto(e0, env0)
+        if ramping:
+            np.copyto(e0, 1.0, where=ramp)
+        np.copyto(g[1], e0)
+        np.multiply(self.gain.take(order, axis=1, out=g[0], mode="clip"), g[1], out=g[2])
+        self._gains_key = self._params_key if env0 is not None else None
+        return g[2]
+
+    def _gather(self, rows: np.ndarray, pos: np.ndarray, ww: np.ndarray, f: int) -> None:
+        """Samples of straight-ahead voices `rows` at integer positions `pos` for f frames into ww
+        float64[len(rows), f]: one take of an index per sample (numpy gathers rows of an overlapping
+        window of the bank only into a new array)."""
+        k = len(rows)
+        gi = self._gi
+        start = gi[0, :k]
+        np.copyto(start, pos, casting="unsafe")
+        offs = self.off.take(rows, out=gi[1, :k], mode="clip")
+        src = np.add(offs, start, out=gi[2, :k])
+        if f >= ROW_COPY_FRAMES:
+            # Long rows: one slice copy per voice costs less than an index per sample.
+            bank = self.bank
+            for r in range(k):
+                a = src.item(r)
+                if a >= 0:
+                    ww[r] = bank[a:a + f]
+            self._fix_rows(ww, start, offs, f)
+            self._g_shape = (0, 0)
+            return
+        ii = self._ig[:k * f].reshape(k, f)
+        # Index row r is src[r] + (0 .. f-1). When every row moved by the same c since the last
+        # gather (block to block: the same voices, f frames on), the last matrix serves, into the
+        # bank from c samples further on.
+        moved = np.subtract(src, self._g_src[:k], out=gi[3, :k]) if self._g_shape == (k, f) else None
+        c = moved.item(moved.argmin()) if moved is not None else None
+        if c is not None and c == moved.item(moved.argmax()) and self._g_base + c >= 0:
+            self._g_base += c          # the same indices, into the bank from c samples further on
+        else:
+            # (Only from matrices of indices >= 0: a negative one, a voice started ahead in the
+            # first slot, is clipped to the start of the bank, not of the part taken from.)
+            np.copyto(ii, self._ar[:f])
+            np.add(ii, self._spread(src, k, f), out=ii)
+            self._g_shape = (k, f) if src.item(src.argmin()) >= 0 else (0, 0)
+            self._g_base = 0
+        np.copyto(self._g_src[:k], src)
+        samples = self._s0[:k * f].reshape(k, f)
+        (self.bank[self._g_base:] if self._g_base else self.bank).take(ii, out=samples, mode="clip")
+        self._fix_rows(samples, start, offs, f)
+        np.copyto(ww, samples)
+
+    def _fix_rows(self, rows: np.ndarray, start: np.ndarray, offs: np.ndarray, f: int) -> None:
+        """Straight-ahead rows just gathered, fixed where reading straight on is wrong: a voice
+        started ahead (start < 0: the engine starts voices ahead only at position 0) is silent until
+        its frame, then reads its slot from the beginning; a note running off its slot in this block
+        reads zeros, not the next slot."""
+        k = len(start)
+        if start.item(start.argmin()) < 0:
+            ahead = self._nonzero(np.less(start, 0, out=self._gb[0, :k]), self._gi[3])
+            for i in range(len(ahead)):
+                r = ahead.item(i)
+                s, o = min(f, -start.item(r)), offs.item(r)
+                rows[r, :s] = 0.0
+                rows[r, s:] = self.bank[o:o + f - s]
+        if start.item(start.argmax()) + f > self.slot_len:
+            late = self._nonzero(np.greater(start, self.slot_len - f, out=self._gb[0, :k]), self._gi[3])
+            for i in range(len(late)):
+                r = late.item(i)
+                rows[r, max(0, self.slot_len - start.item(r)):] = 0.0
+
+    def _silence_before_start(self, t: int, rows: np.ndarray, ww: np.ndarray, f: int) -> None:
+        """Interpolated voices started ahead are silent until their frame (the straight-ahead ones
+        were made so in `_fix_rows`)."""
+        k = len(rows)
+        lead = np.subtract(self.seg_t.take(rows, out=self._gi[0, :k], mode="clip"), t, out=self._gi[1, :k])
+        if lead.item(lead.argmax()) > 0:
+            ahead = self._nonzero(np.greater(lead, 0, out=self._gb[0, :k]), self._gi[3])
+            for i in range(len(ahead)):
+                r = ahead.item(i)
+                ww[r, :min(f, lead.item(r))] = 0.0
+
+    def _apply_envelopes(self, t: int, order: np.ndarray, rr: np.ndarray, ww: np.ndarray, f: int) -> None:
+        """Multiply rows `rr` of ww (voices `order[rr]`, whose envelope ramps) by their envelope."""
+        k = len(rr)
+        fv, iv, bv = self._nf, self._ni, self._nb
+        oe = order.take(rr, out=iv[0, :k], mode="clip")
+        # env(t + n) = (float(t − env_t) + n) · slope + env0: float(t - env_t + n) is exact (integers
+        # below 2**53), as the int64 sum it replaces was.
+        base = self._since(self.env_t, oe, t, fv[0, :k], fv[5, :k], iv[1, :k])
+        slope = self.slope.take(oe, out=fv[1, :k], mode="clip")
+        env0 = self.env0.take(oe, out=fv[2, :k], mode="clip")
+        first, last, a = fv[3, :k], fv[4, :k], fv[5, :k]           # the ramps' ends: env at n = 0, f - 1
+        np.add(np.multiply(base, slope, out=a), env0, out=first)
+        np.add(np.multiply(np.add(base, f - 1.0, out=last), slope, out=a), env0, out=last)
+        if first.item(first.argmax()) >= 1.0:
+            # A ramp up (a crossfade in) that has reached full level stays there: from now on the
+            # voice is constant, and costs no envelope (the same samples: x * 1.0 is x).
+            full = np.logical_and(np.greater_equal(first, 1.0, out=bv[0, :k]), np.greater(slope, 0.0, out=bv[1, :k]),
+                                  out=bv[2, :k])
+            if np.count_nonzero(full):
+                pos = self._nonzero(full, iv[1])
+                rows = oe.take(pos, out=iv[2, :len(pos)], mode="clip")
+                self.env0[rows] = 1.0
+                self.slope[rows] = 0.0
+                self.env_t[rows] = t
+                self._par_gen += 1
+        # A ramp is linear, so its ends bound it: clip only when one leaves [0, 1].
+        lo = min(first.item(first.argmin()), last.item(last.argmin()))
+        hi = max(first.item(first.argmax()), last.item(last.argmax()))
+        clip = lo < 0.0 or hi > 1.0
+        if f >= ROW_COPY_FRAMES:
+            # Long rows: row by row, without the [ramps, frames] spreads (fewer passes over memory).
+            e = self._e[:f]
+            for i in range(k):
+                np.add(self._arf[:f], base.item(i), out=e)
+                np.multiply(e, slope.item(i), out=e)
+                np.add(e, env0.item(i), out=e)
+                if clip:
+                    np.minimum(np.maximum(e, 0.0, out=e), 1.0, out=e)
+                row = ww[rr.item(i)]
+                np.multiply(row, e, out=row)
+            return
+        env = self._e[:k * f].reshape(k, f)
+        np.copyto(env, self._arf[:f])
+        np.add(self._spread(base, k, f), env, out=env)
+        np.multiply(env, self._spread(slope, k, f), out=env)
+        np.add(env, self._spread(env0, k, f), out=env)
+        if clip:
+            np.minimum(np.maximum(env, 0.0, out=env), 1.0, out=env)   # np.clip's values, at less cost
+        self._env_rows(ww, rr, env, f)
+
+    def _env_rows(self, ww: np.ndarray, rr: np.ndarray, env: np.ndarray, f: int) -> None:
+        """ww[rr] *= env, in place: one slice when the rows are consecutive, else run by run of
+        consecutive rows (~2 us of calls each), else, with many runs, every row times a gathered
+        [voices, frames] envelope that is 1.0 for the constant rows (x * 1.0 is x; ~0.5 ns a sample)."""
+        k = len(rr)
+        a, b = rr.item(0), rr.item(k - 1)
+        if b - a + 1 == k:
+            np.multiply(ww[a:b + 1], env, out=ww[a:b + 1])
+            return
+        iv, bv = self._ni, self._nb
+        brk = np.not_equal(np.subtract(rr[1:], rr[:-1], out=iv[1, :k - 1]), 1, out=bv[0, :k - 1])
+        nv = len(ww)
+        if (int(np.count_nonzero(brk)) + 1) * 4096 <= nv * f:
+            cut = self._nonzero(brk, iv[2])      # run i + 1 starts at rr[cut[i] + 1]
+            s = 0
+            for j in range(len(cut) + 1):
+                e = cut.item(j) + 1 if j < len(cut) else k
+                r = rr.item(s)
+                np.multiply(ww[r:r + e - s], env[s:e], out=ww[r:r + e - s])
+                s = e
+            return
+        pool = self._e[:(k + 1) * f].reshape(k + 1, f)
+        pool[k] = 1.0
+        sel = iv[3, :nv]
+        sel.fill(k)
+        sel[rr] = self._ar[:k]
+        full = self._x[:nv * f].reshape(nv, f)
+        pool.take(sel, axis=0, out=full, mode="clip")
+        np.multiply(ww, full, out=ww)
 
     def _mix_slow(self, t: int, rows: np.ndarray, ww: np.ndarray, f: int) -> None:
         """Samples of voices `rows` for frames [t, t + f) into ww float64[len(rows), f], interpolated.
@@ -494,33 +814,41 @@ class VoiceBank:
         """
         nv = len(rows)
         n = nv * f
-        ii = self._i[:n].reshape(nv, f)
+        fv, iv, bv = self._gf, self._gi, self._gb
         pp = self._p[:n].reshape(nv, f)
-        s0 = self._s0[:n].reshape(nv, f)
-        s1 = self._s1[:n].reshape(nv, f)
-        np.add((t - self.seg_t[rows]).astype(np.float64)[:, None], self._arf[None, :f], out=pp)
-        pp *= self.rate[rows][:, None]
-        pp += self.seg_pos[rows][:, None]
-        loop_e = self.loop_e[rows]
-        if np.isfinite(loop_e).any():
-            ls = self.loop_s[rows][:, None]
-            np.subtract(pp, ls, out=ww)
-            np.fmod(ww, loop_e[:, None] - ls, out=ww)
-            ww += ls
-            np.copyto(pp, ww, where=pp >= loop_e[:, None])
+        base = self._since(self.seg_t, rows, t, fv[0, :nv], fv[1, :nv], iv[0, :nv])
+        np.copyto(pp, self._arf[:f])
+        np.add(self._spread(base, nv, f), pp, out=pp)
+        np.multiply(pp, self._spread(self.rate.take(rows, out=fv[1, :nv], mode="clip"), nv, f), out=pp)
+        np.add(pp, self._spread(self.seg_pos.take(rows, out=fv[1, :nv], mode="clip"), nv, f), out=pp)
+        loop_e = self.loop_e.take(rows, out=fv[2, :nv], mode="clip")
+        if loop_e.item(loop_e.argmin()) < math.inf:
+            ls = self.loop_s.take(rows, out=fv[3, :nv], mode="clip")
+            np.subtract(pp, self._spread(ls, nv, f), out=ww)
+            np.fmod(ww, self._spread(np.subtract(loop_e, ls, out=fv[4, :nv]), nv, f), out=ww)
+            np.add(ww, self._spread(ls, nv, f), out=ww)
+            past = np.greater_equal(pp, self._spread(loop_e, nv, f), out=self._m[:n].reshape(nv, f))
+            np.copyto(pp, ww, where=past)
         np.floor(pp, out=ww)
         fr = self._fr[:n].reshape(nv, f)
-        np.subtract(pp, ww, out=fr, casting="same_kind")   # fractional part, float32 like the samples
+        np.copyto(fr, np.subtract(pp, ww, out=self._x[:n].reshape(nv, f)), casting="same_kind")
         # Past its slot's last sample a voice reads the zero guard. Positions only grow inside a block,
         # so only rows whose last index is past it need the (per-sample) clamp.
         top = self.slot_len - 2
-        for r in np.flatnonzero(ww[:, f - 1] > top):
-            np.minimum(ww[r], top, out=ww[r])
+        over = np.greater(ww[:, f - 1], top, out=bv[0, :nv])
+        if np.count_nonzero(over):
+            late = self._nonzero(over, iv[3])
+            for i in range(len(late)):
+                r = late.item(i)
+                np.minimum(ww[r], top, out=ww[r])
+        ii = self._i[:n].reshape(nv, f)
         np.copyto(ii, ww, casting="unsafe")
-        ii += self.off[rows][:, None]
-        np.take(self.bank, ii, out=s0, mode="clip")
-        ii += 1
-        np.take(self.bank, ii, out=s1, mode="clip")
-        s1 -= s0
-        s1 *= fr
-        np.add(s1, s0, out=ww)
+        np.add(ii, self._spread(self.off.take(rows, out=iv[1, :nv], mode="clip"), nv, f), out=ii)
+        s0 = self._s0[:n].reshape(nv, f)
+        s1 = self._s1[:n].reshape(nv, f)
+        self.bank.take(ii, out=s0, mode="clip")
+        np.add(ii, 1, out=ii)
+        self.bank.take(ii, out=s1, mode="clip")
+        np.subtract(s1, s0, out=s1)
+        np.multiply(s1, fr, out=s1)
+        np.copyto(ww, np.add(s1, s0, out=s1))   # the float32 sum, widened: as before

@@ -5,15 +5,17 @@ state of each preset (at the preset's velocity layers), in chunks of about 20 ms
 waits long behind a prefill. After a knob move only the newest state is prefilled (a sweep of CC 74
 does not queue 128 keyboards), and only once the knob has been still for `SETTLE_SECONDS` (or has
 kept moving for `MAX_DEFER_SECONDS`): a sweep abandons each state within one step, so prefilling
-them only burned CPU beside the audio thread (about 100 notes/s in the 512-frame session). Notes
-played during a sweep are single-note misses, with the same pitch of a recent state as stand-in.
+them would only burn CPU beside the audio thread. Notes played during a sweep are single-note
+misses, with the same pitch of a recent state as stand-in.
 Offline, the engine calls `generate_now` in its own thread.
 
 Each note is resampled once to the output rate with soxr (HQ). Model output with NaN/Inf becomes
 a silent entry and a warning; it is never cached as audio. A batch that raises is retried note by
 note: a note that fails alone becomes a silent entry (a bad note) and the others are generated. Any
-other exception in the worker is logged and the engine keeps playing what is cached. At most
-MAX_MISSES single-note requests wait; a flood drops the oldest.
+other exception in the worker is logged and the engine keeps playing what is cached: it drops the
+queued misses, or, while a keyboard was being filled, that prefill is tried again (given up after
+PREFILL_TRIES failures in a row). At most MAX_MISSES single-note requests wait; a flood drops the
+oldest.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SETTLE_SECONDS = 0.15     # a moved knob's keyboard is prefilled once the knob i
 MAX_DEFER_SECONDS = 1.0   # ... or has kept moving this long (one prefill start per second at most)
 LOOP_XFADE_SECONDS = 0.05
 MAX_MISSES = 256          # queued single-note requests; a flood drops the oldest (they keep their stand-in)
+PREFILL_TRIES = 3         # failed steps in a row after which a keyboard prefill is given up
 
 
 def midi_hz(pitch: float) -> float:
@@ -116,6 +119,8 @@ class GeneratorWorker:
         self._gen_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._warned: set = set()
+        self.defer_warnings = False
+        self.deferred: list[tuple] = []         # (message, args) kept by `_warn`
         self.errors = 0
         self.last_error: str | None = None
         self.generated = 0
@@ -128,6 +133,8 @@ class GeneratorWorker:
         self._settle: dict[str, tuple] = {}
         self._begun: dict[str, tuple] = {}
         self._kb = None
+        self._job: tuple | None = None          # (preset, knob key) of the prefill step running, if any
+        self._fails: dict[tuple, int] = {}     # its failed steps in a row
 
     # ---- control (any thread; the audio thread only appends and sets an Event) -------------------
     def request(self, key: tuple) -> None:
@@ -214,7 +221,8 @@ class GeneratorWorker:
         return p.velocity_layers if p.velocity_conditioned else (p.velocity_layers[-1],)
 
     def generate_now(self, keys: Iterable[tuple], protect: tuple | None = None) -> int:
-        """Generate and publish every key not yet cached, in batches per preset; returns how many."""
+        """Generate and publish every key not yet cached, in batches per preset; returns how many were
+        cached (a full cache stops a batch)."""
         todo: dict[str, list[tuple]] = {}
         seen = set()
         for k in keys:
@@ -229,7 +237,16 @@ class GeneratorWorker:
                     n += self._generate(name, ks[s:s + step], protect)
         return n
 
+    def _warn(self, msg: str, *args) -> None:
+        """log.warning, or kept in `deferred` while `defer_warnings` is set (the offline engine
+        generates inside render(), which never logs: `Engine.report` logs them)."""
+        if self.defer_warnings:
+            self.deferred.append((msg, args))
+        else:
+            log.warning(msg, *args)
+
     def _generate(self, name: str, keys: list[tuple], protect) -> int:
+        """Generate `keys` (one preset) in one batch and publish them; returns how many were cached."""
         p = self.presets[name]
         sess = self.sessions[name]
         mapper = self.mappers[name]
@@ -246,8 +263,9 @@ class GeneratorWorker:
             import soxr
 
             def resample(x):
-                # One note per call: soxr is about 4x faster on a mono signal than on notes as channels.
+                # One note per call: soxr is faster on a mono signal than on notes as channels.
                 return soxr.resample(x, p.sample_rate, self.out_rate, quality="HQ")
+        cached = 0
         for i, k in enumerate(keys):
             # Checked note by note: numpy holds the GIL through a reduction, and one over a whole
             # batch (64 notes) would hold it for milliseconds beside the audio thread.
@@ -255,9 +273,10 @@ class GeneratorWorker:
                 self.bad_notes += 1
                 if (name, k[2]) not in self._warned:
                     self._warned.add((name, k[2]))
-                    log.warning("preset %s: the model produced NaN/Inf for pitch %d velocity %d; it plays as silence",
-                                name, k[2], k[3])
+                    self._warn("preset %s: the model produced NaN/Inf for pitch %d velocity %d; it plays as silence",
+                               name, k[2], k[3])
                 self.cache.publish(k, None)
+                cached += 1
                 continue
             x = resample(audio[i]) if resample is not None else audio[i].copy()
             env = mapper.decay_envelope(k[1], len(x), self.out_rate)
@@ -267,11 +286,12 @@ class GeneratorWorker:
             if self.cache.publish(k, x, loop, protect) is None:
                 if "full" not in self._warned:
                     self._warned.add("full")
-                    log.warning("note cache is full (%.0f MB of notes are playing or protected); raise cache_mb",
-                                self.cache.cap_bytes / 2**20)
+                    self._warn("note cache is full (%.0f MB of notes are playing or protected); raise cache_mb",
+                               self.cache.cap_bytes / 2**20)
                 break
-        self.generated += len(keys)
-        return len(keys)
+            cached += 1
+        self.generated += cached
+        return cached
 
     def _chunk(self, name: str) -> int:
         spn = self.sessions[name].seconds_per_note or 0.01
@@ -286,13 +306,25 @@ class GeneratorWorker:
                     if not self._step():
                         break
                 except Exception as e:  # noqa: BLE001 - the worker must survive anything and keep the audio going
-                    self.errors += 1
-                    self.last_error = f"{type(e).__name__}: {e}"
+                    self._failed(e)
                     log.exception("generator worker failed; cached notes keep playing")
-                    self._misses.clear()
-                    self._done.update(self._targets)
+                    self._recover()
             if not self.pending:
                 self._idle.set()
+
+    def _recover(self) -> None:
+        """After a step raised (outside the model, whose failures `_generate_each` handles): drop the
+        queued misses if it served them; if it filled a keyboard, try again, and give that keyboard
+        up only after PREFILL_TRIES failures in a row (a fault that persists must not spin)."""
+        job, self._job = self._job, None
+        if job is None:
+            self._misses.clear()
+            return
+        tries = self._fails.get(job, 0) + 1
+        self._fails[job] = tries
+        if tries >= PREFILL_TRIES:
+            self._done[job[0]] = job[1]
+            log.warning("preset %s: the keyboard prefill failed %d times; misses are still generated", job[0], tries)
 
     def _generate_each(self, keys: list[tuple], protect: tuple | None = None) -> None:
         """`generate_now(keys)`; when the batch raises, each note alone, so a bad note costs only
@@ -350,8 +382,7 @@ class GeneratorWorker:
 
         Misses are taken a chunk at a time, like the prefill: the first note of a burst comes back
         sooner, the worker's bursts beside the audio thread stay short, and ONNX Runtime's memory
-        arena, which keeps the largest batch it has seen, stays small (a MIDI flood once grew the
-        synth's RSS by 33 MB through 100-note miss batches)."""
+        arena, which keeps the largest batch it has seen, stays small (docs/decisions-engine.md)."""
         if self._misses:
             keys = []
             limit = None
@@ -376,8 +407,10 @@ class GeneratorWorker:
             if self._unsettled(name, knobkey, time.perf_counter()) > 0.0:
                 continue   # the knob is still moving: misses are served meanwhile
             self._begun[name] = knobkey
+            self._job = (name, knobkey)
             todo = [k for k in self.keyboard(name, knobkey) if self.cache.peek(k) is None]
             if not todo:
+                self._job = None
                 self._done[name] = knobkey
                 t0 = self._prefill_t0.get(name)
                 if t0 is not None:
@@ -385,6 +418,8 @@ class GeneratorWorker:
                 continue
             chunk = todo[:self._chunk(name)]
             self._generate_each(chunk, protect=(name, knobkey))
+            self._job = None
+            self._fails.pop((name, knobkey), None)
             if all(self.cache.peek(k) is None for k in chunk):
                 # Nothing fitted: the cache is full of this very keyboard or of playing notes. (Not the
                 # entry count: once the cache is full, each note published evicts one, and the count

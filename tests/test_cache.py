@@ -52,13 +52,32 @@ def test_pinned_slot_is_never_overwritten():
     e = cache.publish(_key(1), _note(1.0))
     assert cache.acquire(e)                      # a voice plays it
     cache.publish(_key(2), _note(2.0))
-    cache.publish(_key(3), _note(3.0))           # evicts key 1, but its slot is pinned
-    assert _key(1) not in cache
+    cache.publish(_key(3), _note(3.0))           # evicts key 2: key 1, the older, is playing
+    assert _key(1) in cache and _key(2) not in cache
+    assert cache.discard(_key(1))                # dropped while playing: its slot stays reserved
+    cache.publish(_key(4), _note(4.0))
     assert np.all(cache.bank[e.offset:e.offset + e.length] == 1.0)
+    assert cache.peek(_key(4)).slot != e.slot
     assert not cache.acquire(e)                  # a stale entry cannot be pinned again
     cache.release(e.slot)
-    cache.publish(_key(4), _note(4.0))           # now the slot may be reused
-    assert cache.peek(_key(4)).slot == e.slot
+    cache.publish(_key(5), _note(5.0))           # now the slot may be reused
+    assert cache.peek(_key(5)).slot == e.slot
+
+
+def test_playing_notes_are_not_evicted():
+    """A full cache evicts the least recently used note that no voice plays: held notes at the LRU's
+    front stay cached (once they were all evicted, emptying the index under a small cap)."""
+    cache = NoteCache(cache_mb=4 * SLOT * 4 / 2**20, slot_len=SLOT)
+    held = [cache.publish(_key(p), _note(p)) for p in range(3)]
+    for e in held:
+        assert cache.acquire(e)
+    cache.publish(_key(3), _note(3.0))
+    assert cache.publish(_key(4), _note(4.0)) is not None      # evicts 3, the only one not playing
+    assert all(_key(p) in cache for p in range(3)) and _key(3) not in cache
+    cache.acquire(cache.peek(_key(4)))
+    assert cache.publish(_key(5), _note(5.0)) is None           # all four play: refused, none evicted
+    assert len(cache) == 4 and cache.evictions == 1
+    assert cache.nearest("p", (64,), 100, 1) is not None
 
 
 def test_full_of_pinned_notes_refuses():

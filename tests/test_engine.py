@@ -32,7 +32,7 @@ def check_rows(e: Engine) -> None:
     """The voice bookkeeping agrees with the voice arrays."""
     v = e.voices
     assert v.n_live == np.count_nonzero(v.active & ~v.ghost)
-    assert sorted(v._free) == np.flatnonzero(~v.active).tolist()
+    assert sorted(v._free[:v.n_free].tolist()) == np.flatnonzero(~v.active).tolist()
     held = [s for s in v.slot[v.active].tolist() if s >= 0]
     for slot in set(held):
         assert e.cache.refcount[slot] == held.count(slot)
@@ -167,6 +167,7 @@ def test_nan_model_output_is_silence(presets, caplog):
     with caplog.at_level(logging.WARNING, logger="synth"):
         e.note_on(0, 60, 100)
         out = e.render(4800)
+        e.report()
     assert np.all(out == 0.0)
     assert any("NaN" in r.getMessage() for r in caplog.records)
     gen = e.worker.generated
@@ -175,6 +176,38 @@ def test_nan_model_output_is_silence(presets, caplog):
     out = e.render(4800)
     assert e.worker.generated == gen + 1 and e.stats()["bad_notes"] == 1
     assert np.isfinite(out).all() and first_nonzero(out) >= 100
+
+
+class _NanBus:
+    """An effects bus that breaks: NaN into every block it processes."""
+
+    latency_samples = 0
+
+    def process(self, block):
+        block[::7] = np.nan
+        return block
+
+
+def test_render_only_counts_and_report_logs(presets, caplog):
+    """render() logs nothing, whatever goes wrong inside it (it runs on the audio thread live): the
+    NaN/Inf guard, a note the offline engine generates with NaN, an unmapped program change are
+    counted, and `report` logs what is new since its last call, from another thread."""
+    e = Engine(sample_rate=SR, presets=[presets["bad"]], fx=_NanBus(), program_map={0: "bad"})
+    with caplog.at_level(logging.DEBUG, logger="synth"):
+        e.note_on(0, 60, 100)                # the model gives NaN for 60: generated inside render
+        e.note_on(0, 61, 100, frame=100)
+        e.program_change(0, 5)               # no preset mapped
+        out = e.render(4800)
+        assert caplog.records == [] and np.isfinite(out).all() and e.nan_blocks == 1
+        assert e.report() == 3
+        msgs = [r.getMessage() for r in caplog.records]
+        assert any("produced NaN/Inf for pitch 60" in m for m in msgs)
+        assert any("NaN/Inf in the mix: 1 block(s)" in m for m in msgs)
+        assert any("program 5 on channel 1" in m for m in msgs)
+        caplog.clear()
+        assert e.report() == 0 and caplog.records == []    # nothing new
+        e.render(128)
+        assert e.report() == 1 and "2 so far" in caplog.records[-1].getMessage()
 
 
 def test_knob_back_and_forth_hits_cache(presets):

@@ -96,6 +96,20 @@ def _umask() -> int:
     return m
 
 
+def test_the_output_mode_follows_the_umask_without_setting_it(presets, tmp_path, monkeypatch):
+    """The file gets the mode the umask asks for, read without os.umask: setting the umask, even to
+    read it back at once, is process-wide, and another thread creating a file meanwhile gets mode 0666."""
+    want = 0o666 & ~_umask()
+
+    def umask(mask):
+        raise AssertionError("render_file set the process umask")
+
+    monkeypatch.setattr(os, "umask", umask)
+    out = tmp_path / "out.wav"
+    render_file(_file(tmp_path / "in.mid"), out, preset="piano", preset_dirs=[presets], sample_rate=SR)
+    assert (out.stat().st_mode & 0o777) == want
+
+
 def test_flac_output(presets, tmp_path):
     out = tmp_path / "out.flac"
     render_file(_file(tmp_path / "in.mid"), out, preset_dirs=[presets], sample_rate=SR, fmt="pcm16")
