@@ -434,8 +434,7 @@ class Session:
     def interval_tick(self) -> None:
         """Once per status interval, on the main thread: what the audio thread only counts is reported
         here (it never logs), then the status line and the stats file."""
-        # >>> Main-thread reports, one call each. The NaN guard's (the engine method that logs what the
-        # audio thread counted) goes on this line. <<<
+        self._report()
         try:
             self.latency = latency_readout(self.out, self.audio, self.midi, self.engine)
         except Exception:   # a JACK server going away: keep the last reading
@@ -444,6 +443,12 @@ class Session:
         self.status.show(status_text(self.preset_name, self.core, engine_stats(self.engine), ports,
                                      self.latency.get("latency_ms")))
         self.write_stats()
+
+    def _report(self) -> None:
+        """Log what the engine's render only counted (NaN/Inf blocks, notes a full cache skipped, ...)."""
+        report = getattr(self.engine, "report", None)   # stand-in engines in tests may lack it
+        if callable(report):
+            report()
 
     def summary(self) -> dict:
         return final_summary(self.core, self.engine, self.tamer, self.reason, self.midi,
@@ -469,6 +474,7 @@ class Session:
                 self.core.panic_request = FADE_OUT
                 time.sleep(min(0.2, 0.01 + 4 * self.out.blocksize / self.out.sample_rate))
             abandoned = not audio.close()
+        self._report()   # the last interval's counts
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()

@@ -409,3 +409,27 @@ def test_the_latency_readout_matches_a_measurement(tiny_preset, tmp_path, audio_
     assert f"latency: {1e3 * lat / SR:.1f} ms from key to sound ({lat} frames" in err, err[-2000:]
     assert f"| latency {1e3 * lat / SR:.1f} ms" in err, err[-2000:]
     assert speaker == 2 * period and with_speakers["latency_frames"] == want, (speaker, with_speakers["latency_parts"])
+
+
+# -- the engine's counted faults reach the log from the main thread ----------------------------------------
+class _Counting(_Silent):
+    """Counts like Engine.render does on the audio thread; `report` is what the status tick must call."""
+
+    def __init__(self):
+        self.reported = 0
+
+    def report(self):
+        self.reported += 1
+        return 0
+
+
+def test_each_status_tick_and_the_close_report_what_the_audio_thread_counted():
+    """render() only counts (NaN blocks, notes a full cache skipped); the main thread's status tick
+    logs them through `engine.report()`, and the close reports the last interval."""
+    s = _session(None)
+    s.engine = _Counting()
+    s.interval_tick()
+    s.interval_tick()
+    assert s.engine.reported == 2
+    s._close()
+    assert s.engine.reported == 3
