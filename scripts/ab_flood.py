@@ -3,7 +3,7 @@
     python scripts/ab_flood.py --variant head=. --variant chunk=/tmp/wt-chunk [--reps 2] [--seconds 30]
 
 Each variant is a checkout (a `git worktree` of the commit to try); its `synth` package is imported
-from there while the measurement (tests/jackutil.run_flood, 10,000 events/s at 512 frames, then CC
+from there while the measurement (synth.testing.jack.run_flood, 10,000 events/s at 512 frames, then CC
 120 + 123) stays this checkout's. Runs alternate variant by variant, rep by rep, so slow drift in the
 machine's load falls on all of them. Prints one JSON line per run and writes them all to --json.
 This machine's xrun counts vary several-fold between identical runs: compare several reps, and read
@@ -21,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import latency_probe  # noqa: E402  (puts tests/ on sys.path)
-from jackutil import knob_ccs, run_flood  # noqa: E402
+import latency_probe  # noqa: E402
+
+from synth.testing.jack import knob_ccs, run_flood  # noqa: E402
 
 KEYS = ("xruns_synth_after_1s", "xruns_jack_after_1s", "load_p99", "load_max", "rss_growth_pct",
         "rss_growth_excl_cache_pct", "silence_ms", "events", "dropped", "alive", "exit_code")

@@ -30,7 +30,7 @@ CHILD = r'''
 import json, os, sys, tempfile
 from pathlib import Path
 root = os.getcwd()
-sys.path[:0] = [root + "/scripts", root + "/tests", root]
+sys.path[:0] = [root + "/scripts", root]
 import latency_probe as lp
 seconds, api, control = float(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 with tempfile.TemporaryDirectory(prefix="ab-session-") as tmp:

@@ -19,7 +19,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 SR = 48000
 BLOCK = 128
@@ -31,7 +30,7 @@ def _preset(tmp: Path):
     shipped = ROOT / "presets" / "piano"
     if (shipped / "preset.json").is_file():
         return load_preset_dir(shipped), "shipped presets/piano"
-    from tinymodel import make_tiny_preset
+    from synth.testing.tinymodel import make_tiny_preset
 
     return make_tiny_preset(tmp, "piano", note_seconds=2.0), "tiny test preset (presets/piano not shipped yet)"
 

@@ -8,7 +8,7 @@ Runs alternate (FluidSynth, ours, FluidSynth, ours, ...) and the best of each is
 busy moment on a shared machine does not decide the ratio. Bar (issue 5): ours >= 2x faster.
 
 The preset is the shipped `presets/piano` when it exists; otherwise a tiny ONNX test generator
-with 4-second notes at 16 kHz (`tests/tinymodel.py`), and the notes say so.
+with 4-second notes at 16 kHz (`synth/testing/tinymodel.py`), and the notes say so.
 
 Timing: 24 identical staccato notes at frames that are not multiples of 64; onsets are detected in
 both renders and compared with the MIDI times. FluidSynth starts notes on 64-frame period
@@ -47,8 +47,7 @@ def _preset_dir(tmp: Path) -> tuple[list[str], str]:
                     f"{len(p.velocity_layers) if p.velocity_conditioned else 1} velocity layer(s))")
     except UserError:
         pass
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tinymodel import make_tiny_preset
+    from synth.testing.tinymodel import make_tiny_preset
 
     make_tiny_preset(tmp / "presets", "piano", sample_rate=16000, note_seconds=4.0)
     return ["--preset-dir", str(tmp / "presets")], ("presets/piano is not installed: a tiny ONNX test generator "

@@ -26,7 +26,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _row(name, value, unit, bar, ok, notes):
@@ -102,7 +101,7 @@ def run(quick: bool = False) -> list[dict]:
                          "onnxruntime CPU, 2 intra-op threads, median"))
         data = ROOT / "data" / "piano"
         if not (data / "manifest.json").exists():
-            from fitdata import make_dataset
+            from trainer.testing.fitdata import make_dataset
             data = make_dataset(tmp / "synthetic", sample_rate=24000, note_samples=96000,
                                 pitches=range(21, 109, 8), velocities=(64, 127))
         steps = 2 if quick else 6

@@ -41,11 +41,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYO_GUI_WX", "0")
 
-from jackutil import (  # noqa: E402
+from synth.testing.jack import (  # noqa: E402
     ControlServer,
     JackServer,
     Probe,
@@ -74,7 +73,7 @@ def _preset_args(preset: str | None, preset_dir: str | None, work: Path) -> tupl
         return found[preset].parent, preset
     if (ROOT / "presets" / "piano" / "preset.json").is_file():
         return ROOT / "presets", "piano"
-    from tinymodel import make_tiny_preset
+    from synth.testing.tinymodel import make_tiny_preset
 
     make_tiny_preset(work / "presets")
     return work / "presets", "piano"
@@ -298,7 +297,7 @@ def session(parent: Path, name: str, work: Path, seconds: float = 60.0, rate: fl
             control: bool = True) -> dict:
     """Part 3: 512 frames, 256-voice cluster + CC 74 sweeps + `rate` notes/s for `seconds`.
     `sweeps`, `cluster` and `synth_args` exist to take the load apart (see docs/live.md). With
-    `control`, a second JACK server with an idle C client runs beside it (`jackutil.ControlServer`):
+    `control`, a second JACK server with an idle C client runs beside it (`synth.testing.jack.ControlServer`):
     its xruns over the same seconds are the machine's own."""
     rng = np.random.default_rng(seed)
     cmd = _cmd(parent, name, "--midi-port", "^probe:", *synth_args)

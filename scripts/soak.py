@@ -7,7 +7,7 @@ With --flood-seconds S (default 0: no flood) it first floods the synth on its ow
 frames (`python -m synth --cache-mb 128`, same preset as the session): S seconds of 10,000 JACK
 MIDI events per second (note-ons without note-offs, running status, sysex and junk, CC storms on
 every knob of the preset's preset.json, bends...), then CC 120 + CC 123 on all 16 channels. It is
-`jackutil.run_flood`, the measurement tests/test_reliability_live.py makes for 5 s. Figures under
+`synth.testing.jack.run_flood`, the measurement tests/test_reliability_live.py makes for 5 s. Figures under
 "flood" in the JSON and "flood:" rows in the table: xruns from 1 s to the flood's end (synth and
 JACK), RSS at 1 s and 0.5 s after the end, events / dropped / deferred, callback p99 / max, peak and
 finiteness, and the time to silence after the panic. It fails on any xrun after the first second,
@@ -37,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import latency_probe  # noqa: E402
-from jackutil import knob_ccs, run_flood  # noqa: E402  (tests/ is on sys.path through latency_probe)
+
+from synth.testing.jack import knob_ccs, run_flood  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -146,7 +147,7 @@ def _flood_ok(fl: dict) -> bool:
 
 def _memory_ok(fl: dict) -> bool:
     """Bounded memory: RSS less the note cache's fill grows < 5%, and the cache stays within its cap
-    (its fill is mapped pages of one fixed bank, see jackutil.cache_accounting). Without cache
+    (its fill is mapped pages of one fixed bank, see synth.testing.jack.cache_accounting). Without cache
     figures, raw RSS growth must be < 5%."""
     g = fl.get("rss_growth_excl_cache_pct")
     if g is None:
@@ -155,7 +156,7 @@ def _memory_ok(fl: dict) -> bool:
 
 
 def _steal_text(st: dict | None) -> str:
-    """jackutil.StealMonitor.attribution as one cell."""
+    """synth.testing.jack.StealMonitor.attribution as one cell."""
     if not st or st.get("steal_ms") is None:
         return "- (no /proc/stat)"
     per = " ".join(f"{v:g}" for v in st["steal_ms_per_minute"])
@@ -288,7 +289,7 @@ def _sample_rss(samples: list, stop: threading.Event) -> None:
 
 def _rss_figures(samples: list) -> dict:
     """RSS growth after the first minute (max over the rest against the first sample past 60 s), raw
-    and with the note cache's fill taken out (see jackutil.cache_accounting)."""
+    and with the note cache's fill taken out (see synth.testing.jack.cache_accounting)."""
     if not samples:
         return {}
     after = [(m, c) for t, m, c in samples if t >= 60.0]

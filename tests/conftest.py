@@ -1,19 +1,19 @@
-"""Shared fixtures. Test helpers (tinymodel, jackutil) live beside this file and import by name."""
+"""Shared fixtures. The helpers tests and scripts share live in packages: `synth.testing` (JACK server
+and probe, tiny ONNX presets, engine driver) and `trainer.testing` (synthetic data sets, a tiny torch
+generator)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
 os.environ.setdefault("PYO_GUI_WX", "0")
 
-from tinymodel import make_tiny_preset  # noqa: E402
+from synth.testing.tinymodel import make_tiny_preset  # noqa: E402
 
 
 @pytest.fixture

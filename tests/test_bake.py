@@ -1,6 +1,6 @@
 """`synth bake`: SoundFont 2 and SFZ output, proven by real players (FluidSynth, sfzlint) and parsers.
 
-Tiny ONNX presets (tests/tinymodel.py) keep these fast: 1-s notes at 16 kHz, 25 keys. The SoundFont
+Tiny ONNX presets (synth/testing/tinymodel.py) keep these fast: 1-s notes at 16 kHz, 25 keys. The SoundFont
 is read back three ways: FluidSynth plays it (pitch, level, loops, release, velocity zones),
 `trainer.data.soundfont.read_presets` lists its presets, and `read_sf2` below walks its RIFF chunks.
 """
@@ -22,10 +22,10 @@ import mido
 import numpy as np
 import pytest
 import soundfile as sf
-from tinymodel import make_tiny_preset
 
 from synth import __version__
 from synth.cli import main as cli_main
+from synth.testing.tinymodel import make_tiny_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 FLUID = shutil.which("fluidsynth")

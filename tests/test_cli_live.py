@@ -2,7 +2,7 @@
 predicting what `play` opens, the status line's MIDI port count, a clean stop that reports no panic,
 and a latency readout that matches a measurement.
 
-The JACK tests run the synth as a subprocess against a real `jackd -d dummy` server (tests/jackutil.py)
+The JACK tests run the synth as a subprocess against a real `jackd -d dummy` server (synth/testing/jack.py)
 with a stand-in engine (`DelayedSine`: exact onsets and a known latency, no model to load); the others
 need no audio at all.
 """
@@ -21,12 +21,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import ROOT
-from jackutil import JackServer, Probe, SynthProcess, have_jackd, note_events, onsets
 
 from synth.callback import FADE_OUT, LiveCore
 from synth.io.events import CC, EventQueue
 from synth.io.ports import MidiSource
 from synth.status import final_summary, panic_counts
+from synth.testing.jack import JackServer, Probe, SynthProcess, have_jackd, note_events, onsets
 
 SR = 48000
 
@@ -72,7 +72,7 @@ def test_play_defaults_to_the_piano_preset(tiny_preset):
 def test_without_a_piano_the_default_is_one_line_listing_the_installed_presets(tmp_path):
     """No piano installed and no --preset: one line, exit 2, naming the default, the installed presets and
     the fix."""
-    from tinymodel import make_tiny_preset
+    from synth.testing.tinymodel import make_tiny_preset
 
     make_tiny_preset(tmp_path / "presets", name="strings")
     make_tiny_preset(tmp_path / "presets", name="marimba")

@@ -1,4 +1,4 @@
-"""`jackutil.ControlServer`, the machine's own xruns beside a live measurement: a second JACK dummy
+"""`synth.testing.jack.ControlServer`, the machine's own xruns beside a live measurement: a second JACK dummy
 server with an idle C client (jack_metro) and an xrun listener in its own process. Real jackd."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import signal
 import time
 
 import pytest
-from jackutil import ControlServer, have_jackd
+
+from synth.testing.jack import ControlServer, have_jackd
 
 pytestmark = [pytest.mark.jack]
 if not have_jackd():

@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from enginedrive import drive
-from tinymodel import make_tiny_preset
 
 from synth.engine import Engine
 from synth.errors import UserError
+from synth.testing.drive import drive
+from synth.testing.tinymodel import make_tiny_preset
 
 SR = 48000
 

@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 import pytest
-from enginedrive import drive
-from tinymodel import make_tiny_preset
 
 from synth.cache import NoteCache
 from synth.engine import Engine
 from synth.inference import GeneratorSession
+from synth.testing.drive import drive
+from synth.testing.tinymodel import make_tiny_preset
 from synth.worker import GeneratorWorker
 
 SR = 48000

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tinymodel import make_tiny_preset
 
 from synth.engine import Engine
 from synth.errors import UserError
 from synth.latent import LatentMapper
+from synth.testing.tinymodel import make_tiny_preset
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tinymodel import make_tiny_preset
 
 from synth.cache import GUARD, NoteCache
 from synth.latent import LatentMapper
+from synth.testing.tinymodel import make_tiny_preset
 from synth.worker import GeneratorWorker, ceil_resampled
 
 SR = 48000

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 import pytest
-from tinymodel import make_tiny_preset
 
 from synth.inference import GeneratorSession
 from synth.preset import load_preset_dir
+from synth.testing.tinymodel import make_tiny_preset
 from trainer.data.format import GM_DRUMS, DatasetWriter
 from trainer.evaluate import descriptors, log_mel, log_mel_distance, pitch_accuracy
 

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tinytorch import TinyTorchGenerator
 
 from synth.errors import UserError
 from synth.inference import GeneratorSession
@@ -19,6 +18,7 @@ from synth.latent import LatentMapper
 from synth.preset import load_preset_dir
 from trainer import export as ex
 from trainer.evaluate import descriptors
+from trainer.testing.tinytorch import TinyTorchGenerator
 
 CFG = {"dataset": {"sample_rate": 16000, "note_samples": 8000, "kind": "pitched", "pitch_range": [40, 84],
                    "velocities": [40, 80, 120], "source": {"type": "test", "command": ["make", "tones"]}},
@@ -212,9 +212,8 @@ def test_velocity_curve_recovers_the_exponent():
 def test_default_latent_is_chosen_by_sound_on_train_and_valid_notes_only(tmp_path):
     """The default latent is searched for the one that sounds most like the real notes; the test split
     never takes part, so `trainer eval` stays held out."""
-    from fitdata import make_dataset, tone
-
     from trainer.data import OneShotDataset
+    from trainer.testing.fitdata import make_dataset, tone
 
     sr, n = 8000, 4096
     root = make_dataset(tmp_path / "data", sample_rate=sr, note_samples=n, pitches=range(48, 73, 2))

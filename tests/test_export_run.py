@@ -8,11 +8,11 @@ import shlex
 
 import numpy as np
 import onnx
-from fitdata import make_dataset
 
 from synth.inference import GeneratorSession
 from synth.preset import load_preset_dir
 from trainer.cli import main as trainer_main
+from trainer.testing.fitdata import make_dataset
 
 TINY = {"model": {"ddsp": {"hidden": 32, "n_harmonics": 16, "layers": 1}},
         "disc": {"ddsp": {"channels": 16, "layers": 2}}, "train": {"batch": 4}}

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fitdata import make_dataset
 
 from synth.errors import UserError
 from trainer import fit
+from trainer.testing.fitdata import make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {

@@ -210,7 +210,7 @@ def test_special_files_do_not_hang(tmp_path):
 
 @pytest.fixture
 def presets(tmp_path):
-    from tinymodel import make_tiny_preset
+    from synth.testing.tinymodel import make_tiny_preset
 
     make_tiny_preset(tmp_path / "presets", sample_rate=8000, note_seconds=0.25)
     return tmp_path / "presets"

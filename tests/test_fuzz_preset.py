@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from tinymodel import build_graph, make_tiny_preset
 
 from synth.errors import PresetError
 from synth.preset import MANIFEST, find_preset, load_preset_dir
+from synth.testing.tinymodel import build_graph, make_tiny_preset
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-from tinymodel import build_graph, make_tiny_preset
 
 from synth.errors import PresetError
 from synth.inference import GeneratorSession, choose_providers
 from synth.latent import LatentMapper
+from synth.testing.tinymodel import build_graph, make_tiny_preset
 
 
 def test_provider_choice_and_log(tiny_preset, caplog):

@@ -13,7 +13,8 @@ import signal
 import struct
 
 import pytest
-from jackutil import JACK_REGISTRY, JackServer, _pid_alive, have_jackd, reclaim_stale_servers
+
+from synth.testing.jack import JACK_REGISTRY, JackServer, _pid_alive, have_jackd, reclaim_stale_servers
 
 STRIDE = 264   # jack2: pid (4) + name, per server slot
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jackutil import (
+
+from synth.testing.jack import (
     JackServer,
     Probe,
     SynthProcess,
@@ -223,7 +224,7 @@ def test_probe_latency_is_one_period_even_with_a_long_release(tmp_path):
     misses (a 1 MB cache) at one period too once the stand-in's resampled attack is taken off."""
     import sys
 
-    from tinymodel import make_tiny_preset
+    from synth.testing.tinymodel import make_tiny_preset
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     import latency_probe

@@ -17,9 +17,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from tinymodel import make_tiny_preset
 
 from synth.engine import Engine
+from synth.testing.tinymodel import make_tiny_preset
 
 SR = 48000
 LIMIT = 1024            # bytes: the largest single allocation render() may make

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from tinymodel import make_tiny_preset
 
 from synth.engine import Engine
 from synth.preset import load_preset_dir
+from synth.testing.tinymodel import make_tiny_preset
 
 SR, BS = 48000, 512
 RAISE_FROM = 80

@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from jackutil import (
+
+from synth.testing.jack import (
     FLOOD_KNOBS,
     JackServer,
     Probe,
@@ -49,7 +50,7 @@ def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     block at the 99th percentile), its memory stays flat after the first second, the output stays
     finite and within +-1, and the panic silences everything within a block (plus the 5 ms fade)
     although a backlog of deferred note-ons was waiting. xruns are printed, not asserted (see below).
-    The flood and its measurements are `jackutil.run_flood`, shared with `scripts/soak.py`."""
+    The flood and its measurements are `synth.testing.jack.run_flood`, shared with `scripts/soak.py`."""
     seconds = 5.0
     cmd = synth_cmd(tiny_preset.path.parent, "--midi-port", "^probe:", "--cache-mb", "128", "--audio-api", audio_api)
     fl = run_flood(cmd, tmp_path, seconds, knobs=FLOOD_KNOBS, period=PERIOD)

@@ -29,13 +29,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from fitdata import make_dataset
-from tinymodel import make_tiny_preset
 
 from synth import fsutil
 from synth.preset import load_preset_dir
+from synth.testing.tinymodel import make_tiny_preset
 from trainer.data import OneShotDataset
 from trainer.fit import load_checkpoint
+from trainer.testing.fitdata import make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {

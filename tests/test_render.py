@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ROOT
-from tinymodel import make_tiny_preset
 
 from synth.cli import main as cli_main
 from synth.render import parse_knobs, parse_program_map, render_file
+from synth.testing.tinymodel import make_tiny_preset
 
 SR = 16000  # the tiny preset's own rate: no resampling, so onsets are exact
 

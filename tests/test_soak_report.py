@@ -38,7 +38,7 @@ def test_rss_growth_is_judged_after_the_first_minute_less_the_cache():
 def test_jackd_blame_is_counted_from_its_log_after_a_mark(tmp_path):
     """JackServer.blame reads jackd's own account of each xrun (whose cycle was unfinished, in which
     state) from the log, only after the mark, so a run's startup does not count in its session."""
-    from jackutil import JackServer
+    from synth.testing.jack import JackServer
 
     srv = JackServer(log_dir=tmp_path)
     srv.log_path.write_text("JackEngine::XRun: client = neural-synth was not finished, state = Running\n")

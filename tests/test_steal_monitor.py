@@ -1,11 +1,11 @@
-"""jackutil.StealMonitor: hypervisor steal per second and the xruns it explains (synthetic samples;
+"""synth.testing.jack.StealMonitor: hypervisor steal per second and the xruns it explains (synthetic samples;
 one short real sampling of /proc/stat)."""
 
 from __future__ import annotations
 
 import time
 
-from jackutil import StealMonitor
+from synth.testing.jack import StealMonitor
 
 
 def test_steal_per_second_and_xrun_attribution():

@@ -11,10 +11,10 @@ import signal
 
 import pytest
 import torch
-from fitdata import make_dataset
 
 from trainer import config as C
 from trainer import fit
+from trainer.testing.fitdata import make_dataset
 from trainer.validation import Tracker
 
 TINY = {

@@ -160,6 +160,15 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
                   "change between its ends); the generator (nearly) ignores its latent.", ""]
     if tr.get("knob_method"):
         lines.append(f"How the directions were found: {tr['knob_method']}")
+    timbres = m.get("timbres") or []
+    if timbres:
+        lines += ["", "## Timbres", "",
+                  f"{len(timbres)} learned timbres, one latent point per training instrument (the knobs move "
+                  "between them):", "", "| # | name | source | bank:program | kind |", "| --- | --- | --- | --- | --- |"]
+        for i, t in enumerate(timbres):
+            lines.append(f"| {i} | {t['name']} | {t.get('source') or ''} | {t.get('bank')}:{t.get('program')} | "
+                         f"{t.get('gm_kind') or ''} |")
+        lines.append("")
     if tr.get("default_latent"):
         lines.append(f"Default latent: {tr['default_latent']}")
     if (folder / GRID_FILE).is_file():

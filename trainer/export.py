@@ -492,6 +492,72 @@ def _assign_ccs(knobs: list[dict[str, Any]], ccs: tuple[int, ...]) -> None:
             k["cc"] = free.pop(0) if free else next(c for c in range(1, 128) if c not in {x.get("cc") for x in knobs})
 
 
+# --------------------------------------------------------------------------------------------------
+# family presets: timbres and the knobs between them
+
+def timbre_entries(codes: np.ndarray, instruments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's `timbres`: one entry per training instrument (config data.instruments, in order)
+    with its learned code float32[n, Z] as `latent`."""
+    codes = np.asarray(codes, np.float64)
+    if len(codes) != len(instruments):
+        raise ExportError(f"the run holds {len(codes)} timbre codes but its data set lists {len(instruments)} "
+                          "instruments; export a run trained on this data set")
+    out = []
+    for i, (c, inst) in enumerate(zip(codes, instruments, strict=True)):
+        if not np.isfinite(c).all():
+            raise ExportError(f"timbre code {i} ({inst.get('name')!r}) is not finite; the run diverged")
+        out.append({"name": str(inst.get("name") or inst.get("id") or f"timbre {i + 1}"),
+                    "source": str(inst.get("source") or ""), "bank": inst.get("bank"),
+                    "program": inst.get("program"), "gm_kind": inst.get("gm_kind"),
+                    "latent": [float(x) for x in c]})
+    return out
+
+
+def default_timbre(timbres: list[dict[str, Any]]) -> int:
+    """The default timbre's index: the lowest (bank, program) of the first source (SoundFont) listed."""
+    first = timbres[0]["source"]
+    mine = [i for i, t in enumerate(timbres) if t["source"] == first]
+    return min(mine, key=lambda i: (timbres[i]["program"] if timbres[i]["program"] is not None else 999,
+                                    timbres[i]["bank"] if timbres[i]["bank"] is not None else 999, i))
+
+
+def timbre_knobs(codes: np.ndarray, z0: np.ndarray, names: list[str], n_knobs: int = 4,
+                 ccs: tuple[int, ...] = DEFAULT_CCS) -> tuple[list[dict[str, Any]], str]:
+    """Knobs along the principal axes of the timbre codes float32[n, Z] (PCA in latent units).
+
+    At most min(n_knobs, n - 1) axes with a share of the codes' variance above 1e-6. Each knob's
+    range spans the codes along its axis, [min, max] of (code - z0)·axis, and its default CC d0 is
+    where z0 lies in that span, the range adjusted so that CC d0 gives offset 0 exactly (lo = -w·d0/127,
+    hi = w·(127 - d0)/127, w = max - min): with the default timbre at one end of an axis its knob starts
+    at CC 0 or 127. Axes are signed so that the default sits in the lower half. Returns (knobs, method)."""
+    codes = np.asarray(codes, np.float64)
+    c = codes - codes.mean(axis=0)
+    _, s, vt = np.linalg.svd(c, full_matrices=False)
+    var = s ** 2
+    total = float(var.sum())
+    keep = [k for k in range(min(n_knobs, len(codes) - 1, len(var))) if total > 0 and var[k] > 1e-6 * total]
+    knobs = []
+    for rank, k in enumerate(keep):
+        d = vt[k] / np.linalg.norm(vt[k])
+        proj = (codes - np.asarray(z0, np.float64)) @ d
+        if -proj.min() > proj.max():
+            d, proj = -d, -proj
+        w = max(float(proj.max() - proj.min()), 1e-3)
+        d0 = int(np.clip(round(127 * -float(proj.min()) / w), 0, 127))
+        lo_i, hi_i = int(np.argmin(proj)), int(np.argmax(proj))
+        knobs.append({"cc": ccs[rank] if rank < len(ccs) else next(x for x in range(1, 128) if x not in ccs),
+                      "name": f"morph {rank + 1}",
+                      "description": f"timbre axis {rank + 1} ({100 * var[k] / total:.0f}% of the spread of the "
+                                     f"{len(codes)} timbres): CC 0 {names[lo_i]}, CC 127 {names[hi_i]}; "
+                                     f"CC {d0} the default timbre",
+                      "direction": [float(x) for x in d], "range": [-w * d0 / 127, w * (127 - d0) / 127],
+                      "default": d0})
+    method = (f"principal axes of the {len(codes)} learned timbre codes (one per training instrument; "
+              f"PCA in latent units), ranges spanning the codes along each axis from the default timbre "
+              f"(see trainer/export.py timbre_knobs)")
+    return knobs, method
+
+
 def engine_knobs(kind: str, knobs: list[dict[str, Any]], note_seconds: float,
                  ccs: tuple[int, ...] = DEFAULT_CCS) -> list[dict[str, Any]]:
     """Drum-machine knobs for a kit, on the CCs the latent knobs left free: `tune` (the voices play
@@ -994,7 +1060,7 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
                   data_root: str | os.PathLike | None = None, commands: list[str] | None = None,
                   n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False,
                   exporters: tuple[str, ...] = EXPORTERS, run_facts: dict[str, Any] | None = None,
-                  encoder=None):
+                  encoder=None, timbre_codes: np.ndarray | None = None):
     """Export generator `G` (eval mode; `forward(z float32[B, Z], pitch int64[B], velocity float32[B])
     -> audio float32[B, N]` in [-1, 1]; attributes sample_rate, note_samples, latent_size) with its run's
     resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`.
@@ -1003,7 +1069,10 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     {"steps", "minutes"} trained up to these weights and what else the run recorded (`load_run`); with
     run_dir's validation.json the card gets the validation curve. encoder: the run's E(audio) -> (mu,
     logvar) or None; with one, the default latent starts at the mean code of the real notes and the
-    codes' principal axes join the knob candidates.
+    codes' principal axes join the knob candidates. timbre_codes: float32[n_instruments, Z], the run's
+    learned timbre codes (`trainer.fit.load_timbres`) for a family preset: they become the manifest's
+    `timbres`, the default latent is the first source's lowest program and the knobs run along the
+    codes' principal axes (`timbre_knobs`).
     """
     from synth.fsutil import atomic_dir
     from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
@@ -1032,12 +1101,25 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
         info = f.info
         root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
         real = _real_notes(root, f.sr, f.keys)
-        z0, default_doc, code_axes = _default_latent(gen, f, root, real, encoder, n_knobs, seed, say)
-        knobs, knob_method = _all_knobs(gen, f, z0, n_knobs, seed, code_axes, say)
+        timbres = None
+        if timbre_codes is not None:
+            timbres = timbre_entries(timbre_codes, list(info.get("instruments") or []))
+            i0 = default_timbre(timbres)
+            z0 = np.asarray(timbres[i0]["latent"], np.float32)
+            t0_ = timbres[i0]
+            default_doc = (f"the timbre of {t0_['name']} ({t0_['source']} program {t0_['program']}): the lowest "
+                           f"program of the first source, one of the {len(timbres)} learned timbre codes")
+            knobs, knob_method = timbre_knobs(timbre_codes, z0, [t["name"] for t in timbres], n_knobs)
+            say(f"{len(timbres)} timbres; default {t0_['name']}; {len(knobs)} knobs along their principal axes")
+        else:
+            z0, default_doc, code_axes = _default_latent(gen, f, root, real, encoder, n_knobs, seed, say)
+            knobs, knob_method = _all_knobs(gen, f, z0, n_knobs, seed, code_axes, say)
         env = _envelope(gen, f, z0, real, say)
         cmds = reproduce(config, info, run_dir, commands, cwd=os.getcwd())
         m = _manifest(f, config, name, description, z0, default_doc, knobs, knob_method, env, opset, parity,
                       run_facts, run_dir, cmds)
+        if timbres:
+            m["timbres"] = timbres
         preset = validate_manifest(json.loads(json.dumps(m)), tmp)
         (tmp / "preset.json").write_text(json.dumps(manifest_dict(preset), indent=1) + "\n", encoding="utf-8")
         _write_grid(gen, f, z0, real, tmp, name)
@@ -1075,9 +1157,13 @@ def main(argv: list[str]) -> int:
     if not 0 <= args.knobs <= 8:
         raise UserError(f"--knobs {args.knobs}: must be 0..8")
     G, config, facts, encoder = load_run(args.run, "last" if args.last else "auto")
+    from trainer.fit import load_timbres
+
+    codes = load_timbres(args.run, facts["checkpoint"].removesuffix(".pt"))
     print(f"[export] {args.run}: checkpoints/{facts['checkpoint']} (step {facts['steps']}"
           + (f" of {facts['run_steps']}, the best validation" if "run_steps" in facts else "") + ")", file=sys.stderr)
     export_preset(G, config, args.preset, name=args.name, description=args.description, force=args.force,
                   run_dir=args.run, data_root=args.data, n_knobs=args.knobs, seed=args.seed,
-                  commands=["python", "-m", "trainer", "export", *argv], run_facts=facts, encoder=encoder)
+                  commands=["python", "-m", "trainer", "export", *argv], run_facts=facts, encoder=encoder,
+                  timbre_codes=codes)
     return 0

@@ -33,7 +33,7 @@ import numpy as np
 from synth.io.libjack import JackFast
 from synth.rt import GcTamer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository (synth/testing/jack.py)
 
 
 def have_jackd() -> bool:
