@@ -37,6 +37,10 @@ Schema (version 1), all keys required unless marked optional:
     generator        file name of the ONNX graph inside the folder (default "generator.onnx")
     training         free-form dict: data, arch, steps, minutes, hardware, commands (optional)
     metrics          free-form dict: trainer eval figures (optional)
+    timbres          [{"name": str, "source": str, "bank": int | null, "program": int | null,
+                       "gm_kind": str | null, "latent": [Z floats]}] (optional; family presets): the
+                     latent point of each instrument the model was trained on, at most MAX_TIMBRES;
+                     playing timbre i means using its `latent` in place of latent.default
 
 ONNX contract (`generator.onnx`): inputs `z float32[B, Z]`, `pitch int64[B]` (MIDI note),
 `velocity float32[B]` (0..1); output `audio float32[B, N]` in [-1, 1] at `sample_rate`. The batch
@@ -62,6 +66,7 @@ MANIFEST = "preset.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LATENT = 4096
 MAX_KNOBS = 32
+MAX_TIMBRES = 256
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 REPO_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -83,6 +88,17 @@ class Knob:
         """Latent offset along `direction` for a CC value 0..127."""
         lo, hi = self.range
         return lo + (hi - lo) * (value / 127.0)
+
+
+@dataclass(frozen=True)
+class Timbre:
+    """One training instrument of a family preset and its point in the latent space."""
+    name: str
+    latent: tuple[float, ...]
+    source: str = ""
+    bank: int | None = None
+    program: int | None = None
+    gm_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,7 @@ class Preset:
     generator: str = "generator.onnx"
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    timbres: tuple[Timbre, ...] = ()
 
     @property
     def generator_path(self) -> Path:
@@ -270,15 +287,45 @@ def validate_manifest(m: Any, path: Path, check_files: bool = True) -> Preset:
     training = _get(m, "training", where, dict, optional=True, default={})
     metrics = _get(m, "metrics", where, dict, optional=True, default={})
     description = _get(m, "description", where, str, optional=True, default="")
+    timbres = _timbres(m, where, z)
     preset = Preset(path=path, name=name, kind=kind, sample_rate=sr, note_samples=n, pitch_range=(pr[0], pr[1]),
                     velocity_conditioned=conditioned, velocity_layers=tuple(layers), velocity_curve=curve,
                     latent_size=z, default_latent=default, knobs=tuple(knobs), release_seconds=release,
                     sustain_mode=mode, loop_end_seconds=loop_end, gain_db=gain_db, drum_classes=drum_classes, description=description,
-                    generator=gen, training=training, metrics=metrics)
+                    generator=gen, training=training, metrics=metrics, timbres=timbres)
     if check_files and not preset.generator_path.is_file():
         raise _fail(str(preset.generator_path), "generator file is missing; re-export the preset with "
                     "`python -m trainer export`")
     return preset
+
+
+def _timbres(m: dict, where: str, z: int) -> tuple[Timbre, ...]:
+    """The optional `timbres` list: objects with a non-empty name and a latent of size z."""
+    raw = _get(m, "timbres", where, list, optional=True, default=[])
+    if len(raw) > MAX_TIMBRES:
+        raise _fail(where, f"{len(raw)} timbres; at most {MAX_TIMBRES} are allowed")
+    out = []
+    for i, t in enumerate(raw):
+        tw = f"{where} timbres[{i}]"
+        if not isinstance(t, dict):
+            raise _fail(where, f"timbres[{i}] must be an object")
+        name = _get(t, "name", tw, str)
+        if not name.strip():
+            raise _fail(where, f"timbres[{i}].name is empty")
+        opt_int = {}
+        for key, hi in (("bank", 128), ("program", 127)):
+            v = t.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi):
+                raise _fail(where, f"timbres[{i}].{key} must be null or an integer 0..{hi}, got {v!r}"[:300])
+            opt_int[key] = v
+        for key in ("gm_kind", "source"):
+            if t.get(key) is not None and not isinstance(t.get(key), str):
+                raise _fail(where, f"timbres[{i}].{key} must be null or a string, got {type(t.get(key)).__name__}")
+        gm = t.get("gm_kind")
+        out.append(Timbre(name=name, latent=_floats(_get(t, "latent", tw, list), where, f"timbres[{i}].latent", z),
+                          source=t.get("source") or "",
+                          bank=opt_int["bank"], program=opt_int["program"], gm_kind=gm))
+    return tuple(out)
 
 
 def load_preset_dir(path: str | os.PathLike) -> Preset:
@@ -380,4 +427,7 @@ def manifest_dict(p: Preset) -> dict[str, Any]:
     }
     if p.is_drums:
         m["drum_classes"] = {str(k): v for k, v in sorted(p.drum_classes.items())}
+    if p.timbres:
+        m["timbres"] = [{"name": t.name, "source": t.source, "bank": t.bank, "program": t.program,
+                         "gm_kind": t.gm_kind, "latent": list(t.latent)} for t in p.timbres]
     return m

@@ -124,10 +124,14 @@ def recipe_section(name: str, section: str) -> dict[str, Any]:
 
 
 def cli_args(flags: dict[str, Any]) -> list[str]:
-    """{"program": 0, "drums": true, "out": "data/x"} -> ["--program", "0", "--drums", "--out", "data/x"]."""
+    """{"program": 0, "drums": true, "out": "data/x"} -> ["--program", "0", "--drums", "--out", "data/x"];
+    a list repeats its flag ({"soundfont": [A, B]} -> ["--soundfont", A, "--soundfont", B])."""
     args: list[str] = []
     for k, v in flags.items():
-        if v is True:
+        if isinstance(v, list):
+            for item in v:
+                args += [f"--{k}", str(item)]
+        elif v is True:
             args.append(f"--{k}")
         elif v is not None and v is not False:
             args += [f"--{k}", str(v)]
@@ -236,6 +240,7 @@ TRAIN_ABSENT: dict[str, Any] = {
     "augment": {"shift_ms": 0.0, "gain_db": 0.0, "time_mask": 0.0, "freq_mask": 0.0, "paired": False},
     "r1_gamma": 0.0, "r1_every": 16, "fm_weight": 0.0, "d_start": 0,
     "valid_every": 0, "valid_latents": 4, "valid_metric": "logmel_db",
+    "timbres": False, "timbre_sigma": 0.5, "timbre_radius": 1.0,
 }
 
 

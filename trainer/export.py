@@ -11,7 +11,9 @@ All inside a temporary folder beside the destination, renamed into place at the 
    GEMMs round partial frequencies differently in torch and ORT), the first 4096 samples within 1e-4,
    the whole-note STFT magnitudes within 1e-3 of the peak and max |Δ| under 1e-2.
 4. The default latent (`choose_default_latent`) and the knob directions (`knob_directions`), measured
-   on the exported graph; a kit's engine knobs (`engine_knobs`).
+   on the exported graph; a kit's engine knobs (`engine_knobs`). A family run (`train.timbres`)
+   instead writes its learned codes as `timbres`, defaults to the first source's lowest program and
+   puts the knobs on the codes' principal axes (`timbre_knobs`).
 5. Envelope facts from the real notes when the run's dataset folder is reachable (else from
    generated notes): sustain mode, release time, velocity curve.
 6. preset.json (validated by `synth.preset`), with the commands that rebuild it (`trainer.commands`),
@@ -528,7 +530,7 @@ def timbre_knobs(codes: np.ndarray, z0: np.ndarray, names: list[str], n_knobs: i
     At most min(n_knobs, n - 1) axes with a share of the codes' variance above 1e-6. Each knob's
     range spans the codes along its axis, [min, max] of (code - z0)·axis, and its default CC d0 is
     where z0 lies in that span, the range adjusted so that CC d0 gives offset 0 exactly (lo = -w·d0/127,
-    hi = w·(127 - d0)/127, w = max - min): with the default timbre at one end of an axis its knob starts
+    hi = w·(127 - d0)/127, w = max - min, widened for the rounding): with the default timbre at one end of an axis its knob starts
     at CC 0 or 127. Axes are signed so that the default sits in the lower half. Returns (knobs, method)."""
     codes = np.asarray(codes, np.float64)
     c = codes - codes.mean(axis=0)
@@ -544,6 +546,11 @@ def timbre_knobs(codes: np.ndarray, z0: np.ndarray, names: list[str], n_knobs: i
             d, proj = -d, -proj
         w = max(float(proj.max() - proj.min()), 1e-3)
         d0 = int(np.clip(round(127 * -float(proj.min()) / w), 0, 127))
+        # widen for the rounding of d0, so both ends still reach the farthest codes
+        if d0 > 0:
+            w = max(w, -float(proj.min()) * 127 / d0)
+        if d0 < 127:
+            w = max(w, float(proj.max()) * 127 / (127 - d0))
         lo_i, hi_i = int(np.argmin(proj)), int(np.argmax(proj))
         knobs.append({"cc": ccs[rank] if rank < len(ccs) else next(x for x in range(1, 128) if x not in ccs),
                       "name": f"morph {rank + 1}",
@@ -782,6 +789,8 @@ def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> di
         regs.pop("r1_every", None)
     if regs:
         out["discriminator"] = regs
+    if tr.get("timbres"):
+        out["timbres"] = {k: tr[k] for k in ("timbre_sigma", "timbre_radius") if k in tr}
     if "seed" in config:
         out["seed"] = config["seed"]
     run = config.get("run") if isinstance(config.get("run"), dict) else {}

@@ -20,6 +20,12 @@ activations for each real note and the fake at its pitch and velocity, in the ge
 WaveGAN; before it the generator fits the paired spectral loss alone). Log keys: adv/*, aux/*,
 spec/l1, reg/r1, fm/loss, valid/*, perf/steps_per_s.
 
+Timbre training (`train.timbres`, multi-instrument sets only; `trainer.models.timbre`): one learned
+latent code per instrument, trained with G; each note's z is its instrument's code plus
+`train.timbre_sigma` of N(0, I) noise, and the ddsp discriminator's realness is conditional on the
+instrument too (a projection term). The codes (`T`, `T_ema`) are in the checkpoints;
+`load_timbres` reads them for export. Off, nothing changes (same draws, same bits).
+
 Validation (`train.valid_every` > 0; `trainer.validation`): every that many steps and at the end,
 the EMA generator is measured on the valid split; the best evaluation's weights go to
 `checkpoints/best.pt` (atomically), the curve to `validation.json`, and `trainer export` takes
@@ -263,6 +269,17 @@ def load_generator(run_dir: str | os.PathLike, ema: bool = True, which: str = "l
     return G.eval(), cfg
 
 
+def load_timbres(run_dir: str | os.PathLike, which: str = "last") -> np.ndarray | None:
+    """The EMA timbre codes float32[n_instruments, Z] of checkpoint `which` (`run_checkpoint`) of a run
+    trained with `train.timbres`, aligned with its config's data.instruments; None for other runs."""
+    path = run_checkpoint(run_dir, which)
+    ck = load_checkpoint(path, BEST_KEYS if path.name == "best.pt" else CKPT_KEYS)
+    st = ck.get("T_ema")
+    if st is None:
+        return None
+    return st["codes"].detach().cpu().float().numpy()
+
+
 # ------------------------------------------------------------------------------------- sampling
 class Sampler:
     """Deterministic shuffled batches; rank r of w takes every w-th index of each epoch's permutation.
@@ -472,7 +489,7 @@ class Trainer:
 
     def _build_models(self) -> None:
         """G, D, E (identical initial weights on every rank), then per-rank noise streams, G_ema and the optimisers."""
-        from trainer.models import build_discriminator, build_encoder, build_generator
+        from trainer.models import build_discriminator, build_encoder, build_generator, build_timbres
 
         seed, rank, device = int(self.cfg["seed"]), self.rank, self.device
         random.seed(seed + rank)
@@ -482,11 +499,19 @@ class Trainer:
         self.D = build_discriminator(self.cfg).to(device)
         E = build_encoder(self.cfg)
         self.E = E.to(device) if E is not None else None
+        T = build_timbres(self.cfg)           # after G, D, E: a run without timbres draws as before
+        self.T = T.to(device) if T is not None else None
         torch.manual_seed(seed + 1000 * rank)
         self.G_ema = copy.deepcopy(self.G).eval()
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
+        self.T_ema = None
+        if self.T is not None:
+            self.T_ema = copy.deepcopy(self.T).eval()
+            self.T_ema.requires_grad_(False)
         self.g_params = list(self.G.parameters()) + (list(self.E.parameters()) if self.E is not None else [])
+        if self.T is not None:     # last, so the optimiser state of the other parameters keeps its layout
+            self.g_params += list(self.T.parameters())
         betas = tuple(self.tr["betas"])
         self.opt_G = torch.optim.Adam(self.g_params, lr=self.tr["lr_g"], betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.tr["lr_d"], betas=betas)
@@ -499,6 +524,11 @@ class Trainer:
         self.D.load_state_dict(ck["D"])
         if self.E is not None:
             self.E.load_state_dict(ck["E"])
+        if self.T is not None:
+            if "T" not in ck:
+                raise UserError("checkpoint: train.timbres is on but the checkpoint holds no timbre codes; retrain")
+            self.T.load_state_dict(ck["T"])
+            self.T_ema.load_state_dict(ck["T_ema"])
         self.opt_G.load_state_dict(ck["opt_G"])
         self.opt_D.load_state_dict(ck["opt_D"])
         self.step = int(ck["step"])
@@ -515,14 +545,16 @@ class Trainer:
         self.valid_seconds = float(ck.get("valid_seconds", 0.0))
         self.tracker.load(ck.get("valid_state"))
         self.best_G_ema, self.best_E = ck.get("best_G_ema"), ck.get("best_E")
+        self.best_T_ema = ck.get("best_T_ema")
 
     def _wrap_ddp(self) -> None:
-        self.Gm, self.Dm, self.Em = self.G, self.D, self.E
+        self.Gm, self.Dm, self.Em, self.Tm = self.G, self.D, self.E, self.T
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
             self.Gm, self.Dm = DDP(self.G, **kw), DDP(self.D, **kw)
             self.Em = DDP(self.E, **kw) if self.E is not None else None
+            self.Tm = DDP(self.T, **kw) if self.T is not None else None
 
     def _init_amp(self) -> None:
         """Mixed precision on CUDA with `run.amp` (bf16, else fp16 with a gradient scaler)."""
@@ -570,6 +602,7 @@ class Trainer:
         self.tracker = Tracker(str(self.tr.get("valid_metric") or "logmel_db"))
         self.best_G_ema: dict[str, torch.Tensor] | None = None      # the best evaluation's weights
         self.best_E: dict[str, torch.Tensor] | None = None
+        self.best_T_ema: dict[str, torch.Tensor] | None = None
         self.validator = None
         if self.valid_every > 0 and self.master:
             v = Validator(self.ds.root, self.cfg, self.device)
@@ -610,7 +643,13 @@ class Trainer:
         """The discriminator trains and judges from step train.d_start on."""
         return self.step >= self.d_start
 
-    def _d_step(self, x, fake, p, v) -> tuple[dict[str, float], bool]:
+    def _dkw(self, inst, times: int = 1) -> dict[str, Any]:
+        """D's instrument condition (timbre training), repeated `times` for concatenated batches."""
+        if inst is None or not getattr(self.D, "n_instruments", 0):
+            return {}
+        return {"instrument": torch.cat([inst] * times) if times > 1 else inst}
+
+    def _d_step(self, x, fake, p, v, inst=None) -> tuple[dict[str, float], bool]:
         """Discriminator update on (real, fake detached), both through the augmentation: adversarial +
         auxiliary (+ gradient penalty, + lazy R1). Nothing before train.d_start."""
         from trainer.nn.losses import d_adv_loss, gradient_penalty
@@ -627,7 +666,7 @@ class Trainer:
                 logs["reg/r1"] = self.last_r1
         with self._autocast():
             xa = self.aug(torch.cat([x, fake.detach()]), B if self.aug.paired else None)
-            logit, aux = self.Dm(xa, torch.cat([p, p]), torch.cat([v, v]))
+            logit, aux = self.Dm(xa, torch.cat([p, p]), torch.cat([v, v]), **self._dkw(inst, 2))
         logit, aux = logit.float(), aux.float()
         l_d = d_adv_loss(self.loss_kind, logit[:B], logit[B:])
         l_aux_d = F.cross_entropy(aux[:B], p)
@@ -651,7 +690,7 @@ class Trainer:
             self.scaler.scale(0.5 * self.r1_gamma * self.r1_every * r1).backward()
         return r1.item()
 
-    def _g_adv(self, x, fake, p, v) -> tuple[torch.Tensor, dict[str, float]]:
+    def _g_adv(self, x, fake, p, v, inst=None) -> tuple[torch.Tensor, dict[str, float]]:
         """The discriminator's terms of the generator loss: adversarial + auxiliary on the augmented fakes,
         and with train.fm_weight the feature matching against the real notes (same augmentation draw)."""
         from trainer.nn.losses import feature_matching, g_adv_loss
@@ -660,11 +699,11 @@ class Trainer:
         with self._autocast():
             if self.fm_w > 0:
                 lo, au, feats = self.Dm(self.aug(torch.cat([x, fake]), B), torch.cat([p, p]), torch.cat([v, v]),
-                                        features=True)
+                                        features=True, **self._dkw(inst, 2))
                 lf, af = lo[B:], au[B:]
                 l_fm = feature_matching([f[:B] for f in feats], [f[B:] for f in feats])
             else:
-                lf, af = self.Dm(self.aug(fake), p, v)
+                lf, af = self.Dm(self.aug(fake), p, v, **self._dkw(inst))
         l_g = g_adv_loss(self.loss_kind, lf.float())
         l_aux_g = F.cross_entropy(af.float(), p)
         loss = self.adv_w * l_g + self.aux_w * l_aux_g
@@ -674,12 +713,12 @@ class Trainer:
             logs["fm/loss"] = l_fm.item()
         return loss, logs
 
-    def _g_step(self, x, fake, rec, mu, logvar, p, v) -> tuple[dict[str, float], bool]:
+    def _g_step(self, x, fake, rec, mu, logvar, p, v, inst=None) -> tuple[dict[str, float], bool]:
         """Generator update: paired spectral L1 (+ reconstruction and KL), and from train.d_start on the
         discriminator's terms (`_g_adv`)."""
         if not self.ddp:
             self.D.requires_grad_(False)
-        l_adv, logs = self._g_adv(x, fake, p, v) if self.d_on else (None, {})
+        l_adv, logs = self._g_adv(x, fake, p, v, inst) if self.d_on else (None, {})
         l_spec = self.spec(fake, x)
         # the sum in the order it had before the D terms could be off: same recipe, same bits
         loss_g = self.lam * l_spec if l_adv is None else l_adv + self.lam * l_spec
@@ -691,7 +730,10 @@ class Trainer:
             logs.update({"rec/l1": l_rec.item(), "rec/kl": kl.item()})
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
-        return logs, not self._finite_step(self.opt_G, self.g_params, self.tr.get("grad_clip"))
+        stepped = self._finite_step(self.opt_G, self.g_params, self.tr.get("grad_clip"))
+        if self.T is not None:
+            self.T.project_()
+        return logs, not stepped
 
     def _count_skipped(self, skipped: bool, logs_g: dict[str, float]) -> None:
         """Count steps skipped for non-finite gradients; MAX_BAD_STEPS in a row end the run as diverged."""
@@ -710,6 +752,8 @@ class Trainer:
             decay = min(float(self.tr["ema"]), (1.0 + self.step) / (10.0 + self.step))
             for pe, pg in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
                 pe.lerp_(pg.detach(), 1.0 - decay)
+            if self.T is not None:   # the exported codes are the average's, as the exported G is
+                self.T_ema.codes.lerp_(self.T.codes.detach(), 1.0 - decay)
 
     def train_step(self) -> dict[str, float]:
         """One step on the next batch: D update, G update, EMA. Returns the namespaced loss logs."""
@@ -719,9 +763,13 @@ class Trainer:
         p = self.pitches[idx].to(dev)
         v = self.vels[idx].to(dev)
         z = torch.randn(x.shape[0], self.Z, device=dev)
+        inst = None
+        if self.T is not None:     # timbre training: the note's instrument code plus sigma of noise
+            inst = self.instruments[idx].to(dev)
+            z = self.Tm(inst) + float(self.tr["timbre_sigma"]) * z
         fake, rec, mu, logvar = self._generate(x, z, p, v)
-        logs_d, skipped_d = self._d_step(x, fake, p, v)
-        logs_g, skipped_g = self._g_step(x, fake, rec, mu, logvar, p, v)
+        logs_d, skipped_d = self._d_step(x, fake, p, v, inst)
+        logs_g, skipped_g = self._g_step(x, fake, rec, mu, logvar, p, v, inst)
         self.scaler.update()
         self._count_skipped(skipped_d or skipped_g, logs_g)
         if not self.ddp:
@@ -775,6 +823,10 @@ class Trainer:
                 st["best_E"] = self.best_E
             if self.E is not None:
                 st["E"] = self.E.state_dict()
+            if self.T is not None:
+                st["T"], st["T_ema"] = self.T.state_dict(), self.T_ema.state_dict()
+                if self.best_T_ema is not None:
+                    st["best_T_ema"] = self.best_T_ema
             if self.ddp:
                 st["rank_fingerprints"] = prints
             _save(st, self.ckdir, int(self.tr["keep"]), self.step)
@@ -808,6 +860,8 @@ class Trainer:
             self.best_G_ema = {k: t.detach().cpu().clone() for k, t in self.G_ema.state_dict().items()}
             if self.E is not None:
                 self.best_E = {k: t.detach().cpu().clone() for k, t in self.E.state_dict().items()}
+            if self.T_ema is not None:
+                self.best_T_ema = {k: t.detach().cpu().clone() for k, t in self.T_ema.state_dict().items()}
             self._write_best()
         self._write_curve()
         self.logs.scalars(self.step, {f"valid/{k}": v for k, v in fig.items() if k not in ("seconds", "minutes")})
@@ -821,6 +875,8 @@ class Trainer:
               "arch": self.cfg["arch"], "valid": dict(b), "train_seconds": 60.0 * float(b.get("minutes", 0.0))}
         if self.best_E is not None:
             st["E"] = self.best_E
+        if self.best_T_ema is not None:
+            st["T_ema"] = self.best_T_ema
         _save_file(st, self.ckdir / "best.pt", int(b["step"]))
 
     def _write_curve(self) -> None:
@@ -912,6 +968,7 @@ class Trainer:
                             mininterval=1.0, file=sys.stderr)
         self.pitches = torch.from_numpy(self.ds.pitches)
         self.vels = torch.from_numpy(self.ds.velocities)
+        self.instruments = torch.from_numpy(self.ds.instruments)
         self.t_start = time.monotonic()
         self.t_last, self.step_last = self.t_start, self.step
         self.last_ckpt = self.start_step = self.step

@@ -46,7 +46,11 @@ def build_discriminator(cfg: dict[str, Any]) -> nn.Module:
     dcfg = dict(cfg.get("disc", {}).get(arch, {}))
     if arch == "ddsp":
         from trainer.models.ddsp import MultiResSpecDiscriminator
-        return MultiResSpecDiscriminator(sample_rate=d["sample_rate"], kind=d["kind"], **dcfg)
+        from trainer.models.timbre import n_instruments
+
+        n_inst = n_instruments(cfg)   # timbre training: D's realness is conditional on the instrument too
+        extra = {"n_instruments": n_inst} if n_inst else {}
+        return MultiResSpecDiscriminator(sample_rate=d["sample_rate"], kind=d["kind"], **dcfg, **extra)
     if arch == "spectral":
         from trainer.models.spectral import SpectralDiscriminator
         return SpectralDiscriminator(kind=d["kind"], n_fft=m.get("n_fft", 1024), hop=m.get("hop", 256), **dcfg)
@@ -63,4 +67,10 @@ def build_encoder(cfg: dict[str, Any]) -> nn.Module | None:
     return SpecEncoder(sample_rate=cfg["data"]["sample_rate"], latent_size=m["latent_size"])
 
 
-__all__ = ["ARCHS", "build_discriminator", "build_encoder", "build_generator"]
+def build_timbres(cfg: dict[str, Any]) -> nn.Module | None:
+    """The per-instrument latent codes (`trainer.models.timbre`), or None when `train.timbres` is off."""
+    from trainer.models.timbre import build_timbres as _build
+    return _build(cfg)
+
+
+__all__ = ["ARCHS", "build_timbres", "build_discriminator", "build_encoder", "build_generator"]

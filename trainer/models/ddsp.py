@@ -212,12 +212,14 @@ class MultiResSpecDiscriminator(nn.Module):
     forward(x: float32[B, N], pitch, velocity) -> (logit float32[B], aux float32[B, n_classes]):
     logits and auxiliary pitch/class logits summed over resolutions; with `features=True` also the
     list of every conv layer's activations (for feature matching). The projection term makes the
-    realness judgement conditional on (pitch, velocity).
+    realness judgement conditional on (pitch, velocity); with `n_instruments` (timbre training) a
+    second projection term, an embedding per instrument, makes it conditional on the instrument given
+    as `instrument` int64[B] too (omitted when None).
     """
 
     def __init__(self, sample_rate: int, kind: str = "pitched", channels: int = 64, n_mels: int = 80,
                  resolutions=((2048, 512), (1024, 256)), layers: int = 4, n_classes: int = 128,
-                 **_unused) -> None:
+                 n_instruments: int = 0, **_unused) -> None:
         super().__init__()
         self.fronts = nn.ModuleList([LogMel(sample_rate, n, h, n_mels) for n, h in resolutions])
         self.bodies = nn.ModuleList()
@@ -228,22 +230,29 @@ class MultiResSpecDiscriminator(nn.Module):
                 mods += [nn.Conv1d(channels, channels, 5, stride=2, padding=2), nn.LeakyReLU(0.2)]
             self.bodies.append(nn.Sequential(*mods))
             self.heads.append(ProjectionHead(2 * channels, kind, n_classes))
+        self.n_instruments = int(n_instruments)
+        if self.n_instruments:   # zero at init: the judgement starts unconditional on the instrument
+            self.inst = nn.ModuleList([nn.Embedding(self.n_instruments, 2 * channels) for _ in resolutions])
+            for e in self.inst:
+                nn.init.zeros_(e.weight)
 
     def inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """What the trainable layers see: float32[B, n_mels, T_r] log-mel magnitudes per resolution."""
         return [front(x) for front in self.fronts]
 
-    def forward(self, x, pitch, velocity, features: bool = False):
-        return self.judge(self.inputs(x), pitch, velocity, features)
+    def forward(self, x, pitch, velocity, features: bool = False, instrument=None):
+        return self.judge(self.inputs(x), pitch, velocity, features, instrument)
 
-    def judge(self, reps: list[torch.Tensor], pitch, velocity, features: bool = False):
+    def judge(self, reps: list[torch.Tensor], pitch, velocity, features: bool = False, instrument=None):
         """`forward` from `inputs(x)` (R1 takes its gradient with respect to these)."""
         logit, aux = 0.0, 0.0
         feats: list[torch.Tensor] | None = [] if features else None
-        for rep, body, head in zip(reps, self.bodies, self.heads, strict=True):
+        for r, (rep, body, head) in enumerate(zip(reps, self.bodies, self.heads, strict=True)):
             f = run_body(body, rep, feats)
             h = torch.cat([f.mean(-1), f.amax(-1)], dim=-1)
             lo, au = head(h, pitch, velocity)
+            if instrument is not None and self.n_instruments:
+                lo = lo + (self.inst[r](instrument.long()) * h).sum(-1) / math.sqrt(h.shape[-1])
             logit, aux = logit + lo, aux + au
         return (logit, aux, feats) if features else (logit, aux)
 

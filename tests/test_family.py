@@ -1,0 +1,231 @@
+"""Family presets (issue 20 items 2-3, trainer side): timbre-conditioned training on a multi-instrument
+set learns one latent code per instrument (in the checkpoint, resumed exactly), the export writes them
+as the preset's `timbres` with knobs along their principal axes, `synth.preset` validates the list,
+and a one-instrument run trains exactly as before."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synth.errors import PresetError
+from synth.preset import load_preset_dir, manifest_dict, validate_manifest
+from trainer import fit
+from trainer.data.format import DatasetWriter
+from trainer.testing.fitdata import make_dataset
+
+TINY = {"model": {"ddsp": {"n_harmonics": 8, "n_noise_bands": 4, "hop": 64, "hidden": 32, "ctrl_frames": 8,
+                           "ctrl_bands": 4, "noise_seconds": 0.064, "latent_size": 8}},
+        "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]}},
+        "train": {"batch": 4, "log_every": 1, "sample_every": 1000, "threads": 1}}
+TIMBRES = {"train": {"timbres": True, "timbre_sigma": 0.3}}
+# three "instruments": 1/k partials, odd partials only, a bright flat spectrum with a fast decay
+MIXES = {"soft": (lambda k: 1.0 / k, 3.0), "hollow": (lambda k: (k % 2) / k, 2.0), "bright": (lambda k: 1.0, 12.0)}
+
+
+def _tone(kind: str, pitch: int, velocity: int, sr: int, n: int) -> np.ndarray:
+    amp, decay = MIXES[kind]
+    t = np.arange(n) / sr
+    f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+    y = sum(amp(k) * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 9) if k * f0 < 0.45 * sr)
+    y = y * np.minimum(1.0, t / 0.003) * np.exp(-decay * t)
+    return (0.3 * velocity / 127 * y / np.abs(y).max()).astype(np.float32)
+
+
+def make_family(folder: Path, kinds=tuple(MIXES), sr: int = 8000, n: int = 2048) -> Path:
+    """A multi-instrument set (the manifest fields of `trainer.data.family`): one instrument per kind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    w = DatasetWriter(folder, sr, n, "pitched")
+    insts = []
+    for i, kind in enumerate(kinds):
+        insts.append({"id": f"synth:0:{i}", "name": kind, "source": "synth.sf2" if i < 2 else "other.sf2",
+                      "bank": 0, "program": 5 - i if i < 2 else 0, "gm_kind": "piano", "held_out": False})
+        for p in range(48, 73, 3):
+            for v in (64, 127):
+                w.add(_tone(kind, p, v, sr, n), pitch=p, velocity=v, source=f"{kind}:{p}:{v}", duration=n / sr,
+                      instrument_index=i, soundfont=insts[-1]["source"], bank=0, program=insts[-1]["program"],
+                      preset=kind)
+    w.finalize(source={"type": "soundfonts", "seconds": n / sr, "release": 0.25 * n / sr}, instruments=insts)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("fam") / "set")
+
+
+@pytest.fixture(scope="module")
+def overlays(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cfg")
+    (d / "tiny.json").write_text(json.dumps(TINY))
+    (d / "timbres.json").write_text(json.dumps(TIMBRES))
+    return d / "tiny.json", d / "timbres.json"
+
+
+def _fit(*args) -> int:
+    return fit.main([*map(str, args), "--quiet", "--device", "cpu"])
+
+
+def _state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def _initial_codes(run: Path) -> torch.Tensor:
+    """The codes a run started from: built as `Trainer._build_models` builds them (seeded G, D, then T)."""
+    from trainer.models import build_discriminator, build_generator, build_timbres
+
+    cfg = json.loads((run / "config.json").read_text())
+    torch.manual_seed(int(cfg["seed"]))
+    build_generator(cfg)
+    build_discriminator(cfg)
+    return build_timbres(cfg).codes.detach().clone()
+
+
+@pytest.fixture(scope="module")
+def trained(family, overlays, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "fam"
+    assert _fit("--data", family, "--steps", 12, "--config", overlays[0], "--config", overlays[1], "--out", run) == 0
+    return run
+
+
+def test_codes_are_learned_and_checkpointed(trained):
+    st = _state(trained)
+    assert st["T"]["codes"].shape == st["T_ema"]["codes"].shape == (3, 8)
+    init = _initial_codes(trained)
+    moved = (st["T"]["codes"] - init).norm(dim=1)
+    assert (moved > 1e-3).all(), moved             # every instrument's code moved from its init
+    assert not torch.equal(st["T_ema"]["codes"], init)
+    # at most timbre_radius * sqrt(Z) from the origin
+    assert (st["T"]["codes"].norm(dim=1) <= np.sqrt(8) * 1.0 + 1e-4).all()
+    # D judges per instrument: its instrument embeddings (zero at init) have learned something
+    assert any(k.startswith("inst.") and v.abs().sum() > 0 for k, v in st["D"].items())
+    codes = fit.load_timbres(trained)
+    assert codes.shape == (3, 8) and np.array_equal(codes, st["T_ema"]["codes"].numpy())
+
+
+def test_timbre_resume_is_exact(family, overlays, tmp_path):
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    common = ("--config", overlays[0], "--config", overlays[1])
+    assert _fit("--data", family, "--steps", 4, "--ckpt-every", 100, *common, "--out", a) == 0
+    assert _fit("--data", family, "--steps", 2, *common, "--out", b) == 0
+    assert _fit("--resume", b, "--steps", 4) == 0
+    sa, sb = _state(a), _state(b)
+    for part in ("G", "G_ema", "D", "T", "T_ema"):
+        for k in sa[part]:
+            assert torch.equal(sa[part][k], sb[part][k]), (part, k)
+    assert sa["data_pos"] == sb["data_pos"]
+
+
+def test_export_writes_the_timbres_and_knobs_between_them(trained, tmp_path):
+    from trainer.cli import main as trainer_main
+
+    dest = tmp_path / "presets" / "fam"
+    assert trainer_main(["export", str(trained), "--preset", str(dest)]) == 0
+    p = load_preset_dir(dest)
+    codes = fit.load_timbres(trained)
+    assert [t.name for t in p.timbres] == list(MIXES)
+    assert [(t.source, t.program) for t in p.timbres] == [("synth.sf2", 5), ("synth.sf2", 4), ("other.sf2", 0)]
+    for t, c in zip(p.timbres, codes, strict=True):
+        assert len(t.latent) == p.latent_size and np.allclose(t.latent, c, atol=1e-6)
+    # the default: the lowest program of the first source ("hollow", program 4 of synth.sf2)
+    assert np.allclose(p.default_latent, codes[1], atol=1e-6)
+    # knobs: the codes' principal axes (3 codes span 2), unit length, CC default = offset 0 exactly
+    latent = [k for k in p.knobs if k.kind == "latent"]
+    assert 1 <= len(latent) <= 2
+    c = codes - codes.mean(axis=0)
+    _, _, vt = np.linalg.svd(c, full_matrices=False)
+    for k in latent:
+        d = np.asarray(k.direction)
+        assert abs(np.linalg.norm(d) - 1) < 1e-5
+        assert np.linalg.norm(d - vt[:2].T @ (vt[:2] @ d)) < 1e-4     # in the span of the codes
+        assert abs(k.offset(k.default)) < 1e-9
+        proj = (codes - codes[1]) @ d               # the knob's range spans the codes along its axis
+        assert k.offset(0) <= proj.min() + 1e-3 and k.offset(127) >= proj.max() - 1e-3
+    assert "## Timbres" in (dest / "card.md").read_text()
+    # the ONNX contract is unchanged: a timbre is a latent fed as z
+    from synth.inference import GeneratorSession
+    audio = GeneratorSession(p, providers="cpu", threads=1).generate(
+        np.asarray([t.latent for t in p.timbres], np.float32), np.array([60, 60, 60]), np.full(3, 0.8, np.float32))
+    assert audio.shape == (3, p.note_samples) and np.isfinite(audio).all()
+
+
+def test_timbre_knobs_span_the_codes():
+    from trainer.export import default_timbre, timbre_knobs
+
+    rng = np.random.default_rng(0)
+    codes = rng.standard_normal((6, 5))
+    codes[:, 0] *= 5.0                             # the main axis: latent dim 0
+    knobs, method = timbre_knobs(codes, codes[2], [f"t{i}" for i in range(6)], n_knobs=4)
+    assert len(knobs) == 4 and "timbre codes" in method
+    assert abs(knobs[0]["direction"][0]) > 0.8
+    assert [k["cc"] for k in knobs] == [74, 1, 71, 76]
+    for k in knobs:
+        lo, hi = k["range"]
+        d = np.asarray(k["direction"])
+        proj = (codes - codes[2]) @ d
+        assert np.isclose(lo, proj.min(), atol=0.05 * (hi - lo)) and np.isclose(hi, proj.max(), atol=0.05 * (hi - lo))
+        assert abs(lo + (hi - lo) * k["default"] / 127) < 1e-12
+    ts = [{"source": "b.sf2", "program": 3, "bank": 0}, {"source": "a.sf2", "program": 0, "bank": 0},
+          {"source": "b.sf2", "program": 1, "bank": 0}]
+    assert default_timbre(ts) == 2
+
+
+def test_preset_validates_timbres(tmp_path):
+    from synth.testing.tinymodel import make_tiny_preset
+
+    p = make_tiny_preset(tmp_path, latent_size=8)
+    m = manifest_dict(p)
+    assert "timbres" not in m                      # a preset without timbres writes none
+    good = [{"name": "Grand", "source": "FluidR3_GM.sf2", "bank": 0, "program": 0, "gm_kind": "piano",
+             "latent": [0.1] * 8},
+            {"name": "Clav", "source": None, "bank": None, "program": None, "gm_kind": None, "latent": [0] * 8}]
+    q = validate_manifest({**m, "timbres": good}, p.path)
+    assert [t.name for t in q.timbres] == ["Grand", "Clav"] and q.timbres[1].latent == (0.0,) * 8
+    assert validate_manifest(manifest_dict(q), p.path) == q          # round trip
+    bad = [("not a list", "timbres"), ([{"latent": [0.0] * 8}], "name"), ([{**good[0], "latent": [0.0] * 7}], "7 values"),
+           ([{**good[0], "latent": [float("nan")] * 8}], "finite"), ([{**good[0], "program": 200}], "program"),
+           ([{**good[0], "bank": True}], "bank"), ([{**good[0], "name": " "}], "empty"), (["x"], "object")]
+    for value, msg in bad:
+        with pytest.raises(PresetError, match=msg):
+            validate_manifest({**copy.deepcopy(m), "timbres": value}, p.path)
+
+
+def test_one_instrument_runs_are_unchanged(family, overlays, tmp_path):
+    from synth.errors import UserError
+    from trainer import config as C
+
+    # timbres off on a family: no codes, no instrument condition in D
+    run = tmp_path / "off"
+    assert _fit("--data", family, "--steps", 1, "--config", overlays[0], "--out", run) == 0
+    st = _state(run)
+    assert "T" not in st and not any(k.startswith("inst.") for k in st["D"])
+    # the new keys at their "off" value hash as absent: run folder names do not move
+    cfg = json.loads((run / "config.json").read_text())
+    old = copy.deepcopy(cfg)
+    for k in ("timbres", "timbre_sigma", "timbre_radius"):
+        del old["train"][k]
+    assert C.config_hash(cfg) == C.config_hash(old)
+    assert C.config_hash({**cfg, "train": {**cfg["train"], "timbres": True}}) != C.config_hash(cfg)
+    # timbres need a multi-instrument set
+    single = make_dataset(tmp_path / "single", note_samples=2048)
+    with pytest.raises(UserError, match="multi-instrument"):
+        _fit("--data", single, "--steps", 1, "--config", overlays[0], "--config", overlays[1], "--out", tmp_path / "x")
+
+
+def test_keys_recipe_trains_timbres_on_both_soundfonts():
+    from trainer import config as C
+
+    flags = C.recipe_section("keys", "dataset")
+    args = C.cli_args(flags)
+    assert args.count("--soundfont") == 2 and args[args.index("--programs") + 1] == "0-7"
+    assert flags["out"] == "data/keys"
+    info = {"kind": "pitched", "sample_rate": 24000, "note_samples": 96000, "root": "data/keys",
+            "instruments": [{"name": "a"}, {"name": "b"}]}
+    cfg = C.resolve(C.recipe_overlays("keys", "pitched"), info)
+    assert cfg["train"]["timbres"] is True and cfg["train"]["timbre_sigma"] > 0
+    assert cfg["train"]["steps"] > 0 and cfg["train"]["minutes"] <= 90
