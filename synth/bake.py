@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every installed preset into one General MIDI bank (.sf2 only)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.sf2", help="output file: .sf2 or .sfz")
     p.add_argument("--knob", action="append", default=[], metavar="CC=V",
-                   help="knob position as in `render --knob`: 74=0.3 (fraction) or 74=38 (CC value); repeatable")
+                   help="knob position as in `render --knob`: 74=0.3 (fraction), 74=30%% or 74=38 (CC value); "
+                        "repeatable")
     p.add_argument("--timbre", metavar="NAME", help="a family preset's timbre (its manifest's `timbres`)")
     p.add_argument("--velocity-layers", metavar="N", help="velocity layers to bake (default: the preset's)")
     p.add_argument("--bits", default="24", choices=["16", "24"],
@@ -227,8 +228,9 @@ def knob_state(preset, mapper, knobs: list[tuple[int, int]], strict: bool) -> tu
     for cc, v in knobs:
         if mapper.knob_for_cc(cc) is None:
             if strict:
-                have = ", ".join(f"{k.cc}={k.name}" for k in preset.knobs) or "none"
-                raise UserError(f"--knob {cc}={v}: preset {preset.name!r} has no knob on CC {cc} (its knobs: {have})")
+                from synth.render import check_knobs
+
+                check_knobs([(cc, v)], [preset])   # raises: the same message as render's and play's
             continue
         key = mapper.with_cc(key, cc, v)
     return key

@@ -39,6 +39,7 @@ from synth.worker import GeneratorWorker, ceil_resampled
 log = logging.getLogger("synth")
 
 DRUM_CHANNEL = 9
+DEFAULT_MASTER_GAIN = 0.5   # `master_gain`'s default; `--gain DB` scales it
 STEAL_FADE_S = 0.005       # a stolen voice fades this fast: short, but no click
 SOUND_OFF_FADE_S = 0.005
 XFADE_S = 0.02             # fallback → exact note crossfade
@@ -122,7 +123,8 @@ class Engine:
     """
 
     def __init__(self, sample_rate: int = 48000, blocksize: int = 128, presets: Iterable[Preset] = (),
-                 realtime: bool = False, polyphony: int = 256, cache_mb: float = 1024, master_gain: float = 0.5,
+                 realtime: bool = False, polyphony: int = 256, cache_mb: float = 1024,
+                 master_gain: float = DEFAULT_MASTER_GAIN,
                  knob_map: Mapping[int, int | str] | None = None, fx=None, providers="auto",
                  threads: int | None = None, max_chunk: int = 8192, pan_spread: float = 0.6,
                  program_map: Mapping[int, str] | None = None):

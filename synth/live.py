@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--polyphony", type=int, default=None,
                    help="voices playing at most; beyond it the oldest released voice is stolen (default 256)")
     p.add_argument("--knob", action="append", default=[], metavar="CC=V",
-                   help="initial knob position: 74=0.3 (fraction) or 74=38 (CC value); repeatable")
+                   help="initial knob position as in `render --knob`: 74=0.3 (fraction), 74=30%% or 74=38 (CC "
+                        "value); the CC must be one of the presets' knobs; repeatable")
+    p.add_argument("--gain", default=None, metavar="DB", help="master gain change in dB, -60..24 (default 0)")
     p.add_argument("--program-map", default=None, metavar="P=NAME,...",
                    help="MIDI program -> preset, e.g. 0=piano,48=strings (default: program N = N-th --preset)")
     p.add_argument("--fx", default=None, metavar="LIST",
@@ -103,6 +105,10 @@ def _check_ranges(args) -> None:
     check_output_ranges(args)
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be > 0 seconds")
+    if getattr(args, "gain", None) is not None:
+        from synth.render import parse_gain
+
+        args.gain = parse_gain(args.gain)
 
 
 # -- where the sound goes --------------------------------------------------------------------------
@@ -279,6 +285,10 @@ def make_engine(args, out: Output, presets: list, program_map: dict, knobs: list
 
         # 64-frame chunks: 1.3 ms of added latency at 48 kHz, reported in engine.latency_samples.
         kw["fx"] = parse_fx(args.fx, out.sample_rate, chunk=64)
+    if getattr(args, "gain", None) is not None:
+        from synth.render import master_gain
+
+        kw["master_gain"] = master_gain(args.gain)
     engine = (engine_factory or _default_engine_factory)(**kw)
     if program_map and hasattr(engine, "set_program_map"):
         engine.set_program_map(program_map)
@@ -508,7 +518,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     _check_ranges(args)
     from synth.engine import single_thread_blas
     from synth.preset import find_preset
-    from synth.render import parse_knobs, parse_program_map
+    from synth.render import check_knobs, parse_knobs, parse_program_map
 
     knobs = parse_knobs(args.knob)
     nice_note = raise_priority(args.nice)   # before any thread starts: new threads inherit it
@@ -516,6 +526,7 @@ def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     program_map = parse_program_map(args.program_map)
     names = list(dict.fromkeys((args.preset or [default_preset(args.preset_dir)]) + list(program_map.values())))
     presets = [find_preset(n, args.preset_dir) for n in names]
+    check_knobs(knobs, presets)
     status = StatusLine(args.status_interval)
     out = choose_output(args, status.log)
     engine = make_engine(args, out, presets, program_map, knobs, engine_factory)

@@ -25,7 +25,9 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -57,18 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
         "Render a MIDI file (type 0 or 1) to WAV or FLAC offline with the same engine as live playing."))
     p.add_argument("input", metavar="IN.mid", help="Standard MIDI File")
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output file: .wav or .flac")
-    p.add_argument("--preset", default="piano", metavar="NAME",
-                   help="preset for every channel (default: piano); `python -m synth presets` lists them")
+    p.add_argument("--preset", action="append", default=None, metavar="NAME",
+                   help="preset (default: piano); repeat for more: the first plays on every channel, program "
+                        "change N selects the N-th (or see --program-map); `python -m synth presets` lists them")
     p.add_argument("--preset-dir", action="append", default=[], metavar="DIR",
                    help="extra folder of presets (repeatable; also SYNTH_PRESET_PATH)")
     p.add_argument("--sample-rate", default="48000", metavar="HZ", help="output rate, 8000..192000 (default 48000)")
     p.add_argument("--format", default="pcm16", choices=sorted(FORMATS),
                    help="sample format (default pcm16; FLAC takes pcm16 or pcm24)")
     p.add_argument("--knob", action="append", default=[], metavar="CC=V",
-                   help="initial knob position on every channel: V in 0..1 with a decimal point (74=0.3) "
-                        "or a CC value 0..127 (74=38); repeatable or comma-separated")
+                   help="initial knob position for every preset: a fraction with a decimal point (74=0.3), a "
+                        "percentage (74=30%%) or a CC value 0..127 (74=38); the CC must be one of the preset's "
+                        "knobs; repeatable or comma-separated")
+    p.add_argument("--gain", default=None, metavar="DB",
+                   help="master gain change in dB, -60..24 (default 0), before the limiter")
+    p.add_argument("--normalize", default=None, metavar="MODE",
+                   help="scale the whole file before writing: peak[:DBFS] (default -1 dBFS) or lufs[:TARGET] "
+                        "(ITU-R BS.1770 integrated loudness, default -16 LUFS)")
     p.add_argument("--program-map", default=None, metavar="P=NAME,...",
-                   help="GM program -> preset, e.g. 0=piano,48=strings (unmapped programs use --preset)")
+                   help="GM program -> preset, e.g. 0=piano,48=strings (default: program N = N-th --preset)")
     p.add_argument("--drums", default=None, metavar="NAME",
                    help="drum-kit preset for MIDI channel 10 (default: channel 10 plays --preset)")
     p.add_argument("--blocksize", default=str(DEFAULT_BLOCKSIZE), metavar="N",
@@ -95,34 +104,114 @@ def parse_int(text: str, flag: str, lo: int, hi: int, hint: str) -> int:
     return v
 
 
-def parse_knobs(items: list[str]) -> list[tuple[int, int]]:
-    """`["74=0.3", "1=100,71=0.5"]` -> [(cc, value 0..127), ...]. A value with a '.' is a fraction 0..1."""
+_UINT = re.compile(r"\d+")
+_DECIMAL = re.compile(r"\d+\.\d*|\.\d+")
+_PERCENT = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
+def parse_knobs(items: list[str], flag: str = "--knob") -> list[tuple[int, int]]:
+    """`["74=0.3", "1=100,71=50%"]` -> [(cc, value 0..127), ...]; shared by render, play and bake.
+
+    The value's spelling says what it is: a fraction 0..1 has a decimal point (`74=0.3`, `74=1.0`),
+    a percentage ends in `%` (`74=30%`), a bare integer is a CC value 0..127 (`74=1` is CC value 1).
+    """
     out = []
+    hint = (f"expected CC=VALUE: a fraction with a decimal point ({flag} 74=0.3), a percentage ({flag} 74=30%) "
+            f"or a CC value 0..127 ({flag} 74=38)")
     for item in items:
         for part in item.split(","):
             part = part.strip()
             if not part:
                 continue
             cc_s, sep, v_s = part.partition("=")
-            hint = "expected CC=VALUE, e.g. --knob 74=0.3 (fraction) or --knob 74=38 (CC value)"
             if not sep:
-                raise UserError(f"--knob {part!r}: {hint}")
-            cc = parse_int(cc_s, "--knob", 0, 127, "the controller number is 0..127")
+                raise UserError(f"{flag} {part!r}: {hint}")
+            cc = parse_int(cc_s, flag, 0, 127, "the controller number is 0..127")
             v_s = v_s.strip()
-            try:
-                if "." in v_s or "e" in v_s.lower():
-                    f = float(v_s)
-                    if not (math.isfinite(f) and 0.0 <= f <= 1.0):
-                        raise UserError(f"--knob {part!r}: a fractional value must be 0..1")
-                    v = int(round(f * 127))
-                else:
-                    v = int(v_s)
-                    if not 0 <= v <= 127:
-                        raise UserError(f"--knob {part!r}: a CC value must be 0..127")
-            except ValueError:
-                raise UserError(f"--knob {part!r}: {hint}") from None
+            if v_s.endswith("%") and _PERCENT.fullmatch(v_s[:-1].strip()):
+                pct = float(v_s[:-1])
+                if not 0.0 <= pct <= 100.0:
+                    raise UserError(f"{flag} {part!r}: a percentage must be 0..100%")
+                v = int(round(pct * 1.27))
+            elif _DECIMAL.fullmatch(v_s):
+                f = float(v_s)
+                if not 0.0 <= f <= 1.0:
+                    raise UserError(f"{flag} {part!r}: a fractional value must be 0..1 (or give a CC value "
+                                    f"0..127 without a decimal point)")
+                v = int(round(f * 127))
+            elif _UINT.fullmatch(v_s):
+                v = int(v_s)
+                if not 0 <= v <= 127:
+                    raise UserError(f"{flag} {part!r}: a CC value must be 0..127 (or a fraction 0..1 with a "
+                                    f"decimal point, or a percentage)")
+            else:
+                raise UserError(f"{flag} {part!r}: {hint}")
             out.append((cc, v))
     return out
+
+
+def describe_knobs(preset) -> str:
+    """`CC 1 timbre, CC 74 brightness` (or `none`): a preset's knobs for an error message."""
+    return ", ".join(f"CC {k.cc} {k.name}" for k in preset.knobs) or "none"
+
+
+def check_knobs(knobs: list[tuple[int, int]], presets, flag: str = "--knob") -> None:
+    """Refuse a `--knob` CC that no loaded preset has a knob on (a CC such as 64, the sustain pedal,
+    would otherwise be held for the whole performance); the message lists the presets' knobs."""
+    for cc, _v in knobs:
+        if any(k.cc == cc for p in presets for k in p.knobs):
+            continue
+        what = " (CC 64 is the sustain pedal)" if cc == 64 else ""
+        if len(presets) == 1:
+            p = presets[0]
+            raise UserError(f"{flag} {cc}=...: preset {p.name!r} has no knob on CC {cc}{what}; its knobs: "
+                            f"{describe_knobs(p)}")
+        have = "; ".join(f"{p.name}: {describe_knobs(p)}" for p in presets)
+        raise UserError(f"{flag} {cc}=...: no loaded preset has a knob on CC {cc}{what}; their knobs: {have}")
+
+
+def parse_gain(text, flag: str = "--gain") -> float:
+    """`--gain DB`: a number of dB, -60..+24, added to the engine's master gain."""
+    try:
+        db = float(str(text).strip())
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: not a number; give decibels, e.g. {flag} -6 or {flag} 3.5") from None
+    if not (math.isfinite(db) and -60.0 <= db <= 24.0):
+        raise UserError(f"{flag} {text!r}: choose -60..24 dB")
+    return db
+
+
+def master_gain(gain_db: float | None) -> float | None:
+    """The engine's `master_gain` for `--gain DB` (None: the engine's default)."""
+    if gain_db is None:
+        return None
+    from synth.engine import DEFAULT_MASTER_GAIN
+
+    return DEFAULT_MASTER_GAIN * 10.0 ** (gain_db / 20.0)
+
+
+NORMALIZE_DEFAULTS = {"peak": -1.0, "lufs": -16.0}
+
+
+def parse_normalize(text: str | None) -> tuple[str, float] | None:
+    """`peak[:DBFS]` (default -1 dBFS) or `lufs[:TARGET]` (default -16 LUFS) -> (mode, target)."""
+    if text is None:
+        return None
+    mode, sep, target_s = str(text).strip().partition(":")
+    mode = mode.strip().lower()
+    hint = "use --normalize peak[:DBFS] (e.g. peak:-1) or --normalize lufs[:TARGET] (e.g. lufs:-16)"
+    if mode not in NORMALIZE_DEFAULTS:
+        raise UserError(f"--normalize {text!r}: unknown mode; {hint}")
+    if not sep:
+        return mode, NORMALIZE_DEFAULTS[mode]
+    try:
+        target = float(target_s)
+    except ValueError:
+        raise UserError(f"--normalize {text!r}: {target_s.strip()!r} is not a number; {hint}") from None
+    if not (math.isfinite(target) and -60.0 <= target <= 0.0):
+        unit = "dBFS" if mode == "peak" else "LUFS"
+        raise UserError(f"--normalize {text!r}: choose a target of -60..0 {unit}")
+    return mode, target
 
 
 def parse_program_map(spec: str | None) -> dict[int, str]:
@@ -173,6 +262,8 @@ class RenderResult:
     seconds_prepare: float
     seconds_total: float
     notes_prepared: int | None = None
+    normalize_gain_db: float | None = None   # what --normalize applied
+    clipped: int = 0                          # samples --normalize pushed past full scale (clipped)
 
 
 def _dispatch(engine, kind, ch, a, b, frame) -> None:
@@ -348,11 +439,13 @@ def make_progress(enabled: bool | None, total_seconds: float):
                                           "[{elapsed}<{remaining}]")
 
 
-def _load_presets(preset: str, program_map: dict, drums: str | None, preset_dirs) -> list:
-    """The presets a render plays: `preset`, the program map's, and the drum kit last."""
+def _load_presets(preset, program_map: dict, drums: str | None, preset_dirs) -> list:
+    """The presets a render plays, as `play` loads them: `preset` (a name or a list of names; the first
+    plays on every channel, program change N selects the N-th), the program map's, and the drum kit last."""
     from synth.preset import find_preset
 
-    presets = [find_preset(n, list(preset_dirs)) for n in dict.fromkeys([preset, *program_map.values()])]
+    names = [preset] if isinstance(preset, str) else list(preset)
+    presets = [find_preset(n, list(preset_dirs)) for n in dict.fromkeys([*names, *program_map.values()])]
     if drums is not None:
         kit = find_preset(drums, list(preset_dirs))
         if not kit.is_drums:
@@ -362,23 +455,96 @@ def _load_presets(preset: str, program_map: dict, drums: str | None, preset_dirs
     return presets
 
 
-def _write(engine, events, out: Path, container: str, fmt: str, sample_rate: int, blocksize: int, bar) -> _Sink:
-    """Render `events` through `engine` into `out`, atomically; a write failure is a `UserError`."""
+class _RawSink:
+    """A file object taking float32 blocks as raw bytes: the render's intermediate for --normalize."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, block: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(block, np.float32).tobytes())
+
+
+def _normalize_gain(raw, normalize: tuple[str, float], peak: float, sample_rate: int, out: Path) -> float:
+    """The linear gain that brings the rendered file (raw float32 stereo in `raw`) to the target."""
+    mode, target = normalize
+    if mode == "peak":
+        if peak <= 0.0:
+            raise UserError(f"{out}: the render is silent; --normalize peak has nothing to scale")
+        return 10.0 ** (target / 20.0) / peak
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise UserError("--normalize lufs needs the pyloudnorm package: pip install pyloudnorm") from None
+    raw.seek(0)
+    x = np.fromfile(raw, np.float32).reshape(-1, 2).astype(np.float64)
+    try:
+        loudness = pyloudnorm.Meter(sample_rate).integrated_loudness(x)
+    except ValueError:
+        raise UserError(f"{out}: the render is too short (under 0.4 s) to measure its loudness; use "
+                        f"--normalize peak") from None
+    if not math.isfinite(loudness):
+        raise UserError(f"{out}: the render is too quiet to measure its loudness; --normalize lufs has "
+                        f"nothing to scale")
+    return 10.0 ** ((target - loudness) / 20.0)
+
+
+def _copy_scaled(raw, f, gain: float, clip: bool, chunk: int = 65536) -> int:
+    """Copy raw float32 stereo from `raw` into sound file `f`, times `gain`; returns samples clipped."""
+    raw.seek(0)
+    g = np.float32(gain)
+    clipped = 0
+    while True:
+        data = raw.read(chunk * 8)
+        if not data:
+            return clipped
+        x = np.frombuffer(data, np.float32).reshape(-1, 2) * g
+        if clip:
+            over = np.abs(x) > 1.0
+            if over.any():
+                clipped += int(over.sum())
+                np.clip(x, -1.0, 1.0, out=x)
+        f.write(x)
+
+
+def _write(engine, events, out: Path, container: str, fmt: str, sample_rate: int, blocksize: int, bar,
+           normalize: tuple[str, float] | None = None) -> tuple[_Sink, float, int]:
+    """Render `events` through `engine` into `out`, atomically; a write failure is a `UserError`.
+
+    With `normalize`, the render goes to an unnamed float32 temporary file beside `out` first, and
+    is written scaled. Returns the sink, the normalization gain (1.0 without) and the samples clipped.
+    """
     import soundfile as sf
 
     from synth.fsutil import atomic_path
 
+    def run(f) -> _Sink:
+        sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
+        try:
+            render_events(engine, events, sample_rate, blocksize, sink, bar)
+        finally:
+            sink.close()
+        return sink
+
+    gain, clipped = 1.0, 0
     try:
         # atomic_path gives the file the mode the umask asks for (read without changing it).
         with atomic_path(out) as tmp:
             try:
-                with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
-                                  subtype=FORMATS[fmt]) as f:
-                    sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
-                    try:
-                        render_events(engine, events, sample_rate, blocksize, sink, bar)
-                    finally:
-                        sink.close()
+                if normalize is None:
+                    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
+                                      subtype=FORMATS[fmt]) as f:
+                        sink = run(f)
+                else:
+                    with tempfile.TemporaryFile(dir=Path(tmp).parent, prefix=".render-") as raw:
+                        sink = run(_RawSink(raw))
+                        gain = _normalize_gain(raw, normalize, sink.peak, sample_rate, out)
+                        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=2, format=container,
+                                          subtype=FORMATS[fmt]) as f:
+                            clipped = _copy_scaled(raw, f, gain, clip=fmt != "float")
+                    sink.peak *= gain
+                    if clipped:
+                        sink.peak = min(sink.peak, 1.0)
             except OSError as e:
                 raise UserError(f"{out}: cannot write ({e.strerror or e}); check free space and permissions") from None
             except sf.LibsndfileError as e:
@@ -387,14 +553,20 @@ def _write(engine, events, out: Path, container: str, fmt: str, sample_rate: int
         raise UserError(f"{out}: permission denied; choose a writable output path") from None
     except FileNotFoundError:
         raise UserError(f"{out}: cannot create a file in {out.parent or '.'}; choose a writable output path") from None
-    return sink
+    return sink, gain, clipped
 
 
-def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), sample_rate: int = 48000,
+def render_file(input_path, output_path, preset="piano", preset_dirs=(), sample_rate: int = 48000,
                 fmt: str = "pcm16", knobs=(), program_map=None, blocksize: int = DEFAULT_BLOCKSIZE,
                 fx: str | None = None, progress: bool | None = None, drums: str | None = None,
-                engine_kw: dict | None = None) -> RenderResult:
-    """Render MIDI file `input_path` to `output_path` (.wav/.flac). Raises `UserError` on bad input."""
+                engine_kw: dict | None = None, gain_db: float | None = None,
+                normalize: tuple[str, float] | None = None) -> RenderResult:
+    """Render MIDI file `input_path` to `output_path` (.wav/.flac). Raises `UserError` on bad input.
+
+    `preset`: a name or a list of names (the first plays on every channel; program change N selects
+    the N-th unless `program_map` says otherwise). `knobs`: [(cc, value 0..127)], each a knob of some
+    loaded preset. `gain_db`: master gain change. `normalize`: ("peak", dBFS) or ("lufs", LUFS),
+    applied to the whole file before it is written."""
     from synth.midifile import read_midi
 
     t0 = time.perf_counter()
@@ -430,6 +602,9 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
 
         kw = dict(sample_rate=sample_rate, blocksize=blocksize, realtime=False,
                   presets=_load_presets(preset, program_map, drums, preset_dirs))
+        check_knobs(list(knobs), kw["presets"])
+        if gain_db is not None:
+            kw["master_gain"] = master_gain(gain_db)
         if program_map:
             kw["program_map"] = program_map
         if fx:
@@ -451,14 +626,14 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
             raise UserError(f"{inp}: the file lasts {events.end_time / 3600:.1f} hours, over the {MAX_SECONDS / 3600:.0f}"
                             f"-hour render limit; its tempo map or timing is probably broken")
         for cc, v in knobs:
-            for ch in range(16):
-                engine.control_change(ch, cc, v)
+            engine.set_knob(cc, v)   # every preset's knob, as `play` does; no CC reaches a channel
         t_prep = time.perf_counter()
         n_prep = prepare_notes(engine, events)
         t_prep = time.perf_counter() - t_prep
         bar = make_progress(progress, events.end_time)
         try:
-            sink = _write(engine, events, out, container, fmt, sample_rate, blocksize, bar)
+            sink, norm_gain, clipped = _write(engine, events, out, container, fmt, sample_rate, blocksize, bar,
+                                              normalize)
         finally:
             if bar is not None:
                 bar.close()
@@ -469,25 +644,34 @@ def render_file(input_path, output_path, preset: str = "piano", preset_dirs=(), 
             kw["fx"].close()  # frees its pyo server now rather than at garbage collection
     return RenderResult(path=out, sample_rate=sample_rate, frames=sink.frames, notes=events.note_count(),
                         peak=sink.peak, seconds_prepare=t_prep, seconds_total=time.perf_counter() - t0,
-                        notes_prepared=n_prep)
+                        notes_prepared=n_prep,
+                        normalize_gain_db=20 * math.log10(norm_gain) if normalize is not None else None,
+                        clipped=clipped)
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     sr = parse_int(args.sample_rate, "--sample-rate", 8000, 192000, "choose 8000..192000 Hz (48000 is the default)")
     bs = parse_int(args.blocksize, "--blocksize", 1, MAX_BLOCKSIZE, f"choose 1..{MAX_BLOCKSIZE} frames")
+    gain_db = parse_gain(args.gain) if args.gain is not None else None
+    normalize = parse_normalize(args.normalize)
     from synth.engine import single_thread_blas
 
     # The mix's matrix product is memory-bound: a second BLAS thread buys no wall time offline either
     # (docs/decisions-engine.md).
     single_thread_blas()
-    res = render_file(args.input, args.output, preset=args.preset, preset_dirs=args.preset_dir, sample_rate=sr,
-                      fmt=args.format, knobs=parse_knobs(args.knob), program_map=parse_program_map(args.program_map),
-                      blocksize=bs, fx=args.fx, progress=args.progress, drums=args.drums)
+    res = render_file(args.input, args.output, preset=args.preset or ["piano"], preset_dirs=args.preset_dir,
+                      sample_rate=sr, fmt=args.format, knobs=parse_knobs(args.knob),
+                      program_map=parse_program_map(args.program_map), blocksize=bs, fx=args.fx,
+                      progress=args.progress, drums=args.drums, gain_db=gain_db, normalize=normalize)
     if not args.quiet:
         dur = res.frames / res.sample_rate
         peak_db = 20 * math.log10(res.peak) if res.peak > 0 else float("-inf")
+        norm = ""
+        if res.normalize_gain_db is not None:
+            norm = f" (normalized {normalize[0]} {normalize[1]:g}: {res.normalize_gain_db:+.1f} dB"
+            norm += f", {res.clipped} samples clipped)" if res.clipped else ")"
         print(f"wrote {res.path}: {dur:.2f} s at {res.sample_rate} Hz ({args.format}), {res.notes} notes, "
-              f"peak {peak_db:.1f} dBFS; took {res.seconds_total:.2f} s "
+              f"peak {peak_db:.1f} dBFS{norm}; took {res.seconds_total:.2f} s "
               f"({dur / max(res.seconds_total, 1e-9):.0f}x real time, prepare {res.seconds_prepare:.2f} s)")
     return 0

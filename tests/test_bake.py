@@ -433,6 +433,11 @@ BAD = {
     "knob_fraction_range": (["--preset", "piano", "--knob", "74=1.5"], "a fractional value must be 0..1"),
     "knob_not_on_preset": (["--preset", "piano", "--knob", "20=5"], "has no knob on CC 20"),
     "knob_syntax": (["--preset", "piano", "--knob", "74"], "expected CC=VALUE"),
+    # issue 19 item 6: one knob parser for render, play and bake
+    "knob_sustain": (["--preset", "piano", "--knob", "64=127"], "has no knob on CC 64 (CC 64 is the sustain pedal)"),
+    "knob_lists_the_knobs": (["--preset", "piano", "--knob", "20=5"], "its knobs: CC 74 brightness, CC 1 colour"),
+    "knob_exponent": (["--preset", "piano", "--knob", "74=1e-1"], "expected CC=VALUE"),
+    "knob_percent_range": (["--preset", "piano", "--knob", "74=101%"], "a percentage must be 0..100%"),
     "layers_range": (["--preset", "piano", "--velocity-layers", "0"], "--velocity-layers 0: out of range 1..127"),
     "max_seconds": (["--preset", "piano", "--max-seconds", "soon"], "--max-seconds 'soon'"),
     "sample_rate": (["--preset", "piano", "--sample-rate", "7"], "--sample-rate 7: out of range"),

@@ -433,3 +433,26 @@ def test_each_status_tick_and_the_close_report_what_the_audio_thread_counted():
     assert s.engine.reported == 2
     s._close()
     assert s.engine.reported == 3
+
+
+# -- issue 19 item 6: `play` shares render's --knob parser and check, and takes --gain -------------------
+_PRINT_GAIN = _STOP_AT_ENGINE.replace("print('presets:', ','.join(p.name for p in kw['presets']))",
+                                      "print('gain:', kw.get('master_gain'))")
+
+
+def test_play_refuses_a_knob_the_preset_lacks_and_takes_gain(tiny_preset):
+    """`play --knob 64=127` held the sustain pedal for the whole session; it is now one line naming the
+    preset's knobs. `play --gain DB` scales the engine's master gain; a non-number is one line."""
+    d = str(tiny_preset.path.parent)
+    r = _run(_STOP_AT_ENGINE, "play", "--preset-dir", d, "--knob", "64=127")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no knob on CC 64 (CC 64 is the sustain pedal); its knobs: CC 74 brightness" in r.stderr
+    r = _run(_STOP_AT_ENGINE, "play", "--preset-dir", d, "--knob", "74=30%")
+    assert r.returncode == 0 and r.stdout.strip() == "presets: piano", r.stderr
+    r = _run(_PRINT_GAIN, "play", "--preset-dir", d, "--gain", "6")
+    assert r.returncode == 0, r.stderr
+    assert abs(float(r.stdout.split()[-1]) - 0.5 * 10 ** (6 / 20)) < 1e-9, r.stdout
+    r = _run(_PRINT_GAIN, "play", "--preset-dir", d)
+    assert r.returncode == 0 and r.stdout.strip() == "gain: None", r.stderr
+    r = _run(_STOP_AT_ENGINE, "play", "--preset-dir", d, "--gain", "loud")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--gain 'loud': not a number" in r.stderr

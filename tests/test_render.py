@@ -17,7 +17,7 @@ import soundfile as sf
 from conftest import ROOT
 
 from synth.cli import main as cli_main
-from synth.render import parse_knobs, parse_program_map, render_file
+from synth.render import parse_gain, parse_knobs, parse_normalize, parse_program_map, render_file
 from synth.testing.tinymodel import make_tiny_preset
 
 SR = 16000  # the tiny preset's own rate: no resampling, so onsets are exact
@@ -209,6 +209,9 @@ def test_drum_channel_plays_the_kit(presets, tmp_path):
 
 def test_parsers():
     assert parse_knobs(["74=0.3", "1=100,71=0.5"]) == [(74, 38), (1, 100), (71, 64)]
+    # the spelling says the unit: a decimal point or % is a fraction, a bare integer a CC value
+    assert parse_knobs(["74=30%", "74=1", "74=1.0", "74=1.", "74=.5", "74=0", "74=100%", "74=0%"]) == [
+        (74, 38), (74, 1), (74, 127), (74, 127), (74, 64), (74, 0), (74, 127), (74, 0)]
     assert parse_program_map("0=piano, 48=strings") == {0: "piano", 48: "strings"}
 
 
@@ -260,6 +263,25 @@ BAD_ARGS = {
     "knob_cc_range": (["--knob", "200=0.5"], "0..127"),
     "knob_fraction_range": (["--knob", "74=1.5"], "0..1"),
     "knob_value_range": (["--knob", "74=128"], "0..127"),
+    # issue 19 item 6: an unambiguous --knob; a CC that is no knob of the preset is refused
+    "knob_sustain": (["--knob", "64=127"],
+                     "preset 'piano' has no knob on CC 64 (CC 64 is the sustain pedal); its knobs: CC 74 brightness, "
+                     "CC 1 colour"),
+    "knob_not_on_any_preset": (["--preset", "piano", "--preset", "organ", "--knob", "20=0.5"],
+                               "no loaded preset has a knob on CC 20; their knobs: piano: CC 74 brightness"),
+    "knob_bare_cc": (["--knob", "74"], "expected CC=VALUE"),
+    "knob_cc_text": (["--knob", "x=1"], "--knob 'x': not a whole number"),
+    "knob_value_text": (["--knob", "74=abc"], "expected CC=VALUE"),
+    "knob_exponent": (["--knob", "74=1e-1"], "expected CC=VALUE"),
+    "knob_fraction_over_1": (["--knob", "74=1.5"], "a fractional value must be 0..1"),
+    "knob_value_200": (["--knob", "74=200"], "a CC value must be 0..127"),
+    "knob_percent_range": (["--knob", "74=120%"], "a percentage must be 0..100%"),
+    "gain_text": (["--gain", "loud"], "--gain 'loud': not a number"),
+    "gain_range": (["--gain", "100"], "choose -60..24 dB"),
+    "gain_nan": (["--gain", "nan"], "choose -60..24 dB"),
+    "normalize_mode": (["--normalize", "rms"], "unknown mode"),
+    "normalize_target_text": (["--normalize", "peak:loud"], "'loud' is not a number"),
+    "normalize_target_range": (["--normalize", "lufs:5"], "choose a target of -60..0 LUFS"),
     "program_map_syntax": (["--program-map", "piano"], "expected PROGRAM=PRESET"),
     "program_map_program": (["--program-map", "x=piano"], "not a whole number"),
     "program_map_range": (["--program-map", "128=piano"], "0..127"),
@@ -339,3 +361,77 @@ def test_presets_listing(presets, tmp_path, capfd):
     assert "z=8" in by_name["piano"] and "74:brightness" in by_name["piano"] and str(presets) in by_name["piano"]
     assert "BROKEN" in by_name["broken"] and "missing required field" in by_name["broken"]
     assert "pitch_accuracy=0.97" in by_name["rated"] and "ms_per_note=8.14" in by_name["rated"]
+
+
+# ---- issue 19 item 6: several presets, --gain, --normalize ----------------------------------------------
+def _cli_render(mid, out, presets, *extra) -> int:
+    return cli_main(["render", str(mid), "-o", str(out), "--preset-dir", str(presets), "--sample-rate", str(SR),
+                     "--no-progress", "-q", *extra])
+
+
+def test_several_presets_load_like_play(presets, tmp_path):
+    """`--preset piano --preset organ` loads both (before, the last one won): piano plays until the file's
+    program change 1 switches channel 1 to organ, the second preset."""
+    mid = _file(tmp_path / "in.mid")
+    assert _cli_render(mid, tmp_path / "both.wav", presets, "--preset", "piano", "--preset", "organ",
+                       "--format", "float") == 0
+    both = _read(tmp_path / "both.wav")
+    piano = _read(render_file(mid, tmp_path / "p.wav", preset="piano", preset_dirs=[presets], sample_rate=SR,
+                              fmt="float").path)
+    organ = _read(render_file(mid, tmp_path / "o.wav", preset="organ", preset_dirs=[presets], sample_rate=SR,
+                              fmt="float").path)
+    before_change = int(0.4 * SR)   # the program change is at 0.41 s
+    np.testing.assert_allclose(both[:before_change], piano[:before_change], atol=1e-5)
+    assert np.abs(both[:before_change] - organ[:before_change]).max() > 1e-3
+    n = min(len(both), len(piano))
+    assert np.abs(both[before_change:n] - piano[before_change:n]).max() > 1e-3   # the organ after the change
+
+
+def test_the_first_preset_is_the_channels_default_and_a_knob_reaches_every_preset(presets, tmp_path):
+    """A knob moves every loaded preset (as `play`'s), not only the one the channels start on."""
+    mid = _file(tmp_path / "in.mid")
+    a = _read(render_file(mid, tmp_path / "a.wav", preset=["piano", "organ"], preset_dirs=[presets],
+                          sample_rate=SR, fmt="float", knobs=parse_knobs(["1=0.0"])).path)
+    b = _read(render_file(mid, tmp_path / "b.wav", preset=["piano", "organ"], preset_dirs=[presets],
+                          sample_rate=SR, fmt="float", knobs=parse_knobs(["1=1.0"])).path)
+    start = int(0.42 * SR)   # after the program change to organ (the knob CC 74 moves in the file too)
+    n = min(len(a), len(b))
+    assert np.abs(a[start:n] - b[start:n]).max() > 1e-3
+
+
+def test_gain_plus_6_db_doubles_the_samples(presets, tmp_path):
+    mid = _file(tmp_path / "in.mid")
+    assert _cli_render(mid, tmp_path / "a.wav", presets, "--format", "float") == 0
+    assert _cli_render(mid, tmp_path / "b.wav", presets, "--format", "float", "--gain", "6") == 0
+    a, b = _read(tmp_path / "a.wav"), _read(tmp_path / "b.wav")
+    assert a.shape == b.shape
+    assert 0.05 < np.abs(b).max() < 0.9   # below the limiter's knee: the gain alone
+    np.testing.assert_allclose(b, a * 10 ** (6 / 20), atol=1e-6)
+    assert abs(np.abs(b).max() / np.abs(a).max() - 2.0) < 0.01
+    assert parse_gain("-3.5") == -3.5
+
+
+@pytest.mark.parametrize("fmt", ["float", "pcm16"])
+def test_normalize_peak(presets, tmp_path, fmt):
+    mid = _file(tmp_path / "in.mid")
+    assert _cli_render(mid, tmp_path / "out.wav", presets, "--format", fmt, "--normalize", "peak:-1") == 0
+    x = _read(tmp_path / "out.wav")
+    assert abs(20 * np.log10(np.abs(x).max()) - (-1.0)) < 0.05
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mid", "out.wav"]   # no intermediate left
+    assert parse_normalize("peak") == ("peak", -1.0)
+
+
+def test_normalize_lufs_measured_by_pyloudnorm(presets, tmp_path, capfd):
+    pyloudnorm = pytest.importorskip("pyloudnorm")
+    mid = _file(tmp_path / "in.mid")
+    rc = cli_main(["render", str(mid), "-o", str(tmp_path / "out.wav"), "--preset-dir", str(presets),
+                   "--sample-rate", str(SR), "--no-progress", "--format", "float", "--normalize", "lufs"])
+    assert rc == 0
+    assert "normalized lufs -16:" in capfd.readouterr().out
+    x, sr = sf.read(str(tmp_path / "out.wav"), dtype="float64")
+    assert abs(pyloudnorm.Meter(sr).integrated_loudness(x) - (-16.0)) < 0.5
+    assert parse_normalize("lufs:-23") == ("lufs", -23.0)
+    # the same render at another target: only the scale differs
+    assert _cli_render(mid, tmp_path / "quiet.wav", presets, "--format", "float", "--normalize", "lufs:-26") == 0
+    q = _read(tmp_path / "quiet.wav")
+    np.testing.assert_allclose(q * 10 ** (10 / 20), x, atol=1e-4)
