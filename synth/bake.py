@@ -3,7 +3,9 @@
 Every key of the preset's range (every kit key) is generated at every velocity layer, at the knob
 state of `--knob` (the preset's defaults otherwise), and written as a SoundFont 2 bank or as an SFZ
 file with a folder of FLAC samples, so any sampler or DAW plays the preset without this engine.
-`--all` bakes every installed preset into one General MIDI bank (`synth.gm` routing).
+`--all` bakes every installed preset into one General MIDI bank (`synth.gm` routing). A family
+preset (manifest `timbres`) bakes one SF2 preset per timbre at its GM program (`place_timbres`; SFZ: one
+file per timbre), or only `--timbre NAME`.
 
 What a baked note is, and why (details and measurements: docs/bake.md):
 - The generated note at the preset's own sample rate (`--sample-rate` resamples, as the engine
@@ -191,35 +193,53 @@ def release_envelope_seconds(release_s: float) -> float:
     return RELEASE_FACTOR * release_s
 
 
-def read_timbres(preset) -> list[dict] | None:
-    """The `timbres` list of a family preset's manifest (not part of the v1 schema yet), or None."""
-    import json
-
-    try:
-        m = json.loads((preset.path / "preset.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    t = m.get("timbres") if isinstance(m, dict) else None
-    return t if isinstance(t, list) else None
-
-
 def timbre_latent(preset, name: str) -> np.ndarray:
     """The latent point of timbre `name` (a one-line error when the preset has no such timbre)."""
-    timbres = read_timbres(preset)
     where = preset.path / "preset.json"
-    if not timbres:
+    if not preset.timbres:
         raise UserError(f"{where}: preset {preset.name!r} has no timbres (only family presets do); drop --timbre")
-    names = [t.get("name") for t in timbres if isinstance(t, dict)]
+    names = [t.name for t in preset.timbres]
     if name not in names:
         raise UserError(f"{where}: preset {preset.name!r} has no timbre {name!r}; its timbres: "
-                        + ", ".join(str(n) for n in names))
-    t = timbres[names.index(name)]
-    point = t.get("latent", t.get("point"))
-    if not isinstance(point, list) or len(point) != preset.latent_size or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point):
-        raise UserError(f"{where}: timbre {name!r} has no latent point of {preset.latent_size} numbers; "
-                        f"re-export the preset")
-    return np.asarray(point, np.float32)
+                        + ", ".join(names))
+    return np.asarray(preset.timbres[names.index(name)].latent, np.float32)
+
+
+def timbre_program(preset, t) -> int:
+    """The GM program a timbre is placed at: its own `program`, else the preset's (`gm.preset_program`),
+    else 0."""
+    from synth import gm
+
+    if t.program is not None:
+        return t.program
+    own = gm.preset_program(preset)
+    return 0 if own is None else own
+
+
+def place_timbres(families, reserved=()) -> list[tuple[int, int, object, object]]:
+    """SF2 slots of family presets' timbres: [(bank, program, preset, timbre)], deterministic.
+
+    Presets in the order given, timbres in manifest order. A timbre goes to bank 0 at its program
+    (`timbre_program`; a drum-kit timbre, source bank 128, to bank 128) unless that slot is already
+    held by an earlier timbre or is in `reserved`; then to its own source `bank` when that is 1..127
+    and free at the program, else to the lowest free bank 1, 2, ... (skipping 128)."""
+    used = set(reserved)
+    out = []
+    for p in families:
+        for t in p.timbres:
+            prog = timbre_program(p, t)
+            first = 128 if t.bank == 128 else 0
+            if (first, prog) in used:
+                first = t.bank if t.bank is not None and 1 <= t.bank <= 127 and (t.bank, prog) not in used else None
+                if first is None:
+                    first = next((b for b in range(1, 128) if (b, prog) not in used), None)
+            if first is None:
+                print(f"synth bake: skipped timbre {p.name}/{t.name}: every bank of program {prog} is taken",
+                      file=sys.stderr)
+                continue
+            used.add((first, prog))
+            out.append((first, prog, p, t))
+    return out
 
 
 def knob_state(preset, mapper, knobs: list[tuple[int, int]], strict: bool) -> tuple:
@@ -337,8 +357,10 @@ def _looped(note: BakedNote, x: np.ndarray, s: int, e: int) -> BakedNote:
     return note
 
 
-def bake_preset(preset, opts: BakeOptions, strict_knobs: bool = True, threads: int | None = None) -> BakedPreset:
-    """Generate and shape every sample of `preset` (see the module docstring)."""
+def bake_preset(preset, opts: BakeOptions, strict_knobs: bool = True, threads: int | None = None,
+                timbre: str | None = None) -> BakedPreset:
+    """Generate and shape every sample of `preset` (see the module docstring), at `timbre`'s latent
+    point (default: `opts.timbre`) plus the knob offsets."""
     from synth.inference import GeneratorSession
     from synth.latent import LatentMapper
 
@@ -347,14 +369,15 @@ def bake_preset(preset, opts: BakeOptions, strict_knobs: bool = True, threads: i
     knobkey = knob_state(preset, mapper, opts.knobs, strict_knobs)
     cache_key, rate_factor = mapper.split(knobkey)
     z = mapper.latent(cache_key)
-    if opts.timbre is not None:
-        z = z - np.asarray(preset.default_latent, np.float32) + timbre_latent(preset, opts.timbre)
+    timbre = opts.timbre if timbre is None else timbre
+    if timbre is not None:
+        z = z - np.asarray(preset.default_latent, np.float32) + timbre_latent(preset, timbre)
     layers = plan_layers(preset, opts.velocity_layers)
     keys = preset.playable_keys()
     sess = GeneratorSession(preset, threads=threads or os.cpu_count() or 1, warmup=False)
     rate = opts.sample_rate or preset.sample_rate
-    baked = BakedPreset(preset, preset.name if opts.timbre is None else f"{preset.name}/{opts.timbre}", knobkey,
-                        12.0 * math.log2(rate_factor), layers, [], key_spans(preset), timbre=opts.timbre, rate=rate)
+    baked = BakedPreset(preset, preset.name if timbre is None else f"{preset.name}/{timbre}", knobkey,
+                        12.0 * math.log2(rate_factor), layers, [], key_spans(preset), timbre=timbre, rate=rate)
     zs = np.repeat(z[None, :], len(keys), axis=0)
     pitch = np.asarray(keys, np.int64)
     for layer in layers:
@@ -508,7 +531,7 @@ def sf2_parts(baked: list[BakedPreset], slots: list[tuple[int, int, int, str]]):
     samples, instruments = [], []
     for b in baked:
         first = len(samples)
-        short = b.label.replace("/", "-")[:9]
+        short = (b.timbre or b.label).replace("/", "-")[:9]
         for n in b.notes:
             samples.append(sf2.Sample(f"{short} {n.key:03d} v{n.layer.velocity:03d}", n.audio, b.rate, n.key, 0,
                                       n.loop))
@@ -619,25 +642,45 @@ def write_sf2_file(out: Path, baked: list[BakedPreset], slots, opts: BakeOptions
     return size
 
 
-def write_sfz_files(out: Path, b: BakedPreset, opts: BakeOptions, k: float) -> int:
-    """Write OUT.sfz and its sample folder `<stem>-samples/` (each atomically); returns total bytes."""
+def _file_words(names: list[str]) -> list[str]:
+    """Timbre names as parts of file names: [A-Za-z0-9_.-] only, never empty, all different (a
+    repeat gets `-N`, N its position)."""
+    import re
+
+    out: list[str] = []
+    for i, name in enumerate(names):
+        w = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:48] or f"timbre{i}"
+        out.append(w if w.lower() not in {o.lower() for o in out} else f"{w}-{i}")
+    return out
+
+
+def write_sfz_files(out: Path, baked: list[BakedPreset], opts: BakeOptions, k: float,
+                    outs: list[Path] | None = None) -> int:
+    """Write one .sfz per baked preset (`outs`, default [OUT]) and their shared sample folder
+    `<OUT stem>-samples/` (each atomically); returns total bytes."""
     from synth.fsutil import atomic_dir, atomic_path
 
+    outs = outs or [out]
     folder = out.parent / f"{out.stem}-samples"
-    short = b.label.replace("/", "-")
-    files = [f"{short}-{n.key:03d}-v{n.layer.velocity:03d}.flac" for n in b.notes]
+    words = _file_words([b.timbre or b.preset.name for b in baked])
+    files = []
+    for b, w in zip(baked, words, strict=True):
+        short = b.label.replace("/", "-") if len(baked) == 1 else f"{b.preset.name}-{w}"
+        files.append([f"{short}-{n.key:03d}-v{n.layer.velocity:03d}.flac" for n in b.notes])
     total = 0
     try:
         with atomic_dir(folder, replace=True) as tmpdir:
-            for n, fname in zip(b.notes, files, strict=True):
-                data = _flac_bytes(n.audio, b.rate, opts.bits)
-                with open(tmpdir / fname, "wb") as f:
-                    f.write(data)
-                total += len(data)
-        text = sfz_text(b, folder.name, provenance([b], opts, k, "sfz"), files).encode("utf-8")
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(text)
-        total += len(text)
+            for b, names in zip(baked, files, strict=True):
+                for n, fname in zip(b.notes, names, strict=True):
+                    data = _flac_bytes(n.audio, b.rate, opts.bits)
+                    with open(tmpdir / fname, "wb") as f:
+                        f.write(data)
+                    total += len(data)
+        for b, names, path in zip(baked, files, outs, strict=True):
+            text = sfz_text(b, folder.name, provenance([b], opts, k, "sfz"), names).encode("utf-8")
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(text)
+            total += len(text)
     except OSError as e:
         raise _write_error(out, e) from None
     return total
@@ -683,24 +726,45 @@ def load_all(preset_dirs) -> list:
     return out
 
 
-def gm_slots(presets) -> tuple[list, list[tuple[int, int, str, str]]]:
-    """The presets a GM bank uses and its (bank, program, preset name, header name) slots."""
+def gm_slots(presets) -> tuple[list[tuple[object, str | None]], list[tuple[int, int, int, str]]]:
+    """What a GM bank bakes, [(preset, timbre name or None)], and its (bank, program, index into that
+    list, header name) slots.
+
+    Single-instrument presets (and kits) are routed by family (`gm.routing`); a family preset (one
+    with `timbres`) places each timbre at its program instead (`place_timbres`), taking the slot over
+    from a preset routed there by family, except the single-instrument `piano` at 0:0 and a kit at
+    128:0, which stay the defaults (the timbre goes to the next bank of its program)."""
     from synth import gm
 
-    for name in gm.unrouted(presets):
+    families = [p for p in presets if p.timbres]
+    singles = [p for p in presets if not p.timbres]
+    for name in gm.unrouted(singles):
         print(f"synth bake: skipped preset {name}: no GM program known for it (its manifest records no "
               f"SoundFont source program)", file=sys.stderr)
-    route = gm.routing(presets)
+    route: dict[tuple[int, int], tuple[object, str | None]] = {
+        slot: (next(p for p in singles if p.name == name), None) for slot, name in gm.routing(singles).items()}
+    reserved = {s for s in ((0, 0), (gm.DRUM_BANK, 0))
+                if s in route and (s[0] == gm.DRUM_BANK or route[s][0].name == "piano")}
+    labels = {slot: gm.program_label(*slot) for slot in route}
+    for bank, prog, p, t in place_timbres(families, reserved):
+        route[(bank, prog)] = (p, t.name)
+        labels[(bank, prog)] = t.name
     if not route:
         raise UserError("no installed preset has a GM program or is a drum kit; bake them one by one with --preset")
-    taken = set(route.values())
-    used = [p for p in presets if p.name in taken]
-    for p in presets:
-        if p.name not in taken and (p.is_drums or gm.preset_program(p) is not None):
-            print(f"synth bake: skipped preset {p.name}: its GM slots went to another preset of the same "
+    units: list[tuple[object, str | None]] = []
+    index: dict[tuple[str, str | None], int] = {}
+    slots = []
+    for slot in sorted(route):
+        p, t = route[slot]
+        if (p.name, t) not in index:
+            index[(p.name, t)] = len(units)
+            units.append((p, t))
+        slots.append((slot[0], slot[1], index[(p.name, t)], labels[slot]))
+    for p in singles:
+        if (p.name, None) not in index and (p.is_drums or gm.preset_program(p) is not None):
+            print(f"synth bake: skipped preset {p.name}: its GM slots went to another preset or timbre of the same "
                   f"program (bake it alone with --preset)", file=sys.stderr)
-    slots = [(bank, prog, name, gm.program_label(bank, prog)) for (bank, prog), name in sorted(route.items())]
-    return used, slots
+    return units, slots
 
 
 def bake(output, preset: str | None = None, all_presets: bool = False, preset_dirs=(),
@@ -713,27 +777,35 @@ def bake(output, preset: str | None = None, all_presets: bool = False, preset_di
     opts = opts or BakeOptions()
     out = Path(output)
     fmt = check_output(out, all_presets)
+    sfz_outs = [out]
     if all_presets:
-        presets, slots_named = gm_slots(load_all(list(preset_dirs)))
+        units, slots = gm_slots(load_all(list(preset_dirs)))
         for cc, v in opts.knobs:
-            if not any(kn.cc == cc for p in presets for kn in p.knobs):
+            if not any(kn.cc == cc for p, _ in units for kn in p.knobs):
                 raise UserError(f"--knob {cc}={v}: no preset in the bank has a knob on CC {cc}")
-        baked = [bake_preset(p, opts, strict_knobs=False) for p in presets]
-        index = {p.name: i for i, p in enumerate(presets)}
-        slots = [(bank, prog, index[name], label) for bank, prog, name, label in slots_named]
+        baked = [bake_preset(p, opts, strict_knobs=False, timbre=t) for p, t in units]
         name = "neural-synth GM"
     else:
         p = find_preset(preset, list(preset_dirs))
         if opts.timbre is not None:
             timbre_latent(p, opts.timbre)     # a bad timbre is reported before any work
-        baked = [bake_preset(p, opts)]
-        # A kit sits at bank 128 (GM channel 10) and at 0:0, where a DAW's sampler track looks first.
-        slots = [(128, 0, 0, baked[0].label), (0, 0, 0, baked[0].label)] if p.is_drums else [(0, 0, 0, baked[0].label)]
-        name = f"neural-synth {baked[0].label}"
+        if opts.timbre is None and p.timbres:
+            # A family preset: every timbre at its program (place_timbres), named after the timbre.
+            placed = place_timbres([p])
+            baked = [bake_preset(p, opts, timbre=t.name) for _, _, _, t in placed]
+            slots = [(bank, prog, i, t.name) for i, (bank, prog, _, t) in enumerate(placed)]
+            sfz_outs = [out.parent / f"{out.stem}-{w}{out.suffix}" for w in _file_words([t.name for *_, t in placed])]
+            name = f"neural-synth {p.name}"
+        else:
+            baked = [bake_preset(p, opts)]
+            # A kit sits at bank 128 (GM channel 10) and at 0:0, where a DAW's sampler track looks first.
+            slots = ([(128, 0, 0, baked[0].label), (0, 0, 0, baked[0].label)] if p.is_drums
+                     else [(0, 0, 0, baked[0].label)])
+            name = f"neural-synth {baked[0].label}"
     k = apply_level(baked)
     size = (write_sf2_file(out, baked, slots, opts, k, name) if fmt == "sf2"
-            else write_sfz_files(out, baked[0], opts, k))
-    return {"path": out, "format": fmt, "presets": [b.label for b in baked], "slots": len(slots),
+            else write_sfz_files(out, baked, opts, k, sfz_outs))
+    return {"path": out if fmt == "sf2" or len(sfz_outs) == 1 else ", ".join(map(str, sfz_outs)), "format": fmt, "presets": [b.label for b in baked], "slots": len(slots),
             "samples": sum(len(b.notes) for b in baked), "bytes": size, "level": k,
             "bad_notes": sum(b.bad_notes for b in baked), "seconds": time.perf_counter() - t0,
             "audio_seconds": sum(len(n.audio) / b.rate for b in baked for n in b.notes),

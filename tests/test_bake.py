@@ -423,6 +423,132 @@ def test_timbre_of_a_family_preset(tmp_path, capfd):
     assert "has no timbre 'loud'; its timbres: dark, bright" in err and str(mf) in err
 
 
+def family_preset(d: Path, name: str = "family") -> tuple[Path, np.ndarray]:
+    """A tiny preset with three timbres: grand at program 0 (latent -3w: the fundamental), rhodes at 4
+    (+3w: mostly the 2nd harmonic), harpsi at 6 (0: half and half); w is the model's timbre direction
+    (its brightness knob's), the sound following sigmoid(z . w). Returns (manifest, w)."""
+    make_tiny_preset(d, name, pitch_range=(60, 62))
+    mf = d / name / "preset.json"
+    m = json.loads(mf.read_text())
+    w = np.asarray(m["knobs"][0]["direction"])
+    m["timbres"] = [{"name": n, "source": "test.sf2", "bank": 0, "program": prog, "gm_kind": None,
+                     "latent": (a * w).tolist()} for n, prog, a in (("grand", 0, -3.0), ("rhodes", 4, 3.0),
+                                                                    ("harpsi", 6, 0.0))]
+    mf.write_text(json.dumps(m))
+    return mf, w
+
+
+def harmonic2_db(x: np.ndarray, rate: int, f0: float) -> float:
+    """2nd harmonic over the fundamental, dB: the spectral peaks within 3% of f0 and 2 f0."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), 4 * len(x)))
+    hz = np.fft.rfftfreq(4 * len(x), 1 / rate)
+    peak = lambda f: spec[(hz > 0.97 * f) & (hz < 1.03 * f)].max()  # noqa: E731
+    return 20 * math.log10(peak(2 * f0) / peak(f0))
+
+
+@needs_fluid
+def test_family_preset_bakes_each_timbre_at_its_program(tmp_path, capfd):
+    """A family preset without --timbre: one SF2 preset per timbre at bank 0 and the timbre's program,
+    named after it, each generated at its latent; FluidSynth's program 4 has the engine's 2nd-harmonic
+    ratio at that timbre (and program 0 its own, 50 dB away). SFZ: one file per timbre, one sample folder."""
+    from synth.inference import GeneratorSession
+    from synth.latent import LatentMapper
+    from synth.preset import find_preset
+    from trainer.data.soundfont import read_presets
+
+    d = tmp_path / "presets"
+    _, w = family_preset(d)
+    out = tmp_path / "family.sf2"
+    assert cli_main(["bake", "--preset", "family", "--preset-dir", str(d), "-o", str(out), "-q"]) == 0
+    assert {(q.bank, q.program): q.name for q in read_presets(out)} == {(0, 0): "grand", (0, 4): "rhodes",
+                                                                       (0, 6): "harpsi"}
+    s = read_sf2(out)
+    assert [i[0].rstrip(b"\0").decode() for i in s["inst"][:-1]] == ["family/grand", "family/rhodes", "family/harpsi"]
+    assert len(s["shdr"]) - 1 == 3 * 3 * 4 and all(f"timbre {t}" in s["info"]["ICMT"] for t in ("grand", "rhodes"))
+    one = tmp_path / "rhodes.sf2"
+    assert cli_main(["bake", "--preset", "family", "--preset-dir", str(d), "-o", str(one), "-q", "--timbre",
+                     "rhodes"]) == 0
+    assert [(q.bank, q.program, q.name) for q in read_presets(one)] == [(0, 0, "family/rhodes")]
+    assert 2.9 < out.stat().st_size / one.stat().st_size < 3.1      # size grows with the timbre count
+
+    p = find_preset("family", [d])
+    m = LatentMapper(p)
+    sess = GeneratorSession(p, threads=1, warmup=False)
+    f0 = 440 * 2 ** ((60 - 69) / 12)
+    want = {}
+    for t in p.timbres:
+        z = (m.latent(m.default_key) - np.asarray(p.default_latent) + np.asarray(t.latent)).astype(np.float32)
+        note = sess.generate(z[None], np.array([60], np.int64), np.array([1.0], np.float32))[0]
+        want[t.program] = harmonic2_db(note[int(0.05 * 16000):int(0.35 * 16000)].astype(np.float64), 16000, f0)
+    assert want[4] - want[0] > 40 and abs(want[6]) < 3
+    mid = tmp_path / "t.mid"
+    midi_file(mid, [(0.1, 0.9, 0, 60, 127), (1.5, 2.3, 1, 60, 127)], {0: 4, 1: 0})
+    x, err = fluid(out, mid, tmp_path)
+    assert err == [f"fluidsynth: warning: {NO_KIT}"], err
+    got = {prog: harmonic2_db(x[int(t0 * RATE):int((t0 + 0.3) * RATE)].sum(axis=1), RATE, f0)
+           for prog, t0 in ((4, 0.15), (0, 1.55))}
+    assert got[4] == pytest.approx(want[4], abs=1.0) and got[0] == pytest.approx(want[0], abs=1.0), (got, want)
+
+    assert cli_main(["bake", "--preset", "family", "--preset-dir", str(d), "-o", str(tmp_path / "fam.sfz"),
+                     "-q"]) == 0
+    sfz = sorted(q.name for q in tmp_path.glob("fam*.sfz"))
+    assert sfz == ["fam-grand.sfz", "fam-harpsi.sfz", "fam-rhodes.sfz"] and not (tmp_path / "fam.sfz").exists()
+    assert len(list((tmp_path / "fam-samples").iterdir())) == 36
+    text = (tmp_path / "fam-rhodes.sfz").read_text()
+    assert "sample=family-rhodes-060-v127.flac" in text and "family-grand" not in text
+    capfd.readouterr()
+    assert cli_main(["bake", "--preset", "family", "--preset-dir", str(d), "-o", str(tmp_path / "x.sf2"),
+                     "--timbre", "organ"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no timbre 'organ'; its timbres: grand, rhodes, harpsi" in err[0], err
+    assert not (tmp_path / "x.sf2").exists()
+
+
+def test_gm_bank_places_family_timbres(tmp_path, capfd):
+    """`bake --all` with a piano and a family preset: the family's timbres take programs 4 and 6 from
+    the piano's family routing; at program 0 the piano stays the default and the grand timbre goes to
+    bank 1."""
+    from synth import gm
+    from trainer.data.soundfont import read_presets
+
+    d = tmp_path / "presets"
+    make_tiny_preset(d, "piano", pitch_range=(60, 61))
+    family_preset(d)
+    out = tmp_path / "gm.sf2"
+    assert cli_main(["bake", "--all", "--preset-dir", str(d), "-o", str(out), "-q"]) == 0
+    slots = {(q.bank, q.program): q.name for q in read_presets(out) if q.program < 8 and q.bank < 128}
+    assert slots == {(0, 0): "Acoustic Grand Pian", (1, 0): "grand", (0, 4): "rhodes", (0, 6): "harpsi",
+                     **{(0, k): gm.PROGRAMS[k][:19] for k in (1, 2, 3, 5, 7)}}   # names: 19 chars and a NUL
+    s = read_sf2(out)
+    names = [i[0].rstrip(b"\0").decode() for i in s["inst"][:-1]]
+    assert {"family/grand", "family/harpsi", "family/rhodes", "piano"} <= set(names)
+    phdr = {(h[2], h[1]): h[3] for h in s["phdr"][:-1]}
+    inst_of = lambda bank, prog: names[s["pgen"][s["pbag"][phdr[(bank, prog)]][0] + 1][1]]  # noqa: E731
+    assert inst_of(0, 0) == inst_of(0, 5) == "piano" and inst_of(1, 0) == "family/grand"
+    assert inst_of(0, 4) == "family/rhodes" and inst_of(0, 6) == "family/harpsi"
+    assert "family" not in capfd.readouterr().err
+
+
+def test_timbre_bank_rule():
+    """The first timbre of a program gets bank 0; a later one its own source bank when free (1..127),
+    else the lowest free bank; a reserved slot (--all: piano at 0:0) is skipped; a timbre without a
+    program takes the preset's own (by name: "epiano" -> 4)."""
+    from types import SimpleNamespace
+
+    from synth.bake import place_timbres
+    from synth.preset import Timbre
+
+    def fam(name, *timbres):
+        return SimpleNamespace(name=name, is_drums=False, training={}, timbres=tuple(
+            Timbre(name=f"{name}{i}", latent=(0.0,), bank=b, program=prog) for i, (b, prog) in enumerate(timbres)))
+
+    a = fam("epiano", (0, 4), (8, 4), (8, 4), (None, 4), (None, None), (0, 0))
+    b = fam("keys", (0, 4), (3, 0))
+    got = [(bank, prog, t.name) for bank, prog, _, t in place_timbres([a, b], reserved={(0, 0)})]
+    assert got == [(0, 4, "epiano0"), (8, 4, "epiano1"), (1, 4, "epiano2"), (2, 4, "epiano3"), (3, 4, "epiano4"),
+                   (1, 0, "epiano5"), (4, 4, "keys0"), (3, 0, "keys1")]
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 BAD = {
     "unknown_preset": (["--preset", "harpsichord"], "unknown preset 'harpsichord'; known presets: "),
