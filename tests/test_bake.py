@@ -29,7 +29,6 @@ from synth.testing.tinymodel import make_tiny_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 FLUID = shutil.which("fluidsynth")
-needs_fluid = pytest.mark.skipif(FLUID is None, reason="fluidsynth is not installed")
 RATE = 48000
 FLUID_GAIN = 0.2 / math.sqrt(2)   # FluidSynth, measured: a voice of amplitude 1 sums to this in power over L, R (synth.gain 0.2)
 NO_KIT = "No preset found on channel 9 [bank=128 prog=0]"   # FluidSynth's only line for a bank without a kit
@@ -214,7 +213,6 @@ def test_gm_routing_table():
         gm.family_of(128)
 
 
-@needs_fluid
 def test_gm_bank_routes_families_and_plays_clean(presets, tmp_path):
     """`bake --all`: piano 0-7, marimba 8-15, strings 40-55, the kit on bank 128; the unconditioned
     organ has a GM program too (16-23). FluidSynth loads it without a word and each program plays its
@@ -247,7 +245,6 @@ def test_gm_bank_routes_families_and_plays_clean(presets, tmp_path):
 
 
 # ---- FluidSynth round trips ------------------------------------------------------------------------------
-@needs_fluid
 def test_fluidsynth_plays_pitch_and_baked_level_at_every_velocity(presets, tmp_path):
     """Each note comes out at its key's pitch, and at the engine's level: the layer's note at its own
     velocity, the bridge gain (v/layer)^curve between layers, with no second velocity curve from
@@ -279,7 +276,6 @@ def test_fluidsynth_plays_pitch_and_baked_level_at_every_velocity(presets, tmp_p
         assert level_db(x, t0, t0 + 0.5) == pytest.approx(want, abs=0.3), (key, vel)
 
 
-@needs_fluid
 def test_loop_mode_sustains_while_held_and_releases(presets, tmp_path):
     """A loop-mode preset's 1-s note holds for 3 s at a steady level (the engine's loop, sampleModes 1)
     and falls after the key is released; a one-shot preset stops where its sample ends."""
@@ -302,7 +298,6 @@ def test_loop_mode_sustains_while_held_and_releases(presets, tmp_path):
             assert late < early - 60
 
 
-@needs_fluid
 def test_drum_kit_on_bank_128_plays_out(presets, tmp_path):
     """A kit bakes to bank 128 (GM channel 10) and 0:0; its hits play out after an early note-off."""
     from trainer.data.soundfont import read_presets
@@ -319,7 +314,6 @@ def test_drum_kit_on_bank_128_plays_out(presets, tmp_path):
     assert level_db(x, 1.6, 1.9) < -100                                     # key 61 is no kit key: silence
 
 
-@needs_fluid
 def test_16_and_24_bits_play_alike(presets, tmp_path):
     bake(presets, tmp_path / "p16.sf2", "--bits", "16")
     bake(presets, tmp_path / "p24.sf2")
@@ -334,7 +328,6 @@ def test_16_and_24_bits_play_alike(presets, tmp_path):
     assert level_db(a - b, 0.2, 1.0) < level_db(b, 0.2, 1.0) - 80           # the low byte: -96 dB and below
 
 
-@needs_fluid
 def test_loop_tail_keeps_decaying_past_the_cap(presets, tmp_path):
     """--max-seconds 0.5 --loop-tail: half the samples, and a held note keeps falling at its own rate
     (the tiny piano decays 29 dB/s) past the cap instead of stopping."""
@@ -355,7 +348,6 @@ def test_loop_tail_keeps_decaying_past_the_cap(presets, tmp_path):
 SFZLINT = Path(sys.executable).with_name("sfzlint")
 
 
-@pytest.mark.skipif(not SFZLINT.exists(), reason="sfzlint is not installed (pip install sfzlint)")
 @pytest.mark.parametrize("name", ["strings", "drums"])
 def test_sfz_lints_clean_with_the_same_regions(presets, tmp_path, name):
     from synth.bake import plan_layers
@@ -446,7 +438,6 @@ def harmonic2_db(x: np.ndarray, rate: int, f0: float) -> float:
     return 20 * math.log10(peak(2 * f0) / peak(f0))
 
 
-@needs_fluid
 def test_family_preset_bakes_each_timbre_at_its_program(tmp_path, capfd):
     """A family preset without --timbre: one SF2 preset per timbre at bank 0 and the timbre's program,
     named after it, each generated at its latent; FluidSynth's program 4 has the engine's 2nd-harmonic
@@ -637,14 +628,12 @@ def test_help_lists_bake(capsys):
 
 # ---- the shipped piano -----------------------------------------------------------------------------------
 @pytest.mark.slow
-@needs_fluid
 def test_shipped_piano_through_fluidsynth_matches_synth_render(tmp_path):
     """The real piano: FluidSynth playing its bank against `synth render` of the same notes (held part,
     at the preset's rate, aligned): log-mel distance under 2 dB, every note within 50 cents."""
     from synth.preset import REPO_PRESETS
 
-    if not (REPO_PRESETS / "piano" / "preset.json").exists():
-        pytest.skip("presets/piano is not installed")
+    assert (REPO_PRESETS / "piano" / "preset.json").exists(), "the repo ships presets/piano"
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_bake as bb
 

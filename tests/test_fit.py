@@ -15,16 +15,11 @@ import torch
 
 from synth.errors import UserError
 from trainer import fit
-from trainer.testing.fitdata import make_dataset
+from trainer.testing.fitdata import TINY_MODELS, make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
-    "model": {"ddsp": {"n_harmonics": 8, "n_noise_bands": 4, "hop": 64, "hidden": 32, "ctrl_frames": 8,
-                       "ctrl_bands": 4, "noise_seconds": 0.064},
-              "spectral": {"n_fft": 256, "hop": 64, "n_mels": 32, "channels": 8, "blocks": 3, "latent_size": 8},
-              "wavegan": {"model_size": 4, "latent_size": 8}},
-    "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]},
-             "spectral": {"channels": 4, "blocks": 2}, "wavegan": {"model_size": 4}},
+    **TINY_MODELS,
     "train": {"batch": 4, "log_every": 1, "sample_every": 3, "threads": 1},
 }
 

@@ -13,15 +13,9 @@ from trainer import config as C
 from trainer.models import ARCHS, build_discriminator, build_encoder, build_generator
 from trainer.nn.dsp import InverseSTFT, harmonic_bank, make_noise_bank, noise_bank_synth
 from trainer.nn.layers import PhaseShuffle
+from trainer.testing.fitdata import TINY_MODELS
 
-TINY = {
-    "model": {"ddsp": {"n_harmonics": 8, "n_noise_bands": 4, "hop": 64, "hidden": 32, "ctrl_frames": 8,
-                       "ctrl_bands": 4, "noise_seconds": 0.064},
-              "spectral": {"n_fft": 256, "hop": 64, "n_mels": 32, "channels": 8, "blocks": 3, "latent_size": 8},
-              "wavegan": {"model_size": 4, "latent_size": 8}},
-    "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]},
-             "spectral": {"channels": 4, "blocks": 2}, "wavegan": {"model_size": 4}},
-}
+TINY = TINY_MODELS
 DATA = {"sample_rate": 8000, "note_samples": 4096, "kind": "pitched", "pitch_range": [40, 80],
         "hold_seconds": 0.4}
 

@@ -17,18 +17,12 @@ import pytest
 from synth.errors import UserError
 from trainer import commands as CM
 from trainer import config as C
+from trainer.testing.fitdata import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("piano", "drums", "marimba", "strings")
 
-TINY = {
-    "model": {"ddsp": {"n_harmonics": 8, "n_noise_bands": 4, "hop": 64, "hidden": 32, "ctrl_frames": 8,
-                       "ctrl_bands": 4, "noise_seconds": 0.064},
-              "spectral": {"n_fft": 256, "hop": 64, "n_mels": 32, "channels": 8, "blocks": 3, "latent_size": 8},
-              "wavegan": {"model_size": 4, "latent_size": 8}},
-    "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]},
-             "spectral": {"channels": 4, "blocks": 2}, "wavegan": {"model_size": 4}},
-}
+TINY = TINY_MODELS
 P = {"sample_rate": 24000, "note_samples": 96000, "kind": "pitched", "pitch_range": [21, 108], "root": "/data/piano",
      "hold_seconds": 3.0}
 D = {**P, "kind": "drums", "key_hz": {"36": 60.5}, "drum_classes": {"36": "kick"}}

@@ -36,3 +36,14 @@ def make_dataset(folder: Path, sample_rate: int = 8000, note_samples: int = 4096
     drum = {str(p): f"drum{p}" for p in pitches} if kind == "drums" else None
     w.finalize(source={"type": "synthetic", "seconds": seconds, "release": 0.25 * seconds}, drum_classes=drum)
     return folder
+
+
+# A config overlay that makes every arch tiny (seconds per step on a CPU), for tests of the trainer.
+TINY_MODELS = {
+    "model": {"ddsp": {"n_harmonics": 8, "n_noise_bands": 4, "hop": 64, "hidden": 32, "ctrl_frames": 8,
+                       "ctrl_bands": 4, "noise_seconds": 0.064},
+              "spectral": {"n_fft": 256, "hop": 64, "n_mels": 32, "channels": 8, "blocks": 3, "latent_size": 8},
+              "wavegan": {"model_size": 4, "latent_size": 8}},
+    "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]},
+             "spectral": {"channels": 4, "blocks": 2}, "wavegan": {"model_size": 4}},
+}
