@@ -134,6 +134,7 @@ def standin_bias(parent: Path, name: str, notes: list[int], velocity: int, cache
 def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_mb: float | None = None,
                     pitches: list[int] | None = None, seed: int = 0, synth_args: tuple[str, ...] = ()) -> dict:
     """Part 1 (or 2 with a small cache and many pitches): 128-frame latency and callback load."""
+    from synth.engine import release_span
     from synth.preset import find_preset
 
     rng = np.random.default_rng(seed)
@@ -144,7 +145,7 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
     bias = onset_bias(parent, name, seq, vel)
     hold = int(0.04 * SR)
     # Press every key in silence: the previous note has ended (hold + release) with a margin.
-    release = find_preset(name, [parent]).release_seconds
+    release = release_span(find_preset(name, [parent]).release_seconds)   # to 100 dB down, where it ends
     gap = max(int(0.12 * SR), hold + int((release + 0.05) * SR))
     extra = (["--cache-mb", str(cache_mb)] if cache_mb else []) + list(synth_args)
     with JackServer(period=period) as srv, SynthProcess(srv, _cmd(parent, name, *extra), work) as sp:
@@ -217,13 +218,14 @@ def measure_latency_direct(parent: Path, name: str, work: Path, audio_api: str =
     taken off), inside the graph: the driver's playback buffering comes on top, the same for any client.
     With `--audio-api jack-client` the note sounds in the cycle it was sent (0 frames); with PortAudio and
     a separate MIDI client, whose events the audio callback takes a cycle later, one period."""
+    from synth.engine import release_span
     from synth.preset import find_preset
 
     rng = np.random.default_rng(seed)
     vel = 100
     bias = onset_bias(parent, name, [69], vel)[69]
     hold = int(0.04 * SR)
-    gap = max(int(0.12 * SR), hold + int((find_preset(name, [parent]).release_seconds + 0.05) * SR))
+    gap = max(int(0.12 * SR), hold + int((release_span(find_preset(name, [parent]).release_seconds) + 0.05) * SR))
     cmd = _cmd(parent, name, "--midi-port", "^keys:", "--audio-api", audio_api)
     with JackServer(period=period) as srv, SynthProcess(srv, cmd, work) as sp:
         sp.wait_for("ready")

@@ -17,8 +17,9 @@ What a baked note is, and why (details and measurements: docs/bake.md):
   for loop-mode presets, the engine's loop (`synth.worker.make_loop`: whole pitch periods,
   crossfaded 50 ms into the note, ending at `sustain.loop_end_seconds`) are baked in; a looped
   sample ends 8 samples after its loop.
-- Release: twice the preset's release_seconds, the sampler release (linear in dB) nearest to the
-  engine's linear ramp (`release_envelope_seconds`).
+- Release: the engine's own. Both fall linearly in dB from the note-off, 100 dB in the release's
+  span (SF2 releaseVolEnv, SFZ ampeg_release = `synth.engine.release_span`: 10/3 x the preset's
+  release_seconds, the time to fall 30 dB), so `release_envelope_seconds` is that span.
 - Velocity: each velocity 1..127 plays the nearest layer (ties to the louder), at the engine's gain
   (v/127)^curve / (layer/127)^curve. Each layer's sample is stored at the gain of the top velocity of
   its range, and the velocities below attenuate it (SF2: one preset zone per velocity with a
@@ -60,7 +61,6 @@ TAIL_WINDOW_S = 0.5            # --loop-tail: the decay is measured and the loop
 ENV_DB = 100.0                 # SoundFont envelopes: a decay/release time is the time for 100 dB
 DRUM_RELEASE_S = 100.0         # kit hits play out: the longest release SoundFont has (8000 timecents)
 PAN_SPREAD = 0.6               # the engine's default constant-power pan spread by key (Engine.pan_spread)
-RELEASE_FACTOR = 2.0           # see release_envelope_seconds
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -185,12 +185,12 @@ def pan_of(key: int) -> float:
 
 
 def release_envelope_seconds(release_s: float) -> float:
-    """The sampler release time (SF2 releaseVolEnv, SFZ ampeg_release: 100 dB in that time, linear in
-    dB) closest to the engine's release, a linear ramp to silence in `release_s`. No such release
-    matches the ramp everywhere (the ramp loses 6 dB by half-way and then plunges); the mean |ΔdB| over
-    the ramp and the 75 dB below it is least at twice its length, which RELEASE_FACTOR gives
-    (docs/bake.md: the curves and the measured per-note distances)."""
-    return RELEASE_FACTOR * release_s
+    """The sampler release time (SF2 releaseVolEnv, SFZ ampeg_release: ENV_DB in that time, linear in
+    dB) of a preset whose release_seconds is `release_s`: exactly the engine's release, which falls
+    linearly in dB, 30 dB in `release_s` and 100 dB, where its voice ends, in `release_span`."""
+    from synth.engine import release_span
+
+    return release_span(release_s)
 
 
 def timbre_latent(preset, name: str) -> np.ndarray:
@@ -367,11 +367,13 @@ def bake_preset(preset, opts: BakeOptions, strict_knobs: bool = True, threads: i
     t0 = time.perf_counter()
     mapper = LatentMapper(preset)
     knobkey = knob_state(preset, mapper, opts.knobs, strict_knobs)
-    cache_key, rate_factor = mapper.split(knobkey)
-    z = mapper.latent(cache_key)
     timbre = opts.timbre if timbre is None else timbre
     if timbre is not None:
-        z = z - np.asarray(preset.default_latent, np.float32) + timbre_latent(preset, timbre)
+        timbre_latent(preset, timbre)    # a one-line error for an unknown timbre
+        t = [tb.name for tb in preset.timbres].index(timbre)
+        knobkey = mapper.with_timbre(knobkey, t, t, 0)   # the engine's latent for that timbre's program
+    cache_key, rate_factor = mapper.split(knobkey)
+    z = mapper.latent(cache_key)
     layers = plan_layers(preset, opts.velocity_layers)
     keys = preset.playable_keys()
     sess = GeneratorSession(preset, threads=threads or os.cpu_count() or 1, warmup=False)
@@ -428,7 +430,7 @@ def provenance(baked: list[BakedPreset], opts: BakeOptions, k: float, fmt: str) 
              f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."]
     for b in baked:
         p = b.preset
-        knobs = " ".join(f"{kn.cc}={v}({kn.name})" for kn, v in zip(p.knobs, b.knobkey, strict=True)) or "none"
+        knobs = " ".join(f"{kn.cc}={v}({kn.name})" for kn, v in zip(p.knobs, b.knobkey[:len(p.knobs)], strict=True)) or "none"
         vel = (f"layers {' '.join(str(la.velocity) for la in b.layers)}, curve {p.velocity_curve:g}"
                + ("" if p.velocity_conditioned else " (not velocity-conditioned)"))
         lines.append(f"preset {b.label}: {p.kind}, {p.description or 'no description'}; generator.onnx sha256 "
@@ -440,8 +442,8 @@ def provenance(baked: list[BakedPreset], opts: BakeOptions, k: float, fmt: str) 
     lines.append(
         f"engine settings: velocity -> nearest layer (ties louder), gain (v/127)^curve/(layer/127)^curve; loop "
         f"crossfade 50 ms of whole periods; pan spread {PAN_SPREAD} by key; decay/tune knobs applied; "
-        f"release: {'releaseVolEnv' if fmt == 'sf2' else 'ampeg_release'} = {RELEASE_FACTOR:g} x release_seconds "
-        f"(nearest to the engine's linear ramp); "
+        f"release: {'releaseVolEnv' if fmt == 'sf2' else 'ampeg_release'} = 10/3 x release_seconds "
+        f"(the engine's: linear in dB, 30 dB in release_seconds); "
         f"default velocity modulators overridden (amount 0); {opts.bits}-bit samples; max seconds "
         f"{opts.max_seconds if opts.max_seconds is not None else '-'}; loop tail {'on' if opts.loop_tail else 'off'}; "
         f"sample level = engine voice level x {k:.4f} ({20 * math.log10(k):+.2f} dB) before master gain and pan.")

@@ -30,24 +30,37 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from synth.cache import GUARD, NoteCache
+from synth.channels import Channels, soft_velocity
 from synth.errors import UserError
-from synth.latent import LatentMapper
-from synth.preset import Preset
-from synth.voices import VoiceBank
+from synth.latent import MORPH_CC, MORPH_TARGET_CC, LatentMapper
+from synth.preset import RELEASE_DB, Preset
+from synth.routing import RESET_STYLES, bank_select
+from synth.voices import RELEASE_END_DB, VoiceBank
 from synth.worker import GeneratorWorker, ceil_resampled
 
 log = logging.getLogger("synth")
 
 DRUM_CHANNEL = 9
+# `master_gain`'s default (`--gain DB` scales it): +14 dB over the old 0.5, chosen by
+# scripts/bench_level.py (mf piano about -20..-15 LUFS; why: docs/decisions-engine.md, 2026-12-05).
 DEFAULT_MASTER_GAIN = 0.5   # `master_gain`'s default; `--gain DB` scales it
 STEAL_FADE_S = 0.005       # a stolen voice fades this fast: short, but no click
 SOUND_OFF_FADE_S = 0.005
 XFADE_S = 0.02             # fallback → exact note crossfade
-MIN_RELEASE_S = 0.002
+MIN_RELEASE_S = 0.002      # a preset's release_seconds, at least
 LIMIT_KNEE = 0.9           # the soft limiter is linear below this and bends smoothly into ±1.0
-BEND_SEMITONES = 2.0
 MAX_SPLITS = 8             # live: a block is cut at most this many times by events (a flood's bound)
-_VOICE_CCS = frozenset((64, 120, 121, 123))   # CCs that act on playing voices at their frame
+# CCs that act on playing voices at their frame; and CCs whose order matters (never superseded).
+_VOICE_CCS = frozenset((6, 7, 10, 11, 38, 64, 66, 91, 93, 120, 121, 123))
+_GAIN_CCS = frozenset((7, 10, 11, 91, 93))
+_ORDERED_CCS = frozenset((0, 6, 32, 38, 98, 99, 100, 101))
+
+
+def release_span(release_seconds: float) -> float:
+    """Seconds a preset's release lasts: it falls linearly in dB, RELEASE_DB in `release_seconds` (at
+    least MIN_RELEASE_S), and its voice ends RELEASE_END_DB down. The same number is the release's SF2
+    releaseVolEnv and SFZ ampeg_release (100 dB in that time), which `synth.bake` writes."""
+    return max(MIN_RELEASE_S, release_seconds) * (RELEASE_END_DB / RELEASE_DB)
 
 
 def single_thread_blas() -> int:
@@ -66,7 +79,7 @@ def single_thread_blas() -> int:
 
 def _touches_voices(kind: str, args: tuple) -> bool:
     """True for events that change playing voices at their frame (the mix must be cut there)."""
-    return kind in ("on", "off", "bend") or (kind == "cc" and args[1] in _VOICE_CCS)
+    return kind in ("on", "off", "bend", "reset") or (kind == "cc" and args[1] in _VOICE_CCS)
 
 
 def _extremes(x: np.ndarray) -> tuple[float, float]:
@@ -119,7 +132,14 @@ class Engine:
     with `process(block float32[F, 2])` working in place (e.g. `synth.fx.EffectsBus`), applied
     before the limiter. `providers`: ONNX Runtime providers ("auto": TensorRT → CUDA → CPU).
     `threads`: ONNX intra-op threads (default: all cores offline, all but one live).
-    `program_map`: {program: preset name}, as `set_program_map`.
+    `program_map`: {program: preset name}, as `set_program_map`. `router`: a `synth.routing.Router`
+    over `presets` (General MIDI routing: program and bank → preset and timbre, with fallbacks);
+    without one, program p selects presets[p]. `disk_cache`: a folder (or `synth.diskcache.DiskCache`)
+    that keeps generated notes across runs; None (the default) keeps none.
+
+    Per channel (`synth.channels`): bank select, CC7/CC11 gain, CC10 pan, CC91/CC93 sends, CC64/66/67
+    pedals, RPN 0 bend range, CC121, and the knob CCs: a knob moved on one channel changes the notes
+    struck after it on that channel only; notes already sounding play on unchanged.
     """
 
     def __init__(self, sample_rate: int = 48000, blocksize: int = 128, presets: Iterable[Preset] = (),
@@ -127,7 +147,7 @@ class Engine:
                  master_gain: float = DEFAULT_MASTER_GAIN,
                  knob_map: Mapping[int, int | str] | None = None, fx=None, providers="auto",
                  threads: int | None = None, max_chunk: int = 8192, pan_spread: float = 0.6,
-                 program_map: Mapping[int, str] | None = None):
+                 program_map: Mapping[int, str] | None = None, router=None, disk_cache=None):
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
             raise UserError(f"sample rate {sample_rate!r} Hz is not supported; use an integer 8000..384000 (e.g. 48000)")
         if not isinstance(blocksize, int) or not 1 <= blocksize <= 1 << 16:
@@ -164,20 +184,25 @@ class Engine:
         self._vlayer = [[min(ls, key=lambda v, vel=vel: (abs(v - vel), -v)) for vel in range(128)]
                         for ls in self._layers]
         self._gain = [10.0 ** (p.gain_db / 20.0) for p in self.presets]
-        self._release_s = [max(MIN_RELEASE_S, p.release_seconds) for p in self.presets]
+        self._release_s = [release_span(p.release_seconds) for p in self.presets]   # to RELEASE_END_DB down
         self._release_arr = np.array(self._release_s, np.float64)   # per preset, for release_rows
         pitched = [i for i, p in enumerate(self.presets) if not p.is_drums]
         drums = [i for i, p in enumerate(self.presets) if p.is_drums]
         self._default_preset = pitched[0] if pitched else 0
         self._drum_preset = drums[0] if drums else None
         self._program_map: dict[int, int] | None = None
-        self._chan_preset = [self._default_preset] * 16
-        if self._drum_preset is not None:
-            self._chan_preset[DRUM_CHANNEL] = self._drum_preset
-        self._sustain = [False] * 16
-        self._bend = [1.0] * 16
+        self.router = router
+        self._bank_style = "gs"                  # how CC0/CC32 select banks (synth.routing.bank_select)
+        self.channels = Channels()
+        self._knob_ccs = frozenset(cc for m in self.mappers.values() for cc in m.cc_to_knob)
+        self._knob_init: dict[str, dict[int, int]] = {p.name: {} for p in self.presets}
+        self._morph = [(None, 0)] * 16           # per channel: (morph target program, amount)
+        self._transposed: dict[int, tuple] = {}  # preset -> (count, last note) of notes out of range
+        self._reported_transposed: set[int] = set()
         # Note-on path lookups (a 256-note chord must start within one 128-frame block live).
         self._pan_table = [self._pan_calc(n) for n in range(128)]
+        self._kpos = [self._pan_pos(n) for n in range(128)]
+        self._reset_channels()
         self._vgain_memo: dict[tuple, float] = {}
         if program_map:
             self.set_program_map(program_map)
@@ -191,7 +216,7 @@ class Engine:
             cores = os.cpu_count() or 1
             threads = max(1, cores - 1) if self.realtime else cores
         self.worker = GeneratorWorker(self.presets, self.mappers, self.cache, sample_rate, providers=providers,
-                                      threads=threads)
+                                      threads=threads, disk_cache=disk_cache)
         self.providers = {n: s.provider for n, s in self.worker.sessions.items()}
 
         self.now = 0                      # absolute time of the next sample to render
@@ -216,6 +241,8 @@ class Engine:
         self._last_ignored = (0, 0)
         self._last_skipped = (0, 0)
         self._limit_work = np.empty(0, np.float32)   # soft_limit's work buffers, grown to the largest block
+        self._send_ch = int(getattr(fx, "send_channels", 0) or 0)   # the effects bus's send buses
+        self._sends = np.zeros((0, max(1, self._send_ch)), np.float32)
         self._limit_over = np.empty(0, bool)
         self._closed = False
         if self.realtime:
@@ -226,6 +253,10 @@ class Engine:
             for i in order:
                 p = self.presets[i]
                 self.worker.prefill(p.name, self.mappers[p.name].split(self.knobs[p.name])[0])
+            for key in dict.fromkeys((self.presets[pi].name, self._chan_key[ch])
+                                     for ch, pi in enumerate(self._chan_preset) if pi >= 0):
+                if key[1] != self.knobs[key[0]]:
+                    self.worker.prefill(key[0], self.mappers[key[0]].split(key[1])[0])
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -273,14 +304,25 @@ class Engine:
         self._post(frame, "prog", channel & 15, program & 127)
 
     def pitch_bend(self, channel: int, value: int, frame: int = 0) -> None:
-        """Pitch bend -8192..8191 → ±2 semitones on every voice of the channel."""
+        """Pitch bend -8192..8191 → ± the channel's bend range (RPN 0; 2 semitones by default)."""
         self._post(frame, "bend", channel & 15, min(8191, max(-8192, int(value))))
 
+    def system_reset(self, frame: int = 0, kind: int = 1) -> None:
+        """A reset SysEx (`kind` as synth.midifile's SYSRESET: 1 GM, 2 GM2, 3 GS, 4 XG): notes
+        released, every channel back to its power-on state, bank select read as that standard does."""
+        self._post(frame, "reset", int(kind))
+
     def set_knob(self, cc: int, value: int, preset: str | None = None) -> None:
-        """Set knob `cc` to `value` (0..127) at once for `preset` (default: every loaded preset)."""
+        """Set knob `cc` to `value` (0..127) at once for `preset` (default: every loaded preset), on
+        every channel: the channels' own moves of that CC are forgotten."""
         for p in self.presets:
-            if preset is None or p.name == preset:
-                self._set_knobkey(p.name, self.mappers[p.name].with_cc(self.knobs[p.name], cc, value))
+            if (preset is None or p.name == preset) and self.mappers[p.name].knob_for_cc(cc) is not None:
+                self._knob_init[p.name][cc] = min(127, max(0, int(value)))
+                self.knobs[p.name] = self.mappers[p.name].with_cc(self.knobs[p.name], cc, value)
+                for ch in range(16):
+                    if self._chan_preset[ch] == self._index[p.name]:
+                        self.channels.knob_cc[ch].pop(cc, None)
+                        self._update_channel(ch)
 
     def set_program_map(self, mapping: Mapping[int, str]) -> None:
         """Map MIDI programs to loaded preset names ({0: "piano", 48: "strings"}); others are ignored."""
@@ -294,10 +336,17 @@ class Engine:
         self._program_map = m
 
     def select_preset(self, channel: int, name: str) -> None:
-        """Play preset `name` on `channel` from now on."""
+        """Play preset `name` (a family preset: its default timbre) on `channel` from now on."""
         if name not in self._index:
             raise UserError(f"preset {name!r} is not loaded (loaded: {', '.join(self._index)})")
         self._chan_preset[channel & 15] = self._index[name]
+        self._chan_timbre[channel & 15] = None
+        self._update_channel(channel & 15)
+
+    def channel_state(self, channel: int) -> tuple[str | None, tuple | None]:
+        """(preset name, knob state) that `channel` plays now; (None, None) when it is silent."""
+        pi = self._chan_preset[channel & 15]
+        return (self.presets[pi].name, self._chan_key[channel & 15]) if pi >= 0 else (None, None)
 
     def panic(self) -> None:
         """Silence everything within 5 ms: all voices fade, pedals and bends reset, queued events dropped."""
@@ -307,7 +356,11 @@ class Engine:
         v = self.voices
         v.fade_out_rows(np.flatnonzero(v.active), self.now, SOUND_OFF_FADE_S, self.sample_rate)
         self._pending_xfade.clear()
-        self._sustain = [False] * 16
+        c = self.channels
+        for ch in range(16):
+            c.sustain[ch] = c.sostenuto[ch] = c.soft[ch] = False
+            c.bend_value[ch] = 0
+        v.sost[:] = False
         self._bend = [1.0] * 16
 
     # ---- note keys -----------------------------------------------------------------------------
@@ -324,6 +377,9 @@ class Engine:
             lo, hi = p.pitch_range
             mkey = min(hi, max(lo, note))
             base = 2.0 ** ((note - mkey) / 12.0) * tune
+            if mkey != note:
+                n, _ = self._transposed.get(pi, (0, 0))
+                self._transposed[pi] = (n + 1, note)      # logged once per preset by `report`
         return (p.name, knobkey, mkey, self._vlayer[pi][velocity]), base
 
     def _velocity_gain(self, pi: int, velocity: int, vlayer: int) -> float:
@@ -340,13 +396,20 @@ class Engine:
             g /= (vlayer / 127.0) ** p.velocity_curve
         return g * self._gain[pi]
 
-    def _pan(self, pi: int, note: int) -> tuple[float, float]:
-        """Constant-power pan spread by pitch (low notes left, high right, as seen from the player)."""
-        return self._pan_table[note]
+    def _pan(self, ch: int, note: int) -> tuple[float, float]:
+        """Constant-power pan: spread by pitch (low notes left, high right, as seen from the player),
+        then moved by the channel's CC10."""
+        off = self._chan_pan[ch]
+        if off == 0.0:
+            return self._pan_table[note]
+        theta = min(1.0, max(0.0, self._kpos[note] + off)) * (math.pi / 2)
+        return math.cos(theta), math.sin(theta)
+
+    def _pan_pos(self, note: int) -> float:
+        return 0.5 + self.pan_spread * (note - 64) / 128.0
 
     def _pan_calc(self, note: int) -> tuple[float, float]:
-        pos = 0.5 + self.pan_spread * (note - 64) / 128.0
-        theta = min(1.0, max(0.0, pos)) * (math.pi / 2)
+        theta = min(1.0, max(0.0, self._pan_pos(note))) * (math.pi / 2)
         return math.cos(theta), math.sin(theta)
 
     def prepare(self, events) -> int:
@@ -354,75 +417,131 @@ class Engine:
 
         `events`: a `synth.midifile.MidiEvents` (columns `kind`, `channel`, `a`, `b`), or an iterable
         of `(channel, note, velocity)` note-ons, or of `(kind, channel, a[, b])` with kind "note_on",
-        "control_change" or "program_change" (other kinds are skipped). They are simulated in order
-        from the current channel programs and knob states, after any events already posted.
+        "control_change", "program_change" or "reset" (other kinds are skipped). They are simulated in
+        order from the channels' current state, after any events already posted.
         Returns the number of notes generated.
         """
-        chan = list(self._chan_preset)
-        knobs = dict(self.knobs)
-        keys = []
-
-        def simulate(kind, ch, a, b):
-            ch &= 15
-            if kind == "note_on":
-                if b > 0:
-                    pi = chan[ch]
-                    k = self._note_key(pi, knobs[self.presets[pi].name], a & 127, min(127, int(b)))
-                    if k is not None:
-                        keys.append(k[0])
-            elif kind == "control_change":
-                name = self.presets[chan[ch]].name
-                knobs[name] = self.mappers[name].with_cc(knobs[name], a, b)
-            elif kind == "program_change":
-                pi = self._program_target(ch, a & 127)
-                if pi is not None:
-                    chan[ch] = pi
-
+        sim = _Simulation(self)
         posted = sorted(list(self._carry) + list(self._events), key=lambda e: (e[0], e[1]))
-        names = {"on": "note_on", "cc": "control_change", "prog": "program_change"}
+        names = {"on": "note_on", "cc": "control_change", "prog": "program_change", "reset": "reset"}
         for _, _, kind, args in posted:
             if kind in names:
-                simulate(names[kind], *args, *((0,) * (3 - len(args))))
+                sim.event(names[kind], *args, *((0,) * (3 - len(args))))
         if hasattr(events, "kind") and hasattr(events, "channel"):
-            # Column form (synth.midifile.MidiEvents): 0 note-on, 2 control change, 3 program change.
-            col_kinds = {0: "note_on", 2: "control_change", 3: "program_change"}
+            # Column form (synth.midifile.MidiEvents): 0 note-on, 2 control change, 3 program change, 5 reset.
+            col_kinds = {0: "note_on", 2: "control_change", 3: "program_change", 5: "reset"}
             for kd, ch, a, b in zip(np.asarray(events.kind).tolist(), np.asarray(events.channel).tolist(),
                                     np.asarray(events.a).tolist(), np.asarray(events.b).tolist(), strict=True):
                 if kd in col_kinds:
-                    simulate(col_kinds[kd], ch, a, b)
+                    sim.event(col_kinds[kd], ch, a, b)
         else:
             for ev in events:
                 if not ev:
                     continue
                 if isinstance(ev[0], str):
-                    simulate(ev[0], ev[1], ev[2] if len(ev) > 2 else 0, ev[3] if len(ev) > 3 else 0)
+                    sim.event(ev[0], ev[1], ev[2] if len(ev) > 2 else 0, ev[3] if len(ev) > 3 else 0)
                 else:
-                    simulate("note_on", ev[0], ev[1], ev[2])
+                    sim.event("note_on", ev[0], ev[1], ev[2])
+        keys = sim.keys
         n_new = len({k for k in keys if self.cache.peek(k) is None})
         if n_new > self.cache.n_slots:
             log.warning("prepare: %d notes exceed the note cache (%d slots); some will be generated twice. "
                         "Raise cache_mb.", n_new, self.cache.n_slots)
         return self.worker.generate_now(keys)
 
-    def _program_target(self, ch: int, program: int) -> int | None:
+    # ---- channels: routing and knob state ------------------------------------------------------
+    def _route(self, ch: int, program: int, msb: int = 0, lsb: int = 0) -> tuple[int, int | None] | None:
+        """(preset index, timbre index or None) that `program` in bank (msb, lsb) plays on `ch`."""
+        if self.router is not None:
+            r = self.router.resolve(ch, bank_select(self._bank_style, msb, lsb), lsb, program)
+            return None if r is None else (r.preset, r.timbre)
         if ch == DRUM_CHANNEL and self._drum_preset is not None:
             return None
         if self._program_map is not None:
-            return self._program_map.get(program)
-        return program if program < len(self.presets) else None
+            pi = self._program_map.get(program)
+        else:
+            pi = program if program < len(self.presets) else None
+        if pi is None:
+            return None
+        return pi, (self._family_timbre(pi, program, msb) if self.presets[pi].timbres else None)
+
+    def _family_timbre(self, pi: int, program: int, msb: int) -> int | None:
+        """Family preset `pi`'s timbre at GM `program`: bank MSB n picks its n-th source (in manifest
+        order; an absent one the first); None (the default timbre) when no timbre has that program."""
+        ts = self.presets[pi].timbres
+        sources = list(dict.fromkeys(t.source for t in ts))
+        src = sources[msb] if msb < len(sources) else sources[0]
+        cands = [i for i, t in enumerate(ts) if t.program == program]
+        return next((i for i in cands if ts[i].source == src), cands[0] if cands else None)
+
+    def _timbre_for(self, pi: int, program: int | None, current: int) -> int:
+        """The timbre of family preset `pi` at GM `program`, from `current`'s source when it has one."""
+        ts = self.presets[pi].timbres
+        cands = [i for i, t in enumerate(ts) if t.program == program]
+        if not cands:
+            return current
+        same = [i for i in cands if ts[i].source == ts[current].source]
+        return (same or cands)[0]
+
+    def _key_for(self, pi: int, timbre: int | None, morph: tuple, knob_cc: Mapping[int, int]) -> tuple:
+        """The knob state a channel plays: preset defaults ← `set_knob` ← the channel's knob CCs,
+        and for a family preset its timbre and morph (target program, amount)."""
+        name = self.presets[pi].name
+        m = self.mappers[name]
+        key = m.default_key
+        for cc, v in self._knob_init[name].items():
+            key = m.with_cc(key, cc, v)
+        for cc, v in knob_cc.items():
+            key = m.with_cc(key, cc, v)
+        if len(m.timbres):
+            ta = m.default_key[-3] if timbre is None else timbre
+            target, amount = morph
+            tb = ta if target is None else self._timbre_for(pi, target, ta)
+            key = m.with_timbre(key, ta, tb, amount)
+        return key
+
+    def _update_channel(self, ch: int, settle: bool = False) -> None:
+        """Recompute channel `ch`'s knob state; live, prefill the keyboard of a new state (a CC move
+        waits for the knob to settle first, worker.py; a tune move needs no new notes)."""
+        pi = self._chan_preset[ch]
+        if pi < 0:
+            return
+        name = self.presets[pi].name
+        old = self._chan_key[ch]
+        key = self._key_for(pi, self._chan_timbre[ch], self._morph[ch], self.channels.knob_cc[ch])
+        if key == old:
+            return
+        self._chan_key[ch] = key
+        self.knobs[name] = key
+        split = self.mappers[name].split
+        if self.realtime and not self._closed and (old is None or split(key)[0] != split(old)[0]):
+            self.worker.prefill(name, split(key)[0], settle)
+
+    def _power_on(self) -> tuple[list, list, list]:
+        """The channels' power-on (preset, timbre, knob state): program 0 routed, channel 10 the kit."""
+        presets, timbres, keys = [], [], []
+        for ch in range(16):
+            r = self._route(ch, 0) if self.router is not None else None
+            if ch == DRUM_CHANNEL and self._drum_preset is not None and self.router is None:
+                r = (self._drum_preset, None)
+            if r is None and self.router is not None:
+                r = (-1, None)          # GM routing found nothing for this channel (10, no kit): silent
+            pi, t = r if r is not None else (self._default_preset, None)
+            presets.append(pi)
+            timbres.append(t)
+            keys.append(self._key_for(pi, t, (None, 0), {}) if pi >= 0 else None)
+        return presets, timbres, keys
+
+    def _reset_channels(self) -> None:
+        """Every channel to GM power-on: default routes, controllers, knobs (`synth.channels`)."""
+        self.channels.reset_all()
+        self._chan_preset, self._chan_timbre, self._chan_key = self._power_on()
+        self._morph = [(None, 0)] * 16
+        self._bend = [1.0] * 16
+        self._chan_gain = [self.channels.gain(ch) for ch in range(16)]
+        self._chan_pan = [self.channels.pan_offset(ch) for ch in range(16)]
 
     # ---- event application (render thread) -----------------------------------------------------
-    def _set_knobkey(self, name: str, key: tuple, settle: bool = False) -> None:
-        old = self.knobs[name]
-        if key != old:
-            self.knobs[name] = key
-            split = self.mappers[name].split
-            cache_key = split(key)[0]
-            if self.realtime and not self._closed and cache_key != split(old)[0]:
-                # A CC move waits for the knob to settle before the keyboard is prefilled (worker.py).
-                # A tune move changes no note: the voices only play them at another rate.
-                self.worker.prefill(name, cache_key, settle)
-
     def _apply_ahead(self, kind: str, args: tuple, t: int) -> bool:
         """Apply a note-on or note-off at time `t`, later in the block than the mix has reached, if
         the result is the one a mix cut at `t` would give; False (nothing done) otherwise.
@@ -430,7 +549,7 @@ class Engine:
         Voices are functions of absolute time, and the mixer keeps a voice silent before its start
         and sums voices in start order, so most note events need no cut: a note-on whose note is
         cached, with a voice row free and no voice to steal; a note-off whose voices hold a constant
-        full level (their release ramp from `t`, clipped to 1, is that level before `t`). Steals,
+        full level (their release from `t` multiplies them by exactly 1 before `t`). Steals,
         misses, pedals, bends and sound-off mix up to their frame first. The output is the same at
         any block size.
         """
@@ -449,18 +568,45 @@ class Engine:
             self._cc(*args)
         elif kind == "bend":
             ch, value = args
-            bend = 2.0 ** (BEND_SEMITONES * value / 8192.0 / 12.0)
-            self._bend[ch] = bend
-            v = self.voices
-            v.set_bend_rows(v.select(ch), self.now, bend)
+            self.channels.bend_value[ch] = value
+            self._apply_bend(ch)
         elif kind == "prog":
             ch, program = args
-            pi = self._program_target(ch, program)
-            if pi is None:
+            c = self.channels
+            c.program[ch] = program
+            r = self._route(ch, program, c.bank_msb[ch], c.bank_lsb[ch])
+            if r is None:
                 self._ignored_programs += 1      # logged by `report`, from another thread
                 self._last_ignored = (program, ch)
             else:
-                self._chan_preset[ch] = pi
+                self._chan_preset[ch], self._chan_timbre[ch] = r
+                self._update_channel(ch)
+        elif kind == "reset":
+            v = self.voices
+            self._bank_style = RESET_STYLES.get(args[0], "gs")
+            for ch in range(16):
+                self._cc(ch, 123, 0)
+                self._pedals_up(ch)
+            v.sost[:] = False
+            self._reset_channels()
+            for ch in range(16):
+                self._apply_bend(ch)
+                self._regain(ch)
+
+    def _apply_bend(self, ch: int) -> None:
+        bend = self.channels.bend_factor(ch)
+        if bend != self._bend[ch]:
+            self._bend[ch] = bend
+            v = self.voices
+            v.set_bend_rows(v.select(ch), self.now, bend)
+
+    def _regain(self, ch: int) -> None:
+        """Channel `ch`'s gain, pan and sends changed: its voices take them from now on."""
+        c = self.channels
+        self._chan_gain[ch] = c.gain(ch)
+        self._chan_pan[ch] = c.pan_offset(ch)
+        v = self.voices
+        v.set_gain_rows(v.select(ch), self._chan_gain[ch], self._chan_pan[ch], c.sends(ch))
 
     def _free(self, i: int) -> None:
         self.cache.release(int(self.voices.slot[i]))
@@ -501,9 +647,15 @@ class Engine:
                env0: float = 1.0, slope: float = 0.0, at: int | None = None) -> int:
         i = self._alloc_voice()
         g = self._velocity_gain(pi, velocity, entry.key[3])
-        pl, pr = self._pan(pi, note)
-        self.voices.start(i, self.now if at is None else at, entry, ch, note, pi, base, self._bend[ch], g * pl,
-                          g * pr, pos, env0, slope)
+        pl, pr = self._pan(ch, note)
+        cg = self._chan_gain[ch]
+        v = self.voices
+        v.start(i, self.now if at is None else at, entry, ch, note, pi, base, self._bend[ch], g * cg * pl,
+                g * cg * pr, pos, env0, slope)
+        v.vgain[i] = g
+        v.kpos[i] = self._kpos[note]
+        if self._send_ch:
+            v.send[0, i], v.send[1, i] = self.channels.sends(ch)
         self._maybe_held[ch * 128 + note] = 1
         return i
 
@@ -511,8 +663,12 @@ class Engine:
         """Start `note`, at time `at` when given (see `_apply_ahead`: then False, with nothing done,
         unless the note is cached and a voice row is free with no steal needed)."""
         pi = self._chan_preset[ch]
+        if pi < 0:
+            return True                 # a silent channel (GM routing found no preset)
         p = self.presets[pi]
-        nk = self._note_key(pi, self.knobs[p.name], note, velocity)
+        if self.channels.soft[ch]:
+            velocity = self.channels.velocity(ch, velocity)
+        nk = self._note_key(pi, self._chan_key[ch], note, velocity)
         if nk is None:
             return True
         key, base = nk
@@ -563,9 +719,11 @@ class Engine:
             return True
         v = self.voices
         rows = v.select(ch, note, where=v.held)
+        c = self.channels
         if at is None:
             at = self.now
-        elif not self._sustain[ch] and len(rows) and ((v.slope[rows] != 0.0).any() or (v.env0[rows] != 1.0).any()):
+        elif c.sostenuto[ch] or (not c.sustain[ch] and len(rows) and (
+                (v.slope[rows] != 0.0).any() or (v.env0[rows] != 1.0).any())):
             return False
         if self._pending_start:
             self._pending_start.pop((ch, note), None)
@@ -575,7 +733,7 @@ class Engine:
             pi = int(v.preset[i])
             if self.presets[pi].is_drums:
                 continue  # drum hits play out, as on any GM kit
-            if self._sustain[ch]:
+            if c.sustain[ch] or (c.sostenuto[ch] and v.sost[i]):
                 v.sustain(i)
             else:
                 v.release(i, at, self._release_s[pi], self.sample_rate)
@@ -587,12 +745,32 @@ class Engine:
 
     def _cc(self, ch: int, cc: int, value: int) -> None:
         v = self.voices
+        c = self.channels
         if cc == 64:
-            on = value >= 64
-            if self._sustain[ch] and not on:
-                # Pedal up: every voice it held releases at once, in one vectorised step.
-                self._release_rows(v.select(ch, where=v.sustained))
-            self._sustain[ch] = on
+            self._sustain_pedal(ch, value >= 64)
+        elif cc == 66:
+            self._sostenuto_pedal(ch, value >= 64)
+        elif cc == 67:
+            c.soft[ch] = value >= 64
+        elif cc in _GAIN_CCS:
+            if cc == 7:
+                c.volume[ch] = value
+            elif cc == 11:
+                c.expression[ch] = value
+            elif cc == 10:
+                c.pan[ch] = value
+            elif cc == 91:
+                c.reverb[ch] = value
+            else:
+                c.chorus[ch] = value
+            self._regain(ch)
+        elif cc == 0:
+            c.bank_msb[ch] = value       # takes effect at the next program change, as GM asks
+        elif cc == 32:
+            c.bank_lsb[ch] = value
+        elif cc in (6, 38, 98, 99, 100, 101):
+            if c.data_entry(ch, cc, value):
+                self._apply_bend(ch)
         elif cc == 120:
             rows = v.select(ch)
             v.fade_out_rows(rows, self.now, SOUND_OFF_FADE_S, self.sample_rate)
@@ -604,11 +782,45 @@ class Engine:
             self._release_rows(v.select(ch, unless=(v.ghost, v.released)))
             self._pending_start = {k: e for k, e in self._pending_start.items() if k[0] != ch}
         elif cc == 121:
-            self._cc(ch, 64, 0)
-            self._apply("bend", (ch, 0))
-        else:
-            name = self.presets[self._chan_preset[ch]].name
-            self._set_knobkey(name, self.mappers[name].with_cc(self.knobs[name], cc, value), settle=True)
+            self._pedals_up(ch)
+            c.reset_controllers(ch)
+            self._apply_bend(ch)
+            self._regain(ch)
+        elif cc == MORPH_CC or cc == MORPH_TARGET_CC:
+            target, amount = self._morph[ch]
+            self._morph[ch] = (value, amount) if cc == MORPH_TARGET_CC else (target, value)
+            self._update_channel(ch, settle=True)
+        elif cc in self._knob_ccs:
+            c.knob_cc[ch][cc] = value
+            self._update_channel(ch, settle=True)
+
+    def _sustain_pedal(self, ch: int, on: bool) -> None:
+        c = self.channels
+        if c.sustain[ch] and not on:
+            # Pedal up: every voice it held releases at once, in one vectorised step; voices the
+            # sostenuto pedal latched stay while it is down.
+            v = self.voices
+            self._release_rows(v.select(ch, where=v.sustained, unless=(v.sost,) if c.sostenuto[ch] else ()))
+        c.sustain[ch] = on
+
+    def _sostenuto_pedal(self, ch: int, on: bool) -> None:
+        """CC66 down latches the notes whose keys are down now; up releases those already let go
+        (unless the sustain pedal holds them) and unlatches the rest."""
+        c = self.channels
+        v = self.voices
+        if on and not c.sostenuto[ch]:
+            v.sost[v.select(ch, where=v.held)] = True
+        elif c.sostenuto[ch] and not on:
+            rows = v.select(ch, where=v.sost).copy()
+            v.sost[rows] = False
+            if not c.sustain[ch]:
+                self._release_rows(rows[v.sustained[rows]])
+        c.sostenuto[ch] = on
+
+    def _pedals_up(self, ch: int) -> None:
+        self._sostenuto_pedal(ch, False)
+        self._sustain_pedal(ch, False)
+        self.channels.soft[ch] = False
 
     def _check_pending(self, frames: int) -> None:
         """Live: swap fallbacks for exact notes the worker has published since the last block.
@@ -673,6 +885,11 @@ class Engine:
         """
         if out is None:
             out = np.empty((frames, 2), np.float32)
+        sends = None
+        if self._send_ch:
+            if frames > len(self._sends):
+                self._sends = np.zeros((frames, self._send_ch), np.float32)
+            sends = self._sends[:frames]
         if self.realtime and (self._pending_xfade or self._pending_start):
             self._check_pending(frames)
         evs = self._carry
@@ -705,21 +922,27 @@ class Engine:
                 # `_apply_ahead`) does; anything else mixes up to its frame first.
                 if n not in skip and self._apply_ahead(kind, args, self.now + (f - cur)):
                     continue
-                self._mix(out[cur:f])
+                self._mix(out[cur:f], None if sends is None else sends[cur:f])
                 cur = f
             if n not in skip:
                 self._apply(kind, args)
             if kind == "cc" and self._fx_cc is not None:
                 self._fx_cc(args[1], args[2], ev[0])
         if cur < frames:
-            self._mix(out[cur:frames])
+            self._mix(out[cur:frames], None if sends is None else sends[cur:frames])
         self._reap()
         if out.size > len(self._limit_work):
             self._limit_work = np.empty(out.size, np.float32)
             self._limit_over = np.empty(out.size, bool)
+        nan0 = self.nan_blocks
         extremes = self._nan_guard(out)
         if self.fx is not None:
-            self.fx.process(out)
+            if sends is not None:
+                if self.nan_blocks != nan0:
+                    sends.fill(0.0)      # what broke the dry mix must not ring on in the reverb
+                self.fx.process(out, sends)
+            else:
+                self.fx.process(out)
             extremes = self._nan_guard(out)
         soft_limit(out, work=self._limit_work, over=self._limit_over, extremes=extremes)
         return out
@@ -753,12 +976,12 @@ class Engine:
                 if k in last_bend:
                     skip.add(last_bend[k])
                 last_bend[k] = n
-            elif kind == "cc" and args[1] not in _VOICE_CCS:
+            elif kind == "cc" and args[1] not in _VOICE_CCS and args[1] not in _ORDERED_CCS:
                 k = (args[0], args[1])
                 if k in last_cc:
                     skip.add(last_cc[k])
                 last_cc[k] = n
-            elif kind in ("on", "prog"):
+            elif kind in ("on", "prog", "reset"):
                 last_cc.clear()
         return skip
 
@@ -797,20 +1020,29 @@ class Engine:
             note, pi = self._last_skipped
             log.warning("%d note(s) could not be cached (cache full) and were skipped, the last note %d of preset "
                         "%s; raise cache_mb", skipped, note, self.presets[pi].name)
+        for pi, (_count, note) in list(self._transposed.items()):
+            if pi not in self._reported_transposed:
+                self._reported_transposed.add(pi)
+                lo, hi = self.presets[pi].pitch_range
+                log.info("preset %s plays notes %d-%d; note %d (and any other outside) is played transposed from "
+                         "the nearest one", self.presets[pi].name, lo, hi, note)
         if ignored > 0:
             program, ch = self._last_ignored
             log.debug("%d program change(s) with no preset mapped were ignored, the last program %d on channel %d",
                       ignored, program, ch + 1)
         return logged + (nan > 0) + (skipped > 0) + (ignored > 0)
 
-    def _mix(self, out: np.ndarray) -> None:
+    def _mix(self, out: np.ndarray, sends: np.ndarray | None = None) -> None:
         n = out.shape[0]
         s = 0
         v = self.voices
         while s < n:
             self._reap()
             e = min(n, s + v.frames_for(int(np.count_nonzero(v.active))))
-            v.mix(self.now, out[s:e])
+            if sends is None:
+                v.mix(self.now, out[s:e])
+            else:
+                v.mix(self.now, out[s:e], sends[s:e])
             self.now += e - s
             s = e
 
@@ -830,3 +1062,59 @@ class Engine:
                 "generated": self.worker.generated, "last_miss_ms": self.worker.last_miss_ms,
                 "last_prefill_s": self.worker.last_prefill_s, "providers": dict(self.providers),
                 "time_s": self.now / self.sample_rate}
+
+
+class _Simulation:
+    """What `Engine.prepare` needs of a file: the cache keys its note-ons will ask for, following
+    program changes (with bank select), knob and morph CCs and the soft pedal per channel."""
+
+    def __init__(self, engine: Engine):
+        self.e = engine
+        c = engine.channels
+        self.chan = list(engine._chan_preset)
+        self.timbre = list(engine._chan_timbre)
+        self.morph = list(engine._morph)
+        self.kcc = [dict(d) for d in c.knob_cc]
+        self.bank = [[m, ll] for m, ll in zip(c.bank_msb, c.bank_lsb, strict=True)]
+        self.soft = list(c.soft)
+        self.key = list(engine._chan_key)
+        self.keys: list = []
+
+    def _rekey(self, ch: int) -> None:
+        if self.chan[ch] >= 0:
+            self.key[ch] = self.e._key_for(self.chan[ch], self.timbre[ch], self.morph[ch], self.kcc[ch])
+
+    def event(self, kind: str, ch: int, a: int, b: int) -> None:
+        e = self.e
+        ch &= 15
+        if kind == "note_on":
+            if b > 0 and self.chan[ch] >= 0:
+                vel = min(127, int(b))
+                if self.soft[ch]:
+                    vel = soft_velocity(vel)
+                k = e._note_key(self.chan[ch], self.key[ch], a & 127, vel)
+                if k is not None:
+                    self.keys.append(k[0])
+        elif kind == "control_change":
+            if a in (0, 32):
+                self.bank[ch][a // 32] = b
+            elif a == 67 or a == 121:
+                self.soft[ch] = a == 67 and b >= 64
+            elif a in (MORPH_CC, MORPH_TARGET_CC):
+                t, m = self.morph[ch]
+                self.morph[ch] = (b, m) if a == MORPH_TARGET_CC else (t, b)
+                self._rekey(ch)
+            elif a in e._knob_ccs:
+                self.kcc[ch][a] = b
+                self._rekey(ch)
+        elif kind == "program_change":
+            r = e._route(ch, a & 127, *self.bank[ch])
+            if r is not None:
+                self.chan[ch], self.timbre[ch] = r
+                self._rekey(ch)
+        elif kind == "reset":
+            self.chan, self.timbre, self.key = e._power_on()
+            self.morph = [(None, 0)] * 16
+            self.kcc = [{} for _ in range(16)]
+            self.bank = [[0, 0] for _ in range(16)]
+            self.soft = [False] * 16

@@ -1,8 +1,8 @@
 """General MIDI: the 128 program names, the 16 families, and which installed preset plays which program.
 
 One table for everything that routes GM programs to presets: `synth bake --all` (the GM SoundFont)
-uses it now, and the engine's GM routing (program change → the installed preset of the program's
-family) is meant to reuse it.
+and the engine's GM routing (`synth.routing.Router`: program change → the installed preset of the
+program's family; `FALLBACK_FAMILIES` says where a family with no installed preset goes).
 
 A preset's own GM program is the program of the data it learned (`training.data["source program"]`
 / `["source bank"]` in its manifest, written by `trainer export` for SoundFont data), else a program
@@ -81,7 +81,51 @@ NAME_PROGRAMS: dict[str, int] = {
     "trumpet": 56, "horn": 60, "sax": 65, "oboe": 68, "clarinet": 71, "flute": 73, "lead": 80, "pad": 88,
 }
 
+# Where a program goes when no installed preset belongs to its family (`synth.routing`): for each
+# family, the other families in the order to try, nearest sound first. Sustained families (organ, winds,
+# pads, strings) try sustained ones before the piano, since a decaying piano cuts a held chord short;
+# struck and plucked ones try struck and plucked ones first. Strings and Ensemble are one routing
+# group, so naming either reaches both. Every list names all 15 other families, so a program always
+# finds an installed family when there is one. A judgement of similarity, not a measurement.
+FALLBACK_FAMILIES: tuple[tuple[int, ...], ...] = (
+    (1, 3, 13, 2, 14, 4, 11, 5, 6, 7, 8, 9, 10, 12, 15),     # Piano: mallets, guitars, ethnic plucks
+    (0, 14, 13, 3, 15, 4, 11, 12, 2, 5, 6, 9, 8, 7, 10),     # Chromatic Percussion: piano, percussive
+    (8, 9, 11, 10, 7, 6, 5, 0, 1, 13, 3, 4, 12, 14, 15),     # Organ: reeds (accordion), pipes, pads
+    (13, 0, 4, 1, 5, 6, 14, 2, 11, 10, 8, 9, 7, 12, 15),     # Guitar: sitar and banjo, piano, bass
+    (3, 0, 5, 6, 13, 1, 14, 10, 11, 2, 7, 8, 9, 12, 15),     # Bass: guitar, piano (plucked, decaying), strings
+    (6, 11, 7, 8, 9, 2, 10, 0, 1, 3, 13, 4, 12, 14, 15),     # Strings: ensemble, pads, brass
+    (5, 11, 7, 2, 8, 9, 10, 0, 1, 3, 13, 4, 12, 14, 15),     # Ensemble: strings, pads, brass
+    (8, 6, 5, 10, 2, 9, 11, 0, 1, 3, 13, 4, 12, 14, 15),     # Brass: reeds, ensemble, leads
+    (9, 7, 2, 10, 6, 5, 11, 0, 13, 1, 3, 4, 12, 14, 15),     # Reed: pipes, brass, organ
+    (8, 2, 10, 6, 5, 11, 7, 13, 0, 1, 3, 4, 12, 14, 15),     # Pipe: reeds, organ, leads
+    (11, 2, 8, 7, 9, 6, 5, 0, 3, 4, 1, 13, 12, 14, 15),      # Synth Lead: pads, organ, winds
+    (6, 5, 2, 10, 12, 7, 8, 9, 0, 1, 3, 13, 4, 14, 15),      # Synth Pad: ensemble, strings, organ
+    (11, 10, 6, 5, 1, 15, 2, 0, 14, 13, 3, 4, 7, 8, 9),      # Synth Effects: pads, leads, strings
+    (3, 0, 1, 9, 8, 5, 6, 14, 4, 2, 7, 10, 11, 12, 15),      # Ethnic: plucked strings: guitar, piano, mallets
+    (1, 13, 0, 3, 4, 15, 12, 5, 6, 2, 7, 8, 9, 10, 11),      # Percussive: mallets, ethnic, piano
+    (12, 14, 11, 1, 10, 6, 5, 0, 2, 3, 4, 7, 8, 9, 13),      # Sound Effects: synth effects, percussive
+)
+
+# Programs whose family is mixed try these families first, then their family's list above.
+PROGRAM_FALLBACKS: dict[int, tuple[int, ...]] = {
+    108: (1,),            # Kalimba: struck, a mallet sound
+    109: (8, 9, 2),       # Bag pipe: a reed drone
+    110: (5, 6),          # Fiddle: a violin
+    111: (8, 9),          # Shanai: a double reed
+    120: (3,),            # Guitar Fret Noise
+    121: (9, 8),          # Breath Noise: a flute's breath
+}
+
+
+def fallback_families(program: int) -> tuple[int, ...]:
+    """The families `program` tries, in order, when no installed preset belongs to its own."""
+    own = family_of(program)
+    order = (*PROGRAM_FALLBACKS.get(program, ()), *FALLBACK_FAMILIES[own])
+    return tuple(dict.fromkeys(f for f in order if f != own))
+
+
 assert len(PROGRAMS) == 128 and len(FAMILIES) == 16
+assert all(sorted(f for f in FALLBACK_FAMILIES[i]) == [f for f in range(16) if f != i] for i in range(16))
 
 
 def family_of(program: int) -> int:
@@ -142,6 +186,27 @@ def routing(presets) -> dict[tuple[int, int], str]:
 def unrouted(presets) -> list[str]:
     """Names of presets `routing` cannot place (a pitched preset with no known GM program)."""
     return [p.name for p in presets if not p.is_drums and preset_program(p) is None]
+
+
+# GS/GM2 drum kit programs (bank 128 in a SoundFont; the program change on channel 10 picks the kit).
+DRUM_KITS: dict[int, str] = {0: "Standard Kit", 8: "Room Kit", 16: "Power Kit", 24: "Electronic Kit",
+                             25: "TR-808 Kit", 32: "Jazz Kit", 40: "Brush Kit", 48: "Orchestra Kit", 56: "SFX Kit"}
+
+
+def kit_program(preset) -> int:
+    """The bank-128 program of a drum-kit `Preset`: from its training data (`source program` with
+    `source bank` 128), else 0, the Standard Kit."""
+    data = preset.training.get("data") if isinstance(preset.training, dict) else None
+    if isinstance(data, dict):
+        prog, bank = data.get("source program"), data.get("source bank")
+        if isinstance(prog, int) and not isinstance(prog, bool) and 0 <= prog <= 127 and bank == DRUM_BANK:
+            return prog
+    return 0
+
+
+def kit_label(program: int) -> str:
+    """A drum kit program's name (`DRUM_KITS`), or "Kit N" for a program no GS kit uses."""
+    return DRUM_KITS.get(program, f"Kit {program}")
 
 
 def program_label(bank: int, program: int) -> str:

@@ -10,6 +10,13 @@ Engine knobs (`kind` "tune" and "decay", see `synth.preset`) do not move the lat
 the cached notes (the worker fades each note it caches: `decay_envelope`), so it is part of the cache
 key; "tune" only changes the rate the voices play at, so `split` takes it out of the cache key: a
 tune move plays the cached notes faster or slower at once and generates nothing.
+
+Family presets (manifest `timbres`) add three entries to the state: the channel's timbre, a morph
+target timbre and the morph amount (CC value 0..127). Their latent is the morph between the two
+timbres' points, moved by the knobs relative to their defaults, so a program change plays its
+timbre exactly and the knobs move away from it along the family's main axes:
+
+    latent = lerp(timbre_a, timbre_b, morph/127) + Σ_k (offset_k(cc_k) − offset_k(default_k)) · direction_k
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import numpy as np
 from synth.errors import UserError
 from synth.preset import Preset
 
-# The CCs a player expects on a keyboard's knobs; presets put their knobs on these.
-DEFAULT_KNOB_CCS = (1, 74, 71, 76)
+# The CCs a player expects on a keyboard's knobs; presets put their knobs on these. Not CC1: GM
+# files move the mod wheel for vibrato, and a knob there would regenerate keyboards mid-piece.
+DEFAULT_KNOB_CCS = (70, 74, 71, 76)
+MORPH_CC = 16            # General Purpose 1: morph amount toward the target timbre (family presets)
+MORPH_TARGET_CC = 17     # General Purpose 2: the target timbre, by GM program number
 
 KnobKey = tuple[int, ...]
 
@@ -68,6 +78,11 @@ class LatentMapper:
         self._lo = np.asarray([k.range[0] for k in lat], np.float64)
         self._hi = np.asarray([k.range[1] for k in lat], np.float64)
         self._n = len(knobs)
+        self.timbres = np.asarray([t.latent for t in preset.timbres], np.float64).reshape(-1, preset.latent_size)
+        if len(self.timbres):
+            t0 = int(np.argmin(np.linalg.norm(self.timbres - self._default, axis=1)))
+            self.default_key = self.default_key + (t0, t0, 0)
+            self._zero = np.asarray([k.offset(k.default) for k in lat], np.float64)
         kinds = [k.kind for k in knobs]
         self.tune_index = kinds.index("tune") if "tune" in kinds else None
         self.decay_index = kinds.index("decay") if "decay" in kinds else None
@@ -92,13 +107,31 @@ class LatentMapper:
 
     def latent(self, key: KnobKey) -> np.ndarray:
         """float32[Z] latent for knob state `key` (CC values 0..127 in knob order)."""
-        if len(key) != self._n:
-            raise ValueError(f"knob state has {len(key)} values, preset {self.preset.name!r} has {self._n} knobs")
+        if len(key) != len(self.default_key):
+            raise ValueError(f"knob state has {len(key)} values, preset {self.preset.name!r} has {self._n} knobs"
+                             + (" and a timbre, a morph target and a morph amount" if len(self.timbres) else ""))
+        base = self._default
+        if len(self.timbres):
+            ta, tb, m = key[self._n:]
+            base = self.timbres[ta] + (self.timbres[tb] - self.timbres[ta]) * (m / 127.0)
         if not self._latent_idx:
-            return self._default.astype(np.float32)
+            return base.astype(np.float32)
         cc = np.asarray([key[i] for i in self._latent_idx], np.float64) / 127.0
         offs = self._lo + (self._hi - self._lo) * cc
-        return (self._default + offs @ self._dirs).astype(np.float32)
+        if len(self.timbres):
+            offs = offs - self._zero
+        return (base + offs @ self._dirs).astype(np.float32)
+
+    def with_timbre(self, key: KnobKey, timbre: int | None, target: int | None = None,
+                    morph: int | None = None) -> KnobKey:
+        """The state with the timbre (and the morph target and amount) replaced; family presets only."""
+        if not len(self.timbres):
+            return key
+        ta, tb, m = key[self._n:]
+        ta = ta if timbre is None else int(timbre)
+        tb = tb if target is None else int(target)
+        m = m if morph is None else min(127, max(0, int(morph)))
+        return key[:self._n] + (ta, tb, m)
 
     def split(self, key: KnobKey) -> tuple[KnobKey, float]:
         """(cache key, playback rate factor) of knob state `key`: the tune knob leaves the cache key

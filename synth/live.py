@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 
 # -- command line ----------------------------------------------------------------------------------
-DEFAULT_PRESET = "piano"   # as for `render`
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -64,11 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Play live: MIDI from every input port plus a virtual port 'neural-synth', audio through "
         "sounddevice. Ctrl-C stops."))
     p.add_argument("--preset", action="append", default=None, metavar="NAME",
-                   help=f"preset name; repeat for more (program change N selects the N-th) (default: "
-                        f"{DEFAULT_PRESET}); `python -m synth presets` lists them")
+                   help="preset name; repeat for more (default: General MIDI, every installed preset); program "
+                        "changes are routed to the loaded presets by GM family, as in `render`; "
+                        "`python -m synth presets` lists them")
     p.add_argument("--preset-dir", action="append", default=[], metavar="DIR", help="extra folder of presets")
     add_output_args(p)
     p.add_argument("--cache-mb", type=float, default=None, help="note cache size in MB (engine default)")
+    from synth.diskcache import HELP
+
+    p.add_argument("--disk-cache", default=None, metavar="DIR|off", help=HELP)
     p.add_argument("--polyphony", type=int, default=None,
                    help="voices playing at most; beyond it the oldest released voice is stolen (default 256)")
     p.add_argument("--knob", action="append", default=[], metavar="CC=V",
@@ -76,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "value); the CC must be one of the presets' knobs; repeatable")
     p.add_argument("--gain", default=None, metavar="DB", help="master gain change in dB, -60..24 (default 0)")
     p.add_argument("--program-map", default=None, metavar="P=NAME,...",
-                   help="MIDI program -> preset, e.g. 0=piano,48=strings (default: program N = N-th --preset)")
+                   help="MIDI program -> preset, e.g. 0=piano,48=strings, over the GM routing")
+    p.add_argument("--drums", default=None, metavar="NAME",
+                   help="drum-kit preset for MIDI channel 10 (default: the kit of its program, else the first kit)")
     p.add_argument("--fx", default=None, metavar="LIST",
                    help="effects, e.g. reverb,chorus or reverb=0.4,filter (default: none)")
     p.add_argument("--velocity-curve", type=float, default=1.0,
@@ -273,13 +278,24 @@ def _default_engine_factory(**kw):
 
 
 def make_engine(args, out: Output, presets: list, program_map: dict, knobs: list,
-                engine_factory: Callable | None = None):
-    """The live engine at the output's rate and block size, with the program map and knob positions."""
+                engine_factory: Callable | None = None, router=None):
+    """The live engine at the output's rate and block size, with the GM routing (`router`, a
+    `synth.routing.Router` over `presets`; else `program_map`) and knob positions."""
     kw = dict(sample_rate=out.sample_rate, blocksize=out.blocksize, presets=presets, realtime=True)
+    if router is not None:
+        from synth.render import engine_routing
+
+        kw.update(engine_routing(_engine_class() if engine_factory is None else engine_factory, router))
+        program_map = kw.pop("program_map", None)
     if args.cache_mb is not None:
         kw["cache_mb"] = args.cache_mb
     if args.polyphony is not None:
         kw["polyphony"] = args.polyphony
+    factory = engine_factory or _default_engine_factory
+    if _takes(factory, "disk_cache"):
+        from synth.diskcache import parse_option
+
+        kw["disk_cache"] = parse_option(getattr(args, "disk_cache", "off"))   # a hand-made args: none
     if args.fx is not None:
         from synth.fx import parse_fx
 
@@ -289,7 +305,7 @@ def make_engine(args, out: Output, presets: list, program_map: dict, knobs: list
         from synth.render import master_gain
 
         kw["master_gain"] = master_gain(args.gain)
-    engine = (engine_factory or _default_engine_factory)(**kw)
+    engine = factory(**kw)
     if program_map and hasattr(engine, "set_program_map"):
         engine.set_program_map(program_map)
     for cc, v in knobs:
@@ -492,6 +508,28 @@ class Session:
         return abandoned
 
 
+def _takes(factory, name: str) -> bool:
+    """Whether `factory` (the engine, or a test's stand-in) accepts keyword `name`."""
+    import inspect
+
+    if factory is _default_engine_factory:
+        return True
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _engine_class():
+    """`synth.engine.Engine`, or None when it cannot be imported (the factory then says why)."""
+    try:
+        from synth.engine import Engine
+    except ImportError:
+        return None
+    return Engine
+
+
 def stopped_line(summary: dict) -> str:
     """The last line: why it stopped and the scalar counters. Panic counts only when there was one (a
     clean stop fades out without a panic)."""
@@ -500,35 +538,33 @@ def stopped_line(summary: dict) -> str:
         f"{k}={v}" for k, v in summary.items() if k not in skip and not isinstance(v, (dict, list)))
 
 
-def default_preset(preset_dirs: list[str]) -> str:
-    """The preset `play` uses without --preset (piano, as for `render`), or a `UserError` listing what
-    is installed."""
-    from synth.preset import available_presets
+def load_presets(args, program_map: dict, log: Callable[[str], None]) -> list:
+    """The presets `play` loads: `--preset`s (with the program map's and --drums), else every installed
+    preset (General MIDI: any program finds its family; a broken preset is skipped with a line)."""
+    from synth.preset import find_preset
+    from synth.render import installed_presets
 
-    known = available_presets(preset_dirs)
-    if DEFAULT_PRESET not in known:
-        raise UserError(f"no preset named {DEFAULT_PRESET!r} is installed, and play uses it when --preset is "
-                        f"not given; installed presets: {', '.join(sorted(known)) or 'none'}; pass --preset NAME "
-                        "(`python -m synth presets` shows where presets are looked for)")
-    return DEFAULT_PRESET
+    if args.preset:
+        extra = [*program_map.values(), *([args.drums] if args.drums else [])]
+        return [find_preset(n, args.preset_dir) for n in dict.fromkeys([*args.preset, *extra])]
+    return installed_presets(program_map, args.drums, args.preset_dir, log)
 
 
 def main(argv: list[str], engine_factory: Callable | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_ranges(args)
     from synth.engine import single_thread_blas
-    from synth.preset import find_preset
-    from synth.render import check_knobs, parse_knobs, parse_program_map
+    from synth.render import check_knobs, parse_knobs, parse_program_map, routed
 
     knobs = parse_knobs(args.knob)
     nice_note = raise_priority(args.nice)   # before any thread starts: new threads inherit it
     single_thread_blas()   # the mix's matrix product never waits for BLAS helper threads
     program_map = parse_program_map(args.program_map)
-    names = list(dict.fromkeys((args.preset or [default_preset(args.preset_dir)]) + list(program_map.values())))
-    presets = [find_preset(n, args.preset_dir) for n in names]
-    check_knobs(knobs, presets)
     status = StatusLine(args.status_interval)
+    router = routed(load_presets(args, program_map, status.log), program_map, args.drums)
+    presets = router.presets
+    check_knobs(knobs, presets)
     out = choose_output(args, status.log)
-    engine = make_engine(args, out, presets, program_map, knobs, engine_factory)
+    engine = make_engine(args, out, presets, program_map, knobs, engine_factory, router)
     session = Session(args, out, engine, presets[0].name, status)
     return session.run([nice_note] if nice_note else [])

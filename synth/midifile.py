@@ -5,9 +5,12 @@ by time (ties keep file order: track by track, then position in the track). Time
 the start of the file (float64), converted through the tempo map, which type-1 files may spread
 over any track. `MidiEvents.frames(sample_rate)` gives sample frames.
 
-Kept: note on/off (a note-on with velocity 0 is a note-off), control change (sustain, knobs, ...),
-program change and pitch bend, on all 16 channels. Dropped: sysex, aftertouch, and meta events
-other than tempo.
+Kept: note on/off (a note-on with velocity 0 is a note-off), control change (sustain, knobs, bank
+select CC 0/32, ...), program change and pitch bend, on all 16 channels, and the four system resets
+a GM file may start with (`SYSRESET`, `a` = `RESET_GM`, `RESET_GM2`, `RESET_GS` or `RESET_XG`,
+channel 0): GM System On (F0 7E <dev> 09 01 F7), GM2 System On (09 03), GS Reset (F0 41 <dev> 42 12
+40 00 7F 00 41 F7; GS mode off, data 7F, resets into GM as in FluidSynth) and XG System On (F0 43 1<n> 4C 00 00 7E 00 F7). Dropped: other sysex, aftertouch,
+and meta events other than tempo.
 
 Limits, so that a hostile or absurd file is refused clearly instead of eating the machine:
 `MAX_FILE_BYTES` (4 MiB; a dense 5-minute piece is about 50 KB) and `MAX_EVENTS` (2,000,000 kept
@@ -32,8 +35,9 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_EVENTS = 2_000_000
 MAX_TRACKS = 65535
 
-NOTE_ON, NOTE_OFF, CONTROL, PROGRAM, PITCHBEND = 0, 1, 2, 3, 4
-KIND_NAMES = ("note_on", "note_off", "control_change", "program_change", "pitchwheel")
+NOTE_ON, NOTE_OFF, CONTROL, PROGRAM, PITCHBEND, SYSRESET = 0, 1, 2, 3, 4, 5
+KIND_NAMES = ("note_on", "note_off", "control_change", "program_change", "pitchwheel", "system_reset")
+RESET_GM, RESET_GM2, RESET_GS, RESET_XG = 1, 2, 3, 4
 DEFAULT_TEMPO = 500_000  # microseconds per quarter note (120 BPM), the SMF default
 
 
@@ -43,9 +47,9 @@ class MidiEvents:
 
     Arrays, all of length E:
       time     float64[E] seconds from the start of the file
-      kind     uint8[E]   NOTE_ON, NOTE_OFF, CONTROL, PROGRAM or PITCHBEND
-      channel  uint8[E]   0..15
-      a        int16[E]   note, controller, program, or pitch bend value (-8192..8191)
+      kind     uint8[E]   NOTE_ON, NOTE_OFF, CONTROL, PROGRAM, PITCHBEND or SYSRESET
+      channel  uint8[E]   0..15 (0 for SYSRESET)
+      a        int16[E]   note, controller, program, pitch bend value (-8192..8191), or the reset (RESET_*)
       b        int16[E]   velocity (1..127 for NOTE_ON, release velocity for NOTE_OFF), CC value, else 0
     `end_time` is the end of the file in seconds (the last event or end-of-track marker).
     """
@@ -207,6 +211,16 @@ def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
                 kd.append(PITCHBEND)
                 va.append(msg.pitch)
                 vb.append(0)
+            elif t == "sysex":
+                reset = system_reset(msg.data)
+                if not reset:
+                    continue
+                kd.append(SYSRESET)
+                va.append(reset)
+                vb.append(0)
+                tk.append(tick)
+                ch.append(0)
+                continue
             elif t == "set_tempo":
                 tempo_ticks.append(tick)
                 tempos.append(msg.tempo)
@@ -241,6 +255,21 @@ def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
     return MidiEvents(path=where, midi_type=fmt, time=time,
                       kind=np.concatenate(kinds)[order], channel=np.concatenate(chans)[order],
                       a=np.concatenate(aa)[order], b=np.concatenate(bb)[order], end_time=end_time)
+
+
+def system_reset(data) -> int:
+    """RESET_GM, RESET_GM2, RESET_GS or RESET_XG for a system-reset sysex (its bytes without F0/F7, as
+    mido's `msg.data`), else 0. Any device ID, as FluidSynth accepts; a GS Reset's checksum is checked."""
+    d = tuple(data)
+    if len(d) == 4 and d[0] == 0x7E and d[2:] in ((0x09, 0x01), (0x09, 0x03)):
+        return RESET_GM if d[3] == 0x01 else RESET_GM2
+    if len(d) == 9 and d[0] == 0x41 and d[2:] == (0x42, 0x12, 0x40, 0x00, 0x7F, 0x00, 0x41):
+        return RESET_GS
+    if len(d) == 9 and d[0] == 0x41 and d[2:] == (0x42, 0x12, 0x40, 0x00, 0x7F, 0x7F, 0x42):
+        return RESET_GM       # GS mode off: FluidSynth resets into GM mode
+    if len(d) == 7 and d[0] == 0x43 and d[1] & 0xF0 == 0x10 and d[2:] == (0x4C, 0x00, 0x00, 0x7E, 0x00):
+        return RESET_XG
+    return 0
 
 
 def _ticks_to_seconds(ticks: np.ndarray, tempo_ticks: list[int], tempos: list[int], tpq: int) -> np.ndarray:

@@ -28,7 +28,10 @@ Schema (version 1), all keys required unless marked optional:
                      "decay": CC 127 leaves the notes as generated, lower values fade each note (after
                      its first 5 ms) to -60 dB in T60 = lo * (hi / lo) ** (cc / 126) seconds (0.01 <= lo
                      < hi <= 60); the worker applies it as it caches the notes.
-    release_seconds  float >= 0, the release envelope after note-off
+    release_seconds  float >= 0 (at most 30), the release after note-off: the time it takes to fall
+                     RELEASE_DB (30 dB), the fall `trainer export` measures in the data. The release
+                     falls linearly in dB, as a sampler's and a real instrument's do (100 dB in
+                     10/3 x release_seconds: SF2 releaseVolEnv, SFZ ampeg_release), and ends there
     sustain          {"mode": "oneshot" | "loop", "loop_end_seconds": float}  "loop": the engine loops
                      the note's sustain portion, crossfaded, for as long as the key is held (optional,
                      default oneshot). loop_end_seconds (optional): where the sustain ends in the
@@ -67,6 +70,7 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LATENT = 4096
 MAX_KNOBS = 32
 MAX_TIMBRES = 256
+RELEASE_DB = 30.0     # release_seconds is the time the release takes to fall this far
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 REPO_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 

@@ -1,4 +1,10 @@
-"""`python -m synth render IN.mid -o OUT.wav --preset piano`: offline MIDI -> WAV/FLAC.
+"""`python -m synth render IN.mid -o OUT.wav`: offline MIDI -> WAV/FLAC.
+
+General MIDI by default, as FluidSynth plays a GM file: the file is scanned for its program changes,
+bank selects and channel-10 notes, and only the installed presets they route to are loaded
+(`synth.routing`); `--preset` names the loaded set instead (routed among themselves), and
+`--program-map` / `--drums` override. The routing table (one line per channel and program played,
+with every fallback) is printed to stderr before rendering.
 
 The same `Engine` as live playing, with `realtime=False`, so a missing note is generated on the
 spot and the output is deterministic. What makes it fast:
@@ -45,6 +51,7 @@ TAIL_WINDOW = 2048          # frames per silence check in the tail (independent 
 SILENCE = 1e-4              # -80 dBFS
 MAX_TAIL_SECONDS = 30.0
 MAX_SECONDS = 4 * 3600.0    # longest file we render; a longer one is almost surely a broken tempo map
+MAX_TABLE = 100             # routing table lines printed (a real GM file uses a few dozen routes at most)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -60,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN.mid", help="Standard MIDI File")
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output file: .wav or .flac")
     p.add_argument("--preset", action="append", default=None, metavar="NAME",
-                   help="preset (default: piano); repeat for more: the first plays on every channel, program "
-                        "change N selects the N-th (or see --program-map); `python -m synth presets` lists them")
+                   help="preset; repeat for more (default: General MIDI, the installed presets the file's "
+                        "programs need); programs are routed to the loaded presets by GM family, with the nearest "
+                        "family when one is missing; `python -m synth presets` lists them")
     p.add_argument("--preset-dir", action="append", default=[], metavar="DIR",
                    help="extra folder of presets (repeatable; also SYNTH_PRESET_PATH)")
     p.add_argument("--sample-rate", default="48000", metavar="HZ", help="output rate, 8000..192000 (default 48000)")
@@ -77,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale the whole file before writing: peak[:DBFS] (default -1 dBFS) or lufs[:TARGET] "
                         "(ITU-R BS.1770 integrated loudness, default -16 LUFS)")
     p.add_argument("--program-map", default=None, metavar="P=NAME,...",
-                   help="GM program -> preset, e.g. 0=piano,48=strings (default: program N = N-th --preset)")
+                   help="GM program -> preset, e.g. 0=piano,48=strings, over the GM routing")
     p.add_argument("--drums", default=None, metavar="NAME",
-                   help="drum-kit preset for MIDI channel 10 (default: channel 10 plays --preset)")
+                   help="drum-kit preset for MIDI channel 10 (default: the kit of its program, else the first "
+                        "kit; silent without one, as in FluidSynth)")
     p.add_argument("--blocksize", default=str(DEFAULT_BLOCKSIZE), metavar="N",
                    help=f"frames per engine call, 1..{MAX_BLOCKSIZE} (default {DEFAULT_BLOCKSIZE}); "
                         f"does not change the output")
@@ -89,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show a progress bar even when stderr is not a terminal")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    p.add_argument("-q", "--quiet", action="store_true", help="no routing table, no summary line")
+    from synth.diskcache import HELP
+
+    p.add_argument("--disk-cache", default=None, metavar="DIR|off", help=HELP)
     return p
 
 
@@ -151,7 +163,7 @@ def parse_knobs(items: list[str], flag: str = "--knob") -> list[tuple[int, int]]
 
 
 def describe_knobs(preset) -> str:
-    """`CC 1 timbre, CC 74 brightness` (or `none`): a preset's knobs for an error message."""
+    """`CC 70 timbre, CC 74 brightness` (or `none`): a preset's knobs for an error message."""
     return ", ".join(f"CC {k.cc} {k.name}" for k in preset.knobs) or "none"
 
 
@@ -248,6 +260,11 @@ def check_output(out: Path, inp: Path, fmt: str) -> str:
         raise UserError(f"{out}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{out}: folder {parent} is not writable; choose another output path")
+    try:   # before any work or output (os.access says yes to root, even in /proc)
+        with tempfile.TemporaryFile(dir=parent, prefix=".render-"):
+            pass
+    except OSError:
+        raise UserError(f"{out}: cannot create a file in {parent}; choose a writable output path") from None
     return container
 
 
@@ -264,10 +281,11 @@ class RenderResult:
     notes_prepared: int | None = None
     normalize_gain_db: float | None = None   # what --normalize applied
     clipped: int = 0                          # samples --normalize pushed past full scale (clipped)
+    routing: list[str] | None = None          # the routing table (`Router.describe` of the notes played)
 
 
 def _dispatch(engine, kind, ch, a, b, frame) -> None:
-    from synth.midifile import CONTROL, NOTE_OFF, NOTE_ON, PITCHBEND, PROGRAM
+    from synth.midifile import CONTROL, NOTE_OFF, NOTE_ON, PITCHBEND, PROGRAM, SYSRESET
 
     if kind == NOTE_ON:
         engine.note_on(ch, a, b, frame=frame)
@@ -279,6 +297,10 @@ def _dispatch(engine, kind, ch, a, b, frame) -> None:
         engine.program_change(ch, a, frame=frame)
     elif kind == PITCHBEND:
         engine.pitch_bend(ch, a, frame=frame)
+    elif kind == SYSRESET:
+        reset = getattr(engine, "system_reset", None)   # GM/GM2/GS/XG System On (an engine without it ignores them)
+        if reset is not None:
+            reset(frame=frame, kind=a)
 
 
 class _Sink:
@@ -455,6 +477,81 @@ def _load_presets(preset, program_map: dict, drums: str | None, preset_dirs) -> 
     return presets
 
 
+def _router(preset, program_map: dict, drums: str | None, preset_dirs, midi_events, report):
+    """The render's `Router`: over `preset` (names), or, for None, over the installed presets the file
+    (`midi_events()`, waited for) routes its notes to."""
+    from synth.routing import scan_uses
+
+    if preset is None:   # General MIDI: the file says which presets it needs
+        presets = needed_presets(installed_presets(program_map, drums, preset_dirs, report), program_map,
+                                 drums, scan_uses(midi_events()))
+    else:
+        presets = _load_presets(preset, program_map, drums, preset_dirs)
+    return routed(presets, program_map, drums)
+
+
+def installed_presets(program_map: dict, drums: str | None, preset_dirs, report=None) -> list:
+    """Every installed preset (manifests only: no ONNX session yet), in search-path order, for GM
+    routing. A preset the program map or `drums` names must load (one-line error otherwise); another
+    broken one is skipped and `report`ed, as `python -m synth presets` lists it."""
+    from synth.errors import PresetError
+    from synth.preset import available_presets, find_preset, load_preset_dir
+
+    for name in [*program_map.values(), *([drums] if drums is not None else [])]:
+        find_preset(name, list(preset_dirs))
+    out = []
+    for name, folder in available_presets(list(preset_dirs)).items():
+        try:
+            out.append(load_preset_dir(folder))
+        except PresetError as e:
+            if report is not None:
+                report(f"skipped preset {name}: {e}")
+    if not out:
+        raise UserError("no presets are installed; pass --preset-dir DIR or set SYNTH_PRESET_PATH "
+                        "(`python -m synth presets` shows where presets are looked for)")
+    return out
+
+
+def needed_presets(installed: list, program_map: dict, drums: str | None, uses) -> list:
+    """The presets of `installed` that GM routing sends `uses` ((channel, bank, lsb, program) tuples,
+    `synth.routing.scan_uses`) to, plus the default pitched preset, the program map's and the kit."""
+    from synth.routing import Router
+
+    keep = Router(installed, program_map, drums).presets_for(uses)
+    return [p for i, p in enumerate(installed) if i in keep]
+
+
+def routed(presets: list, program_map: dict, drums: str | None):
+    """The `synth.routing.Router` over `presets` put in engine order: the preset channels start on
+    first, then the default kit (an engine without a router plays both by position)."""
+    from synth.routing import Router
+
+    r = Router(presets, program_map, drums)
+    first, kit = r.default(0), r.kit()
+    front = list(dict.fromkeys(i for i in (first.preset if first else None, kit) if i is not None))
+    order = front + [i for i in range(len(presets)) if i not in front]
+    return r if order == list(range(len(presets))) else Router([presets[i] for i in order], program_map, drums)
+
+
+def engine_routing(engine_cls, router) -> dict:
+    """Engine keyword arguments for `router`: `presets` and `router=` when the engine (or factory) takes one
+    (or any keyword), else the bank-0 routing as a `program_map` (no banks or timbres; channel 10 then
+    plays the first kit)."""
+    import inspect
+
+    try:
+        params = inspect.signature(engine_cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes = "router" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kw: dict = {"presets": router.presets}
+    if takes:
+        kw["router"] = router
+    else:
+        kw["program_map"] = router.program_map()
+    return kw
+
+
 class _RawSink:
     """A file object taking float32 blocks as raw bytes: the render's intermediate for --normalize."""
 
@@ -556,17 +653,19 @@ def _write(engine, events, out: Path, container: str, fmt: str, sample_rate: int
     return sink, gain, clipped
 
 
-def render_file(input_path, output_path, preset="piano", preset_dirs=(), sample_rate: int = 48000,
+def render_file(input_path, output_path, preset=None, preset_dirs=(), sample_rate: int = 48000,
                 fmt: str = "pcm16", knobs=(), program_map=None, blocksize: int = DEFAULT_BLOCKSIZE,
                 fx: str | None = None, progress: bool | None = None, drums: str | None = None,
                 engine_kw: dict | None = None, gain_db: float | None = None,
-                normalize: tuple[str, float] | None = None) -> RenderResult:
+                normalize: tuple[str, float] | None = None, report=None) -> RenderResult:
     """Render MIDI file `input_path` to `output_path` (.wav/.flac). Raises `UserError` on bad input.
 
-    `preset`: a name or a list of names (the first plays on every channel; program change N selects
-    the N-th unless `program_map` says otherwise). `knobs`: [(cc, value 0..127)], each a knob of some
-    loaded preset. `gain_db`: master gain change. `normalize`: ("peak", dBFS) or ("lufs", LUFS),
-    applied to the whole file before it is written."""
+    `preset`: None (General MIDI: the installed presets the file's programs, banks and channel 10
+    need, `synth.routing`), or a name or list of names, routed among themselves by GM family.
+    `program_map` {program: name} and `drums` (channel 10's kit) override the routing. `knobs`:
+    [(cc, value 0..127)], each a knob of some loaded preset. `gain_db`: master gain change.
+    `normalize`: ("peak", dBFS) or ("lufs", LUFS), applied to the whole file before it is written.
+    `report`: called with each line of the routing table (and each installed preset skipped)."""
     from synth.midifile import read_midi
 
     t0 = time.perf_counter()
@@ -599,14 +698,13 @@ def render_file(input_path, output_path, preset="piano", preset_dirs=(), sample_
     try:
         program_map = dict(program_map or {})
         from synth.engine import Engine
+        from synth.routing import scan_uses
 
-        kw = dict(sample_rate=sample_rate, blocksize=blocksize, realtime=False,
-                  presets=_load_presets(preset, program_map, drums, preset_dirs))
+        router = _router(preset, program_map, drums, preset_dirs, midi_events, report)
+        kw = dict(sample_rate=sample_rate, blocksize=blocksize, realtime=False, **engine_routing(Engine, router))
         check_knobs(list(knobs), kw["presets"])
         if gain_db is not None:
             kw["master_gain"] = master_gain(gain_db)
-        if program_map:
-            kw["program_map"] = program_map
         if fx:
             from synth.fx import parse_fx
 
@@ -625,6 +723,11 @@ def render_file(input_path, output_path, preset="piano", preset_dirs=(), sample_
         if events.end_time > MAX_SECONDS:
             raise UserError(f"{inp}: the file lasts {events.end_time / 3600:.1f} hours, over the {MAX_SECONDS / 3600:.0f}"
                             f"-hour render limit; its tempo map or timing is probably broken")
+        table = router.describe(scan_uses(events))
+        for line in table[:MAX_TABLE] if report is not None else ():
+            report(f"routing: {line}")
+        if report is not None and len(table) > MAX_TABLE:
+            report(f"routing: ... {len(table) - MAX_TABLE} more (channel, bank, program) routes")
         for cc, v in knobs:
             engine.set_knob(cc, v)   # every preset's knob, as `play` does; no CC reaches a channel
         t_prep = time.perf_counter()
@@ -644,7 +747,7 @@ def render_file(input_path, output_path, preset="piano", preset_dirs=(), sample_
             kw["fx"].close()  # frees its pyo server now rather than at garbage collection
     return RenderResult(path=out, sample_rate=sample_rate, frames=sink.frames, notes=events.note_count(),
                         peak=sink.peak, seconds_prepare=t_prep, seconds_total=time.perf_counter() - t0,
-                        notes_prepared=n_prep,
+                        notes_prepared=n_prep, routing=table,
                         normalize_gain_db=20 * math.log10(norm_gain) if normalize is not None else None,
                         clipped=clipped)
 
@@ -655,15 +758,20 @@ def main(argv: list[str]) -> int:
     bs = parse_int(args.blocksize, "--blocksize", 1, MAX_BLOCKSIZE, f"choose 1..{MAX_BLOCKSIZE} frames")
     gain_db = parse_gain(args.gain) if args.gain is not None else None
     normalize = parse_normalize(args.normalize)
+    from synth.diskcache import parse_option
+
+    disk_cache = parse_option(args.disk_cache)
     from synth.engine import single_thread_blas
 
     # The mix's matrix product is memory-bound: a second BLAS thread buys no wall time offline either
     # (docs/decisions-engine.md).
     single_thread_blas()
-    res = render_file(args.input, args.output, preset=args.preset or ["piano"], preset_dirs=args.preset_dir,
+    res = render_file(args.input, args.output, preset=args.preset, preset_dirs=args.preset_dir,
                       sample_rate=sr, fmt=args.format, knobs=parse_knobs(args.knob),
                       program_map=parse_program_map(args.program_map), blocksize=bs, fx=args.fx,
-                      progress=args.progress, drums=args.drums, gain_db=gain_db, normalize=normalize)
+                      progress=args.progress, drums=args.drums, gain_db=gain_db, normalize=normalize,
+                      engine_kw={"disk_cache": disk_cache},
+                      report=None if args.quiet else lambda line: print(f"synth render: {line}", file=sys.stderr))
     if not args.quiet:
         dur = res.frames / res.sample_rate
         peak_db = 20 * math.log10(res.peak) if res.peak > 0 else float("-inf")

@@ -24,8 +24,11 @@ import pytest
 import soundfile as sf
 
 from synth import __version__
+from synth.bake import ENV_DB
 from synth.cli import main as cli_main
+from synth.engine import release_span
 from synth.testing.tinymodel import make_tiny_preset
+from synth.voices import RELEASE_END_DB
 
 ROOT = Path(__file__).resolve().parent.parent
 FLUID = shutil.which("fluidsynth")
@@ -174,7 +177,7 @@ def test_sf2_structure_read_back(presets, tmp_path):
     assert struct.unpack("<HH", s["info"]["ifil"]) == (2, 4)        # 24 bits by default: SoundFont 2.04
     assert s["info"]["ISFT"] == f"neural-synth {__version__}" and s["info"]["INAM"] == "neural-synth piano"
     icmt = s["info"]["ICMT"]
-    assert f"neural-synth {__version__}" in icmt and "74=32(brightness)" in icmt and "1=64(colour)" in icmt
+    assert f"neural-synth {__version__}" in icmt and "74=32(brightness)" in icmt and "70=64(colour)" in icmt
     assert "layers 32 64 96 127" in icmt and "engine settings:" in icmt
     assert len(s["sm24"]) == len(s["smpl"]) // 2
     p = find_preset("piano", [presets])
@@ -187,7 +190,9 @@ def test_sf2_structure_read_back(presets, tmp_path):
     assert all(h[2] - h[1] == 16000 for h in shdr)                           # one-shot: the whole 1-s note
     inst = zones(s, "i", 0, s["inst"][1][1])
     glob, local = inst[0], inst[1:]
-    assert 53 not in glob and signed(glob[38]) == round(1200 * math.log2(2 * 0.05))  # releaseVolEnv: 2 x release
+    # releaseVolEnv: the engine's release, 100 dB in 10/3 x release_seconds (30 dB in release_seconds)
+    assert 53 not in glob and signed(glob[38]) == round(1200 * math.log2(release_span(0.05)))
+    assert ENV_DB == RELEASE_END_DB and math.isclose(release_span(0.05), 0.05 * 100 / 30)
     assert sorted((m[0], m[1], m[2], m[3]) for m in glob["mods"]) == sorted(
         [(0x0502, 48, 0, 0), (0x0102, 8, 0, 0), (0x0102, 8, 0, 0x0C02)])      # SF2.04 8.4.2 defaults, amount 0
     for la in layers:
@@ -376,7 +381,7 @@ def test_sfz_lints_clean_with_the_same_regions(presets, tmp_path, name):
         first = dict(kv.split("=") for kv in regions[0].split()[1:])
         n = sf.info(str(folder / first["sample"])).frames
         assert 0 < int(first["loop_start"]) < int(first["loop_end"]) < n - 1
-        assert "ampeg_release=0.2000" in text
+        assert "ampeg_release=0.3333" in text                   # 10/3 x 0.1 s
     else:
         assert "loop_mode=one_shot" in text and "lokey=38 hikey=38 pitch_keycenter=38" in text
 
@@ -552,7 +557,7 @@ BAD = {
     "knob_syntax": (["--preset", "piano", "--knob", "74"], "expected CC=VALUE"),
     # issue 19 item 6: one knob parser for render, play and bake
     "knob_sustain": (["--preset", "piano", "--knob", "64=127"], "has no knob on CC 64 (CC 64 is the sustain pedal)"),
-    "knob_lists_the_knobs": (["--preset", "piano", "--knob", "20=5"], "its knobs: CC 74 brightness, CC 1 colour"),
+    "knob_lists_the_knobs": (["--preset", "piano", "--knob", "20=5"], "its knobs: CC 74 brightness, CC 70 colour"),
     "knob_exponent": (["--preset", "piano", "--knob", "74=1e-1"], "expected CC=VALUE"),
     "knob_percent_range": (["--preset", "piano", "--knob", "74=101%"], "a percentage must be 0..100%"),
     "layers_range": (["--preset", "piano", "--velocity-layers", "0"], "--velocity-layers 0: out of range 1..127"),

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from synth.engine import Engine
+from synth.engine import Engine, release_span
 from synth.errors import UserError
 from synth.testing.drive import drive
 from synth.testing.tinymodel import make_tiny_preset
@@ -118,7 +118,7 @@ def test_sustain_pedal(presets):
     tail = e.render(SR // 10)
     assert np.abs(tail).max() > 1e-3
     e.control_change(0, 64, 0)
-    e.render(int(SR * 0.06))   # release_seconds = 0.05
+    e.render(int(SR * release_span(0.05)) + 1)   # release_seconds = 0.05: 30 dB down then, 100 at the end
     assert e.stats()["voices"] == 0
     assert np.abs(e.render(256)).max() == 0.0
 
@@ -128,10 +128,58 @@ def test_note_off_releases_smoothly(presets):
     e.note_on(0, 60, 127)
     held = e.render(4800)
     e.note_off(0, 60)
-    rel = e.render(4800)
-    # The release envelope is linear over 50 ms: no step at the note-off, silence after it.
+    rel = e.render(int(SR * release_span(0.05)) + 4800)
+    # No step at the note-off; silence from the release's end (100 dB down) on, and the voice freed.
     assert abs(float(rel[0, 0]) - float(held[-1, 0])) < 0.02
-    assert np.abs(rel[int(0.05 * SR) + 1:]).max() == 0.0
+    assert np.abs(rel[int(np.ceil(release_span(0.05) * SR)):]).max() == 0.0 and e.stats()["voices"] == 0
+
+
+def _levels_db(x: np.ndarray, frame: int) -> np.ndarray:
+    n = len(x) // frame
+    return 10 * np.log10(np.mean(np.square(x[:n * frame].reshape(n, frame), dtype=np.float64), axis=1) + 1e-30)
+
+
+def test_release_falls_linearly_in_db_and_frees_the_voice(presets):
+    """A released voice falls linearly in dB, RELEASE_DB (30 dB) in the preset's release_seconds (SF2
+    releaseVolEnv semantics: 100 dB in release_span), from its level at the note-off, and is freed
+    100 dB down, at note-off + release_span."""
+    from synth.preset import RELEASE_DB
+
+    p = presets["loop"]                        # a looped note: a steady level under the release
+    rel_s, off = p.release_seconds, 12000
+    with Engine(sample_rate=SR, presets=[p]) as e:
+        out = drive(e, [(0, "note_on", (0, 60, 127)), (off, "note_off", (0, 60))], off + int(0.2 * SR), 64)
+        assert e.stats()["voices"] == 0
+    frame = 96                                 # 2 ms frames
+    lev = _levels_db(out[off - 4800:, 0], frame)
+    held = float(np.mean(lev[:4800 // frame]))
+    rel = lev[4800 // frame:] - held
+    t = (np.arange(len(rel)) + 0.5) * frame / SR
+    fit = t < 0.8 * release_span(rel_s)        # to 80 dB down
+    slope, at_off = np.polyfit(t[fit], rel[fit], 1)
+    assert abs(slope / (-RELEASE_DB / rel_s) - 1) < 0.02 and abs(at_off) < 0.5, (slope, at_off)
+    end = off + int(np.ceil(release_span(rel_s) * SR))
+    assert np.abs(out[end:]).max() == 0.0 and np.abs(out[end - 48:end]).max() > 0.0
+
+
+@pytest.mark.parametrize("name", ["piano", "loop"])
+def test_releases_are_block_size_independent(presets, name):
+    """Releases (note-off ahead of the mix, pedal up, all-notes-off, a released voice stolen) give the
+    same samples at any block size: the release is a function of absolute time."""
+    script = [(0, "note_on", (0, 60, 100)), (5, "note_on", (0, 64, 90)), (700, "note_on", (1, 57, 127)),
+              (1500, "note_off", (0, 60)), (1510, "control_change", (1, 64, 127)), (1600, "note_off", (1, 57)),
+              (2100, "note_on", (0, 67, 80)), (2200, "note_on", (0, 71, 80)), (2333, "note_off", (0, 64)),
+              (3000, "control_change", (1, 64, 0)), (3200, "note_on", (1, 45, 70)),
+              (4000, "control_change", (0, 123, 0)), (4500, "note_off", (1, 45)),
+              (9000, "note_on", (1, 50, 100)), (9001, "note_off", (1, 50))]
+    outs = {}
+    for bs in (1, 64, 1000):
+        with Engine(sample_rate=SR, presets=[presets[name]], polyphony=3) as e:
+            outs[bs] = drive(e, script, 20000, bs)
+            assert e.steals >= 1 and e.stats()["voices"] == 0
+    assert np.abs(outs[64]).max() > 0.05
+    for bs, o in outs.items():
+        assert np.array_equal(o, outs[64]), f"block size {bs} differs by {np.abs(o - outs[64]).max()}"
 
 
 def test_panic_and_all_sound_off(presets):
@@ -237,7 +285,7 @@ def test_same_knob_state_same_notes(presets):
     for _ in range(2):
         e = Engine(sample_rate=SR, presets=[presets["piano"]])
         e.control_change(0, 74, 99)
-        e.control_change(0, 1, 3)
+        e.control_change(0, 70, 3)
         e.note_on(0, 72, 64)
         e.render(16)
         ent = e.cache.peek(("piano", e.knobs["piano"], 72, 64))
@@ -306,7 +354,7 @@ def test_loop_mode_holds_the_note(presets):
     steady = np.abs(np.diff(out[int(0.15 * SR):int(0.2 * SR)])).max()
     assert np.abs(np.diff(out[int(0.3 * SR):])).max() < 1.2 * steady
     e.note_off(0, 57)
-    e.render(int(0.03 * SR))
+    e.render(int(release_span(0.02) * SR) + 1)
     assert e.stats()["voices"] == 0
 
 

@@ -143,7 +143,7 @@ def test_burst_of_misses_is_served(piano):
     e = Engine(sample_rate=SR, blocksize=128, presets=[piano], realtime=True)
     try:
         assert e.wait_ready(60)
-        e.control_change(0, 1, 99)
+        e.control_change(1, 70, 99)   # knobs are per channel: the notes below play on channel 1
         e.render(128)
         for n in range(30, 90):
             e.note_on(1, n, 100)
@@ -262,9 +262,18 @@ def test_release_rows_is_voice_by_voice_release_bit_for_bit():
         for i in rows:
             a.release(int(i), t, float(secs[a.preset[i]]), 48000)
         b.release_rows(rows, t, secs[b.preset[rows]], 48000)
-    for f in ("held", "sustained", "released", "ghost", "steal_key", "env0", "env_t", "slope", "end_t"):
+    for f in ("held", "sustained", "released", "ghost", "steal_key", "env0", "env_t", "slope", "rel_t", "decay",
+              "end_t"):
         assert np.array_equal(getattr(a, f), getattr(b, f)), f
     assert a.next_end == b.next_end
+    assert (a.decay[np.flatnonzero(a.active & (a.chan == 1))] > 0).all()      # released, twice (600 and 950)
+    # Released voices faded out (all-sound-off) go on from the level their release has reached.
+    rows = np.flatnonzero(a.active & (a.chan == 2))
+    for i in rows:
+        a.fade_out(int(i), 1000, 0.005, 48000)
+    b.fade_out_rows(rows, 1000, 0.005, 48000)
+    for f in ("env0", "slope", "decay", "end_t"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
     # And when they end together: free_rows is free_row per voice (the free list in the same order).
     gone = np.flatnonzero(a.active & (a.chan == 1))
     for i in gone:

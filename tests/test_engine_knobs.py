@@ -18,7 +18,7 @@ def preset(tmp_path_factory):
 
 def test_latent_formula(preset):
     m = LatentMapper(preset)
-    key = m.with_cc(m.with_cc(m.default_key, 74, 127), 1, 0)
+    key = m.with_cc(m.with_cc(m.default_key, 74, 127), 70, 0)
     want = np.asarray(preset.default_latent, np.float64)
     for k, v in zip(preset.knobs, key, strict=True):
         lo, hi = k.range

@@ -78,7 +78,7 @@ def test_knobs_are_found_named_and_oriented(exported):
     knobs = {k.name: k for k in preset.knobs}
     assert "brightness" in knobs and "decay" in knobs, [k.name for k in preset.knobs]
     assert knobs["brightness"].cc == 74
-    assert {k.cc for k in preset.knobs} <= {74, 1, 71, 76}
+    assert {k.cc for k in preset.knobs} <= {74, 70, 71, 76}
     w_b = G.bright.weight.detach().numpy()[0]
     w_d = G.decay.weight.detach().numpy()[0]
     # The tiny generator's true controls: the knob directions line up with them.
@@ -246,7 +246,7 @@ def test_kits_get_engine_knobs_on_free_ccs_and_pitched_presets_none():
 
     assert engine_knobs("pitched", [], 4.0) == []
     ks = engine_knobs("drums", [], 2.0)
-    assert [(k["name"], k["cc"]) for k in ks] == [("tune", 1), ("decay", 74)]
+    assert [(k["name"], k["cc"]) for k in ks] == [("tune", 70), ("decay", 74)]
     latent = [{"cc": 74, "name": "timbre 1", "description": "", "direction": [1.0, 0.0], "range": [-2.0, 2.0],
                "default": 64}]
     ks2 = engine_knobs("drums", latent, 2.0)

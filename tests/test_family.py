@@ -163,7 +163,7 @@ def test_timbre_knobs_span_the_codes():
     knobs, method = timbre_knobs(codes, codes[2], [f"t{i}" for i in range(6)], n_knobs=4)
     assert len(knobs) == 4 and "timbre codes" in method
     assert abs(knobs[0]["direction"][0]) > 0.8
-    assert [k["cc"] for k in knobs] == [74, 1, 71, 76]
+    assert [k["cc"] for k in knobs] == [74, 70, 71, 76]
     for k in knobs:
         lo, hi = k["range"]
         d = np.asarray(k["direction"])

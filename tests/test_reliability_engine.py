@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from synth.engine import Engine
+from synth.engine import Engine, release_span
 from synth.preset import load_preset_dir
 from synth.testing.tinymodel import make_tiny_preset
 
@@ -113,7 +113,7 @@ def test_generator_raising_keeps_cached_notes_playing(tmp_path, caplog):
         eng.note_on(0, 100, 120)         # a bad note: silent, and the held note plays on unchanged
         # A new knob state (its prefill waits for the knob to settle): two misses, one that raises.
         errors0, bad0, gen0 = eng.worker.errors, eng.worker.bad_notes, eng.worker.generated
-        eng.control_change(0, 1, 5)
+        eng.control_change(0, 70, 5)
         eng.render(BS)
         eng.note_on(0, 100, 120)
         eng.note_on(0, 50, 120)
@@ -177,7 +177,7 @@ def test_all_notes_off_releases_held_and_sustained(piano):
         render_blocks(eng, 3)
         eng.control_change(0, 123, 0)
         eng.control_change(0, 64, 0)
-        n = int(np.ceil(piano.release_seconds * SR / BS)) + 1
+        n = int(np.ceil(release_span(piano.release_seconds) * SR / BS)) + 1
         render_blocks(eng, n)
         assert np.abs(render_blocks(eng, 2)).max() == 0.0
         assert eng.stats()["voices"] == 0

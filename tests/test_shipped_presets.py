@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from synth.engine import Engine
+from synth.engine import Engine, release_span
 from synth.preset import load_preset_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def test_preset_plays_and_holds_as_its_manifest_says(path):
     e.note_on(ch, key, 100)
     held = e.render(int(hold * SR))[:, 0]
     e.note_off(ch, key)
-    tail = e.render(int((p.release_seconds + 0.2) * SR))[:, 0]
+    tail = e.render(int((release_span(p.release_seconds) + 0.2) * SR))[:, 0]   # to its end, 100 dB down
     assert np.isfinite(held).all() and np.abs(held).max() <= 1.0
 
     def rms(x):

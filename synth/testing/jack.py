@@ -557,7 +557,7 @@ def dominant_hz(x: np.ndarray, sr: int) -> float:
 
 # -- the MIDI flood of issue 8 (tests/test_reliability_live.py, and `scripts/soak.py --flood-seconds`) ----------
 
-FLOOD_KNOBS = (1, 74)   # the tiny test preset's knob CCs
+FLOOD_KNOBS = (70, 74)   # the tiny test preset's knob CCs
 
 
 def knob_ccs(preset_folder: Path) -> tuple[int, ...]:

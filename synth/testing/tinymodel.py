@@ -98,8 +98,11 @@ def make_tiny_preset(parent: Path, name: str = "piano", sample_rate: int = 16000
                      kind: str = "pitched", latent_size: int = 8, velocity_conditioned: bool = True,
                      layers=(32, 64, 96, 127), sustain_mode: str = "oneshot", pitch_range=(21, 108),
                      drum_classes: dict[int, str] | None = None, nan_pitches=(), release_seconds: float = 0.05,
-                     seed: int = 0, extra_knobs: tuple[dict, ...] = ()) -> Preset:
-    """Write `parent/name/` (preset.json + generator.onnx) and return the loaded `Preset`."""
+                     seed: int = 0, extra_knobs: tuple[dict, ...] = (), timbres: tuple[dict, ...] = ()) -> Preset:
+    """Write `parent/name/` (preset.json + generator.onnx) and return the loaded `Preset`.
+
+    `timbres`: a family preset's timbres ({"name", "source", "bank", "program"}), each given a latent
+    point 3 units out along its own random direction (the first at the default latent)."""
     folder = Path(parent) / name
     folder.mkdir(parents=True, exist_ok=True)
     n = int(round(note_seconds * sample_rate))
@@ -123,13 +126,18 @@ def make_tiny_preset(parent: Path, name: str = "piano", sample_rate: int = 16000
         "knobs": [
             {"cc": 74, "name": "brightness", "description": "more 2nd harmonic", "direction": w[:, 0].tolist(),
              "range": [-4.0, 4.0], "default": 64},
-            {"cc": 1, "name": "colour", "description": "a random direction", "direction": other.tolist(),
+            {"cc": 70, "name": "colour", "description": "a random direction", "direction": other.tolist(),
              "range": [-2.0, 2.0], "default": 64},
             *extra_knobs,
         ],
         "release_seconds": release_seconds, "sustain": {"mode": sustain_mode}, "gain_db": 0.0,
         "generator": "generator.onnx", "training": {"note": "not trained: a fixed test graph"}, "metrics": {},
     }
+    if timbres:
+        pts = rng.standard_normal((len(timbres), latent_size))
+        pts *= 3.0 / np.linalg.norm(pts, axis=1, keepdims=True)
+        pts[0] = 0.0
+        m["timbres"] = [{**t, "latent": pts[i].tolist()} for i, t in enumerate(timbres)]
     if kind == "drums":
         m["drum_classes"] = {str(k): v for k, v in drum_classes.items()}
     validate_manifest(json.loads(json.dumps(m)), folder)
