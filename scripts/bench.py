@@ -3,7 +3,8 @@
 Each `scripts/bench_<area>.py` exposes `run(quick: bool = False) -> list[dict]`, each dict
 {"name", "value", "unit", "bar", "pass" (bool or None), "notes"}. Every area runs in its own
 Python process (a crash, a hang or a heavy import in one cannot disturb the others' timings);
-a failing area becomes a row saying so. Results go to OUT/results.json, and the Markdown table,
+a failing area becomes a row saying so. Results go to OUT/results.json (an area's full measurement,
+when it returns one, to OUT/<area>.json), and the Markdown table,
 with the machine and the date, to --table. `--only render,engine` re-runs some areas and keeps the
 others' last results from OUT/results.json.
 """
@@ -61,12 +62,14 @@ def run_one(area: str, quick: bool) -> dict:
     """In the child process: import the module, call run(quick), return clean rows.
 
     run() returns a list of row dicts, or {"rows": [...], "markdown": "..."} when the area also has a
-    summary table (the arch side-by-side) to print above its rows."""
+    summary table (the arch side-by-side) to print above its rows, and optionally "result": the
+    area's full measurement (JSON-ready), which goes to OUT/<area>.json (the level area's sweep)."""
     got = _load(area).run(quick=quick)
     rows, md = (got.get("rows"), got.get("markdown", "")) if isinstance(got, dict) else (got, "")
     if not isinstance(rows, list):
         raise TypeError(f"run() returned {type(got).__name__}, expected a list of dicts")
-    return {"rows": [_clean_row(r, area) for r in rows], "markdown": str(md or "")}
+    extra = {"result": got["result"]} if isinstance(got, dict) and got.get("result") is not None else {}
+    return {"rows": [_clean_row(r, area) for r in rows], "markdown": str(md or ""), **extra}
 
 
 def run_area(area: str, quick: bool, timeout: float) -> dict:
@@ -85,18 +88,19 @@ def run_area(area: str, quick: bool, timeout: float) -> dict:
         except subprocess.TimeoutExpired as e:
             err, log = f"timed out after {timeout:.0f} s", (e.stderr or b"").decode(errors="replace") \
                 if isinstance(e.stderr, bytes) else (e.stderr or "")
-        rows, md = [], ""
+        rows, md, full = [], "", None
         if res.exists():
             try:
                 got = json.loads(res.read_text())
-                rows, md = got["rows"], got.get("markdown", "")
+                rows, md, full = got["rows"], got.get("markdown", ""), got.get("result")
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 err = err or f"unreadable result file ({e})"
     secs = time.perf_counter() - t0
     if err is not None or not rows:
         rows = rows + [{"name": f"{area}: benchmark failed", "value": None, "unit": "", "bar": "", "pass": False,
                         "notes": err or "no rows returned"}]
-    return {"rows": rows, "markdown": md, "seconds": round(secs, 2), "error": err, "log_tail": (log or "")[-4000:]}
+    out = {"rows": rows, "markdown": md, "seconds": round(secs, 2), "error": err, "log_tail": (log or "")[-4000:]}
+    return out if full is None else {**out, "result": full}
 
 
 def _last_line(text: str) -> str:
@@ -236,6 +240,9 @@ def main(argv: list[str]) -> int:
         print(f"bench: {area} ...", file=sys.stderr, flush=True)
         res = run_area(area, args.quick, args.timeout)
         res["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        full = res.pop("result", None)
+        if full is not None:
+            _atomic_write(out / f"{area}.json", json.dumps(full, indent=1) + "\n")
         results["areas"][area] = res
         for r in res["rows"]:
             mark = {True: "ok  ", False: "FAIL", None: "    "}[r.get("pass")]

@@ -12,8 +12,8 @@
    (`trainer.evaluate.pitch_accuracy`, ±50 cents; bar >= 0.95); also the level of each note against
    the engine's, relative to the loudest velocity (velocity mapping), as a spread in dB.
 3. `bake --all` into a GM bank, and a GM file made here (piano program 0, strings 48, marimba 12,
-   channel-10 drums, overlapping) played by FluidSynth with it and by `synth render --program-map
-   0=piano,48=strings,12=marimba --drums drums`: whole-mix log-mel distance on 1-s frames, each
+   channel-10 drums, overlapping) played by FluidSynth with it and by `synth render` with no options
+   (GM routing picks the same presets): whole-mix log-mel distance on 1-s frames, each
    frame loudness-normalised, mean over frames with sound (bar <= 3 dB).
 4. Sizes with `--max-seconds 2 --loop-tail` (the seam for notes that ring longer, issue 19).
 `run(quick)` returns rows for `scripts/bench.py`.
@@ -288,8 +288,7 @@ def run(quick: bool = False) -> list[dict]:
         gmid = tmp / "gm.mid"
         gm_midi(gmid, 12.0 if quick else 24.0)
         err = fluid(tmp / "gm.sf2", gmid, tmp / "gm_fs.wav")
-        synth_render(gmid, tmp / "gm_ours.wav", "--preset", "piano", "--program-map", "0=piano,48=strings,12=marimba",
-                     "--drums", "drums")
+        synth_render(gmid, tmp / "gm_ours.wav")    # no options: GM routing
         a, b = _read_mono(tmp / "gm_fs.wav"), _read_mono(tmp / "gm_ours.wav")
         d, n = mix_distance(a, b, sr)
         d48, _ = mix_distance(a, b, RATE)

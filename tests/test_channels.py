@@ -169,7 +169,6 @@ def test_soft_pedal_plays_a_softer_layer(presets):
         loud = rms(note(e, vel=127))
     with Engine(sample_rate=SR, presets=[presets["piano"]]) as e:
         soft = rms(note(e, vel=127, pre=[("control_change", (0, 67, 127))]))
-        assert e.voices.vgain[e.voices.active].max() < 1.0 * 0.5 * 10 ** (0 / 20) + 1e-9
     assert soft < 0.9 * loud
 
 
