@@ -128,13 +128,8 @@ def _check_chunks(data: bytes, where: str) -> tuple[int, int, int]:
     return fmt, ntracks, division
 
 
-def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
-              max_bytes: int = MAX_FILE_BYTES) -> MidiEvents:
-    """Parse the MIDI file at `path`. Raises `MidiFileError` (one line naming the file) on bad input."""
-    import mido  # lazy: `python -m synth --help` must not pay for it
-
-    where = str(path)
-    p = Path(path)
+def _read_bytes(p: Path, where: str, max_bytes: int) -> bytes:
+    """The file's bytes, refusing folders, pipes and devices and anything over `max_bytes`."""
     try:
         st = p.stat()
         if stat.S_ISDIR(st.st_mode):
@@ -156,14 +151,11 @@ def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
         raise MidiFileError(f"{where}: permission denied; check the file's permissions") from None
     except OSError as e:
         raise MidiFileError(f"{where}: cannot read ({e.strerror or e})") from None
+    return data
 
-    fmt, ntracks, division = _check_chunks(data, where)
-    try:
-        mf = mido.MidiFile(file=io.BytesIO(data), clip=True)
-    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as e:
-        msg = str(e) or type(e).__name__
-        raise MidiFileError(f"{where}: corrupt MIDI data ({msg}); the file is damaged") from None
 
+def _smpte_seconds_per_tick(division: int, where: str) -> float | None:
+    """Seconds per tick of an SMPTE time division (tempo is then ignored); None for ticks per beat."""
     if division & 0x8000:
         # SMPTE division: high byte is -frames per second, low byte ticks per frame; tempo is ignored.
         fps = 256 - (division >> 8)
@@ -172,9 +164,25 @@ def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
             raise MidiFileError(f"{where}: invalid SMPTE time division (fps {fps}, {tpf} ticks per frame); "
                                 f"the file is damaged")
         fps_real = 29.97 if fps == 29 else float(fps)
-        smpte_sec_per_tick = 1.0 / (fps_real * tpf)
-    else:
-        smpte_sec_per_tick = None
+        return 1.0 / (fps_real * tpf)
+    return None
+
+
+def read_midi(path: str | os.PathLike, max_events: int = MAX_EVENTS,
+              max_bytes: int = MAX_FILE_BYTES) -> MidiEvents:
+    """Parse the MIDI file at `path`. Raises `MidiFileError` (one line naming the file) on bad input."""
+    import mido  # lazy: `python -m synth --help` must not pay for it
+
+    where = str(path)
+    data = _read_bytes(Path(path), where, max_bytes)
+    fmt, ntracks, division = _check_chunks(data, where)
+    try:
+        mf = mido.MidiFile(file=io.BytesIO(data), clip=True)
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as e:
+        msg = str(e) or type(e).__name__
+        raise MidiFileError(f"{where}: corrupt MIDI data ({msg}); the file is damaged") from None
+
+    smpte_sec_per_tick = _smpte_seconds_per_tick(division, where)
 
     ticks, kinds, chans, aa, bb, tempo_ticks, tempos = [], [], [], [], [], [], []
     end_tick = 0
