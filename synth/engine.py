@@ -42,8 +42,8 @@ log = logging.getLogger("synth")
 
 DRUM_CHANNEL = 9
 # `master_gain`'s default (`--gain DB` scales it): +14 dB over the old 0.5, chosen by
-# scripts/bench_level.py (mf piano about -20..-15 LUFS; why: docs/decisions-engine.md, 2026-12-05).
-DEFAULT_MASTER_GAIN = 0.5   # `master_gain`'s default; `--gain DB` scales it
+# scripts/bench_level.py (mf solo piano about -21..-15 LUFS; why: docs/decisions-engine.md, 2026-12-05).
+DEFAULT_MASTER_GAIN = 2.5
 STEAL_FADE_S = 0.005       # a stolen voice fades this fast: short, but no click
 SOUND_OFF_FADE_S = 0.005
 XFADE_S = 0.02             # fallback → exact note crossfade

@@ -16,12 +16,19 @@ other exception in the worker is logged and the engine keeps playing what is cac
 queued misses, or, while a keyboard was being filled, that prefill is tried again (given up after
 PREFILL_TRIES failures in a row). At most MAX_MISSES single-note requests wait; a flood drops the
 oldest.
+
+With a `disk_cache` (`synth.diskcache`), a note missing from memory is looked up on disk before the
+model runs, and a generated note is written there: offline (`generate_now` from `prepare`) by a
+writer thread while the file renders (`stop` waits for it); live by the worker thread once it is
+idle (a request cuts the writing short). The offline engine's own misses inside `render()` never
+touch the disk.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -30,6 +37,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from synth.cache import NoteCache
+from synth.diskcache import open_disk_cache
 from synth.inference import GeneratorSession
 from synth.latent import LatentMapper
 from synth.preset import Preset
@@ -41,6 +49,7 @@ SETTLE_SECONDS = 0.15     # a moved knob's keyboard is prefilled once the knob i
 MAX_DEFER_SECONDS = 1.0   # ... or has kept moving this long (one prefill start per second at most)
 LOOP_XFADE_SECONDS = 0.05
 MAX_MISSES = 256          # queued single-note requests; a flood drops the oldest (they keep their stand-in)
+WRITE_QUEUE_BYTES = 256 * 2**20   # offline: generated audio waiting for the disk writer, at most
 PREFILL_TRIES = 3         # failed steps in a row after which a keyboard prefill is given up
 
 
@@ -100,13 +109,16 @@ class GeneratorWorker:
     """
 
     def __init__(self, presets: list[Preset], mappers: dict[str, LatentMapper], cache: NoteCache, out_rate: int,
-                 providers="auto", threads: int = 1, sessions: dict[str, GeneratorSession] | None = None):
+                 providers="auto", threads: int = 1, sessions: dict[str, GeneratorSession] | None = None,
+                 disk_cache=None):
         self.presets = {p.name: p for p in presets}
         self.mappers = mappers
         self.cache = cache
         self.out_rate = int(out_rate)
+        self.disk = open_disk_cache(disk_cache)   # None, or a synth.diskcache.DiskCache
         self.sessions = sessions if sessions is not None else {
-            p.name: GeneratorSession(p, providers=providers, threads=threads) for p in presets}
+            p.name: GeneratorSession(p, providers=providers, threads=threads, warmup=self.disk is None)
+            for p in presets}
         self._misses: deque = deque(maxlen=MAX_MISSES)
         self.misses_dropped = 0
         self.misses_stale = 0
@@ -125,6 +137,7 @@ class GeneratorWorker:
         self.last_error: str | None = None
         self.generated = 0
         self.bad_notes = 0
+        self.disk_hits = 0
         self.last_miss_ms: float | None = None
         self.last_prefill_s: float | None = None
         self._prefill_t0: dict[str, float] = {}
@@ -135,6 +148,15 @@ class GeneratorWorker:
         self._kb = None
         self._job: tuple | None = None          # (preset, knob key) of the prefill step running, if any
         self._fails: dict[tuple, int] = {}     # its failed steps in a row
+        self._kbs: dict[tuple, str | None] = {}   # (preset, knob key) -> its disk keyboard (None: not cacheable)
+        self._unstored: deque = deque()           # live: keys generated and not yet on disk
+        self._writes: queue.SimpleQueue | None = None   # offline: (key, audio, loop) for the writer thread
+        self._writer: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        self._write_bytes = 0                     # audio queued for the writer and not yet written,
+        self._write_count = 0                     # and its notes
+        if self.disk is not None and sessions is None:
+            self._warm_up_unless_on_disk()
 
     # ---- control (any thread; the audio thread only appends and sets an Event) -------------------
     def request(self, key: tuple) -> None:
@@ -181,10 +203,17 @@ class GeneratorWorker:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, and finish the offline disk writes (each given `timeout` seconds)."""
         self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._start_writer()
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join(timeout)
+            self._writer = None
+            self._writes = None
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no miss or prefill is pending (for start-up and tests); True if idle."""
@@ -232,9 +261,15 @@ class GeneratorWorker:
         n = 0
         with self._gen_lock:
             for name, ks in todo.items():
+                if self.disk is not None and not self.defer_warnings:
+                    # `defer_warnings` is set while the offline engine generates inside render(), which
+                    # must not touch the disk.
+                    ks, hits = self._from_disk(name, ks, protect)
+                    n += hits
                 step = self.sessions[name].chunk   # bounds the model output held at once (~64 MB)
                 for s in range(0, len(ks), step):
                     n += self._generate(name, ks[s:s + step], protect)
+        self._start_writer()
         return n
 
     def _warn(self, msg: str, *args) -> None:
@@ -257,6 +292,8 @@ class GeneratorWorker:
         z = np.stack([latents[k[1]] for k in keys])
         pitch = np.array([k[2] for k in keys], np.int64)
         vel = np.array([k[3] / 127.0 for k in keys], np.float32)
+        if self.disk is not None and getattr(sess, "seconds_per_note", 0) is None:
+            sess.warmup()
         audio = sess.generate(z, pitch, vel)
         resample = None
         if p.sample_rate != self.out_rate:
@@ -290,8 +327,110 @@ class GeneratorWorker:
                                self.cache.cap_bytes / 2**20)
                 break
             cached += 1
+            if self.disk is not None and not self.defer_warnings:
+                if threading.current_thread() is self._thread:
+                    self._unstored.append(k)        # written once the worker is idle (`_store_idle`)
+                else:
+                    self._store_later(k, x, loop)
         self.generated += cached
         return cached
+
+    # ---- disk cache -------------------------------------------------------------------------------
+    def _warm_up_unless_on_disk(self) -> None:
+        """Warm up the sessions whose default keyboard the disk cache lacks, as without one; the others
+        warm up before their first batch (`_generate`), so a start whose notes are all on disk never runs
+        the model (the warm-up cost 25-90 ms a preset here)."""
+        for name, sess in self.sessions.items():
+            kb = self._keyboard(name, self.mappers[name].split(self.mappers[name].default_key)[0])
+            if kb is None or not self.disk.has_keyboard(kb):
+                sess.warmup()
+
+    def _keyboard(self, name: str, knobkey: tuple) -> str | None:
+        """The disk cache's keyboard id of (preset, knob key), once per process; None if it has none."""
+        kb = self._kbs.get((name, knobkey), False)
+        if kb is False:
+            try:
+                kb = self.disk.keyboard(self.presets[name], knobkey, self.out_rate,
+                                        getattr(self.sessions[name], "provider", "?"))
+            except OSError as e:     # the generator file went away: this preset is not cached on disk
+                log.warning("note disk cache: preset %s is not cached (%s)", name, e.strerror or e)
+                kb = None
+            self._kbs[(name, knobkey)] = kb
+        return kb
+
+    def _from_disk(self, name: str, keys: list[tuple], protect) -> tuple[list[tuple], int]:
+        """Publish the `keys` (one preset) the disk cache holds; returns (the keys it lacks, how many published)."""
+        rest, n = [], 0
+        limit = self.cache.slot_len
+        for i, k in enumerate(keys):
+            kb = self._keyboard(name, k[1])
+            got = self.disk.load(kb, k[2], k[3], limit) if kb is not None else None
+            if got is None:
+                rest.append(k)
+                continue
+            if self.cache.publish(k, got[0], got[1], protect) is None:
+                rest += keys[i:]                # memory is full: `_generate` stops and warns as usual
+                break
+            n += 1
+        self.disk_hits += n
+        return rest, n
+
+    def _store(self, k: tuple, x: np.ndarray, loop) -> None:
+        kb = self._keyboard(k[0], k[1])
+        if kb is None:
+            return
+        try:
+            self.disk.store(kb, k[2], k[3], x, loop)   # I/O errors: one warning inside, writing stops
+        except Exception:  # noqa: BLE001 - the disk cache is best effort: never fail a note for it
+            self.disk.writable = False
+            log.exception("note disk cache: writing failed; notes are no longer kept on disk")
+
+    def _store_later(self, k: tuple, x: np.ndarray, loop) -> None:
+        """Offline: hand a generated note to the writer thread (started on first use), so the writes
+        overlap the render instead of adding to it; `stop` (the engine's `close`) waits for them.
+        Past WRITE_QUEUE_BYTES of queued audio the note is written here and now (memory stays bounded)."""
+        with self._write_lock:
+            queued = self._write_bytes + x.nbytes <= WRITE_QUEUE_BYTES
+            if queued:
+                self._write_bytes += x.nbytes
+                self._write_count += 1
+        if not queued:
+            self._store(k, x, loop)
+            return
+        if self._writes is None:
+            self._writes = queue.SimpleQueue()
+        self._writes.put((k, x, loop))
+
+    def _start_writer(self) -> None:
+        """Offline, after a `generate_now`: start the writer thread on what it queued. Not sooner: beside
+        the model, which runs on every core, the writes would slow the batch down."""
+        if self._writer is None and self._writes is not None and not self._writes.empty():
+            self._writer = threading.Thread(target=self._write_loop, args=(self._writes,), name="synth-disk-writer",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write_loop(self, writes: queue.SimpleQueue) -> None:
+        while (item := writes.get()) is not None:
+            self._store(*item)
+            with self._write_lock:
+                self._write_bytes -= item[1].nbytes
+                self._write_count -= 1
+
+    @property
+    def disk_pending(self) -> int:
+        """Generated notes not yet written to the disk cache (live: written while the worker is idle)."""
+        return len(self._unstored) + self._write_count
+
+    def _store_idle(self) -> None:
+        """Live, idle: write the notes generated since the last call to disk, from the note cache (the
+        worker is its only writer, so a slot cannot change under the copy); a request stops it."""
+        while self._unstored and not self._wake.is_set() and not self._stop.is_set():
+            k = self._unstored[0]
+            e = self.cache.peek(k)
+            if e is not None and e.slot >= 0:       # else evicted meanwhile, or silent
+                loop = (e.loop_start, e.loop_end) if math.isfinite(e.loop_end) else None
+                self._store(k, self.cache.bank[e.offset:e.offset + e.length], loop)
+            self._unstored.popleft()
 
     def _chunk(self, name: str) -> int:
         spn = self.sessions[name].seconds_per_note or 0.01
@@ -311,6 +450,11 @@ class GeneratorWorker:
                     self._recover()
             if not self.pending:
                 self._idle.set()
+                if self._unstored:
+                    try:
+                        self._store_idle()
+                    except Exception:  # noqa: BLE001 - the disk cache is best effort
+                        log.exception("note disk cache: writing failed")
 
     def _recover(self) -> None:
         """After a step raised (outside the model, whose failures `_generate_each` handles): drop the

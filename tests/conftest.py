@@ -4,7 +4,10 @@ generator)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,11 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 os.environ.setdefault("PYO_GUI_WX", "0")
+# The synth's note disk cache (on by default in the CLIs) goes to $XDG_CACHE_HOME: a folder of this
+# session's, never the user's home; subprocesses inherit it.
+_CACHE_HOME = tempfile.mkdtemp(prefix="synth-tests-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, True)
 
 from synth.testing.tinymodel import make_tiny_preset  # noqa: E402
 
