@@ -79,7 +79,7 @@ def _fluid_cmd(mid: Path, wav: Path, dry: bool = True) -> list[str]:
 
 def _ours_cmd(mid: Path, wav: Path, pdir: list[str]) -> list[str]:
     return [sys.executable, "-m", "synth", "render", str(mid), "-o", str(wav), "--preset", "piano",
-            "--sample-rate", str(RATE), "--no-progress", "-q", *pdir]
+            "--sample-rate", str(RATE), "--no-progress", "-q", "--disk-cache", "off", *pdir]   # cold: the model runs
 
 
 def _onsets(x: np.ndarray, rel: float = 0.02, gap: int = 4800) -> np.ndarray:
