@@ -1024,7 +1024,7 @@ class Engine:
             if pi not in self._reported_transposed:
                 self._reported_transposed.add(pi)
                 lo, hi = self.presets[pi].pitch_range
-                log.info("preset %s plays notes %d-%d; note %d (and any other outside) is played transposed from "
+                log.warning("preset %s plays notes %d-%d; note %d (and any other outside) is played transposed from "
                          "the nearest one", self.presets[pi].name, lo, hi, note)
         if ignored > 0:
             program, ch = self._last_ignored

@@ -246,3 +246,18 @@ def test_system_reset_restores_power_on(presets):
         assert (c.volume[0], c.bank_msb[0], c.program[0]) == (100, 0, 0)
         assert e.channel_state(0) == ("piano", (64, 64))
         assert e.voices.released[e.voices.active & ~e.voices.ghost].all()
+
+
+def test_a_note_out_of_range_is_transposed_and_logged_once(presets, caplog):
+    import logging
+
+    with Engine(sample_rate=SR, presets=[presets["piano"]]) as e, caplog.at_level(logging.WARNING, logger="synth"):
+        e.note_on(0, 115, 100)
+        x = e.render(2400)
+        assert rms(x) > 1e-3, "played from the nearest note, not dropped"
+        e.report()
+        e.note_on(0, 12, 100)
+        e.render(64)
+        e.report()
+    said = [r.getMessage() for r in caplog.records if "transposed" in r.getMessage()]
+    assert len(said) == 1 and "piano plays notes 21-108; note 115" in said[0]
