@@ -18,6 +18,8 @@ import numpy as np
 CARD_FILE = "card.md"
 GRID_FILE = "spectrograms.png"
 VALID_FILE = "validation.png"
+TIMBRES_FILE = "timbres.png"     # family presets: the timbres on the latent's main plane, knobs as arrows
+MORPH_FILE = "morph.png"         # family presets: C4 morphing between two timbres
 MAX_ONNX_MB = 10.0
 # Measured with `python scripts/bench_model.py` (FluidR3_GM, MIDI 28-96, velocities 25-127, 24 kHz).
 LMD_SCALE = ("FluidR3's acoustic grand vs itself at an adjacent velocity layer 1.2 dB, vs its Bright "
@@ -160,15 +162,8 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
                   "change between its ends); the generator (nearly) ignores its latent.", ""]
     if tr.get("knob_method"):
         lines.append(f"How the directions were found: {tr['knob_method']}")
-    timbres = m.get("timbres") or []
-    if timbres:
-        lines += ["", "## Timbres", "",
-                  f"{len(timbres)} learned timbres, one latent point per training instrument (the knobs move "
-                  "between them):", "", "| # | name | source | bank:program | kind |", "| --- | --- | --- | --- | --- |"]
-        for i, t in enumerate(timbres):
-            lines.append(f"| {i} | {t['name']} | {t.get('source') or ''} | {t.get('bank')}:{t.get('program')} | "
-                         f"{t.get('gm_kind') or ''} |")
-        lines.append("")
+    if m.get("timbres"):
+        lines += _timbre_lines(m, folder)
     if tr.get("default_latent"):
         lines.append(f"Default latent: {tr['default_latent']}")
     if (folder / GRID_FILE).is_file():
@@ -176,6 +171,55 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
     if (folder / VALID_FILE).is_file():
         lines += ["", "## Validation during training", "", *_validation_text(tr), "", f"![validation]({VALID_FILE})"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _timbre_lines(m: dict[str, Any], folder: Path) -> list[str]:
+    """A family preset's timbres (with each one's figures once `trainer eval --timbres` stored them in
+    metrics.family), its bars and its pictures."""
+    timbres = m["timbres"]
+    fam = (m.get("metrics") or {}).get("family") or {}
+    figs = {r.get("timbre"): r for r in fam.get("timbres") or []}
+    lines = ["", "## Timbres", "",
+             f"{len(timbres)} learned timbres, one latent point per training instrument (the knobs move "
+             "between them):", ""]
+    head = "| # | name | source | bank:program | kind |"
+    if figs:
+        head += " to its own notes (dB) | nearest other kind, dB (own on the same notes) |"
+    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
+    for i, t in enumerate(timbres):
+        row = f"| {i} | {t['name']} | {t.get('source') or ''} | {t.get('bank')}:{t.get('program')} | "
+        f_ = figs.get(i)
+        if figs:
+            row += f"{(f_ or {}).get('kind', t.get('gm_kind') or '')} | "
+            if f_:
+                other = (f"{f_['nearest_other_kind']} {f_['nearest_other_kind_db']:.2f} "
+                         f"({f_.get('own_db_cross_notes', float('nan')):.2f})" if f_.get("nearest_other_kind") else "")
+                flag = " **confused**" if f_.get("ok") is False else ""
+                row += f"{f_['own_db']:.2f} | {other}{flag} |"
+            else:
+                row += " | |"
+        else:
+            row += f"{t.get('gm_kind') or ''} |"
+        lines.append(row)
+    lines.append("")
+    rows = fam.get("bars") or {}
+    if rows:
+        prefix = f"family {m['name']}: "
+        lines += ["### Family figures", "", "| figure | value | bar | |", "| --- | --- | --- | --- |"]
+        for name, (v, ok, bar) in rows.items():
+            verdict = "" if ok is None else ("pass" if ok else "**fail**")
+            lines.append(f"| {name.removeprefix(prefix)} | {'' if v is None else _fmt(v)} | {bar} | {verdict} |")
+        lines += ["", f"Measured by `{fam.get('command', 'python -m trainer eval PRESET --data DATA --timbres')}` on "
+                      f"{fam.get('date', '?')} (split {fam.get('split', '?')}, MIDI {fam.get('pitches', '?')}). "
+                      "Definitions: `trainer/family_eval.py`.", ""]
+    if (folder / TIMBRES_FILE).is_file():
+        lines += [f"![timbres]({TIMBRES_FILE})", "",
+                  "The timbres on the first two principal axes of their latent points; arrows: each knob from the "
+                  "default timbre to its CC 127 end (dashed: to CC 0); grey: random latents z ~ N(0, I).", ""]
+    if (folder / MORPH_FILE).is_file():
+        lines += [f"![morph]({MORPH_FILE})", "", "C4 morphing between two timbres (CC 16 amount toward the "
+                  "timbre of the program in CC 17), the first 1.5 s of each note.", ""]
+    return lines
 
 
 def _validation_text(tr: dict[str, Any]) -> list[str]:
@@ -301,5 +345,123 @@ def spectrogram_grid(examples: list[tuple[str, np.ndarray, np.ndarray | None]], 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _projection(m: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean float64[Z], axes float64[2, Z]): the first two principal axes of the timbres' points."""
+    codes = np.asarray([t["latent"] for t in m["timbres"]], np.float64)
+    mean = codes.mean(axis=0)
+    _, _, vt = np.linalg.svd(codes - mean, full_matrices=False)
+    axes = np.zeros((2, codes.shape[1]))
+    axes[:min(2, len(vt))] = vt[:2]
+    return mean, axes
+
+
+def timbre_map(m: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a PNG map of family preset `m`'s timbres (manifest dict): their latent points projected on
+    the first two principal axes of the points, labelled and coloured by kind; each latent knob as an
+    arrow from the default timbre to its CC 127 end (dashed to CC 0); random N(0, I) latents in grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synth.fsutil import atomic_path
+    from trainer.family_eval import instrument_kind
+
+    mean, axes = _projection(m)
+    ts = m["timbres"]
+    codes = np.asarray([t["latent"] for t in ts], np.float64)
+    xy = (codes - mean) @ axes.T
+    z0 = np.asarray(m["latent"]["default"], np.float64)
+    d0 = int(np.argmin(np.linalg.norm(codes - z0, axis=1)))
+    fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    cloud = (np.random.default_rng(0).standard_normal((300, codes.shape[1])) - mean) @ axes.T
+    ax.scatter(cloud[:, 0], cloud[:, 1], s=4, color="0.8", zorder=0)
+    from matplotlib.lines import Line2D
+
+    kinds = [instrument_kind(t.get("program"), t.get("gm_kind")) for t in ts]
+    sources = list(dict.fromkeys(t.get("source") or "" for t in ts))
+    colours = {k: f"C{i}" for i, k in enumerate(dict.fromkeys(kinds))}
+    for i, t in enumerate(ts):
+        mk = "os^Dv"[sources.index(t.get("source") or "") % 5]
+        ax.scatter(*xy[i], s=70 if i == d0 else 36, marker=mk, color=colours[kinds[i]],
+                   edgecolor="k" if i == d0 else "none", zorder=3)
+        ax.annotate(f"{t['name']}" + (" (default)" if i == d0 else ""), xy[i], fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    off_plane = _knob_arrows(ax, m, axes, xy[d0], float(np.ptp(xy, axis=0).max()))
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=k) for k, c in colours.items()]
+    handles += [Line2D([], [], ls="", marker="os^Dv"[i % 5], color="0.4", label=Path(s).stem)
+                for i, s in enumerate(sources)]
+    handles.append(Line2D([], [], ls="", marker=".", color="0.8", label="random z ~ N(0, I)"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    if off_plane:
+        ax.text(0.01, 0.01, f"{', '.join(off_plane)}: (nearly) across this plane", transform=ax.transAxes,
+                fontsize=7)
+    ax.set_xlabel("timbre axis 1 (latent units)", fontsize=8)
+    ax.set_ylabel("timbre axis 2 (latent units)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"{m['name']}: {len(ts)} timbres, the knobs from the default timbre", fontsize=9)
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _knob_arrows(ax, m: dict[str, Any], axes: np.ndarray, origin: np.ndarray, scale: float) -> list[str]:
+    """Draw each latent knob from `origin` (the default timbre): an arrow to its CC 127 end, dashed to
+    CC 0, projected on `axes`. Returns the knobs whose projection is under 5% of `scale`."""
+    short = []
+    for k in m.get("knobs") or []:
+        if k.get("kind", "latent") != "latent" or not k.get("direction"):
+            continue
+        lo, hi = k["range"]
+        off0 = lo + (hi - lo) * k["default"] / 127.0
+        d = np.asarray(k["direction"], np.float64) @ axes.T
+        a, b = (lo - off0) * d, (hi - off0) * d
+        if max(np.linalg.norm(a), np.linalg.norm(b)) < 0.05 * max(scale, 1e-9):
+            short.append(f"CC{k['cc']}")
+            continue
+        ax.annotate("", origin + b, origin, arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.0})
+        ax.plot(*np.stack([origin, origin + a]).T, "k--", lw=0.7)
+        ax.annotate(f"CC{k['cc']} {k['name']}", origin + b, fontsize=7, fontweight="bold")
+    return short
+
+
+def morph_strip(notes: list[tuple[str, np.ndarray]], sr: int, path: str | os.PathLike, title: str = "",
+                seconds: float = 1.5) -> Path:
+    """Write a PNG strip of log-mel spectrograms side by side: (label, float32[N]) notes, the first
+    `seconds` of each (loudness-normalised, as `trainer eval` compares them), one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synth.fsutil import atomic_path
+    from trainer.evaluate import log_mel, stft_params
+
+    hop = stft_params(sr)[1]
+    frames = max(1, int(seconds * sr / hop))
+    specs = [log_mel(np.asarray(a, np.float32), sr)[:frames] for _, a in notes]
+    strip = np.concatenate(specs, axis=0)
+    fig, ax = plt.subplots(figsize=(1.3 * len(specs) + 1.5, 3.0))
+    im = ax.imshow(strip.T, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=float(strip.max()))
+    edges = np.cumsum([len(s) for s in specs])
+    for e in edges[:-1]:
+        ax.axvline(e - 0.5, color="w", lw=0.8)
+    ax.set_xticks(edges - np.asarray([len(s) for s in specs]) / 2)
+    ax.set_xticklabels([lab.rsplit(": ", 1)[-1] for lab, _ in notes], fontsize=7)
+    ax.set_yticks([0, strip.shape[1] - 1])
+    ax.set_yticklabels(["30 Hz", f"{sr // 2000} kHz"], fontsize=7)
+    pair = notes[0][0].rsplit(": ", 1)[0] if notes else ""
+    ax.set_title((title + "\n" if title else "") + pair, fontsize=9)
+    fig.colorbar(im, ax=ax, label="dB")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
     plt.close(fig)
     return path

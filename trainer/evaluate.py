@@ -623,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--update-preset", action="store_true",
                     help="store the figures in preset.json, refresh card.md and spectrograms.png")
     ap.add_argument("--preset-dir", action="append", default=[], metavar="DIR", help="extra preset folder for names")
+    ap.add_argument("--timbres", action="store_true",
+                    help="a family preset's bars instead (trainer/family_eval.py): each timbre against its own "
+                         "instrument and the other kinds, knobs, morphs, latent, speed; --update-preset stores them "
+                         "as metrics.family and draws timbres.png and morph.png")
+    ap.add_argument("--timbre-notes", type=int, default=8, metavar="N",
+                    help="with --timbres: held-out notes per timbre compared with every other instrument (default 8)")
     return ap
 
 
@@ -632,6 +638,10 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--latents {args.latents}: must be 0..64")
     preset = resolve_preset(args.preset, args.preset_dir)
     pitches = parse_pitches(args.pitches) if args.pitches else None
+    if args.timbres:
+        from trainer import family_eval
+
+        return family_eval.main(args, argv, preset, pitches)
     rep, grid = evaluate(preset, args.data, split=args.split, pitches=pitches, n_latents=args.latents,
                          seed=args.seed, speed=not args.no_speed)
     text = json.dumps(rep, indent=1)
