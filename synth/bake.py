@@ -58,6 +58,7 @@ SUFFIXES = (".sf2", ".sfz")
 LOOP_GUARD = 8                 # samples kept after a loop end, copied from after the loop start
 FADE_S = 0.01                  # fade at a capped sample's end, so it does not click
 TAIL_WINDOW_S = 0.5            # --loop-tail: the decay is measured and the loop found in this last stretch
+RING_CAP_S = 6.0               # a ringing preset's samples by default: 6 s, then a looped tail that keeps decaying
 ENV_DB = 100.0                 # SoundFont envelopes: a decay/release time is the time for 100 dB
 DRUM_RELEASE_S = 100.0         # kit hits play out: the longest release SoundFont has (8000 timecents)
 PAN_SPREAD = 0.6               # the engine's default constant-power pan spread by key (Engine.pan_spread)
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantisation noise shows on the quietest samples)")
     p.add_argument("--sample-rate", metavar="HZ",
                    help="resample the notes to HZ (soxr, as the engine does; default: the preset's own rate)")
-    p.add_argument("--max-seconds", metavar="S", help="cap every sample at S seconds (default: the whole note)")
+    p.add_argument("--max-seconds", metavar="S|full",
+                   help=f"cap every sample at S seconds (default: the whole note; for a preset whose notes ring "
+                        f"on, {RING_CAP_S:g} s with --loop-tail; `full`: the whole ring, up to 40 s a sample)")
     p.add_argument("--loop-tail", action="store_true",
                    help="end one-shot samples in a loop that the envelope keeps decaying (long notes, small files)")
     p.add_argument("--preset-dir", action="append", default=[], metavar="DIR",
@@ -258,10 +261,21 @@ def knob_state(preset, mapper, knobs: list[tuple[int, int]], strict: bool) -> tu
 
 # ---- making the samples -------------------------------------------------------------------------------
 def ring_tail(x: np.ndarray, preset, key: int) -> np.ndarray:
-    """The note's continuation after its generated length. The engine will ring notes on past it
-    (issue 19); when it does, its continuation is appended here, so baked samples ring as the engine
-    does. Today it returns the generated note."""
-    return x
+    """The note with its ringing continuation (synth.ring; issue 19): for a preset whose notes ring
+    on (a pitched one-shot trained with a note-off), the generated note up to its seam, crossfaded
+    into damped partials fitted to its late decay, until they are 80 dB under its peak, so a baked
+    sample rings as long as the engine plays the note (`--max-seconds` then caps it); any other
+    note as it is. Made at the model's rate, before the resampling."""
+    from synth import ring
+
+    off = ring.ring_off(preset)
+    if off is None:
+        return x
+    try:
+        y = ring.continuation(x, preset.sample_rate, off)
+    except ValueError:
+        return x            # too short to analyse: as generated
+    return y
 
 
 def _fade_end(x: np.ndarray, rate: int) -> None:
@@ -325,7 +339,10 @@ def shape_note(x: np.ndarray, preset, key: int, layer: Layer, knobkey: tuple, ma
         x *= env
     if preset.gain_db:
         x *= np.float32(10.0 ** (preset.gain_db / 20.0))
-    cap = None if opts.max_seconds is None else max(4 * LOOP_GUARD, int(opts.max_seconds * rate))
+    cap_s, tail_loop = opts.max_seconds, opts.loop_tail
+    if cap_s is None and len(x) > RING_CAP_S * rate:     # a ringing note, uncapped by the user
+        cap_s, tail_loop = RING_CAP_S, True
+    cap = None if not cap_s else max(4 * LOOP_GUARD, int(cap_s * rate))
     pitched = not preset.is_drums
     if preset.sustain_mode == "loop" and pitched:
         end_s = preset.loop_end_seconds
@@ -338,7 +355,7 @@ def shape_note(x: np.ndarray, preset, key: int, layer: Layer, knobkey: tuple, ma
     if capped:
         x = x[:cap].copy()
     note = BakedNote(key, layer, x)
-    if opts.loop_tail and pitched:
+    if tail_loop and pitched:
         tail = loop_tail(x, rate, key)
         if tail is not None:
             (s, e), note.hold_s, note.decay_db_s = tail
@@ -700,7 +717,9 @@ def parse_options(args) -> BakeOptions:
     if args.sample_rate is not None:
         opts.sample_rate = parse_int(args.sample_rate, "--sample-rate", 8000, 192000,
                                      "choose 8000..192000 Hz (default: the preset's own rate)")
-    if args.max_seconds is not None:
+    if args.max_seconds is not None and str(args.max_seconds).strip().lower() == "full":
+        opts.max_seconds = 0.0
+    elif args.max_seconds is not None:
         try:
             s = float(args.max_seconds)
         except ValueError:

@@ -1,7 +1,9 @@
 """Note cache: generated notes at the output rate in one preallocated bank, LRU with a memory cap.
 
-Keys are `(preset name, knob-state key, pitch, velocity layer)`. Every note lives in a fixed-size
-slot of one flat float32 bank, so the mixer gathers all voices with one fancy index.
+Keys are `(preset name, knob-state key, pitch, velocity layer)`; a ringing note's continuation
+segments (`synth.ring`) are entries keyed `(note key, segment index)`, outside the pitch index that
+`nearest` searches. Every note lives in a fixed-size slot of one flat float32 bank, so the mixer
+gathers all voices with one fancy index.
 
 Threads: one writer at a time (the generator worker, or the engine itself offline) holds
 `_wlock` while it evicts and copies; the audio thread never takes that lock. It reads through
@@ -146,7 +148,8 @@ class NoteCache:
         must not evict the keyboard it is filling). A full cache evicts the least recently used note
         that no voice plays and `protect` spares; returns None when there is none.
         """
-        preset, knobkey, pitch, vlayer = key
+        tail = len(key) == 2               # a continuation segment: (note key, index)
+        preset, knobkey, pitch, vlayer = key[0] if tail else key
         with self._wlock:
             old = self._entries.get(key)
             if old is not None:
@@ -166,6 +169,8 @@ class NoteCache:
                 entry = NoteEntry(key, slot, off, n, float(ls), float(le), pitch)
             self._entries[key] = entry
             self._lru[key] = None
+            if tail:
+                return entry
             ikey = (preset, knobkey, vlayer)
             pitches = self._index.get(ikey, ())
             if pitch not in pitches:
@@ -209,6 +214,8 @@ class NoteCache:
         e = self._entries.pop(k)
         del self._lru[k]
         self.evictions += 1
+        if len(k) != 4:
+            return e
         ikey = (k[0], k[1], k[3])
         pitches = tuple(p for p in self._index.get(ikey, ()) if p != k[2])
         if pitches:

@@ -35,7 +35,7 @@ from synth.errors import UserError
 from synth.latent import MORPH_CC, MORPH_TARGET_CC, LatentMapper
 from synth.preset import RELEASE_DB, Preset
 from synth.routing import RESET_STYLES, bank_select
-from synth.voices import RELEASE_END_DB, VoiceBank
+from synth.voices import NEVER, RELEASE_END_DB, VoiceBank
 from synth.worker import GeneratorWorker, ceil_resampled
 
 log = logging.getLogger("synth")
@@ -47,6 +47,7 @@ DEFAULT_MASTER_GAIN = 2.5
 STEAL_FADE_S = 0.005       # a stolen voice fades this fast: short, but no click
 SOUND_OFF_FADE_S = 0.005
 XFADE_S = 0.02             # fallback → exact note crossfade
+TAIL_LEAD_S = 1.0          # live: a ringing note's first segment is asked for this long before its seam
 MIN_RELEASE_S = 0.002      # a preset's release_seconds, at least
 LIMIT_KNEE = 0.9           # the soft limiter is linear below this and bends smoothly into ±1.0
 MAX_SPLITS = 8             # live: a block is cut at most this many times by events (a flood's bound)
@@ -75,6 +76,25 @@ def single_thread_blas() -> int:
         return 0
     threadpool_limits(1, user_api="blas")
     return sum(1 for lib in threadpool_info() if lib.get("user_api") == "blas")
+
+
+def _checked_args(sample_rate, blocksize, polyphony, cache_mb, presets) -> list[Preset]:
+    """The engine's arguments checked (a one-line `UserError` each); returns the presets as a list."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
+        raise UserError(f"sample rate {sample_rate!r} Hz is not supported; use an integer 8000..384000 (e.g. 48000)")
+    if not isinstance(blocksize, int) or not 1 <= blocksize <= 1 << 16:
+        raise UserError(f"block size {blocksize!r} is not supported; use 1..65536 frames (e.g. 128)")
+    if not isinstance(polyphony, int) or not 1 <= polyphony <= 4096:
+        raise UserError(f"polyphony {polyphony!r} is not supported; use 1..4096")
+    if not cache_mb > 0:
+        raise UserError(f"cache size {cache_mb!r} MB must be positive")
+    presets = list(presets)
+    if not presets:
+        raise UserError("the engine needs at least one preset; pass --preset NAME (see `python -m synth presets`)")
+    names = [p.name for p in presets]
+    if len(set(names)) != len(names):
+        raise UserError(f"preset names must be distinct, got {names}")
+    return presets
 
 
 def _touches_voices(kind: str, args: tuple) -> bool:
@@ -148,20 +168,7 @@ class Engine:
                  knob_map: Mapping[int, int | str] | None = None, fx=None, providers="auto",
                  threads: int | None = None, max_chunk: int = 8192, pan_spread: float = 0.6,
                  program_map: Mapping[int, str] | None = None, router=None, disk_cache=None):
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
-            raise UserError(f"sample rate {sample_rate!r} Hz is not supported; use an integer 8000..384000 (e.g. 48000)")
-        if not isinstance(blocksize, int) or not 1 <= blocksize <= 1 << 16:
-            raise UserError(f"block size {blocksize!r} is not supported; use 1..65536 frames (e.g. 128)")
-        if not isinstance(polyphony, int) or not 1 <= polyphony <= 4096:
-            raise UserError(f"polyphony {polyphony!r} is not supported; use 1..4096")
-        if not cache_mb > 0:
-            raise UserError(f"cache size {cache_mb!r} MB must be positive")
-        self.presets: list[Preset] = list(presets)
-        if not self.presets:
-            raise UserError("the engine needs at least one preset; pass --preset NAME (see `python -m synth presets`)")
-        names = [p.name for p in self.presets]
-        if len(set(names)) != len(names):
-            raise UserError(f"preset names must be distinct, got {names}")
+        self.presets: list[Preset] = _checked_args(sample_rate, blocksize, polyphony, cache_mb, presets)
         self.sample_rate = sample_rate
         self.blocksize = blocksize
         self.realtime = bool(realtime)
@@ -231,6 +238,17 @@ class Engine:
         self._maybe_held = bytearray(16 * 128)
         self.fallbacks = 0
         self.steals = 0
+        # Ringing notes (synth.ring): presets whose notes ring on; chained rows not yet at their start
+        # (row -> (the row it continues, note key, segment)) and the reverse; chains made, and chains
+        # whose segment was missing (live: not made in time; the voice faded out).
+        self._rings = [self.worker.ring_off.get(p.name) is not None for p in self.presets]
+        self._ahead: dict[int, tuple] = {}
+        self._unasked: set[int] = set()           # live: ringing rows whose segment 0 is not asked for yet
+        self._tail_lead = int(TAIL_LEAD_S * sample_rate)
+        self._behind: dict[int, int] = {}
+        self.chains = 0
+        self.tail_misses = 0
+        self._reported_tail_misses = 0
         # What the render thread counts and `report` logs (render() never logs): NaN/Inf blocks,
         # program changes with no preset mapped, notes skipped offline (the cache full); the counts
         # already logged, and the last program change and note skipped.
@@ -246,17 +264,22 @@ class Engine:
         self._limit_over = np.empty(0, bool)
         self._closed = False
         if self.realtime:
-            self.worker.start()
-            # An engine dropped without close() must not leave its generator thread behind.
-            weakref.finalize(self, self.worker.request_stop)
-            order = [self._default_preset] + [i for i in range(len(self.presets)) if i != self._default_preset]
-            for i in order:
-                p = self.presets[i]
-                self.worker.prefill(p.name, self.mappers[p.name].split(self.knobs[p.name])[0])
-            for key in dict.fromkeys((self.presets[pi].name, self._chan_key[ch])
-                                     for ch, pi in enumerate(self._chan_preset) if pi >= 0):
-                if key[1] != self.knobs[key[0]]:
-                    self.worker.prefill(key[0], self.mappers[key[0]].split(key[1])[0])
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        """Live: start the generator thread and prefill every preset's keyboard (the default first),
+        then the channels' own knob states."""
+        self.worker.start()
+        # An engine dropped without close() must not leave its generator thread behind.
+        weakref.finalize(self, self.worker.request_stop)
+        order = [self._default_preset] + [i for i in range(len(self.presets)) if i != self._default_preset]
+        for i in order:
+            p = self.presets[i]
+            self.worker.prefill(p.name, self.mappers[p.name].split(self.knobs[p.name])[0])
+        for key in dict.fromkeys((self.presets[pi].name, self._chan_key[ch])
+                                 for ch, pi in enumerate(self._chan_preset) if pi >= 0):
+            if key[1] != self.knobs[key[0]]:
+                self.worker.prefill(key[0], self.mappers[key[0]].split(key[1])[0])
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -599,6 +622,8 @@ class Engine:
             self._bend[ch] = bend
             v = self.voices
             v.set_bend_rows(v.select(ch), self.now, bend)
+            if self._ahead:
+                self._unchain_ahead(ch)
 
     def _regain(self, ch: int) -> None:
         """Channel `ch`'s gain, pan and sends changed: its voices take them from now on."""
@@ -612,8 +637,21 @@ class Engine:
         self.cache.release(int(self.voices.slot[i]))
         self.voices.free_row(i)
         self._pending_xfade.pop(i, None)
+        if self._ahead or self._behind:
+            self._unlink(i)
+
+    def _unlink(self, i: int) -> None:
+        """Row `i` stops: forget its chain links."""
+        j = self._behind.pop(i, None)
+        if j is not None:
+            self._ahead.pop(j, None)
+        a = self._ahead.pop(i, None)
+        if a is not None:
+            self._behind.pop(a[0], None)
 
     def _reap(self) -> None:
+        if self.voices.ringing:
+            self._chain(self.now + 1)     # a row whose seam is now chains before it is freed
         rows = self.voices.dead(self.now)
         if len(rows) == 1:
             self._free(int(rows[0]))
@@ -625,6 +663,9 @@ class Engine:
             if self._pending_xfade:
                 for i in range(len(rows)):
                     self._pending_xfade.pop(rows.item(i), None)
+            if self._ahead or self._behind:
+                for i in range(len(rows)):
+                    self._unlink(rows.item(i))
 
     def _alloc_voice(self) -> int:
         """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
@@ -636,6 +677,9 @@ class Engine:
             v.fade_out(victim, self.now, STEAL_FADE_S, self.sample_rate)
             self._pending_xfade.pop(victim, None)
             self.steals += 1
+            partner = self._behind.get(victim, self._ahead.get(victim, (None,))[0])
+            if partner is not None and not v.ghost[partner]:
+                v.fade_out(partner, self.now, STEAL_FADE_S, self.sample_rate)   # a chained pair goes together
         row = v.take_row()
         if row is not None:
             return row
@@ -657,7 +701,147 @@ class Engine:
         if self._send_ch:
             v.send[0, i], v.send[1, i] = self.channels.sends(ch)
         self._maybe_held[ch * 128 + note] = 1
+        if self._rings[pi] and len(entry.key) == 4:
+            if self.realtime:
+                self._unasked.add(i)     # segment 0 is asked for TAIL_LEAD_S before the seam (`_chain`)
+            self._ring(i, entry.key, 0)
         return i
+
+    # ---- ringing notes (synth.ring) ------------------------------------------------------------
+    def _ring(self, i: int, key: tuple, k: int) -> None:
+        """Row `i` chains into segment `k` of note `key`'s continuation at the end of its entry."""
+        v = self.voices
+        v.ring_key[i] = key
+        v.ring_seg[i] = k
+        v.ringing.add(i)
+        ts = v._end_of_note(i)
+        if i in self._unasked:
+            ts -= self._tail_lead
+        if ts < v.next_chain:
+            v.next_chain = ts
+
+    def _chain(self, until: int) -> None:
+        """Chain every ringing row whose read position crosses the end of its entry before `until`
+        into a new row playing the next segment from that exact sample (`_chain_row`). Rows chained
+        earlier whose start has come lose their link back."""
+        v = self.voices
+        if self._ahead:
+            for j in [j for j in self._ahead if v.seg_t.item(j) <= self.now]:
+                self._behind.pop(self._ahead.pop(j)[0], None)
+        if not v.ringing or (not v.chain_dirty and until <= v.next_chain):
+            return
+        v.chain_dirty = False
+        while True:
+            due, nxt = [], NEVER
+            for i in v.ringing:
+                ts = v._end_of_note(i)
+                if self._unasked and i in self._unasked:
+                    # Live: the worker makes segment 0 only for notes still sounding this near the seam.
+                    if ts - self._tail_lead < until:
+                        self._unasked.discard(i)
+                        if not v.ghost[i]:
+                            self.worker.request_tail(v.ring_key[i], 0)
+                    elif ts - self._tail_lead < nxt:
+                        nxt = ts - self._tail_lead
+                        continue
+                if ts < until:
+                    due.append((ts, v.order.item(i), i))
+                elif ts < nxt:
+                    nxt = ts
+            v.next_chain = nxt
+            if not due:
+                return
+            for ts, order, i in sorted(due):   # in time order, then start order: the same at any block size
+                if v.order.item(i) == order and i in v.ringing:   # (not freed for a row meanwhile)
+                    self._chain_row(i, ts)
+
+    def _chain_row(self, i: int, ts: int) -> None:
+        """Continue row `i` at time `ts` (where its entry ends) with a new row reading the next
+        segment from the same position: the same gains, note, flags, envelope and release."""
+        v = self.voices
+        key, k = v.ring_key[i], v.ring_seg.item(i)
+        v.ring_seg[i] = -1
+        v.ringing.discard(i)
+        self._unasked.discard(i)
+        if v.ghost[i] or v._env_end(i) <= ts:
+            return                              # faded out or released to silence before the seam
+        plan = self.worker.plans.get(key)
+        e = self.cache.peek((key, k))
+        if e is None and not self.realtime:
+            self.worker.defer_warnings = True
+            try:
+                e = self.worker.tail_now(key, k)
+            finally:
+                self.worker.defer_warnings = False
+            plan = self.worker.plans.get(key)
+        if e is None and plan is not None and k >= plan.n_segs:
+            return                              # the continuation is over
+        j = None
+        if e is not None and e.slot >= 0 and self.cache.acquire(e):
+            j = v.take_row()
+            if j is None and v.ghost_key.item(v.oldest_ghost()) != NEVER:
+                self._free(v.oldest_ghost())
+                j = v.take_row()
+            if j is None:
+                self.cache.release(e.slot)
+        if j is None:
+            # Missing (live: not made in time), or no row: the voice fades out at the seam.
+            self.tail_misses += 1
+            fade = int(STEAL_FADE_S * self.sample_rate)
+            v.fade_out(i, max(self.now, ts - fade), STEAL_FADE_S, self.sample_rate)
+            return
+        self._unasked.discard(j)
+        self._copy_row(i, j, ts, e)
+        self.chains += 1
+        self._ahead[j] = (i, key, k)
+        self._behind[i] = j
+        self._pending_xfade.pop(i, None)
+        if plan is None or k + 1 < plan.n_segs:
+            self._ring(j, key, k + 1)
+        if self.realtime:
+            self.worker.request_tail(key, k + 1 if plan is None or k + 1 < plan.n_segs else None, entered=k)
+        elif k >= 1 and not any(v.ring_key[r] == key and v.ring_seg.item(r) <= k - 1 for r in v.ringing):
+            self.worker.tail_done(key, k - 1)    # (spared while a voice of the same note is to play it)
+
+    def _copy_row(self, i: int, j: int, ts: int, e) -> None:
+        """Start row `j` at `ts` on entry `e` where row `i`'s read position leaves its entry, with
+        `i`'s state: a release under way goes on seamlessly."""
+        v = self.voices
+        rate = v.rate.item(i)
+        pos = max(0.0, v.seg_pos.item(i) + rate * float(ts - v.seg_t.item(i)) - v.length.item(i))
+        if rate != 1.0 or pos != math.floor(pos):
+            # Interpolated: `i`'s last sample, between its entry's last sample and the zero after it,
+            # lacks fr·(the next segment's first); `j` adds it from one sample before, reading the
+            # zero guard before its slot there.
+            ts, pos = ts - 1, pos - rate
+        ch, pi = int(v.chan[i]), int(v.preset[i])
+        v.start(j, ts, e, ch, int(v.note[i]), pi, v.base_rate.item(i), rate / v.base_rate.item(i),
+                v.gain.item(0, i), v.gain.item(1, i), pos, v.env0.item(i), v.slope.item(i))
+        v.rate[j] = rate
+        v.env_t[j] = v.env_t.item(i)
+        v.rel_t[j] = v.rel_t.item(i)
+        v.decay[j] = v.decay.item(i)
+        for flag in (v.held, v.sustained, v.released, v.sost):
+            flag[j] = flag[i]
+        v.steal_key[j] = v.steal_key.item(i)
+        v.vgain[j] = v.vgain.item(i)
+        v.kpos[j] = v.kpos.item(i)
+        v.send[0, j], v.send[1, j] = v.send.item(0, i), v.send.item(1, i)
+        v._par_gen += 1
+        v._update_end(j)
+
+    def _unchain_ahead(self, ch: int) -> None:
+        """A bend on `ch`: rows chained ahead (not yet at their start) are dropped, and the rows they
+        continue chain again from their new positions (the seam moved)."""
+        v = self.voices
+        rows = sorted((j for j in self._ahead if v.chan.item(j) == ch and v.seg_t.item(j) > self.now),
+                      key=lambda j: -v.seg_t.item(j))       # the latest first: a chain of chains unwinds
+        for j in rows:
+            i, key, k = self._ahead[j]
+            self._free(j)
+            if v.active[i] and not v.ghost[i]:
+                self._ring(i, key, k)
+                v.chain_dirty = True
 
     def _note_on(self, ch: int, note: int, velocity: int, at: int | None = None) -> bool:
         """Start `note`, at time `at` when given (see `_apply_ahead`: then False, with nothing done,
@@ -1026,6 +1210,10 @@ class Engine:
                 lo, hi = self.presets[pi].pitch_range
                 log.warning("preset %s plays notes %d-%d; note %d (and any other outside) is played transposed from "
                          "the nearest one", self.presets[pi].name, lo, hi, note)
+        if self.tail_misses > self._reported_tail_misses:
+            log.warning("%d ringing note(s) faded out: their continuation was not made in time (%d so far)",
+                        self.tail_misses - self._reported_tail_misses, self.tail_misses)
+            self._reported_tail_misses = self.tail_misses
         if ignored > 0:
             program, ch = self._last_ignored
             log.debug("%d program change(s) with no preset mapped were ignored, the last program %d on channel %d",
@@ -1036,6 +1224,8 @@ class Engine:
         n = out.shape[0]
         s = 0
         v = self.voices
+        if v.ringing:
+            self._chain(self.now + n + 1)     # (+ 1: an interpolated row chains one sample early)
         while s < n:
             self._reap()
             e = min(n, s + v.frames_for(int(np.count_nonzero(v.active))))
@@ -1057,6 +1247,8 @@ class Engine:
                 "cache_entries": c["entries"], "cache_mb": c["used_mb"], "cache_cap_mb": c["cap_mb"],
                 "cache_evictions": c["evictions"], "fallbacks": self.fallbacks, "steals": self.steals,
                 "nan_blocks": self.nan_blocks, "bad_notes": self.worker.bad_notes,
+                "ring_chains": self.chains, "tail_misses": self.tail_misses,
+                "tails_made": self.worker.tails_made,
                 "worker_pending": self.worker.pending, "worker_errors": self.worker.errors,
                 "misses_dropped": self.worker.misses_dropped, "misses_stale": self.worker.misses_stale,
                 "generated": self.worker.generated, "last_miss_ms": self.worker.last_miss_ms,

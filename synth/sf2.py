@@ -233,12 +233,15 @@ def write_sf2(f: BinaryIO, info: Iterable[tuple[bytes, str]], samples: Sequence[
             raise ValueError(f"sample {s.name}: loop {s.loop} outside its {len(s.data)} samples")
         offsets.append(pos)
         pos += len(s.data) + ZERO_PAD
-    n_points = pos
+    # An even number of sample points, so that sm24 (one byte a point) needs no RIFF pad byte:
+    # FluidSynth ignores an sm24 chunk whose size is odd. One more zero after the last sample.
+    extra = pos & 1
+    n_points = pos + extra
     info_b = info_chunk([(b"isng", "EMU8000"), *info], bits)
     pdta = _chunk(b"LIST", _hydra(presets, instruments, samples, offsets))
     smpl_size = 2 * n_points
     sm24_size = n_points if bits == 24 else 0
-    sdta_size = 4 + 8 + smpl_size + (8 + sm24_size + (sm24_size & 1) if bits == 24 else 0)
+    sdta_size = 4 + 8 + smpl_size + (8 + sm24_size if bits == 24 else 0)
     total = 4 + len(info_b) + 8 + sdta_size + len(pdta)
     f.write(b"RIFF" + struct.pack("<I", total) + b"sfbk")
     f.write(info_b)
@@ -249,14 +252,14 @@ def write_sf2(f: BinaryIO, info: Iterable[tuple[bytes, str]], samples: Sequence[
         q = quantise(s.data, bits)
         f.write((q >> 8 if bits == 24 else q).astype("<i2").tobytes())
         f.write(pad.tobytes())
+    f.write(bytes(2 * extra))
     if bits == 24:
         f.write(b"sm24" + struct.pack("<I", sm24_size))
         zeros = bytes(ZERO_PAD)
         for s in samples:
             f.write((quantise(s.data, bits) & 0xFF).astype(np.uint8).tobytes())
             f.write(zeros)
-        if sm24_size & 1:
-            f.write(b"\0")
+        f.write(bytes(extra))
     f.write(pdta)
     return 8 + total
 

@@ -84,6 +84,14 @@ class VoiceBank:
         self.kpos = np.full(n, 0.5)                 # the note's pan position 0..1 before the channel's pan
         self.send = np.zeros((2, n), np.float64)    # reverb and chorus send levels 0..1
         self.sost = np.zeros(n, bool)               # latched by the sostenuto pedal (CC66)
+        # Ringing notes (synth.ring): the note key whose continuation a row chains into at the end of
+        # its entry, the segment it chains into next (-1: none), the rows that will chain, and a lower
+        # bound on when the next chain is due (`chain_dirty`: recompute it, after a bend).
+        self.ring_key: list = [None] * n
+        self.ring_seg = np.full(n, -1, np.int64)
+        self.ringing: set[int] = set()
+        self.next_chain = NEVER
+        self.chain_dirty = False
         self._serial = 0
         self.next_end = NEVER   # no active voice ends before this time (a lower bound)
         self.n_live = 0         # active voices that are not ghosts
@@ -340,6 +348,10 @@ class VoiceBank:
         self.gain[0, v] = gain_l
         self.gain[1, v] = gain_r
         self.sost[v] = False
+        if self.ring_seg.item(v) >= 0:
+            self.ring_seg[v] = -1
+            self.ring_key[v] = None
+            self.ringing.discard(v)
         # _update_end from the arguments (Python floats) rather than re-reading the arrays: the
         # same arithmetic, at a fraction of the cost, on the note-on path.
         if entry.loop_end != math.inf:
@@ -365,6 +377,8 @@ class VoiceBank:
         """New pitch-bend factor for voice `v` from time `t` on (a new position segment)."""
         p = self.pos_at(v, t)
         self._par_gen += 1
+        if self.ringing:
+            self.chain_dirty = True
         self.seg_pos[v] = p
         self.seg_t[v] = t
         self.rate[v] = self.base_rate[v] * bend
@@ -385,6 +399,8 @@ class VoiceBank:
             self._wrap(rows, p, le, wrap, fv[2:6, :k])
         rate = np.multiply(self.base_rate.take(rows, out=fv[0, :k], mode="clip"), bend, out=fv[2, :k])
         self._par_gen += 1
+        if self.ringing:
+            self.chain_dirty = True
         self.seg_pos[rows] = p
         self.seg_t[rows] = t
         self.rate[rows] = rate
@@ -556,6 +572,8 @@ class VoiceBank:
         self.ghost_key[v] = NEVER
         self.end_t[v] = NEVER
         self.slot[v] = -1
+        if self.ringing:
+            self.ringing.discard(v)
         self._free[self.n_free] = v
         self.n_free += 1
         self._set_gen += 1
@@ -571,6 +589,9 @@ class VoiceBank:
         self.ghost_key[rows] = NEVER
         self.end_t[rows] = NEVER
         self.slot[rows] = -1
+        if self.ringing:
+            for i in range(k):
+                self.ringing.discard(rows.item(i))
         self._free[self.n_free:self.n_free + k] = rows
         self.n_free += k
         self._set_gen += 1

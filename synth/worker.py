@@ -36,7 +36,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from synth.cache import NoteCache
+from synth import ring
+from synth.cache import GUARD, NoteCache
 from synth.diskcache import open_disk_cache
 from synth.inference import GeneratorSession
 from synth.latent import LatentMapper
@@ -51,6 +52,8 @@ LOOP_XFADE_SECONDS = 0.05
 MAX_MISSES = 256          # queued single-note requests; a flood drops the oldest (they keep their stand-in)
 WRITE_QUEUE_BYTES = 256 * 2**20   # offline: generated audio waiting for the disk writer, at most
 PREFILL_TRIES = 3         # failed steps in a row after which a keyboard prefill is given up
+MAX_PLANS = 512           # ringing notes' partial tables kept (<= 20 KB each; remade from the cached head)
+MAX_TAIL_REQUESTS = 1024  # queued continuation-segment requests; a flood drops the oldest
 
 
 def midi_hz(pitch: float) -> float:
@@ -155,6 +158,14 @@ class GeneratorWorker:
         self._write_lock = threading.Lock()
         self._write_bytes = 0                     # audio queued for the writer and not yet written,
         self._write_count = 0                     # and its notes
+        # Ringing notes (synth.ring): where each preset's data let the key go (None: it does not ring),
+        # each note's plan (written by the generating thread only), live segment requests from the
+        # engine and how many voices still want each segment.
+        self.ring_off = {p.name: ring.ring_off(p) for p in presets}
+        self.plans: dict[tuple, ring.RingPlan] = {}
+        self._tails: deque = deque(maxlen=MAX_TAIL_REQUESTS)
+        self._wants: dict[tuple, int] = {}
+        self.tails_made = 0
         if self.disk is not None and sessions is None:
             self._warm_up_unless_on_disk()
 
@@ -166,6 +177,15 @@ class GeneratorWorker:
         self._misses.append(key)
         # Event.clear/set take a lock each; a burst of misses (a chord) checks the flags instead.
         # The worker re-reads `pending` before it declares itself idle, so no request is lost.
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def request_tail(self, key: tuple, k: int | None, entered: int | None = None) -> None:
+        """Live: a voice of note `key` will need continuation segment `k` (None: none), having
+        `entered` segment `entered` now (None: it started the head). Never blocks."""
+        self._tails.append((key, k, entered))
         if self._idle.is_set():
             self._idle.clear()
         if not self._wake.is_set():
@@ -230,7 +250,8 @@ class GeneratorWorker:
 
     @property
     def pending(self) -> int:
-        return len(self._misses) + sum(1 for n, k in list(self._targets.items()) if self._done.get(n) != k)
+        return len(self._misses) + len(self._tails) + sum(1 for n, k in list(self._targets.items())
+                                                          if self._done.get(n) != k)
 
     # ---- generation -------------------------------------------------------------------------------
     def keyboard(self, preset: str, knobkey: tuple) -> list[tuple]:
@@ -319,6 +340,7 @@ class GeneratorWorker:
             env = mapper.decay_envelope(k[1], len(x), self.out_rate)
             if env is not None:
                 x *= env
+            x = self._ring_head(k, x)
             loop = make_loop(x, self.out_rate, k[2], p.loop_end_seconds) if p.sustain_mode == "loop" and not p.is_drums else None
             if self.cache.publish(k, x, loop, protect) is None:
                 if "full" not in self._warned:
@@ -334,6 +356,83 @@ class GeneratorWorker:
                     self._store_later(k, x, loop)
         self.generated += cached
         return cached
+
+    # ---- ringing notes (synth.ring) ---------------------------------------------------------------
+    def _ring_head(self, k: tuple, x: np.ndarray) -> np.ndarray:
+        """A ringing preset's note → its head (crossfaded into the continuation, ending at the seam),
+        its plan kept; other notes come back as they are."""
+        off = self.ring_off.get(k[0])
+        if off is None:
+            return x
+        try:
+            p = ring.plan(x, self.out_rate, off, self.cache.slot_len - GUARD)
+        except ValueError:
+            return x                    # too short to analyse: it plays as generated
+        self._keep_plan(k, p)
+        return ring.head(x, p)
+
+    def _keep_plan(self, k: tuple, p: ring.RingPlan) -> None:
+        if len(self.plans) >= MAX_PLANS:
+            self.plans.pop(next(iter(self.plans)))
+        self.plans[k] = p
+
+    def plan_for(self, key: tuple) -> ring.RingPlan | None:
+        """The ringing plan of note `key`, remade from its cached head when it was dropped (the
+        analysis reads the note before the seam only: the same plan)."""
+        p = self.plans.get(key)
+        if p is None and self.ring_off.get(key[0]) is not None:
+            e = self.cache.peek(key)
+            if e is None or e.slot < 0:
+                return None
+            try:
+                p = ring.plan(self.cache.bank[e.offset:e.offset + e.length], self.out_rate,
+                              self.ring_off[key[0]], self.cache.slot_len - GUARD)
+            except ValueError:
+                return None
+            if p.seam != e.length:
+                return None             # not a head (a note too short to ring)
+            self._keep_plan(key, p)
+        return p
+
+    def tail_now(self, key: tuple, k: int):
+        """Continuation segment `k` of note `key`, published into the cache if it is not there:
+        its entry, or None (no such segment, the head gone, or the cache full)."""
+        tk = (key, k)
+        e = self.cache.peek(tk)
+        if e is not None:
+            return e
+        p = self.plan_for(key)
+        if p is None or not 0 <= k < p.n_segs:
+            return None
+        e = self.cache.publish(tk, ring.segment(p, k))
+        if e is not None:
+            self.tails_made += 1
+        return e
+
+    def tail_done(self, key: tuple, k: int) -> None:
+        """Segment `k` of `key` has been left by the voice that played it: drop it unless another voice
+        is still to play it (live: a request for it is counted in `_wants`); voices on it play on."""
+        tk = (key, k)
+        if k >= 0 and not self._wants.get(tk):
+            self._wants.pop(tk, None)
+            self.cache.discard(tk)
+
+    def _serve_tails(self) -> None:
+        """Live: the engine's segment requests, in order (cheap: a few ms a segment)."""
+        while self._tails:
+            key, k, entered = self._tails.popleft()
+            if entered is not None:
+                te = (key, entered)
+                if self._wants.get(te, 0) > 0:
+                    self._wants[te] -= 1
+                self.tail_done(key, entered - 1)
+            if k is not None:
+                tk = (key, k)
+                self._wants[tk] = self._wants.get(tk, 0) + 1
+                if len(self._wants) > 1 << 16:
+                    self._wants.clear()     # counts only spare segments from discarding: a bound
+                with self._gen_lock:
+                    self.tail_now(key, k)
 
     # ---- disk cache -------------------------------------------------------------------------------
     def _warm_up_unless_on_disk(self) -> None:
@@ -368,6 +467,8 @@ class GeneratorWorker:
             if got is None:
                 rest.append(k)
                 continue
+            if self.ring_off.get(name) is not None:
+                got = (self._ring_head(k, got[0]), got[1])
             if self.cache.publish(k, got[0], got[1], protect) is None:
                 rest += keys[i:]                # memory is full: `_generate` stops and warns as usual
                 break
@@ -527,6 +628,9 @@ class GeneratorWorker:
         Misses are taken a chunk at a time, like the prefill: the first note of a burst comes back
         sooner, the worker's bursts beside the audio thread stay short, and ONNX Runtime's memory
         arena, which keeps the largest batch it has seen, stays small (docs/decisions-engine.md)."""
+        if self._tails:
+            self._serve_tails()
+            return True
         if self._misses:
             keys = []
             limit = None
