@@ -11,7 +11,9 @@
    loudness-normalised (a yardstick: the instruments differ by design).
 3. Speed: a 5-minute GM piece with drums (1 minute with --quick), wall time of `synth render`
    against `fluidsynth -ni -R 0 -C 0` on the same file, as a ratio (bar >= 3x).
-4. A held A1 (key down 10 s): level at 8 s re each render's own peak, ours against FluidR3's piano.
+4. Ringing: an A1 held 10 s, and one struck for 0.5 s under the sustain pedal: level at 8 s re each
+   render's own peak, the largest fall in 0.1 s before key-up, and the log-mel distance of the tail
+   (3-8 s) and of the head (0-3 s), ours against FluidR3's piano.
 `run(quick)` returns rows for `scripts/bench.py`.
 """
 

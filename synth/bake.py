@@ -29,9 +29,10 @@ What a baked note is, and why (details and measurements: docs/bake.md):
 - Keys outside a pitched preset's range play its first or last key transposed, as the engine does;
   every zone is panned by key with the engine's spread; kit hits play out (SF2: the longest release;
   SFZ: one_shot), as on the engine's channel 10.
-- `ring_tail` is where the engine's ringing continuation (issue 19) will append to each note;
-  `--max-seconds` caps a sample, and `--loop-tail` ends a one-shot sample in a loop of whole periods
-  that the volume envelope keeps decaying at the note's measured rate.
+- `ring_tail` appends the engine's ringing continuation (`synth.ring`, issue 19) to each note of a
+  preset whose notes ring; those bake 6 s of it by default, then a loop of whole periods that the
+  volume envelope keeps decaying at the note's measured rate (`--max-seconds full`: whole rings).
+  `--max-seconds` caps a sample, and `--loop-tail` ends a one-shot sample in such a loop.
 
 Output is written to a temporary file beside OUT and renamed at the end (SFZ: the sample folder too):
 a bad preset, knob or path, or a full disk, leaves nothing behind and exits 2 with one line.
