@@ -192,6 +192,24 @@ def render_table(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def splice_table(old: str, results: dict) -> str:
+    """`old` (a table `render_table` wrote) with the sections of the areas in `results` replaced or added,
+    in area order, and the bars counted again over every section: for runs of a few areas (`--only`)."""
+    def sections(text: str) -> tuple[list[str], dict[str, str]]:
+        parts = text.split("\n## ")
+        return parts[0].splitlines(), {p.split("\n", 1)[0].strip(): "## " + p.rstrip() + "\n" for p in parts[1:]}
+
+    new_head, new = sections(render_table(results))
+    old_head, have = sections(old)
+    have.update(new)
+    body = "\n".join(have[a] for a in sorted(have))
+    cells = [ln.split(" | ")[4] for ln in body.splitlines() if ln.startswith("| ") and ln.count(" | ") >= 5]
+    head = [ln for ln in new_head if not ln.startswith("Bars met:")]
+    head[2] = head[2].replace("Do not edit by hand", "Other sections kept from earlier runs; do not edit by hand")
+    head.insert(6, f"Bars met: {cells.count('yes')}; missed: {cells.count('**NO**')}.")
+    return "\n".join(head).rstrip() + "\n\n" + body
+
+
 def _atomic_write(path: Path, text: str) -> None:
     sys.path.insert(0, str(ROOT))
     from synth.fsutil import atomic_write_text
@@ -250,7 +268,9 @@ def main(argv: list[str]) -> int:
                   f"{('(bar ' + r['bar'] + ')') if r.get('bar') else ''}", file=sys.stderr, flush=True)
     _atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n")
     if args.table:
-        _atomic_write(Path(args.table), render_table(results))
+        table = Path(args.table)
+        keep = args.only and table.exists()
+        _atomic_write(table, splice_table(table.read_text(), results) if keep else render_table(results))
     print(f"bench: wrote {out / 'results.json'}" + (f" and {args.table}" if args.table else ""), file=sys.stderr)
     return 0
 
