@@ -218,11 +218,13 @@ def test_gm_routing_table():
         gm.family_of(128)
 
 
-def test_gm_bank_routes_families_and_plays_clean(presets, tmp_path):
+def test_gm_bank_routes_families_and_plays_clean(presets, tmp_path, monkeypatch):
     """`bake --all`: piano 0-7, marimba 8-15, strings 40-55, the kit on bank 128; the unconditioned
     organ has a GM program too (16-23). FluidSynth loads it without a word and each program plays its
     preset (strings loop, the others stop with their 1-s sample)."""
     from trainer.data.soundfont import read_presets
+
+    monkeypatch.setattr("synth.preset.REPO_PRESETS", tmp_path / "none")   # only the test's presets installed
 
     out = tmp_path / "gm.sf2"
     bake(presets, out, "--all")
@@ -500,12 +502,14 @@ def test_family_preset_bakes_each_timbre_at_its_program(tmp_path, capfd):
     assert not (tmp_path / "x.sf2").exists()
 
 
-def test_gm_bank_places_family_timbres(tmp_path, capfd):
+def test_gm_bank_places_family_timbres(tmp_path, capfd, monkeypatch):
     """`bake --all` with a piano and a family preset: the family's timbres take programs 4 and 6 from
     the piano's family routing; at program 0 the piano stays the default and the grand timbre goes to
     bank 1."""
     from synth import gm
     from trainer.data.soundfont import read_presets
+
+    monkeypatch.setattr("synth.preset.REPO_PRESETS", tmp_path / "none")   # only the test's presets installed
 
     d = tmp_path / "presets"
     make_tiny_preset(d, "piano", pitch_range=(60, 61))
