@@ -47,7 +47,7 @@ JACK_NOISE = pytest.mark.flaky(reruns=2, only_rerun=["AssertionError"])
 def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     """10,000 JACK MIDI events/s for 5 s at 512 frames, then CC 120 + 123 on every channel: the synth
     keeps up (from the first second to the flood's end its callback's own CPU time stays inside the
-    block at the 99th percentile), its memory stays flat after the first second, the output stays
+    block at the 99th percentile), its memory apart from the note cache stays flat after the first second, the output stays
     finite and within +-1, and the panic silences everything within a block (plus the 5 ms fade)
     although a backlog of deferred note-ons was waiting. xruns are printed, not asserted (see below).
     The flood and its measurements are `synth.testing.jack.run_flood`, shared with `scripts/soak.py`."""
@@ -76,7 +76,12 @@ def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     cpu = fl["cpu"]
     assert cpu["callbacks"] >= 0.25 * fl["periods_judged"], cpu          # the window held callbacks
     assert cpu["p99"] < 1.0, (cpu, fl["load_window"])
-    assert fl["rss_end_mb"] - fl["rss_1s_mb"] < 0.05 * fl["rss_1s_mb"], (fl["rss_1s_mb"], fl["rss_end_mb"])
+    # Memory: flat apart from the note cache filling towards its --cache-mb cap (its pages are mapped
+    # as notes are first written). Knob states are per channel, so the flood's CC storms on 16
+    # channels ask for many keyboards, and the 128-MB cache fills within the 5 s (76 -> 128 MB here).
+    acct = {k: fl[k] for k in ("rss_1s_mb", "rss_end_mb", "cache_1s_mb", "cache_end_mb", "cache_cap_mb")}
+    assert fl["cache_end_mb"] <= fl["cache_cap_mb"] + 1, acct
+    assert fl["rss_growth_excl_cache_pct"] is not None and fl["rss_growth_excl_cache_pct"] < 5.0, acct
 
 
 @pytest.mark.parametrize("api", ["jack", "jack-rtmidi", "jack-client"])
