@@ -57,7 +57,8 @@ def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     print(f"flood: {fl['events_sent']} JACK events in {seconds} s; synth events {fl['events']}, dropped "
           f"{fl['dropped']}, deferred {fl['deferred']}, xruns synth {fl['xruns_synth_after_1s']} (1 s to the "
           f"end) / {fl['xruns_synth_all']} (all), JACK {fl['xruns_jack_after_1s']}; load p99 {fl['load_p99']:.2f} "
-          f"max {fl['load_max']:.2f}; RSS {fl['rss_1s_mb']:.0f} -> {fl['rss_end_mb']:.0f} MB; voices {fl['voices']}, "
+          f"max {fl['load_max']:.2f}; RSS {fl['rss_1s_mb']:.0f} -> {fl['rss_end_mb']:.0f} MB ({fl['rss_growth_excl_cache_pct']}% "
+          f"without the note cache, {fl['cache_1s_mb']} -> {fl['cache_end_mb']} MB); voices {fl['voices']}, "
           f"misses dropped {fl['misses_dropped']}, stale {fl['misses_stale']}; silent {fl['silence_ms']} ms after "
           f"the panic; JACK xruns at {fl['jack_xrun_seconds']} s; callback CPU {fl['cpu']}, wall {fl['load_window']}; "
           f"hypervisor steal {fl['steal']}")
@@ -81,7 +82,10 @@ def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     # channels ask for many keyboards, and the 128-MB cache fills within the 5 s (76 -> 128 MB here).
     acct = {k: fl[k] for k in ("rss_1s_mb", "rss_end_mb", "cache_1s_mb", "cache_end_mb", "cache_cap_mb")}
     assert fl["cache_end_mb"] <= fl["cache_cap_mb"] + 1, acct
-    assert fl["rss_growth_excl_cache_pct"] is not None and fl["rss_growth_excl_cache_pct"] < 5.0, acct
+    # Without the cache, -4.2 to +5.3% in six runs (2026-12-05): the jack-client path's 1-s snapshot
+    # comes ~13 MB earlier in its start-up (305-307 MB against 316-324; both end at 364-366). A leak
+    # per event would grow with the flood's 50,000 events, far beyond 8%.
+    assert fl["rss_growth_excl_cache_pct"] is not None and fl["rss_growth_excl_cache_pct"] < 8.0, acct
 
 
 @pytest.mark.parametrize("api", ["jack", "jack-rtmidi", "jack-client"])
