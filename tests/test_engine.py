@@ -10,7 +10,7 @@ import pytest
 
 from synth.engine import Engine, release_span
 from synth.errors import UserError
-from synth.testing.drive import drive
+from synth.testing.drive import check_rows, drive
 from synth.testing.tinymodel import make_tiny_preset
 
 SR = 48000
@@ -26,16 +26,6 @@ def presets(tmp_path_factory):
         "drums": make_tiny_preset(d, "drums", kind="drums", note_seconds=0.3),
         "flat": make_tiny_preset(d, "flat", velocity_conditioned=False, layers=(127,), seed=3),
     }
-
-
-def check_rows(e: Engine) -> None:
-    """The voice bookkeeping agrees with the voice arrays."""
-    v = e.voices
-    assert v.n_live == np.count_nonzero(v.active & ~v.ghost)
-    assert sorted(v._free[:v.n_free].tolist()) == np.flatnonzero(~v.active).tolist()
-    held = [s for s in v.slot[v.active].tolist() if s >= 0]
-    for slot in set(held):
-        assert e.cache.refcount[slot] == held.count(slot)
 
 
 def first_nonzero(x: np.ndarray) -> int:

@@ -7,7 +7,7 @@ import pytest
 
 from synth import ring
 from synth.engine import Engine
-from synth.testing.drive import drive
+from synth.testing.drive import check_rows, drive
 from synth.testing.tinymodel import make_tiny_preset
 
 SR = 16000
@@ -170,17 +170,6 @@ def test_seams_are_seamless(presets, bend):
     assert jump.max() < 5 * np.median(jump)
 
 
-def _check_rows(e: Engine) -> None:
-    """The voice bookkeeping agrees with the voice arrays (as tests/test_engine.py checks it)."""
-    v = e.voices
-    assert v.n_live == np.count_nonzero(v.active & ~v.ghost)
-    assert sorted(v._free[:v.n_free].tolist()) == np.flatnonzero(~v.active).tolist()
-    held = [s for s in v.slot[v.active].tolist() if s >= 0]
-    for slot in set(held):
-        assert e.cache.refcount[slot] == held.count(slot)
-    assert all(v.active[j] for j in e._ahead) and all(v.active[i] for i in e._behind)
-
-
 def test_steals_and_sound_off_in_the_continuation(presets):
     """Steals (a chained pair goes together), all-sound-off and panic while notes ring on."""
     ev = [(0, "control_change", (0, 64, 127))]
@@ -194,9 +183,9 @@ def test_steals_and_sound_off_in_the_continuation(presets):
                 if pos <= f < pos + 500:
                     getattr(e, name)(*args, frame=f - pos)
             e.render(500)
-            _check_rows(e)
+            check_rows(e)
         assert e.chains >= 2 and e.steals >= 1
         e.panic()
         e.render(1000)
-        _check_rows(e)
+        check_rows(e)
         assert not np.any(e.voices.active)

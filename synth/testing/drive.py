@@ -18,3 +18,15 @@ def drive(engine, events, total: int, bs: int) -> np.ndarray:
             i += 1
         engine.render(n, out=out[pos:pos + n])
     return out
+
+
+def check_rows(engine) -> None:
+    """Assert that the engine's voice bookkeeping agrees with its voice arrays: live count, free
+    rows, cache slot references, and ringing chains that point at live rows."""
+    v = engine.voices
+    assert v.n_live == np.count_nonzero(v.active & ~v.ghost)
+    assert sorted(v._free[:v.n_free].tolist()) == np.flatnonzero(~v.active).tolist()
+    held = [s for s in v.slot[v.active].tolist() if s >= 0]
+    for slot in set(held):
+        assert engine.cache.refcount[slot] == held.count(slot)
+    assert all(v.active[j] for j in engine._ahead) and all(v.active[i] for i in engine._behind)
