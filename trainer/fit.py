@@ -908,17 +908,6 @@ class Trainer:
         if self.tracker.history:
             self._write_curve()
 
-    # -- the loop ---------------------------------------------------------------------------------
-    def _out_of_budget(self) -> bool:
-        """A signal arrived or the time budget is spent (on any rank, under DDP)."""
-        done = bool(self.stop["signal"]) or self.train_seconds + time.monotonic() - self.t_start >= self.budget_s
-        if not self.ddp:
-            return done
-        import torch.distributed as dist
-        flag = torch.tensor([1.0 if done else 0.0], device=self.device)
-        dist.all_reduce(flag)
-        return flag.item() > 0
-
     def _after_step(self, logs: dict[str, float]) -> None:
         """Log curves and samples (rank 0), advance the bar, validate every train.valid_every steps,
         checkpoint every train.ckpt_every steps."""
