@@ -218,6 +218,9 @@ class Engine:
         self.max_chunk = max(64, int(max_chunk))
         self.cache = NoteCache(cache_mb, slot_len, pad=self.max_chunk)
         self.voices = VoiceBank(polyphony + max(32, polyphony // 4), self.cache.bank, slot_len, self.max_chunk)
+        for pi, p in enumerate(self.presets):
+            if not p.is_drums:                 # (a kit's hits play out: no release to read)
+                self.voices.set_release_table(pi, self._release_s[pi], self.sample_rate)
         if threads is None:
             # Live, one core stays free for the audio callback.
             cores = os.cpu_count() or 1
