@@ -175,6 +175,52 @@ def test_timbre_knobs_span_the_codes():
     assert default_timbre(ts) == 2
 
 
+def test_measured_axes_follow_the_sound_not_the_latent_spread():
+    """Timbre codes spread most along latent dim 0, which the generator ignores; the sound changes
+    with dim 3 (brightness). The first measured axis's knob ends sound far further apart than those
+    of a knob on the codes' own first principal axis (dim 0), by the features `trainer eval` judges
+    knobs by, and no two knobs point within 45 degrees of each other."""
+    from trainer.export import _coarse_features, measured_timbre_axes, timbre_knobs
+
+    sr, n = 16000, 8000
+    t = np.arange(n) / sr
+
+    def gen(z, p, v):
+        f0 = 440.0 * 2.0 ** ((np.asarray(p, np.float64) - 69) / 12)
+        tilt = 1.0 + 1.5 * (1 + np.tanh(np.asarray(z, np.float64)[:, 3]))
+        out = np.zeros((len(z), n))
+        for h in range(1, 12):
+            ok = h * f0 < sr / 2
+            out += ok[:, None] * (h ** -tilt)[:, None] * np.sin(2 * np.pi * h * f0[:, None] * t)
+        return (0.3 * out / np.abs(out).max(axis=1, keepdims=True)).astype(np.float32)
+
+    rng = np.random.default_rng(1)
+    codes = rng.standard_normal((6, 5)) * 0.3
+    codes[:, 0] = np.linspace(-6, 6, 6)             # the latent's widest spread: not heard
+    codes[:, 3] = [-1.5, 1.2, -0.2, 1.5, 0.4, -0.8]  # brightness
+    names = [f"t{i}" for i in range(6)]
+    axes, notes = measured_timbre_axes(gen, codes.astype(np.float32), codes[2], list(range(48, 73)), 0.8, sr,
+                                       n_axes=3)
+    assert axes.shape == (3, 5) and len(notes) == 3 and all("dB between its ends" in x for x in notes)
+    cos = np.abs(axes @ axes.T)
+    assert np.allclose(np.diag(cos), 1.0) and (cos[~np.eye(3, dtype=bool)] <= 0.7 + 1e-9).all()
+    heard, method = timbre_knobs(codes, codes[2], names, n_knobs=3, axes=(axes, notes))
+    latent, _ = timbre_knobs(codes, codes[2], names, n_knobs=3)
+    assert "by measurement" in method and len(heard) == 3
+
+    def span(k):   # loudness-normalised log-mel difference between the knob's two ends, at C4
+        d = np.asarray(k["direction"])
+        z = np.stack([codes[2] + k["range"][0] * d, codes[2] + k["range"][1] * d]).astype(np.float32)
+        fe = _coarse_features(gen(z, np.array([60, 60]), np.full(2, 0.8, np.float32)), sr)
+        return float(np.abs(fe[0] - fe[1]).mean())
+
+    assert span(heard[0]) > 2 * span(latent[0]), (span(heard[0]), span(latent[0]))
+    for k in heard:
+        lo, hi = k["range"]
+        proj = (codes - codes[2]) @ np.asarray(k["direction"])
+        assert np.isclose(lo, proj.min(), atol=0.05 * (hi - lo)) and np.isclose(hi, proj.max(), atol=0.05 * (hi - lo))
+
+
 def test_preset_validates_timbres(tmp_path):
     from synth.testing.tinymodel import make_tiny_preset
 

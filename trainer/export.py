@@ -13,7 +13,7 @@ All inside a temporary folder beside the destination, renamed into place at the 
 4. The default latent (`choose_default_latent`) and the knob directions (`knob_directions`), measured
    on the exported graph; a kit's engine knobs (`engine_knobs`). A family run (`train.timbres`)
    instead writes its learned codes as `timbres`, defaults to the first source's lowest program and
-   puts the knobs on the codes' principal axes (`timbre_knobs`).
+   puts the knobs on the directions through the timbres that sound furthest apart (`measured_timbre_axes`).
 5. Envelope facts from the real notes when the run's dataset folder is reachable (else from
    generated notes): sustain mode, release time, velocity curve.
 6. preset.json (validated by `synth.preset`), with the commands that rebuild it (`trainer.commands`),
@@ -53,6 +53,8 @@ MAX_SHIPPED_MB = 10.0
 DEFAULT_CCS = (74, 70, 71, 76)         # CC 74 the brightness-like knob, the rest in rank order; not CC 1 (GM vibrato)
 KNOB_SIGMA = 2.0                       # knob extremes at ±2 prior standard deviations along the direction
 KNOB_SAMPLES = 96                      # latents sampled for the feature PCA
+KNOB_LEVEL_DB = 2.0                    # a family knob's ends and middle stay this close to the default's level
+KNOB_PITCH_ACC = 0.95                  # ... and this share of their notes in tune (trainer eval's bar)
 MIN_EFFECT_DB = 0.5                    # a direction that changes the log-mel by less is not a knob
 SUSTAIN_DB = -10.0                     # median level just before note-off within 10 dB of the peak: sustained
 
@@ -523,45 +525,141 @@ def default_timbre(timbres: list[dict[str, Any]]) -> int:
                                     timbres[i]["bank"] if timbres[i]["bank"] is not None else 999, i))
 
 
-def timbre_knobs(codes: np.ndarray, z0: np.ndarray, names: list[str], n_knobs: int = 4,
-                 ccs: tuple[int, ...] = DEFAULT_CCS) -> tuple[list[dict[str, Any]], str]:
-    """Knobs along the principal axes of the timbre codes float32[n, Z] (PCA in latent units).
+def _code_span(codes: np.ndarray, z0: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, float, float, int]:
+    """(d signed, lo, hi, d0): a knob along unit `d` from z0 spanning the codes' projections (see
+    `timbre_knobs`), signed so that the default CC d0 sits in the lower half."""
+    proj = (codes - np.asarray(z0, np.float64)) @ d
+    if -proj.min() > proj.max():
+        d, proj = -d, -proj
+    w = max(float(proj.max() - proj.min()), 1e-3)
+    d0 = int(np.clip(round(127 * -float(proj.min()) / w), 0, 127))
+    # widen for the rounding of d0, so both ends still reach the farthest codes
+    if d0 > 0:
+        w = max(w, -float(proj.min()) * 127 / d0)
+    if d0 < 127:
+        w = max(w, float(proj.max()) * 127 / (127 - d0))
+    return d, -w * d0 / 127, w * (127 - d0) / 127, d0
 
-    At most min(n_knobs, n - 1) axes with a share of the codes' variance above 1e-6. Each knob's
+
+def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int], velocity: float, sr: int,
+                         n_axes: int = 4, max_cos: float = 0.7, pitched: bool = True,
+                         names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Knob directions for a family, chosen by how far apart their two ends sound from the default
+    timbre z0: (axes float64[k, Z], a note on each).
+
+    Candidates: the codes' principal axes (where the latent spreads), the latent line between the
+    two timbres at the ends of each main axis of the heard spread (PCA of the timbres' coarse log-mel
+    features at 3 keys), and the line from z0 to each timbre (a morph towards that instrument). Each
+    spans the codes from z0 (`_code_span`); its effect is the log-mel distance between its two ends
+    at 3 keys (`trainer eval` judges a knob by that distance at C4). The strongest whose level at
+    both ends and the middle stays within KNOB_LEVEL_DB of z0's are taken in order (then the
+    others), skipping one within `max_cos` of a direction already taken or, `pitched`, out of tune
+    at either end or the middle (pitch accuracy under KNOB_PITCH_ACC at 5 keys), and no more of
+    them than the codes span dimensions. Why: on `keys`, knobs on the principal axes alone moved the sound by
+    4.4-11.9 dB, two of four under the 6-dB bar, and on the heard axes alone by 3.0-7.1 dB
+    (docs/decisions-trainer.md, 2026-12-05)."""
+    from trainer.evaluate import log_mel_distance, pitch_accuracy
+    from trainer.family_eval import level_db
+
+    codes = np.asarray(codes, np.float64)
+    z0 = np.asarray(z0, np.float64)
+    kk = np.asarray(_spread(list(keys), 3), np.int64)
+    n = len(codes)
+
+    def play(zs: np.ndarray) -> np.ndarray:
+        z = np.repeat(zs.astype(np.float32), len(kk), 0)
+        return gen(z, np.tile(kk, len(zs)), np.full(len(z), velocity, np.float32))
+
+    _, sv, vt = np.linalg.svd(codes - codes.mean(axis=0), full_matrices=False)
+    total = float((sv ** 2).sum()) or 1.0
+    cands = [(vt[k], f"latent principal axis {k + 1}") for k in range(min(n - 1, len(sv)))
+             if sv[k] ** 2 > 1e-6 * total]
+    n_axes = min(n_axes, len(cands))      # no more knobs than the codes span dimensions
+    feats = _coarse_features(play(codes), sr).reshape(n, -1).astype(np.float64)
+    u, fs, _ = np.linalg.svd(feats - feats.mean(axis=0), full_matrices=False)
+    for k in range(min(n - 1, len(fs))):
+        score = u[:, k] * fs[k]
+        lo_i, hi_i = int(np.argmin(score)), int(np.argmax(score))
+        cands.append((codes[hi_i] - codes[lo_i], f"heard axis {k + 1}"))
+    cands += [(codes[i] - z0, f"towards {names[i] if names else f'timbre {i}'}") for i in range(n)]
+    scale = max(1.0, float(np.linalg.norm(codes, axis=1).max()))
+    spans, labels = [], []
+    for d, label in cands:
+        norm = float(np.linalg.norm(d))
+        if norm > 1e-6 * scale:
+            spans.append(_code_span(codes, z0, d / norm))
+            labels.append(label)
+    # Each candidate's two ends and its middle, and z0: effect between the ends, level against z0's.
+    pts = np.stack([z0 + sp[0] * e for sp in spans for e in (sp[1], sp[2], 0.5 * (sp[1] + sp[2]))] + [z0])
+    audio = play(pts)
+    lev = level_db(audio, sr).reshape(-1, len(kk)).mean(axis=1)
+    audio = audio[:-len(kk)].reshape(len(spans), 3, len(kk), -1)
+    lev = np.abs(lev[:-1] - lev[-1]).reshape(len(spans), 3).max(axis=1)
+    effect = [float(np.mean(log_mel_distance(a[0], a[1], sr))) for a in audio]
+    pk = np.asarray([k for k in (36, 48, 60, 72, 84) if min(keys) <= k <= max(keys)] or [int(kk[1])], np.int64)
+
+    def in_tune(j: int) -> bool:    # every key at both ends and the middle within 50 cents (pYIN)
+        d, lo, hi, _ = spans[j]
+        z = np.repeat(np.stack([z0 + e * d for e in (lo, hi, 0.5 * (lo + hi))]).astype(np.float32), len(pk), 0)
+        a = gen(z, np.tile(pk, 3), np.full(len(z), velocity, np.float32))
+        return pitch_accuracy(a, np.tile(pk, 3), sr)[0] >= KNOB_PITCH_ACC
+
+    axes, notes = [], []
+    # The strongest first among those whose level stays within LEVEL_DB of the default timbre's
+    # (`trainer eval`'s bar is 3 dB at every grid position), then the rest; pitched ones in tune.
+    for j in sorted(range(len(spans)), key=lambda j: (lev[j] > KNOB_LEVEL_DB, -effect[j])):
+        d = spans[j][0]
+        if all(abs(float(d @ a)) <= max_cos for a in axes) and (not pitched or in_tune(j)):
+            axes.append(d)
+            notes.append(f"{labels[j]}; {effect[j]:.1f} dB between its ends at 3 keys, level within "
+                         f"{lev[j]:.1f} dB of the default's")
+        if len(axes) == n_axes:
+            break
+    return np.asarray(axes, np.float64).reshape(len(axes), codes.shape[1]), notes
+
+
+def timbre_knobs(codes: np.ndarray, z0: np.ndarray, names: list[str], n_knobs: int = 4,
+                 ccs: tuple[int, ...] = DEFAULT_CCS, axes: tuple[np.ndarray, list[str]] | None = None
+                 ) -> tuple[list[dict[str, Any]], str]:
+    """Knobs along axes through the timbre codes float32[n, Z]: `axes` (directions, a note on each)
+    as `measured_timbre_axes` gives them, else the codes' principal axes (PCA in latent units).
+
+    At most min(n_knobs, n - 1) principal axes with a share of the variance above 1e-6. Each knob's
     range spans the codes along its axis, [min, max] of (code - z0)·axis, and its default CC d0 is
     where z0 lies in that span, the range adjusted so that CC d0 gives offset 0 exactly (lo = -w·d0/127,
-    hi = w·(127 - d0)/127, w = max - min, widened for the rounding): with the default timbre at one end of an axis its knob starts
-    at CC 0 or 127. Axes are signed so that the default sits in the lower half. Returns (knobs, method)."""
+    hi = w·(127 - d0)/127, w = max - min, widened for the rounding): with the default timbre at one
+    end of an axis its knob starts at CC 0 or 127. Axes are signed so that the default sits in the
+    lower half (`_code_span`). Returns (knobs, method)."""
     codes = np.asarray(codes, np.float64)
-    c = codes - codes.mean(axis=0)
-    _, s, vt = np.linalg.svd(c, full_matrices=False)
-    var = s ** 2
-    total = float(var.sum())
-    keep = [k for k in range(min(n_knobs, len(codes) - 1, len(var))) if total > 0 and var[k] > 1e-6 * total]
+    if axes is None:
+        _, s, vt = np.linalg.svd(codes - codes.mean(axis=0), full_matrices=False)
+        var = s ** 2
+        total = float(var.sum())
+        keep = [k for k in range(min(n_knobs, len(codes) - 1, len(var))) if total > 0 and var[k] > 1e-6 * total]
+        dirs = [vt[k] for k in keep]
+        notes = [f"{100 * var[k] / total:.0f}% of the spread of the {len(codes)} timbres" for k in keep]
+    else:
+        dirs, notes = list(axes[0][:n_knobs]), list(axes[1][:n_knobs])
     knobs = []
-    for rank, k in enumerate(keep):
-        d = vt[k] / np.linalg.norm(vt[k])
+    for rank, (v, note) in enumerate(zip(dirs, notes, strict=True)):
+        d, lo, hi, d0 = _code_span(codes, z0, v / np.linalg.norm(v))
         proj = (codes - np.asarray(z0, np.float64)) @ d
-        if -proj.min() > proj.max():
-            d, proj = -d, -proj
-        w = max(float(proj.max() - proj.min()), 1e-3)
-        d0 = int(np.clip(round(127 * -float(proj.min()) / w), 0, 127))
-        # widen for the rounding of d0, so both ends still reach the farthest codes
-        if d0 > 0:
-            w = max(w, -float(proj.min()) * 127 / d0)
-        if d0 < 127:
-            w = max(w, float(proj.max()) * 127 / (127 - d0))
         lo_i, hi_i = int(np.argmin(proj)), int(np.argmax(proj))
         knobs.append({"cc": ccs[rank] if rank < len(ccs) else next(x for x in range(1, 128) if x not in ccs),
                       "name": f"morph {rank + 1}",
-                      "description": f"timbre axis {rank + 1} ({100 * var[k] / total:.0f}% of the spread of the "
-                                     f"{len(codes)} timbres): CC 0 {names[lo_i]}, CC 127 {names[hi_i]}; "
-                                     f"CC {d0} the default timbre",
-                      "direction": [float(x) for x in d], "range": [-w * d0 / 127, w * (127 - d0) / 127],
-                      "default": d0})
-    method = (f"principal axes of the {len(codes)} learned timbre codes (one per training instrument; "
-              f"PCA in latent units), ranges spanning the codes along each axis from the default timbre "
-              f"(see trainer/export.py timbre_knobs)")
+                      "description": f"timbre axis {rank + 1} ({note}): CC 0 {names[lo_i]}, CC 127 "
+                                     f"{names[hi_i]}; CC {d0} the default timbre",
+                      "direction": [float(x) for x in d], "range": [lo, hi], "default": d0})
+    if axes is None:
+        method = (f"principal axes of the {len(codes)} learned timbre codes (one per training instrument; "
+                  f"PCA in latent units), ranges spanning the codes along each axis from the default timbre "
+                  f"(see trainer/export.py timbre_knobs)")
+    else:
+        method = (f"the directions through the {len(codes)} learned timbres whose ends sound furthest apart "
+                  f"from the default timbre, by measurement: candidates are the codes' principal axes, the "
+                  f"lines between the timbres at the ends of each heard axis of variation and the lines towards "
+                  f"each timbre, no two within 45 degrees; each spans the codes from the default timbre (see "
+                  f"trainer/export.py measured_timbre_axes, timbre_knobs)")
     return knobs, method
 
 
@@ -1081,7 +1179,7 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     codes' principal axes join the knob candidates. timbre_codes: float32[n_instruments, Z], the run's
     learned timbre codes (`trainer.fit.load_timbres`) for a family preset: they become the manifest's
     `timbres`, the default latent is the first source's lowest program and the knobs run along the
-    codes' principal axes (`timbre_knobs`).
+    directions through the timbres that sound furthest apart (`measured_timbre_axes`, `timbre_knobs`).
     """
     from synth.fsutil import atomic_dir
     from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
@@ -1118,8 +1216,10 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
             t0_ = timbres[i0]
             default_doc = (f"the timbre of {t0_['name']} ({t0_['source']} program {t0_['program']}): the lowest "
                            f"program of the first source, one of the {len(timbres)} learned timbre codes")
-            knobs, knob_method = timbre_knobs(timbre_codes, z0, [t["name"] for t in timbres], n_knobs)
-            say(f"{len(timbres)} timbres; default {t0_['name']}; {len(knobs)} knobs along their principal axes")
+            axes = measured_timbre_axes(gen, timbre_codes, z0, f.keys, f.v_mid, f.sr, n_knobs,
+                                        pitched=f.kind != "drums", names=[t["name"] for t in timbres])
+            knobs, knob_method = timbre_knobs(timbre_codes, z0, [t["name"] for t in timbres], n_knobs, axes=axes)
+            say(f"{len(timbres)} timbres; default {t0_['name']}; {len(knobs)} knobs by measured effect")
         else:
             z0, default_doc, code_axes = _default_latent(gen, f, root, real, encoder, n_knobs, seed, say)
             knobs, knob_method = _all_knobs(gen, f, z0, n_knobs, seed, code_axes, say)
