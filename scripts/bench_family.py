@@ -6,10 +6,10 @@ each timbre against its own instrument's test notes (median <= 7 dB, max <= 9 dB
 instrument than any instrument of another kind; each knob's CC 0-127 distance at C4 (>= 6 dB),
 smoothness, pitch accuracy and level on the grid CC 0/32/64/96/127; the morphs program 0 -> 4 and
 4 -> 6; diversity across random latents beside the spread between the timbres; generator size and
-speed. `run(quick)` returns the rows for `scripts/bench.py` and the full report as "result"
-(bench-out/family.json). The preset (a name on the preset search path, or a folder) and its
-dataset default to `keys` and `data/keys`, or $BENCH_FAMILY_PRESET / $BENCH_FAMILY_DATA; a preset
-or dataset that is not there gives one row saying so. `--quick` compares fewer notes per timbre
+speed. `run(quick)` returns the rows for `scripts/bench.py` and the full reports as "result"
+(bench-out/family.json). By default every shipped family preset (`keys`, `ensemble`) is measured
+on its recipe's dataset and pitches; `--preset`/`--data` (or $BENCH_FAMILY_PRESET /
+$BENCH_FAMILY_DATA) pick one. A preset or dataset that is not there gives one row saying so. `--quick` compares fewer notes per timbre
 with the other instruments and measures the knobs at fewer velocities and pitches.
 """
 
@@ -34,15 +34,48 @@ def _skip(name: str, why: str) -> dict:
                       "notes": why}]}
 
 
+def families() -> list[tuple[str, str, tuple[int, int]]]:
+    """(preset, dataset, eval pitches) of every shipped family preset with a recipe: `keys` first."""
+    import json
+
+    from trainer.config import recipe_section
+
+    out = []
+    for d in sorted((ROOT / "presets").iterdir(), key=lambda d: (d.name != PRESET, d.name)):
+        m = d / "preset.json"
+        if not m.is_file() or not json.loads(m.read_text()).get("timbres"):
+            continue
+        try:
+            ev, ds = recipe_section(d.name, "eval"), recipe_section(d.name, "dataset")
+        except Exception:      # a family preset without a recipe of its name: not benched
+            continue
+        lo, hi = (int(x) for x in str(ev.get("pitches", f"{PITCHES[0]}-{PITCHES[1]}")).split("-"))
+        out.append((d.name, str(ds.get("out", f"data/{d.name}")), (lo, hi)))
+    return out
+
+
 def run(quick: bool = False, preset: str | None = None, data: str | None = None,
-        pitches: tuple[int, int] = PITCHES) -> dict:
+        pitches: tuple[int, int] | None = None) -> dict:
+    """{"rows", "result"}: `preset` on `data` (or $BENCH_FAMILY_PRESET / $BENCH_FAMILY_DATA), else
+    every shipped family preset on its recipe's dataset, rows prefixed with the preset's name."""
+    preset = preset or os.environ.get("BENCH_FAMILY_PRESET")
+    if preset:
+        return run_one(quick, preset, data or os.environ.get("BENCH_FAMILY_DATA") or DATA, pitches or PITCHES)
+    rows, results = [], {}
+    for name, ds, pr in families() or [(PRESET, DATA, PITCHES)]:
+        got = run_one(quick, name, ds, pitches or pr)
+        rows += [{**r, "name": f"{name}: {r['name']}"} for r in got["rows"]]
+        results[name] = got.get("result")
+    return {"rows": rows, "result": results}
+
+
+def run_one(quick: bool, preset: str, data: str, pitches: tuple[int, int]) -> dict:
     """{"rows": bar rows, "result": the report} for the family preset `preset` on dataset `data`."""
     from synth.errors import UserError
     from trainer.evaluate import resolve_preset
     from trainer.family_eval import family_report
 
-    preset = preset or os.environ.get("BENCH_FAMILY_PRESET") or PRESET
-    data = Path(data or os.environ.get("BENCH_FAMILY_DATA") or DATA)
+    data = Path(data)
     if not data.is_absolute():
         data = ROOT / data
     try:
@@ -64,12 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=None, help=f"preset name or folder (default {PRESET})")
     ap.add_argument("--data", default=None, help=f"its dataset folder (default {DATA})")
-    ap.add_argument("--pitches", default=f"{PITCHES[0]}-{PITCHES[1]}", help="MIDI range LO-HI of the test notes")
+    ap.add_argument("--pitches", default=None, help="MIDI range LO-HI of the test notes (default: the recipe's)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write the full report here")
     a = ap.parse_args(argv)
-    lo, hi = (int(x) for x in a.pitches.split("-"))
-    got = run(a.quick, a.preset, a.data, (lo, hi))
+    got = run(a.quick, a.preset, a.data, tuple(int(x) for x in a.pitches.split("-")) if a.pitches else None)
     for r in got["rows"]:
         ok = {True: "pass", False: "FAIL", None: ""}[r["pass"]]
         v = "" if r["value"] is None else f"{r['value']:.4g}"

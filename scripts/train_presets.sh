@@ -2,7 +2,7 @@
 # Rebuild the shipped presets with the project's own pipeline: dataset -> fit -> export -> eval.
 # Each preset's recipe (trainer/recipes/NAME.json) holds its dataset flags, budget and config; this
 # script only runs them, and each card.md records the commands its files came from. CPU recipe; a GPU
-# is used by `trainer fit` when torch sees one. Usage: scripts/train_presets.sh [piano strings marimba drums keys]
+# is used by `trainer fit` when torch sees one. Usage: scripts/train_presets.sh [piano strings marimba drums keys ensemble]
 # MINUTES=N overrides every recipe's training budget; SOUNDFONT=PATH the SoundFont to render.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ one() {  # name; returns non-zero at the first failing step
   # shellcheck disable=SC2046
   $PY -m trainer eval "presets/$name" --data "$data" $($PY -m trainer recipe "$name" --print eval-args) \
     --update-preset || return 1
-  if [ "$name" = keys ]; then   # a family preset: its timbre bars and card pictures (trainer/family_eval.py)
+  if [ "$name" = keys ] || [ "$name" = ensemble ]; then   # a family preset: its timbre bars and card pictures (trainer/family_eval.py)
     # shellcheck disable=SC2046
     $PY -m trainer eval "presets/$name" --data "$data" $($PY -m trainer recipe "$name" --print eval-args) \
       --timbres --update-preset || return 1
@@ -36,11 +36,11 @@ one() {  # name; returns non-zero at the first failing step
 
 # One preset failing (a refused export, say) does not stop the others; the exit status says so.
 failed=()
-for p in "${@:-piano strings marimba drums keys}"; do
+for p in "${@:-piano strings marimba drums keys ensemble}"; do
   for name in $p; do
     case $name in
-      piano|strings|marimba|drums|keys) one "$name" || failed+=("$name") ;;
-      *) echo "unknown preset $name (piano strings marimba drums keys)" >&2; exit 2 ;;
+      piano|strings|marimba|drums|keys|ensemble) one "$name" || failed+=("$name") ;;
+      *) echo "unknown preset $name (piano strings marimba drums keys ensemble)" >&2; exit 2 ;;
     esac
   done
 done

@@ -54,6 +54,17 @@ def test_kind_confusion_compares_own_with_other_kinds_only():
     assert rows[2]["nearest_other_kind"] == "bright" and rows[2]["nearest_other_kind_db"] == 5.5
 
 
+def test_morph_pairs_of_a_family_without_the_keyboards(tmp_path):
+    """A family lacking programs 0, 4 and 6 (here strings and choir) still gets two morphs: its lowest
+    program to its middle one, and the middle one to its highest; the keyboards keep 0->4 and 4->6."""
+    ens = tuple({"name": n, "source": "tiny.sf2", "bank": 0, "program": p}
+                for n, p in (("violin", 40), ("cello", 42), ("strings", 48), ("choir", 52)))
+    p = make_tiny_preset(tmp_path / "a", name="ensemble", sample_rate=8000, note_seconds=0.5, timbres=ens)
+    assert [(p.timbres[a].program, p.timbres[b].program) for a, b in family_eval.morph_pairs(p)] == [(40, 48), (48, 52)]
+    k = make_tiny_preset(tmp_path / "b", name="keys", sample_rate=8000, note_seconds=0.5, timbres=TIMBRES)
+    assert [(k.timbres[a].program, k.timbres[b].program) for a, b in family_eval.morph_pairs(k)] == [(0, 4), (4, 6)]
+
+
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     """A tiny family preset and a dataset of its own notes: one instrument per timbre, 9 pitches x 2 velocities."""

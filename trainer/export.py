@@ -53,8 +53,9 @@ MAX_SHIPPED_MB = 10.0
 DEFAULT_CCS = (74, 70, 71, 76)         # CC 74 the brightness-like knob, the rest in rank order; not CC 1 (GM vibrato)
 KNOB_SIGMA = 2.0                       # knob extremes at ±2 prior standard deviations along the direction
 KNOB_SAMPLES = 96                      # latents sampled for the feature PCA
-KNOB_LEVEL_DB = 2.0                    # a family knob's ends and middle stay this close to the default's level
+KNOB_LEVEL_DB = 2.5                    # a family knob's level stays this close to the default's on its grid
 KNOB_PITCH_ACC = 0.95                  # ... and this share of their notes in tune (trainer eval's bar)
+KNOB_GRID = (0, 32, 64, 96, 127)       # the CC values a family knob's level is checked at (trainer eval's grid)
 MIN_EFFECT_DB = 0.5                    # a direction that changes the log-mel by less is not a knob
 SUSTAIN_DB = -10.0                     # median level just before note-off within 10 dB of the peak: sustained
 
@@ -543,7 +544,8 @@ def _code_span(codes: np.ndarray, z0: np.ndarray, d: np.ndarray) -> tuple[np.nda
 
 def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int], velocity: float, sr: int,
                          n_axes: int = 4, max_cos: float = 0.7, pitched: bool = True,
-                         names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+                         names: list[str] | None = None, velocities: list[float] | None = None
+                         ) -> tuple[np.ndarray, list[str]]:
     """Knob directions for a family, chosen by how far apart their two ends sound from the default
     timbre z0: (axes float64[k, Z], a note on each).
 
@@ -552,10 +554,10 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
     features at 3 keys), and the line from z0 to each timbre (a morph towards that instrument). Each
     spans the codes from z0 (`_code_span`); its effect is the log-mel distance between its two ends
     at 3 keys (`trainer eval` judges a knob by that distance at C4). The strongest whose level at
-    both ends and the middle stays within KNOB_LEVEL_DB of z0's are taken in order (then the
+    every KNOB_GRID position stays within KNOB_LEVEL_DB of z0's are taken in order (then the
     others), skipping one within `max_cos` of a direction already taken or, `pitched`, out of tune
-    at either end or the middle (pitch accuracy under KNOB_PITCH_ACC at 5 keys), and no more of
-    them than the codes span dimensions. Why: on `keys`, knobs on the principal axes alone moved the sound by
+    at a grid position (pitch accuracy under KNOB_PITCH_ACC at 5 keys), and no more of them than
+    the codes span dimensions. Why: on `keys`, knobs on the principal axes alone moved the sound by
     4.4-11.9 dB, two of four under the 6-dB bar, and on the heard axes alone by 3.0-7.1 dB
     (docs/decisions-trainer.md, 2026-12-05)."""
     from trainer.evaluate import log_mel_distance, pitch_accuracy
@@ -565,10 +567,11 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
     z0 = np.asarray(z0, np.float64)
     kk = np.asarray(_spread(list(keys), 3), np.int64)
     n = len(codes)
+    pk = np.asarray([k for k in (36, 48, 60, 72, 84) if min(keys) <= k <= max(keys)] or [int(kk[1])], np.int64)
 
-    def play(zs: np.ndarray) -> np.ndarray:
-        z = np.repeat(zs.astype(np.float32), len(kk), 0)
-        return gen(z, np.tile(kk, len(zs)), np.full(len(z), velocity, np.float32))
+    def play(zs: np.ndarray, at: np.ndarray = kk) -> np.ndarray:
+        z = np.repeat(zs.astype(np.float32), len(at), 0)
+        return gen(z, np.tile(at, len(zs)), np.full(len(z), velocity, np.float32))
 
     _, sv, vt = np.linalg.svd(codes - codes.mean(axis=0), full_matrices=False)
     total = float((sv ** 2).sum()) or 1.0
@@ -589,20 +592,31 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
         if norm > 1e-6 * scale:
             spans.append(_code_span(codes, z0, d / norm))
             labels.append(label)
-    # Each candidate's two ends and its middle, and z0: effect between the ends, level against z0's.
-    pts = np.stack([z0 + sp[0] * e for sp in spans for e in (sp[1], sp[2], 0.5 * (sp[1] + sp[2]))] + [z0])
-    audio = play(pts)
-    lev = level_db(audio, sr).reshape(-1, len(kk)).mean(axis=1)
-    audio = audio[:-len(kk)].reshape(len(spans), 3, len(kk), -1)
-    lev = np.abs(lev[:-1] - lev[-1]).reshape(len(spans), 3).max(axis=1)
-    effect = [float(np.mean(log_mel_distance(a[0], a[1], sr))) for a in audio]
-    pk = np.asarray([k for k in (36, 48, 60, 72, 84) if min(keys) <= k <= max(keys)] or [int(kk[1])], np.int64)
+    # Each candidate: the effect between its ends, and on the knob grid its level's largest distance
+    # from z0's, measured as `trainer eval` does (C4 at `velocities`, its pitch keys at `velocity`).
+    vl = list(velocities or [velocity])
+    lk = np.asarray([60] * len(vl) + pk.tolist(), np.int64)        # C4 at each velocity, then pk
+    lv = np.asarray(vl + [velocity] * len(pk), np.float32)
 
-    def in_tune(j: int) -> bool:    # every key at both ends and the middle within 50 cents (pYIN)
+    def levels(zs: np.ndarray) -> np.ndarray:   # each latent's mean level over (lk, lv), as eval's sweep
+        a = gen(np.repeat(zs.astype(np.float32), len(lk), 0), np.tile(lk, len(zs)), np.tile(lv, len(zs)))
+        return level_db(a, sr).reshape(len(zs), -1).mean(axis=1)
+
+    lev0 = float(levels(z0[None])[0])
+    effect, lev = [], []
+    for d, lo, hi, _ in spans:
+        grid = np.stack([z0 + (lo + (hi - lo) * g / 127) * d for g in KNOB_GRID])
+        a = play(grid[[0, -1]])
+        effect.append(float(np.mean(log_mel_distance(a[:len(kk)], a[len(kk):], sr))))
+        lev.append(float(np.abs(levels(grid) - lev0).max()))
+
+    def in_tune(j: int) -> bool:    # at every grid position, KNOB_PITCH_ACC of the keys within 50 cents (pYIN)
         d, lo, hi, _ = spans[j]
-        z = np.repeat(np.stack([z0 + e * d for e in (lo, hi, 0.5 * (lo + hi))]).astype(np.float32), len(pk), 0)
-        a = gen(z, np.tile(pk, 3), np.full(len(z), velocity, np.float32))
-        return pitch_accuracy(a, np.tile(pk, 3), sr)[0] >= KNOB_PITCH_ACC
+        for g in KNOB_GRID:
+            a = play((z0 + (lo + (hi - lo) * g / 127) * d)[None], pk)
+            if pitch_accuracy(a, pk, sr)[0] < KNOB_PITCH_ACC:
+                return False
+        return True
 
     axes, notes = [], []
     # The strongest first among those whose level stays within LEVEL_DB of the default timbre's
@@ -612,7 +626,7 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
         if all(abs(float(d @ a)) <= max_cos for a in axes) and (not pitched or in_tune(j)):
             axes.append(d)
             notes.append(f"{labels[j]}; {effect[j]:.1f} dB between its ends at 3 keys, level within "
-                         f"{lev[j]:.1f} dB of the default's")
+                         f"{lev[j]:.1f} dB of the default's on the CC grid")
         if len(axes) == n_axes:
             break
     return np.asarray(axes, np.float64).reshape(len(axes), codes.shape[1]), notes
@@ -1216,8 +1230,10 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
             t0_ = timbres[i0]
             default_doc = (f"the timbre of {t0_['name']} ({t0_['source']} program {t0_['program']}): the lowest "
                            f"program of the first source, one of the {len(timbres)} learned timbre codes")
+            vels = [f.layers[i] / 127.0 for i in sorted({0, len(f.layers) // 2, len(f.layers) - 1})]
             axes = measured_timbre_axes(gen, timbre_codes, z0, f.keys, f.v_mid, f.sr, n_knobs,
-                                        pitched=f.kind != "drums", names=[t["name"] for t in timbres])
+                                        pitched=f.kind != "drums", names=[t["name"] for t in timbres],
+                                        velocities=vels)
             knobs, knob_method = timbre_knobs(timbre_codes, z0, [t["name"] for t in timbres], n_knobs, axes=axes)
             say(f"{len(timbres)} timbres; default {t0_['name']}; {len(knobs)} knobs by measured effect")
         else:

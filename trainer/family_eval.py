@@ -297,7 +297,9 @@ def knob_reports(fam: _Family, vels: list[float], acc_keys: list[int]) -> list[d
 
 def morph_pairs(preset, pairs=MORPH_PAIRS) -> list[tuple[int, int]]:
     """(timbre a, timbre b) for each (program a, program b) in `pairs`, both from the default timbre's
-    source when it has them (else the first with that program); pairs the family lacks are skipped."""
+    source when it has them (else the first with that program); pairs the family lacks are skipped.
+    A family with none of them (not the keyboards) morphs its lowest program to its middle one and
+    the middle one to its highest (`ensemble`: violin -> string ensemble -> choir)."""
     from synth.latent import LatentMapper
 
     ts = preset.timbres
@@ -311,6 +313,10 @@ def morph_pairs(preset, pairs=MORPH_PAIRS) -> list[tuple[int, int]]:
         ia, ib = pick(a), pick(b)
         if ia is not None and ib is not None and ia != ib:
             out.append((ia, ib))
+    progs = sorted({t.program for t in ts if t.program is not None})
+    if not out and len(progs) >= 2:
+        mid = progs[len(progs) // 2]
+        out = [(pick(a), pick(b)) for a, b in ((progs[0], mid), (mid, progs[-1])) if a != b]
     return out
 
 
