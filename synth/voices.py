@@ -114,7 +114,7 @@ class VoiceBank:
         # operation on a one-element array.
         self._mf, self._mi, self._mb = np.zeros((7, n)), np.zeros((3, n + 1), np.int64), np.zeros((4, n), bool)
         self._gf, self._gi, self._gb = np.zeros((5, n)), np.zeros((4, n + 1), np.int64), np.zeros((1, n), bool)
-        self._nf, self._ni, self._nb = np.zeros((6, n)), np.zeros((4, n + 1), np.int64), np.zeros((3, n), bool)
+        self._nf, self._ni, self._nb = np.zeros((6, n)), np.zeros((5, n + 1), np.int64), np.zeros((3, n), bool)
         self._ef, self._ei, self._eb = np.zeros((5, n)), np.zeros((6, n + 1), np.int64), np.zeros((3, n), bool)
         self._vf, self._vi, self._vb = np.zeros((7, n)), np.zeros((7, n + 1), np.int64), np.zeros((3, n), bool)
         self._nz = np.zeros((2, 2 * n), np.int64)
@@ -154,6 +154,7 @@ class VoiceBank:
         # releases use (0: none), where its u = 0 sits in `_rt`, and the concatenated tables.
         self._rt_k = np.zeros(0)
         self._rt_o = np.zeros(0, np.int64)
+        self._rt_m = np.zeros(0, np.int64)      # ... and its last u = span, where a mix may start
         self._rt = np.zeros(0)
 
     # ---- work-buffer helpers ---------------------------------------------------------------------
@@ -227,14 +228,17 @@ class VoiceBank:
         never from the audio thread (it allocates); releases of other lengths keep the exp."""
         k = _LN_END / max(1.0, seconds * sample_rate)
         pad = self.max_frames
-        u = np.arange(-pad, math.ceil(_LN_END / k) + pad, dtype=np.float64)
+        span = math.ceil(_LN_END / k)
+        u = np.arange(-pad, span + pad, dtype=np.float64)
         g = np.multiply(np.maximum(u, 0.0), -k)
         tab = np.exp(g.astype(np.float32)).astype(np.float64)
         m = max(len(self._rt_k), preset + 1)
-        rk, ro = np.zeros(m), np.zeros(m, np.int64)
-        rk[:len(self._rt_k)], ro[:len(self._rt_o)] = self._rt_k, self._rt_o
-        rk[preset], ro[preset] = k, len(self._rt) + pad
-        self._rt_k, self._rt_o, self._rt = rk, ro, np.concatenate([self._rt, tab])
+        rk, ro, rm = np.zeros(m), np.zeros(m, np.int64), np.zeros(m, np.int64)
+        n = len(self._rt_k)
+        rk[:n], ro[:n], rm[:n] = self._rt_k, self._rt_o, self._rt_m
+        rk[preset], ro[preset], rm[preset] = k, len(self._rt) + pad, len(self._rt) + pad + span
+        self._rt_k, self._rt_o, self._rt_m = rk, ro, rm
+        self._rt = np.concatenate([self._rt, tab])
 
     # ---- per-voice state (called at event times) -----------------------------------------------
     def pos_at(self, v: int, t: int) -> float:
@@ -978,8 +982,13 @@ class VoiceBank:
         k = len(oe)
         fv, iv = self._nf, self._ni
         offs = self._rt_o.take(iv[2, :k], out=iv[3, :k], mode="clip")
+        last = self._rt_m.take(iv[2, :k], out=iv[4, :k], mode="clip")
         u0 = np.subtract(t, self.rel_t.take(oe, out=iv[1, :k], mode="clip"), out=iv[2, :k])
-        start = np.add(offs, u0, out=iv[1, :k])      # u = t - rel_t may be negative: the table's ones
+        # u = t - rel_t: below 0 (a release later in this render call, perhaps beyond this mix) the
+        # table's lead of ones, at most max_frames of them: further ahead is ones all the same. A
+        # live voice's u stays under its span (it is freed there): the clamp only keeps reads inside.
+        ahead = np.maximum(u0, -self.max_frames, out=iv[1, :k])
+        start = np.minimum(np.add(offs, ahead, out=iv[2, :k]), last, out=iv[1, :k])
         env0 = self.env0.take(oe, out=fv[2, :k], mode="clip")
         rt = self._rt
         if f >= ROW_COPY_FRAMES:

@@ -435,12 +435,14 @@ def test_a_voice_started_ahead_in_the_first_slot_reads_its_note_in_the_next_bloc
 
 
 
-@pytest.mark.parametrize("bs", [1, 64, 1000])
+@pytest.mark.parametrize("bs", [1, 64, 1000, 30000])
 def test_release_tables_give_the_exp_paths_samples(piano, bs):
     """Releases read from the per-preset tables (`VoiceBank.set_release_table`) give exactly the
     samples the per-sample exp gives, at any block size: releases inside a block and at its start,
     a second release (pedal up after key-up under the pedal), a release under a crossfade (exp path)
-    beside tabled ones, and long mixes (row by row) as well as short ones."""
+    beside tabled ones, and long mixes (row by row) as well as short ones; and renders of more frames
+    than a mix covers (offline `--blocksize` up to 65536), whose note-offs start releases further
+    ahead of the mix than the tables' lead of ones."""
     rng = np.random.default_rng(4)
     ev = []
     for j in range(60):
