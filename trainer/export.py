@@ -546,20 +546,16 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
                          n_axes: int = 4, max_cos: float = 0.7, pitched: bool = True,
                          names: list[str] | None = None, velocities: list[float] | None = None
                          ) -> tuple[np.ndarray, list[str]]:
-    """Knob directions for a family, chosen by how far apart their two ends sound from the default
-    timbre z0: (axes float64[k, Z], a note on each).
+    """Knob directions for a family, by measurement from the default timbre z0: (axes float64[k, Z],
+    a note on each).
 
-    Candidates: the codes' principal axes (where the latent spreads), the latent line between the
-    two timbres at the ends of each main axis of the heard spread (PCA of the timbres' coarse log-mel
-    features at 3 keys), and the line from z0 to each timbre (a morph towards that instrument). Each
-    spans the codes from z0 (`_code_span`); its effect is the log-mel distance between its two ends
-    at 3 keys (`trainer eval` judges a knob by that distance at C4). The strongest whose level at
-    every KNOB_GRID position stays within KNOB_LEVEL_DB of z0's are taken in order (then the
-    others), skipping one within `max_cos` of a direction already taken or, `pitched`, out of tune
-    at a grid position (pitch accuracy under KNOB_PITCH_ACC at 5 keys), and no more of them than
-    the codes span dimensions. Why: on `keys`, knobs on the principal axes alone moved the sound by
-    4.4-11.9 dB, two of four under the 6-dB bar, and on the heard axes alone by 3.0-7.1 dB
-    (docs/decisions-trainer.md, 2026-12-05)."""
+    Candidates, each spanning the codes from z0 (`_code_span`): the codes' principal axes, the line
+    between the timbres at the ends of each heard axis (PCA of their coarse log-mel at 3 keys), and
+    the line towards each timbre. Strongest first by the log-mel distance between the two ends,
+    among those whose level stays within KNOB_LEVEL_DB of z0's on the KNOB_GRID (as `trainer eval`
+    measures it: C4 at `velocities`, keys 36-84 at `velocity`); none within `max_cos` of one taken,
+    none out of tune on the grid (`pitched`), no more than the codes span. Why: principal axes alone
+    left two of `keys`' four knobs under 6 dB (docs/decisions-trainer.md, 2026-12-05)."""
     from trainer.evaluate import log_mel_distance, pitch_accuracy
     from trainer.family_eval import level_db
 
