@@ -57,14 +57,15 @@ def families() -> list[tuple[str, str, tuple[int, int]]]:
 def run(quick: bool = False, preset: str | None = None, data: str | None = None,
         pitches: tuple[int, int] | None = None) -> dict:
     """{"rows", "result"}: `preset` on `data` (or $BENCH_FAMILY_PRESET / $BENCH_FAMILY_DATA), else
-    every shipped family preset on its recipe's dataset, rows prefixed with the preset's name."""
+    every shipped family preset on its recipe's dataset, each row naming its preset."""
     preset = preset or os.environ.get("BENCH_FAMILY_PRESET")
     if preset:
         return run_one(quick, preset, data or os.environ.get("BENCH_FAMILY_DATA") or DATA, pitches or PITCHES)
     rows, results = [], {}
     for name, ds, pr in families() or [(PRESET, DATA, PITCHES)]:
         got = run_one(quick, name, ds, pitches or pr)
-        rows += [{**r, "name": f"{name}: {r['name']}"} for r in got["rows"]]
+        rows += [r if r["name"].startswith(f"family {name}") else {**r, "name": f"family {name}: {r['name']}"}
+                 for r in got["rows"]]
         results[name] = got.get("result")
     return {"rows": rows, "result": results}
 
