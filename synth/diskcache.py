@@ -47,7 +47,7 @@ log = logging.getLogger("synth")
 
 # Bump when the notes the worker publishes change for the same inputs (its resampling, decay shaping or
 # loop making, `synth.worker`) or the file layout does: the old notes are then never read again, and age out.
-FORMAT = 1
+FORMAT = 2
 DEFAULT_CAP_BYTES = 2 * 1024**3
 MAGIC = b"NSYNNOTE"
 HEADER = struct.Struct("<8sIIddI16s12x")     # magic, format, samples, loop start, loop end, crc32, key digest

@@ -17,6 +17,12 @@ timbres' points, moved by the knobs relative to their defaults, so a program cha
 timbre exactly and the knobs move away from it along the family's main axes:
 
     latent = lerp(timbre_a, timbre_b, morph/127) + Σ_k (offset_k(cc_k) − offset_k(default_k)) · direction_k
+
+Family presets keep their loudness under the knobs and the morph (`level_gain`). A straight line
+between two timbres' latents is not a straight line in loudness: halfway from a grand to a Rhodes the
+generator can play 3-4 dB under both. And a knob is for timbre, not volume. So the worker scales a
+state's notes so that their level is the straight dB line between the morph's two ends (knobs at
+their defaults), measured on the generator once per state.
 """
 
 from __future__ import annotations
@@ -35,6 +41,50 @@ MORPH_CC = 16            # General Purpose 1: morph amount toward the target tim
 MORPH_TARGET_CC = 17     # General Purpose 2: the target timbre, by GM program number
 
 KnobKey = tuple[int, ...]
+
+LEVEL_KEYS = (36, 48, 60, 72, 84)     # where a morph's level is measured (clipped to the range)
+LEVEL_GAIN_LIMIT_DB = 12.0
+
+
+def note_levels_db(audio: np.ndarray, sr: int) -> np.ndarray:
+    """float64[B]: each note's level in dB, the mean power of its 10-ms frames within 30 dB of its
+    loudest (so a long quiet tail does not decide how loud a note sounds)."""
+    a = np.atleast_2d(np.asarray(audio, np.float64))
+    hop = max(1, sr // 100)
+    f = a.shape[1] // hop
+    power = np.mean(a[:, :f * hop].reshape(len(a), f, hop) ** 2, axis=2) + 1e-20
+    keep = power >= power.max(axis=1, keepdims=True) * 1e-3
+    return 10 * np.log10(np.sum(power * keep, axis=1) / keep.sum(axis=1))
+
+
+def level_gain(mapper: LatentMapper, key: KnobKey, generate) -> float:
+    """Linear gain for the notes of family knob state `key` (1 for other presets): the gain that puts
+    the state's level on the straight dB line between its morph's two ends with the knobs at their
+    defaults, so that the morph moves evenly in loudness and the knobs keep it. 1 where the state
+    is a timbre itself; within ±LEVEL_GAIN_LIMIT_DB. Levels: the mean of `note_levels_db` over
+    LEVEL_KEYS at the middle velocity layer. `generate(z, pitch, velocity)` is the preset's
+    generator (`GeneratorSession.generate`); it runs on at most 4 x 5 notes."""
+    if not len(mapper.timbres):
+        return 1.0
+    n = len(mapper.default_key) - 3
+    ta, tb, m = key[-3:]
+    plain = mapper.default_key[:n] + key[n:]                 # the knobs at their defaults
+    ends = [mapper.with_timbre(plain, None, None, x) for x in (0, 127)]
+    morphing = ta != tb and 0 < m < 127
+    knobbed = not np.array_equal(mapper.latent(key), mapper.latent(plain))
+    if not (morphing or knobbed):
+        return 1.0
+    states = (ends if morphing else [plain]) + [key]
+    p = mapper.preset
+    lo, hi = p.pitch_range
+    keys = np.unique(np.clip(LEVEL_KEYS, lo, hi)).astype(np.int64)
+    layers = p.velocity_layers
+    vel = np.float32(layers[len(layers) // 2] / 127.0 if p.velocity_conditioned else 1.0)
+    zs = np.asarray([mapper.latent(s) for s in states], np.float32)
+    audio = generate(np.repeat(zs, len(keys), 0), np.tile(keys, len(zs)), np.full(len(zs) * len(keys), vel, np.float32))
+    lev = note_levels_db(audio, p.sample_rate).reshape(len(zs), len(keys)).mean(axis=1)
+    want = lev[0] + (lev[1] - lev[0]) * m / 127.0 if morphing else lev[0]
+    return float(10 ** (np.clip(want - lev[-1], -LEVEL_GAIN_LIMIT_DB, LEVEL_GAIN_LIMIT_DB) / 20))
 
 
 class LatentMapper:

@@ -40,7 +40,7 @@ from synth import ring
 from synth.cache import GUARD, NoteCache
 from synth.diskcache import open_disk_cache
 from synth.inference import GeneratorSession
-from synth.latent import LatentMapper
+from synth.latent import LatentMapper, level_gain
 from synth.preset import Preset
 
 log = logging.getLogger("synth")
@@ -139,6 +139,7 @@ class GeneratorWorker:
         self.errors = 0
         self.last_error: str | None = None
         self.generated = 0
+        self._level_gains: dict[tuple, float] = {}
         self.bad_notes = 0
         self.disk_hits = 0
         self.last_miss_ms: float | None = None
@@ -306,10 +307,11 @@ class GeneratorWorker:
         p = self.presets[name]
         sess = self.sessions[name]
         mapper = self.mappers[name]
-        latents = {}
+        latents, gains = {}, {}
         for k in keys:
             if k[1] not in latents:
                 latents[k[1]] = mapper.latent(k[1])
+                gains[k[1]] = self._level_gain(name, k[1])
         z = np.stack([latents[k[1]] for k in keys])
         pitch = np.array([k[2] for k in keys], np.int64)
         vel = np.array([k[3] / 127.0 for k in keys], np.float32)
@@ -337,6 +339,8 @@ class GeneratorWorker:
                 cached += 1
                 continue
             x = resample(audio[i]) if resample is not None else audio[i].copy()
+            if gains[k[1]] != 1.0:
+                x *= np.float32(gains[k[1]])
             env = mapper.decay_envelope(k[1], len(x), self.out_rate)
             if env is not None:
                 x *= env
@@ -356,6 +360,16 @@ class GeneratorWorker:
                     self._store_later(k, x, loop)
         self.generated += cached
         return cached
+
+    def _level_gain(self, name: str, knobkey: tuple) -> float:
+        """`synth.latent.level_gain` of a knob state, remembered (each state measures its level once)."""
+        memo = self._level_gains
+        g = memo.get((name, knobkey))
+        if g is None:
+            if len(memo) >= 4096:
+                memo.clear()
+            g = memo[(name, knobkey)] = level_gain(self.mappers[name], knobkey, self.sessions[name].generate)
+        return g
 
     # ---- ringing notes (synth.ring) ---------------------------------------------------------------
     def _ring_head(self, k: tuple, x: np.ndarray) -> np.ndarray:

@@ -214,6 +214,56 @@ def test_family_timbres_follow_program_bank_and_morph(presets):
         assert np.linalg.norm(m.latent(e.channel_state(0)[1]) - np.asarray(keys.timbres[1].latent)) > 1.0
 
 
+def test_morph_level_follows_the_straight_db_line_between_its_ends(presets, monkeypatch):
+    from synth import worker
+    from synth.inference import GeneratorSession
+    from synth.latent import LatentMapper, level_gain, note_levels_db
+
+    keys = presets["keys"]
+    m = LatentMapper(keys)
+    gen = GeneratorSession(keys, providers="cpu", threads=1).generate
+    base = m.default_key
+    for ends in ((0, 1, 0), (0, 1, 127), (1, 1, 64)):
+        assert level_gain(m, m.with_timbre(base, *ends), gen) == 1.0
+    k = np.arange(36, 85, 12)
+    v = np.full(len(k), keys.velocity_layers[len(keys.velocity_layers) // 2] / 127, np.float32)
+
+    def level(key, g=1.0):
+        return note_levels_db(g * gen(np.repeat(m.latent(key)[None], len(k), 0), k, v), keys.sample_rate).mean()
+    for amt in (16, 64, 100):
+        key = m.with_timbre(base, 0, 1, amt)
+        g = level_gain(m, key, gen)
+        lo, hi = level(m.with_timbre(base, 0, 1, 0)), level(m.with_timbre(base, 0, 1, 127))
+        assert abs(level(key, g) - (lo + (hi - lo) * amt / 127)) < 0.01
+    # a knob keeps its timbre's level (and the morph's line, knobs and morph together)
+    for amt in (0, 64):
+        key = m.with_cc(m.with_timbre(base, 0, 1, amt), keys.knobs[0].cc, 127)
+        plain = m.with_timbre(base, 0, 1, amt)
+        want = level(plain, level_gain(m, plain, gen))
+        assert abs(level(key, level_gain(m, key, gen)) - want) < 0.01
+    # the engine plays a morph state's notes at that gain, and the ends as generated
+
+    def played(amt, off=False):
+        if off:
+            monkeypatch.setattr(worker, "level_gain", lambda *a: 1.0)
+        with Engine(sample_rate=SR, presets=[keys], program_map={0: "keys", 4: "keys"}) as e:
+            e.program_change(0, 0)
+            e.control_change(0, 17, 4)
+            e.control_change(0, 16, amt)
+            x = note(e, pitch=60, vel=100, frames=9600)
+            key = e.channel_state(0)[1]
+        monkeypatch.undo()
+        return x, key
+    x, key = played(64)
+    raw, _ = played(64, off=True)
+    g = level_gain(m, key, gen)
+    assert abs(g - 1) > 1e-3
+    np.testing.assert_allclose(x, g * raw, atol=1e-5 * np.abs(raw).max())
+    x, _ = played(127)
+    raw, _ = played(127, off=True)
+    np.testing.assert_array_equal(x, raw)
+
+
 def test_sends_follow_cc91(presets):
     def wet(send):
         bus = EffectsBus(SR, reverb=1.0)

@@ -127,11 +127,18 @@ def test_export_writes_the_timbres_and_knobs_between_them(trained, tmp_path):
     dest = tmp_path / "presets" / "fam"
     assert trainer_main(["export", str(trained), "--preset", str(dest)]) == 0
     p = load_preset_dir(dest)
-    codes = fit.load_timbres(trained)
+    learned = fit.load_timbres(trained)
     assert [t.name for t in p.timbres] == list(MIXES)
     assert [(t.source, t.program) for t in p.timbres] == [("synth.sf2", 5), ("synth.sf2", 4), ("other.sf2", 0)]
-    for t, c in zip(p.timbres, codes, strict=True):
-        assert len(t.latent) == p.latent_size and np.allclose(t.latent, c, atol=1e-6)
+    # each code was searched against its instrument's notes and moved only where nearer on its valid notes
+    rows = p.training["timbre_fit"]["timbres"]
+    codes = np.asarray([t.latent for t in p.timbres], np.float32)
+    for row, c, c0 in zip(rows, codes, learned, strict=True):
+        assert len(c) == p.latent_size
+        if row["moved"]:
+            assert row["valid_db"][1] < row["valid_db"][0] and not np.allclose(c, c0)
+        else:
+            assert np.allclose(c, c0, atol=1e-6)
     # the default: the lowest program of the first source ("hollow", program 4 of synth.sf2)
     assert np.allclose(p.default_latent, codes[1], atol=1e-6)
     # knobs: the codes' principal axes (3 codes span 2), unit length, CC default = offset 0 exactly
@@ -152,6 +159,37 @@ def test_export_writes_the_timbres_and_knobs_between_them(trained, tmp_path):
     audio = GeneratorSession(p, providers="cpu", threads=1).generate(
         np.asarray([t.latent for t in p.timbres], np.float32), np.array([60, 60, 60]), np.full(3, 0.8, np.float32))
     assert audio.shape == (3, p.note_samples) and np.isfinite(audio).all()
+
+
+def _blend_gen(sr: int, n: int):
+    """A generator with a known timbre axis: z[0] blends "soft" (z[0] << 0) into "bright" (z[0] >> 0)."""
+    def gen(z, pitch, velocity):
+        out = []
+        for zz, p, v in zip(np.atleast_2d(z), pitch, velocity, strict=True):
+            a = 1 / (1 + np.exp(-4 * float(zz[0])))
+            soft, bright = _tone("soft", int(p), int(round(v * 127)), sr, n), _tone("bright", int(p), int(round(v * 127)), sr, n)
+            out.append((1 - a) * soft + a * bright)
+        return np.asarray(out, np.float32)
+    return gen
+
+
+def test_refined_codes_move_towards_their_instruments_sound(family):
+    from trainer.timbre_fit import refine_codes
+
+    codes = np.zeros((3, 4), np.float32)             # every code starts halfway between soft and bright
+    new, rec = refine_codes(_blend_gen(8000, 2048), codes, family, 8000, 2048, True, generations=12, notes=6)
+    rows = rec["timbres"]
+    assert [r["timbre"] for r in rows] == [0, 1, 2] and rec["moved"] == sum(r["moved"] for r in rows)
+    soft, bright = rows[0], rows[2]
+    assert soft["moved"] and bright["moved"]
+    assert new[0, 0] < -0.1 and new[2, 0] > 0.1     # towards the instrument each code belongs to
+    for r in (soft, bright):
+        assert r["valid_db"][1] < r["valid_db"][0] - 0.5 and r["train_db"][1] < r["train_db"][0]
+    for r, c, c0 in zip(rows, new, codes, strict=True):
+        assert r["moved"] or np.array_equal(c, c0)     # a code not nearer on valid notes stays as learned
+    # no search, no change
+    same, rec0 = refine_codes(_blend_gen(8000, 2048), codes, family, 8000, 2048, True, generations=0, notes=6)
+    assert np.array_equal(same, codes) and rec0["moved"] == 0
 
 
 def test_timbre_knobs_span_the_codes():
@@ -219,6 +257,33 @@ def test_measured_axes_follow_the_sound_not_the_latent_spread():
         lo, hi = k["range"]
         proj = (codes - codes[2]) @ np.asarray(k["direction"])
         assert np.isclose(lo, proj.min(), atol=0.05 * (hi - lo)) and np.isclose(hi, proj.max(), atol=0.05 * (hi - lo))
+
+
+def test_measured_axes_prefer_a_smooth_knob_to_a_jump():
+    """Dim 3 switches the sound between two spectra at one point (a big change, all in one CC step);
+    dim 1 tilts it gradually (a smaller one). The first knob is the gradual one: eval's smoothness
+    bar (no grid step over 60% of the span) would fail the switch."""
+    from trainer.export import measured_timbre_axes
+
+    sr, n = 16000, 8000
+    t = np.arange(n) / sr
+
+    def gen(z, p, v):
+        z = np.asarray(z, np.float64)
+        f0 = 440.0 * 2.0 ** ((np.asarray(p, np.float64) - 69) / 12)
+        tilt = 1.0 + 0.4 * z[:, 1] + 2.0 * (z[:, 3] > 0.05)
+        out = np.zeros((len(z), n))
+        for h in range(1, 12):
+            ok = h * f0 < sr / 2
+            out += ok[:, None] * (h ** -tilt)[:, None] * np.sin(2 * np.pi * h * f0[:, None] * t)
+        return (0.3 * out / np.abs(out).max(axis=1, keepdims=True)).astype(np.float32)
+
+    codes = np.zeros((4, 5))
+    codes[:, 1] = [-1.5, 1.5, 0.0, 0.0]
+    codes[:, 3] = [0.0, 0.0, -1.0, 1.0]
+    axes, notes = measured_timbre_axes(gen, codes.astype(np.float32), codes[0], list(range(48, 73)), 0.8, sr,
+                                       n_axes=2, pitched=False, velocities=[0.2, 0.6, 1.0])
+    assert abs(axes[0][1]) > 0.9, (axes, notes)
 
 
 def test_preset_validates_timbres(tmp_path):

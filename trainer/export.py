@@ -53,7 +53,8 @@ MAX_SHIPPED_MB = 10.0
 DEFAULT_CCS = (74, 70, 71, 76)         # CC 74 the brightness-like knob, the rest in rank order; not CC 1 (GM vibrato)
 KNOB_SIGMA = 2.0                       # knob extremes at ±2 prior standard deviations along the direction
 KNOB_SAMPLES = 96                      # latents sampled for the feature PCA
-KNOB_LEVEL_DB = 2.5                    # a family knob's level stays this close to the default's on its grid
+KNOB_LEVEL_DB = 9.0                    # a family knob's level within this of the default's: the engine's level_gain (±12 dB) brings it back
+KNOB_STEP_SHARE = 0.55                 # ... and no step on its grid over this share of its span (eval's bar: 0.6)
 KNOB_PITCH_ACC = 0.95                  # ... and this share of their notes in tune (trainer eval's bar)
 KNOB_GRID = (0, 32, 64, 96, 127)       # the CC values a family knob's level is checked at (trainer eval's grid)
 MIN_EFFECT_DB = 0.5                    # a direction that changes the log-mel by less is not a knob
@@ -553,11 +554,14 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
     between the timbres at the ends of each heard axis (PCA of their coarse log-mel at 3 keys), and
     the line towards each timbre. Strongest first by the log-mel distance between the two ends,
     among those whose level stays within KNOB_LEVEL_DB of z0's on the KNOB_GRID (as `trainer eval`
-    measures it: C4 at `velocities`, keys 36-84 at `velocity`); none within `max_cos` of one taken,
+    measures it: C4 at `velocities`, keys 36-84 at `velocity`), which the engine's gain
+    (`synth.latent.level_gain`) takes back to the timbre's level, and whose C4 moves smoothly over
+    the grid (KNOB_STEP_SHARE); none within `max_cos` of one taken,
     none out of tune on the grid (`pitched`), no more than the codes span. Why: principal axes alone
     left two of `keys`' four knobs under 6 dB (docs/decisions-trainer.md, 2026-12-05)."""
+    from trainer.evaluate import log_mel as eval_log_mel
     from trainer.evaluate import log_mel_distance, pitch_accuracy
-    from trainer.family_eval import level_db
+    from trainer.family_eval import level_db, smoothness
 
     codes = np.asarray(codes, np.float64)
     z0 = np.asarray(z0, np.float64)
@@ -594,17 +598,24 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
     lk = np.asarray([60] * len(vl) + pk.tolist(), np.int64)        # C4 at each velocity, then pk
     lv = np.asarray(vl + [velocity] * len(pk), np.float32)
 
-    def levels(zs: np.ndarray) -> np.ndarray:   # each latent's mean level over (lk, lv), as eval's sweep
+    def levels(zs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Each latent's mean level over (lk, lv), and whether C4's log-mel moves smoothly over them
+        (monotonic, no step over KNOB_STEP_SHARE of the span), as eval's sweep measures them."""
         a = gen(np.repeat(zs.astype(np.float32), len(lk), 0), np.tile(lk, len(zs)), np.tile(lv, len(zs)))
-        return level_db(a, sr).reshape(len(zs), -1).mean(axis=1)
+        lev = level_db(a, sr).reshape(len(zs), -1).mean(axis=1)
+        lm = [eval_log_mel(x[:len(vl)], sr) for x in a.reshape(len(zs), len(lk), -1)]
+        sm = smoothness([[float(np.abs(x - y).mean()) for y in lm] for x in lm])
+        return lev, bool(sm["monotonic"] and sm["max_step_share"] <= KNOB_STEP_SHARE)
 
-    lev0 = float(levels(z0[None])[0])
-    effect, lev = [], []
+    lev0 = float(levels(z0[None])[0][0])
+    effect, lev, smooth = [], [], []
     for d, lo, hi, _ in spans:
         grid = np.stack([z0 + (lo + (hi - lo) * g / 127) * d for g in KNOB_GRID])
         a = play(grid[[0, -1]])
         effect.append(float(np.mean(log_mel_distance(a[:len(kk)], a[len(kk):], sr))))
-        lev.append(float(np.abs(levels(grid) - lev0).max()))
+        gl, ok = levels(grid)
+        lev.append(float(np.abs(gl - lev0).max()))
+        smooth.append(ok)
 
     def in_tune(j: int) -> bool:    # at every grid position, KNOB_PITCH_ACC of the keys within 50 cents (pYIN)
         d, lo, hi, _ = spans[j]
@@ -615,9 +626,9 @@ def measured_timbre_axes(gen, codes: np.ndarray, z0: np.ndarray, keys: list[int]
         return True
 
     axes, notes = [], []
-    # The strongest first among those whose level stays within LEVEL_DB of the default timbre's
-    # (`trainer eval`'s bar is 3 dB at every grid position), then the rest; pitched ones in tune.
-    for j in sorted(range(len(spans)), key=lambda j: (lev[j] > KNOB_LEVEL_DB, -effect[j])):
+    # The strongest first among the smooth ones whose level stays within KNOB_LEVEL_DB of the default
+    # timbre's (the engine's level_gain brings it back), then the rest; pitched ones in tune.
+    for j in sorted(range(len(spans)), key=lambda j: (lev[j] > KNOB_LEVEL_DB or not smooth[j], -effect[j])):
         d = spans[j][0]
         if all(abs(float(d @ a)) <= max_cos for a in axes) and (not pitched or in_tune(j)):
             axes.append(d)
@@ -1177,7 +1188,7 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
                   data_root: str | os.PathLike | None = None, commands: list[str] | None = None,
                   n_knobs: int = 4, seed: int = 0, tolerance: float = PARITY_TOL, quiet: bool = False,
                   exporters: tuple[str, ...] = EXPORTERS, run_facts: dict[str, Any] | None = None,
-                  encoder=None, timbre_codes: np.ndarray | None = None):
+                  encoder=None, timbre_codes: np.ndarray | None = None, timbre_search: int = 30):
     """Export generator `G` (eval mode; `forward(z float32[B, Z], pitch int64[B], velocity float32[B])
     -> audio float32[B, N]` in [-1, 1]; attributes sample_rate, note_samples, latent_size) with its run's
     resolved `config` into the preset folder `dest`. Returns the reloaded `synth.preset.Preset`.
@@ -1190,6 +1201,8 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     learned timbre codes (`trainer.fit.load_timbres`) for a family preset: they become the manifest's
     `timbres`, the default latent is the first source's lowest program and the knobs run along the
     directions through the timbres that sound furthest apart (`measured_timbre_axes`, `timbre_knobs`).
+    timbre_search: generations of the search that refines each code against its instrument's notes
+    before that (`trainer.timbre_fit`; 0 keeps the learned codes; needs the dataset).
     """
     from synth.fsutil import atomic_dir
     from synth.preset import NAME_RE, load_preset_dir, manifest_dict, validate_manifest
@@ -1219,6 +1232,14 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
         root = Path(data_root) if data_root else (Path(info["root"]) if info.get("root") else None)
         real = _real_notes(root, f.sr, f.keys)
         timbres = None
+        fit_rec = None
+        if timbre_codes is not None and timbre_search > 0 and real is not None:
+            from trainer.timbre_fit import refine_codes
+
+            say(f"refining {len(timbre_codes)} timbre codes ({timbre_search} generations each)")
+            timbre_codes, fit_rec = refine_codes(gen, timbre_codes, root, f.sr, f.n, f.conditioned,
+                                                 generations=timbre_search, seed=seed, say=say)
+            say(f"timbre codes: {fit_rec['moved']} of {len(timbre_codes)} moved ({fit_rec['seconds']:.0f} s)")
         if timbre_codes is not None:
             timbres = timbre_entries(timbre_codes, list(info.get("instruments") or []))
             i0 = default_timbre(timbres)
@@ -1241,6 +1262,8 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
                       run_facts, run_dir, cmds)
         if timbres:
             m["timbres"] = timbres
+        if fit_rec:
+            m["training"]["timbre_fit"] = fit_rec
         preset = validate_manifest(json.loads(json.dumps(m)), tmp)
         (tmp / "preset.json").write_text(json.dumps(manifest_dict(preset), indent=1) + "\n", encoding="utf-8")
         _write_grid(gen, f, z0, real, tmp, name)
@@ -1267,6 +1290,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--knobs", type=int, default=4, help="number of knobs (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="replace an existing preset folder")
+    ap.add_argument("--timbre-search", type=int, default=30, metavar="GENS",
+                    help="family presets: generations of the search that refines each timbre code against its "
+                         "instrument's train notes, kept where nearer on its valid notes (default 30; 0: off)")
     ap.add_argument("--last", action="store_true",
                     help="export the run's last weights (checkpoints/last.pt) instead of its best validation's "
                          "(checkpoints/best.pt, the default when the run kept one)")
@@ -1277,6 +1303,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not 0 <= args.knobs <= 8:
         raise UserError(f"--knobs {args.knobs}: must be 0..8")
+    if not 0 <= args.timbre_search <= 1000:
+        raise UserError(f"--timbre-search {args.timbre_search}: must be 0..1000")
     G, config, facts, encoder = load_run(args.run, "last" if args.last else "auto")
     from trainer.fit import load_timbres
 
@@ -1286,5 +1314,5 @@ def main(argv: list[str]) -> int:
     export_preset(G, config, args.preset, name=args.name, description=args.description, force=args.force,
                   run_dir=args.run, data_root=args.data, n_knobs=args.knobs, seed=args.seed,
                   commands=["python", "-m", "trainer", "export", *argv], run_facts=facts, encoder=encoder,
-                  timbre_codes=codes)
+                  timbre_codes=codes, timbre_search=args.timbre_search)
     return 0

@@ -249,17 +249,20 @@ def timbre_report(fam: _Family, split: str, pitches: tuple[int, int], cross_note
 
 
 def sweep(fam: _Family, latents: list[np.ndarray], ref: np.ndarray, vels: list[float],
-          acc_keys: list[int], level_line: bool = False) -> dict[str, Any]:
+          acc_keys: list[int], level_line: bool = False, gains: list[float] | None = None) -> dict[str, Any]:
     """Figures of one sweep (latents in grid order): smoothness at C4 over `vels`, pitch accuracy over
     `acc_keys` at the middle velocity, and each position's level against `ref`'s, note for note.
     `level_line`: against the straight line (in dB) between the two ends' levels instead (a morph
-    between instruments of different loudness), `level_vs_first_db` keeping the plain figures."""
+    between instruments of different loudness), `level_vs_first_db` keeping the plain figures.
+    `gains`: the linear gain the engine gives each latent's notes (`synth.latent.level_gain`)."""
     v_mid = _mid_velocity(fam.preset)
     keys = [C4] * len(vels) + list(acc_keys)
     vv = list(vels) + [v_mid] * len(acc_keys)
     zs = [ref] + list(latents)
     audio = fam.gen(np.repeat(np.asarray(zs, np.float32), len(keys), 0), np.tile(keys, len(zs)), np.tile(vv, len(zs)))
     audio = audio.reshape(len(zs), len(keys), -1)
+    if gains is not None:
+        audio[1:] *= np.asarray(gains, np.float32)[:, None, None]
     lm = [log_mel(a[:len(vels)], fam.sr) for a in audio[1:]]
     P = len(latents)
     dmat = np.array([[_lmd(lm[a], lm[b]) for b in range(P)] for a in range(P)])
@@ -281,14 +284,19 @@ def sweep(fam: _Family, latents: list[np.ndarray], ref: np.ndarray, vels: list[f
 
 
 def knob_reports(fam: _Family, vels: list[float], acc_keys: list[int]) -> list[dict[str, Any]]:
-    """Each latent knob swept over `GRID` from the default timbre (other knobs at their defaults)."""
+    """Each latent knob swept over `GRID` from the default timbre (other knobs at their defaults), at
+    the level the engine plays each state (`synth.latent.level_gain`)."""
+    from synth.latent import level_gain
+
     m, base = fam.mapper, fam.mapper.default_key
     out = []
     for k in fam.preset.knobs:
         if k.kind != "latent":
             continue
-        zs = [m.latent(m.with_cc(base, k.cc, v)) for v in GRID]
-        r = sweep(fam, zs, m.latent(base), vels, acc_keys)
+        states = [m.with_cc(base, k.cc, v) for v in GRID]
+        gains = [level_gain(m, s, fam.sess.generate) for s in states]
+        r = sweep(fam, [m.latent(s) for s in states], m.latent(base), vels, acc_keys, gains=gains)
+        r["engine_gain_db"] = [round(20 * float(np.log10(g)), 2) for g in gains]
         r.update({"cc": k.cc, "name": k.name, "grid": list(GRID),
                   "span_ok": bool(r["span_db"] >= BARS["knob_span_db"])})
         out.append(r)
@@ -321,11 +329,17 @@ def morph_pairs(preset, pairs=MORPH_PAIRS) -> list[tuple[int, int]]:
 
 
 def morph_reports(fam: _Family, vels: list[float], acc_keys: list[int]) -> list[dict[str, Any]]:
-    """CC 16 amounts over `GRID` from timbre a toward b (CC 17), for each of `morph_pairs`."""
+    """CC 16 amounts over `GRID` from timbre a toward b (CC 17), for each of `morph_pairs`, with the
+    level the engine plays them at (`synth.latent.level_gain`)."""
+    from synth.latent import level_gain
+
     out = []
     for a, b in morph_pairs(fam.preset):
         zs = [fam.timbre_latent(a, b, amt) for amt in GRID]
-        r = sweep(fam, zs, zs[0], vels, acc_keys, level_line=True)
+        gains = [level_gain(fam.mapper, fam.mapper.with_timbre(fam.mapper.default_key, a, b, amt), fam.sess.generate)
+                 for amt in GRID]
+        r = sweep(fam, zs, zs[0], vels, acc_keys, level_line=True, gains=gains)
+        r["engine_gain_db"] = [round(20 * float(np.log10(g)), 2) for g in gains]
         ta, tb = fam.preset.timbres[a], fam.preset.timbres[b]
         r.update({"from": f"{ta.name} (program {ta.program})", "to": f"{tb.name} (program {tb.program})",
                   "timbres": [a, b], "grid": list(GRID), "level_ends_real_db": _real_level_gap(fam, a, b, vels)})
