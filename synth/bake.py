@@ -380,7 +380,7 @@ def bake_preset(preset, opts: BakeOptions, strict_knobs: bool = True, threads: i
     """Generate and shape every sample of `preset` (see the module docstring), at `timbre`'s latent
     point (default: `opts.timbre`) plus the knob offsets."""
     from synth.inference import GeneratorSession
-    from synth.latent import LatentMapper
+    from synth.latent import LatentMapper, level_gain
 
     t0 = time.perf_counter()
     mapper = LatentMapper(preset)
@@ -400,9 +400,10 @@ def bake_preset(preset, opts: BakeOptions, strict_knobs: bool = True, threads: i
                         12.0 * math.log2(rate_factor), layers, [], key_spans(preset), timbre=timbre, rate=rate)
     zs = np.repeat(z[None, :], len(keys), axis=0)
     pitch = np.asarray(keys, np.int64)
+    held = level_gain(mapper, cache_key, sess.generate)     # a family's knobs keep its level, as the engine's
     for layer in layers:
         audio = sess.generate(zs, pitch, np.full(len(keys), layer.velocity / 127.0, np.float32))
-        top = np.float32(bridge_gain(preset, layer.hi, layer.velocity))
+        top = np.float32(bridge_gain(preset, layer.hi, layer.velocity) * held)
         for i, k in enumerate(keys):
             x = audio[i]
             if not np.isfinite(x).all():

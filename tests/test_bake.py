@@ -502,6 +502,45 @@ def test_family_preset_bakes_each_timbre_at_its_program(tmp_path, capfd):
     assert not (tmp_path / "x.sf2").exists()
 
 
+def test_family_knob_bake_keeps_the_engines_level(tmp_path):
+    """A family timbre baked with a knob turned plays at the engine's level for that knob state: the
+    engine holds a family's level under its knobs (`synth.latent.level_gain`), and so does the bank."""
+    from synth.engine import Engine
+    from synth.inference import GeneratorSession
+    from synth.latent import LatentMapper, level_gain
+    from synth.preset import find_preset
+
+    d = tmp_path / "presets"
+    family_preset(d)
+    p = find_preset("family", [d])
+    m = LatentMapper(p)
+    cc = p.knobs[0].cc
+    state = m.with_cc(m.with_timbre(m.default_key, 2, 2, 0), cc, 127)
+    g_db = 20 * math.log10(level_gain(m, state, GeneratorSession(p, threads=1, warmup=False).generate))
+    assert abs(g_db) > 1.0, g_db                    # the knob moves the raw level: a real test
+    mid = tmp_path / "k.mid"
+    midi_file(mid, [(0.1, 0.9, 0, 60, 127)], {0: 0})
+
+    def db(a):
+        return 10 * math.log10(float(np.mean(np.square(a, dtype=np.float64))))
+
+    def baked(*knob):
+        out = tmp_path / "k.sf2"
+        assert cli_main(["bake", "--preset", "family", "--preset-dir", str(d), "-o", str(out), "-q", "--timbre",
+                         "harpsi", *knob]) == 0
+        return db(fluid(out, mid, tmp_path)[0][int(0.15 * RATE):int(0.45 * RATE)])
+
+    def engine(v):
+        with Engine(sample_rate=RATE, presets=[p], program_map={6: "family"}) as e:
+            e.program_change(0, 6)
+            e.control_change(0, cc, v)
+            e.render(int(0.1 * RATE))
+            e.note_on(0, 60, 127)
+            return db(e.render(int(0.4 * RATE))[int(0.05 * RATE):int(0.35 * RATE)])
+    # the knob's change of level, baked and in the engine (the default: the knob's default CC)
+    assert baked("--knob", f"{cc}=127") - baked() == pytest.approx(engine(127) - engine(p.knobs[0].default), abs=0.3)
+
+
 def test_gm_bank_places_family_timbres(tmp_path, capfd, monkeypatch):
     """`bake --all` with a piano and a family preset: the family's timbres take programs 4 and 6 from
     the piano's family routing; at program 0 the piano stays the default and the grand timbre goes to
