@@ -179,27 +179,37 @@ def _timbre_lines(m: dict[str, Any], folder: Path) -> list[str]:
     timbres = m["timbres"]
     fam = (m.get("metrics") or {}).get("family") or {}
     figs = {r.get("timbre"): r for r in fam.get("timbres") or []}
-    lines = ["", "## Timbres", "",
-             f"{len(timbres)} learned timbres, one latent point per training instrument (the knobs move "
-             "between them):", ""]
+    tfit = (m.get("training") or {}).get("timbre_fit") or {}
+    refined = {r.get("timbre"): r for r in tfit.get("timbres") or []}
+    text = (f"{len(timbres)} learned timbres, one latent point per training instrument (the knobs move "
+            "between them)")
+    if refined:
+        text += (f". Export refined each code by sound (`trainer/timbre_fit.py`: {tfit.get('generations')} "
+                 f"generations against {tfit.get('notes')} train notes of its instrument, kept where not nearer "
+                 f"on its valid notes): {tfit.get('moved')} of {len(timbres)} moved")
+    lines = ["", "## Timbres", "", text + ":", ""]
     head = "| # | name | source | bank:program | kind |"
+    if refined:
+        head += " valid notes, learned → refined (dB) |"
     if figs:
         head += " to its own notes (dB) | nearest other kind, dB (own on the same notes) |"
     lines += [head, "|" + " --- |" * (head.count("|") - 1)]
     for i, t in enumerate(timbres):
         row = f"| {i} | {t['name']} | {t.get('source') or ''} | {t.get('bank')}:{t.get('program')} | "
         f_ = figs.get(i)
+        row += f"{(f_ or {}).get('kind', t.get('gm_kind') or '')} |"
+        if refined:
+            v = (refined.get(i) or {}).get("valid_db")
+            kept = "" if (refined.get(i) or {}).get("moved") else " (kept the learned code)"
+            row += f" {v[0]:.2f} → {v[1]:.2f}{kept} |" if v else " not searched |"
         if figs:
-            row += f"{(f_ or {}).get('kind', t.get('gm_kind') or '')} | "
             if f_:
                 other = (f"{f_['nearest_other_kind']} {f_['nearest_other_kind_db']:.2f} "
                          f"({f_.get('own_db_cross_notes', float('nan')):.2f})" if f_.get("nearest_other_kind") else "")
                 flag = " **confused**" if f_.get("ok") is False else ""
-                row += f"{f_['own_db']:.2f} | {other}{flag} |"
+                row += f" {f_['own_db']:.2f} | {other}{flag} |"
             else:
                 row += " | |"
-        else:
-            row += f"{t.get('gm_kind') or ''} |"
         lines.append(row)
     lines.append("")
     rows = fam.get("bars") or {}
