@@ -153,7 +153,9 @@ def test_export_writes_the_timbres_and_knobs_between_them(trained, tmp_path):
         assert abs(k.offset(k.default)) < 1e-9
         proj = (codes - codes[1]) @ d               # the knob's range spans the codes along its axis
         assert k.offset(0) <= proj.min() + 1e-3 and k.offset(127) >= proj.max() - 1e-3
-    assert "## Timbres" in (dest / "card.md").read_text()
+    card_text = (dest / "card.md").read_text()
+    assert "## Timbres" in card_text and "learned → refined" in card_text
+    assert f"{sum(r['moved'] for r in rows)} of 3 moved" in card_text
     # the ONNX contract is unchanged: a timbre is a latent fed as z
     from synth.inference import GeneratorSession
     audio = GeneratorSession(p, providers="cpu", threads=1).generate(
