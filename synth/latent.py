@@ -48,13 +48,18 @@ LEVEL_GAIN_LIMIT_DB = 12.0
 
 def note_levels_db(audio: np.ndarray, sr: int) -> np.ndarray:
     """float64[B]: each note's level in dB, the mean power of its 10-ms frames within 30 dB of its
-    loudest (so a long quiet tail does not decide how loud a note sounds)."""
-    a = np.atleast_2d(np.asarray(audio, np.float64))
+    loudest (so a long quiet tail does not decide how loud a note sounds). Note by note: the worker
+    calls it beside the audio thread, and one numpy reduction over a batch would hold the GIL for
+    milliseconds."""
+    a = np.atleast_2d(audio)
     hop = max(1, sr // 100)
     f = a.shape[1] // hop
-    power = np.mean(a[:, :f * hop].reshape(len(a), f, hop) ** 2, axis=2) + 1e-20
-    keep = power >= power.max(axis=1, keepdims=True) * 1e-3
-    return 10 * np.log10(np.sum(power * keep, axis=1) / keep.sum(axis=1))
+    out = np.empty(len(a))
+    for i, x in enumerate(a):
+        power = np.square(x[:f * hop].reshape(f, hop), dtype=np.float64).mean(axis=1) + 1e-20
+        keep = power >= power.max() * 1e-3
+        out[i] = 10 * np.log10(power[keep].mean())
+    return out
 
 
 def level_gain(mapper: LatentMapper, key: KnobKey, generate) -> float:
