@@ -42,7 +42,7 @@ MORPH_TARGET_CC = 17     # General Purpose 2: the target timbre, by GM program n
 
 KnobKey = tuple[int, ...]
 
-LEVEL_KEYS = (36, 48, 60, 72, 84)     # where a morph's level is measured (clipped to the range)
+LEVEL_KEYS = (36, 48, 60, 72, 84)     # where a family state's level is measured (clipped to the range)
 LEVEL_GAIN_LIMIT_DB = 12.0
 
 

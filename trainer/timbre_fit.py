@@ -8,7 +8,7 @@ for that point with capture's search (`trainer.capture.Objective` and `cma_es`, 
 - the search sees `notes` train-split notes of the instrument, spread over pitch and velocity;
 - the code moves only when the result is also nearer on the instrument's valid-split notes, which
   neither training nor the search saw (the test split stays for `trainer eval`);
-- the figures (train and valid, before and after) go into the manifest's `latent.timbre_fit`.
+- the figures (train and valid, before and after) go into the manifest's `training.timbre_fit`.
 The knobs and morphs are then made from the refined codes. Details: docs/decisions-trainer.md.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,16 +25,6 @@ DEFAULT_GENERATIONS = 30
 DEFAULT_NOTES = 16
 SIGMA = 0.15            # the first step, in latent units (codes lie around |z| ~ 4-8)
 MIN_VALID_NOTES = 1
-
-
-class _Session:
-    """`capture.Objective`'s generator interface over export's `gen(z, pitch, velocity)`."""
-
-    def __init__(self, gen):
-        self.gen = gen
-
-    def generate(self, z, pitch, velocity):
-        return self.gen(z, pitch, velocity)
 
 
 def _spread(idx: np.ndarray, ds, k: int) -> np.ndarray:
@@ -63,7 +54,7 @@ def refine_codes(gen, codes: np.ndarray, root: str | Path, sr: int, note_samples
 
     ds = OneShotDataset(root)
     split = np.array([n["split"] for n in ds.notes])
-    sess = _Session(gen)
+    sess = SimpleNamespace(generate=gen)            # capture.Objective's session interface
     out = np.asarray(codes, np.float32).copy()
     rows, t0 = [], time.monotonic()
     for t in range(len(out)):
