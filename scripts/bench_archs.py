@@ -5,7 +5,8 @@
 The figures come from `scripts/compare_archs.py` (each arch trained for the same number of minutes
 on the GM piano with its default recipe, exported and measured with `trainer eval`), one file per
 training budget. Retraining takes far longer than a benchmark run, so this area reports the stored
-results with the date and command each came from, and says so when there are none. `run(quick)`
+results with the date and command each came from, and says so when there are none. Issue 21's long
+runs (`docs/long_runs.json`, written by `scripts/record_run.py`) add one row per task and budget. `run(quick)`
 returns the rows for `scripts/bench.py` and a Markdown table with one column per arch and one row
 per metric and budget: issue #4's side-by-side.
 """
@@ -88,6 +89,31 @@ def markdown(budgets: list[tuple[float, dict]]) -> str:
     return "\n".join(lines)
 
 
+def long_run_rows(path: Path = DOCS / "long_runs.json") -> tuple[list[dict], str]:
+    """Rows and a Markdown table for every recorded point of issue 21's long runs."""
+    if not path.exists():
+        return [], ""
+    tasks = json.loads(path.read_text())["tasks"]
+    rows, lines = [], ["| task | steps | minutes | test log-mel, default latent (dB) | over random latents (dB) "
+                       "| pitch / class accuracy | best valid log-mel (dB) | bar |", "|" + " --- |" * 8]
+    for name, t in tasks.items():
+        for p in t["points"]:
+            e = p["eval"]
+            acc = e.get("pitch_accuracy", e.get("class_accuracy"))
+            best = min((c[1] for c in p["curve"]), default=None)
+            where = (f"{p['date']}, {p['cpu_count']} cores, run {t.get('run')}, exported step {p['exported_step']}; "
+                     f"eval: `{p['eval_command']}`; train: " + "; ".join(f"`{c}`" for c in t.get("commands", [])))
+            rnd = e.get("log_mel_distance_random")
+            rows.append(_row(f"long runs {name} @ {p['at_steps']} steps: test log-mel distance",
+                             round(e["log_mel_distance"], 2), "dB", t.get("bar", ""), None,
+                             f"random latents {rnd:.2f} ± {e.get('log_mel_distance_random_std', 0):.2f} dB; "
+                             f"accuracy {acc:.3f}; {where}" if rnd is not None else where))
+            lines.append(f"| {t.get('label', name)} | {p['at_steps']} | {_fmt(p.get('train_minutes'), 1)} | "
+                         f"{e['log_mel_distance']:.2f} | {_fmt(rnd)} ± {_fmt(e.get('log_mel_distance_random_std'))} "
+                         f"| {_fmt(acc, 3)} | {_fmt(best)} | {t.get('bar', '')} |")
+    return rows, "\n".join(["Issue 21's long runs (`docs/long_runs.json`, `scripts/record_run.py`):", "", *lines])
+
+
 def run(quick: bool = False) -> dict:
     budgets = sources()
     if not budgets:
@@ -122,7 +148,8 @@ def run(quick: bool = False) -> dict:
                          None if v is None else v <= 1000))
     for a, r in last.items():
         rows.append(_row(f"archs {a}: generator.onnx size", r["onnx_mb"], "MB", "<= 10 MB", r["onnx_mb"] <= 10))
-    return {"rows": rows, "markdown": markdown(budgets)}
+    extra, table = long_run_rows()
+    return {"rows": rows + extra, "markdown": markdown(budgets) + ("\n\n" + table if table else "")}
 
 
 if __name__ == "__main__":

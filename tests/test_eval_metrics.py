@@ -170,6 +170,33 @@ def test_eval_drums_class_accuracy(tmp_path):
     assert "pitch_accuracy" not in rep and len(grid) == 4
 
 
+def test_a_lower_rate_shorter_set_is_compared_at_its_rate_and_length(tmp_path):
+    """Data at a lower rate (issue 21's 16-kHz tasks) measures the preset's notes taken down to that
+    rate and cut to the data's length: the preset's own notes, so handled, measure 0 and are all
+    recognised. (Taking the data up to the preset's rate instead leaves its top band empty.)"""
+    import soxr
+
+    from trainer.evaluate import evaluate
+
+    preset = make_tiny_preset(tmp_path / "presets", name="kit", kind="drums", note_seconds=0.5, layers=(100,),
+                              drum_classes={36: "kick", 38: "snare", 42: "closed-hat", 49: "crash"})
+    sr, low = preset.sample_rate, preset.sample_rate // 2
+    n = int(0.3 * low)
+    folder = tmp_path / "low"
+    folder.mkdir()
+    s = GeneratorSession(preset, providers="cpu", threads=1, warmup=False)
+    w = DatasetWriter(folder, low, n, "drums")
+    for k in (36, 38, 42, 49):
+        a = s.generate(np.asarray([preset.default_latent], np.float32), np.array([k]), np.array([100 / 127]))[0]
+        w.add(soxr.resample(a, sr, low).astype(np.float32)[:n], pitch=k, velocity=100, source=f"k{k}",
+              duration=0.3, cls=preset.drum_classes[k])
+    w.finalize(drum_classes={str(k): c for k, c in preset.drum_classes.items()})
+    rep, grid = evaluate(preset, folder, split="all", n_latents=1, speed=False)
+    assert rep["compared_at_hz"] == low
+    assert rep["log_mel_distance"] == pytest.approx(0.0, abs=1e-3)
+    assert rep["class_accuracy_default"] == 1.0 and len(grid[0][2]) == n
+
+
 def test_eval_errors_name_the_problem(tmp_path):
     from synth.errors import UserError
     from trainer.evaluate import main

@@ -111,6 +111,19 @@ def test_resume_is_exact(data, overlay, tmp_path):
     assert len(list((b / "checkpoints").glob("step-*.pt"))) <= 3
 
 
+def test_resume_may_change_the_threads_only(data, overlay, tmp_path):
+    """Threads are where a run runs, like --device: a resume may change them, not what is trained."""
+    run, before = tmp_path / "run", torch.get_num_threads()
+    assert _fit("--data", data, "--steps", 1, "--config", overlay, "--out", run) == 0
+    try:
+        assert _fit("--resume", run, "--steps", 2, "--threads", 1) == 0
+        assert torch.get_num_threads() == 1 and json.loads(_state(run)["config"])["train"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UserError, match="--threads"):
+        _fit("--resume", run, "--steps", 3, "--config", overlay)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(data, overlay, tmp_path):
     run = tmp_path / "run"
     assert _fit("--data", data, "--steps", 1, "--config", overlay, "--out", run) == 0

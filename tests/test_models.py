@@ -370,3 +370,38 @@ def test_noise_release_is_tied_to_the_partials_release(tmp_path):
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
         None, {"z": zz.numpy(), "pitch": pp.numpy(), "velocity": vv.numpy()})[0]
     assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("from_bin", [False, True])
+def test_spectral_if_from_bin_makes_zero_if_a_bin_centred_sinusoid(from_bin, tmp_path):
+    """With `if_from_bin`, IF is the deviation from each bin's centre: a spectrogram with one loud bin
+    and zero IF is a sinusoid at that bin's frequency (GANSynth's raw IF gives a DC-like smear), and
+    the graph still exports with parity."""
+    ort = pytest.importorskip("onnxruntime")
+    cfg = C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"n_mels": None, "if_from_bin": from_bin}}}],
+                    DATA)
+    G = build_generator(cfg).eval()
+    k = 37
+    logmag = torch.full((1, G.T, G.F), -12.0)
+    logmag[:, :, k] = 0.0
+
+    def spectrogram(z, pitch, velocity):
+        return logmag.expand(z.shape[0], -1, -1), torch.zeros(z.shape[0], G.T, G.F)
+
+    G.spectrogram = spectrogram
+    y = G(torch.zeros(1, G.latent_size), torch.tensor([60]), torch.tensor([1.0]))[0].detach().numpy()
+    n_fft = 2 * (G.F - 1)
+    mid = y[len(y) // 4: 3 * len(y) // 4]
+    spec = np.abs(np.fft.rfft(mid * np.hanning(len(mid))))
+    want = k * len(mid) / n_fft            # the bin's centre, in the FFT bins of `mid`
+    near = (spec[int(want) - 3:int(want) + 5] ** 2).sum() / (spec ** 2).sum()
+    assert (near > 0.95) if from_bin else (near < 0.8)
+    del G.spectrogram
+    path = tmp_path / "g.onnx"
+    args = (torch.randn(2, G.latent_size), torch.tensor([45, 70]), torch.tensor([0.5, 0.9]))
+    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamo=False)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - G(*args).numpy()).max() <= 1e-4

@@ -81,3 +81,31 @@ def test_generated_midi_is_deterministic_and_sized(tmp_path):
     demo.save(str(tmp_path / "demo.mid"))
     assert (tmp_path / "demo.mid").read_bytes() == (ROOT / "examples" / "demo.mid").read_bytes()
     assert isinstance(mido.MidiFile(str(tmp_path / "demo.mid")), mido.MidiFile)
+
+
+def test_long_runs_are_recorded_per_step_and_tabled(tmp_path):
+    """scripts/record_run.py keeps one point per (task, step), replacing a re-measured one; the archs
+    area turns each into a row and a line of its table."""
+    import record_run
+
+    path = tmp_path / "long_runs.json"
+
+    def point(steps, lm):
+        return {"at_steps": steps, "exported_step": steps - 500, "train_minutes": steps / 200, "date": "today",
+                "cpu_count": 2, "eval_command": "python -m trainer eval PRESET --data data/piano",
+                "eval": {"log_mel_distance": lm, "log_mel_distance_random": lm + 0.2,
+                         "log_mel_distance_random_std": 0.05, "pitch_accuracy": 1.0},
+                "curve": [[steps - 500, lm - 0.3, 1.0], [steps, lm - 0.1, 1.0]]}
+
+    meta = {"label": "GM piano, piano recipe", "bar": "<= 5.5 dB", "run": "runs/x", "commands": ["fit"]}
+    record_run.record("piano", point(12000, 6.0), meta, path)
+    record_run.record("piano", point(4809, 6.5), meta, path)
+    record_run.record("piano", point(12000, 5.9), meta, path)
+    doc = json.loads(path.read_text())
+    assert [p["at_steps"] for p in doc["tasks"]["piano"]["points"]] == [4809, 12000]
+    rows, md = bench_archs.long_run_rows(path)
+    assert [r["name"] for r in rows] == ["long runs piano @ 4809 steps: test log-mel distance",
+                                         "long runs piano @ 12000 steps: test log-mel distance"]
+    assert rows[1]["value"] == 5.9 and "6.10 ± 0.05" in rows[1]["notes"]
+    assert "| GM piano, piano recipe | 12000 | 60.0 | 5.90 | 6.10 ± 0.05 | 1.000 | 5.60 | <= 5.5 dB |" in md
+    assert bench_archs.long_run_rows(tmp_path / "none.json") == ([], "")

@@ -171,7 +171,12 @@ KIND_TRAIN: dict[str, dict[str, Any]] = {k.split("/")[1]: _kind_layer(k.split("/
 PREDATED: dict[str, dict[str, Any]] = {
     "ddsp": {"noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": False, "end_stage": False,
              "end_min_seconds": 0.0, "noise_release_tied": False},
+    "spectral": {"if_from_bin": False},
 }
+# Model keys that `config_hash` leaves out at this value (added after the hashes were pinned), so
+# every config that does not use them keeps its hash and run folder.
+_NO = object()
+MODEL_ABSENT: dict[str, dict[str, Any]] = {"spectral": {"if_from_bin": False}}
 
 
 def with_predated(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -254,9 +259,12 @@ def with_absent(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def config_hash(cfg: dict[str, Any]) -> str:
     """8 hex digits identifying what is trained (everything but the "run" section; train keys at
-    their TRAIN_ABSENT value count as absent)."""
+    their TRAIN_ABSENT value, and model keys at their MODEL_ABSENT value, count as absent)."""
     body = {k: v for k, v in cfg.items() if k != "run"}
     if isinstance(body.get("train"), dict):
         body["train"] = {k: v for k, v in body["train"].items() if k not in TRAIN_ABSENT or v != TRAIN_ABSENT[k]}
+    if isinstance(body.get("model"), dict):
+        body["model"] = {a: ({k: v for k, v in m.items() if MODEL_ABSENT.get(a, {}).get(k, _NO) != v}
+                             if isinstance(m, dict) else m) for a, m in body["model"].items()}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
 

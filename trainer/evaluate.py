@@ -16,7 +16,8 @@ log_mel_distance (dB)
     For every real note of `--split` (test by default; heldout = valid + test, the notes fit never
     trains on; all = every note) whose pitch is in `--pitches`, the default latent is generated at
     that note's pitch and velocity. Both notes are trimmed to the shorter length (the real one is
-    resampled to the preset's rate first if the rates differ) and each is scaled to unit RMS over
+    resampled to the preset's rate first if the rates differ; when the data's rate is the lower, the
+    generated note goes down to it instead, `compared_at_hz`) and each is scaled to unit RMS over
     its whole length (loudness normalisation). Each then becomes a log-mel power spectrogram:
     periodic-Hann STFT (`trainer.nn.stft`) with n_fft = 2^round(log2(0.0427 s · sr)) (1024 at
     24 kHz), hop n_fft/4, zero-padded at both ends by n_fft/2, power |X|², 80 triangular HTK-mel
@@ -407,11 +408,21 @@ def evaluate(preset, data_root: str | os.PathLike, split: str = "test", pitches:
     if not sel:
         raise UserError(f"{data_root}: no {split!r} notes between MIDI {lo} and {hi}; widen --pitches or use "
                         "another --split")
-    lmd, grid = _log_mel_report(preset, ds, sel, gen, grid_rows, n_latents, seed)
+    # compared at the lower of the two rates, and over the data's note length: a 16-kHz set measures
+    # a 24-kHz preset's first note_samples at 16 kHz (its extra band and tail are not the data's)
+    sr_cmp = min(sr, int(ds.info["sample_rate"]))
+    n_cmp = int(ds.info["note_samples"]) * sr_cmp // int(ds.info["sample_rate"])
+
+    def gen_cmp(z, keys, vels):
+        return _resample(gen(z, keys, vels), sr, sr_cmp)[:, :n_cmp]
+
+    lmd, grid = _log_mel_report(preset, ds, sel, gen_cmp, grid_rows, n_latents, seed, sr_cmp)
     rep.update(lmd)
     rep.update(_diversity_report(preset, keys, gen, rng, n_latents))
     if preset.is_drums:
-        rep.update(_drum_accuracy(preset, ds, in_split, split == "all", keys, gen, rng, n_latents, sr))
+        rep.update(_drum_accuracy(preset, ds, in_split, split == "all", keys, gen_cmp, rng, n_latents, sr_cmp))
+    if sr_cmp != sr:
+        rep["compared_at_hz"] = sr_cmp
     if speed:
         rep.update(speed_report(preset))
     rep["eval_seconds"] = round(time.time() - t_start, 1)
@@ -462,11 +473,13 @@ def _pitch_report(preset, keys: list[int], gen, rng, n_latents: int) -> dict[str
             "pitch_median_abs_cents": float(np.median(np.abs(err[fin]))) if fin.any() else None}
 
 
-def _log_mel_report(preset, ds, sel: list[int], gen, grid_rows: int, n_latents: int = 0, seed: int = 0):
+def _log_mel_report(preset, ds, sel: list[int], gen, grid_rows: int, n_latents: int = 0, seed: int = 0,
+                    sr: int | None = None):
     """(log_mel_distance figures, grid): the default latent, and each of `n_latents` random ones,
-    against each selected real note at its pitch and velocity; the grid shows `grid_rows` of the
-    default latent's notes spread over pitch."""
-    sr = preset.sample_rate
+    against each selected real note at its pitch and velocity, at rate `sr` (default the preset's;
+    `gen` must give audio at that rate); the grid shows `grid_rows` of the default latent's notes
+    spread over pitch."""
+    sr = sr or preset.sample_rate
     z0 = np.asarray(preset.default_latent, np.float32)
     real = _resample(ds.audio_batch(np.asarray(sel)), ds.info["sample_rate"], sr)
     rk = ds.pitches[sel]
@@ -593,7 +606,7 @@ def update_preset(preset, rep: dict[str, Any], grid=None, command: list[str] | N
     validate_manifest(json.loads(json.dumps(m)), folder)
     atomic_write_text(folder / "preset.json", json.dumps(m, indent=1) + "\n")
     if grid:
-        card.spectrogram_grid(grid, current.sample_rate, folder / card.GRID_FILE,
+        card.spectrogram_grid(grid, rep.get("compared_at_hz", current.sample_rate), folder / card.GRID_FILE,
                               title=f"{current.name}: real (left) vs generated (right), log-mel dB")
     card.write_card(folder)
     return load_preset_dir(folder)
@@ -653,7 +666,7 @@ def main(argv: list[str]) -> int:
     if args.png:
         from trainer import card
 
-        card.spectrogram_grid(grid, preset.sample_rate, args.png,
+        card.spectrogram_grid(grid, rep.get("compared_at_hz", preset.sample_rate), args.png,
                               title=f"{preset.name}: real (left) vs generated (right), log-mel dB")
     if args.update_preset:
         update_preset(preset, rep, grid, ["python", "-m", "trainer", "eval", *argv])

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--name", help="run name (default <dataset>-<arch>)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    ap.add_argument("--threads", type=int, help="CPU threads per process (default: the cores / processes); "
+                                                "may change on --resume")
     ap.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA (bf16, else fp16)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -98,7 +100,7 @@ def _cli_overlay(a: argparse.Namespace) -> dict[str, Any]:
     for k in ("arch", "seed", "name"):
         if getattr(a, k) is not None:
             o[k] = getattr(a, k)
-    for k in ("loss", "spectral_weight", "steps", "minutes", "batch", "ckpt_every"):
+    for k in ("loss", "spectral_weight", "steps", "minutes", "batch", "ckpt_every", "threads"):
         if getattr(a, k) is not None:
             o["train"][k] = getattr(a, k)
     for k in ("device", "amp"):
@@ -402,12 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.resume:
         if a.recipe or a.config:
             raise UserError("--resume continues a run with its own config; drop --recipe/--config "
-                            "(only --steps, --minutes, --ckpt-every, --device and --amp may change)")
+                            "(only --steps, --minutes, --ckpt-every, --threads, --device and --amp may change)")
         run_dir = Path(a.resume)
         cfg = C.with_absent(_read_run_config(run_dir))
         over = _cli_overlay(a)
         # a resumed run may only change its budget and where it runs; anything else is a new run
-        cfg["train"].update({k: v for k, v in over["train"].items() if k in ("steps", "minutes", "ckpt_every")})
+        cfg["train"].update({k: v for k, v in over["train"].items() if k in ("steps", "minutes", "ckpt_every", "threads")})
         cfg["run"].update(over["run"])
         ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         ds = OneShotDataset(a.data or cfg["data"]["root"], "train")

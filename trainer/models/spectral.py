@@ -3,7 +3,9 @@
 Generator: dense layer -> [C, T0, F0] -> U blocks of (nearest x2 upsample, 3x3 conv, LeakyReLU)
 -> 2 channels (log-magnitude, IF in [-1, 1]) on linear STFT bins, or on `n_mels` mel-spaced bins
 mapped to linear bins by a fixed interpolation matrix (the mel option). Phase is pi * cumsum(IF)
-over time; the waveform comes from `InverseSTFT` (fixed real basis + overlap-add), so the exported
+over time, or with `if_from_bin` the cumulative sum of each bin's centre advance (2 pi k hop / n_fft)
+plus pi * IF, so that IF is the deviation from the bin's centre and a zero IF is already a coherent
+sinusoid per bin (GANSynth's raw IF must learn that pattern from scratch); the waveform comes from `InverseSTFT` (fixed real basis + overlap-add), so the exported
 graph outputs audio. Discriminator: 2-D convs over the real (log-mag, IF) of the input's STFT, with
 a projection head and an auxiliary pitch/class classifier.
 """
@@ -25,7 +27,7 @@ class SpectralGenerator(nn.Module):
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 64, kind: str = "pitched",
                  n_fft: int = 1024, hop: int = 256, n_mels: int | None = 256, channels: int = 32,
-                 blocks: int = 5, cond_dim: int = 64, **_unused) -> None:
+                 blocks: int = 5, cond_dim: int = 64, if_from_bin: bool = False, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         self.hop = hop
@@ -43,6 +45,8 @@ class SpectralGenerator(nn.Module):
         with torch.no_grad():
             self.out.bias[0] = math.log(1e-3)
         self.istft = InverseSTFT(n_fft, hop, self.T)
+        advance = torch.arange(self.F, dtype=torch.float32) * (2 * hop / n_fft) if if_from_bin else None
+        self.register_buffer("bin_advance", advance, persistent=False)   # per frame, in units of pi
         if n_mels:
             self.register_buffer("mel2lin", mel_to_linear_matrix(sample_rate, n_fft, n_mels).t().contiguous(),
                                  persistent=False)
@@ -65,6 +69,8 @@ class SpectralGenerator(nn.Module):
     def forward(self, z, pitch, velocity):
         logmag, ifreq = self.spectrogram(z, pitch, velocity)
         mag = torch.exp(torch.clamp(logmag, max=3.0))
+        if self.bin_advance is not None:
+            ifreq = ifreq + torch.remainder(self.bin_advance + 1.0, 2.0) - 1.0
         phase = math.pi * torch.cumsum(ifreq, dim=1)
         y = self.istft(mag * torch.cos(phase), mag * torch.sin(phase))
         return torch.clamp(y[:, :self.note_samples], -1.0, 1.0)

@@ -1,0 +1,117 @@
+"""Export and measure one training run at one budget, and record it in `docs/long_runs.json`.
+
+    python scripts/record_run.py TASK RUN --data DATA [--at STEPS] [--eval ARGS] [--label TEXT --bar TEXT]
+
+Issue 21's long runs (the piano recipe at the steps of 24, 60 and 120 idle minutes; WaveGAN's kit;
+the spectral model's piano) take hours, in pieces with `--resume`, so `make bench` reads their
+figures from this file rather than retraining (`scripts/bench_archs.py`, the archs area). `--at S`
+measures the run as it was at step S: the best validation up to S and the checkpoint of step S,
+as copied aside while the run went on (`RUN/best-at-S.pt`, `RUN/last-at-S.pt`); without it, the
+run's own checkpoints. The preset goes to a scratch folder; the record keeps the eval report, the
+validation curve up to that step and the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = ROOT / "docs" / "long_runs.json"
+KEEP = ("log_mel_distance", "log_mel_distance_random", "log_mel_distance_random_std", "log_mel_distance_notes",
+        "pitch_accuracy", "pitch_accuracy_random", "class_accuracy", "class_accuracy_real", "diversity",
+        "ms_per_note", "ms_per_88", "compared_at_hz", "split")
+
+
+def _run(cmd: list[str]) -> str:
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"{shlex.join(cmd)} failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+    return r.stdout
+
+
+def _snapshot(run: Path, at: int, tmp: Path) -> Path:
+    """A run folder holding the run as it was at step `at` (config, validation, the two checkpoints)."""
+    snap = tmp / f"{run.name}-at-{at}"
+    (snap / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "validation.json"):
+        if (run / name).exists():
+            shutil.copy(run / name, snap / name)
+    for kind in ("best", "last"):
+        src = run / f"{kind}-at-{at}.pt"
+        if not src.exists():
+            sys.exit(f"{src}: missing; copy checkpoints/{kind}.pt aside when the run passes step {at}")
+        os.link(src, snap / "checkpoints" / f"{kind}.pt")
+    return snap
+
+
+def _curve(run: Path, upto: int) -> list[list[float]]:
+    """[[step, valid log-mel dB, pitch or class accuracy], ...] up to step `upto`."""
+    try:
+        hist = json.loads((run / "validation.json").read_text())["history"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return []
+    return [[h["step"], round(h["logmel_db"], 3), round(h.get("pitch_acc", h.get("class_acc")) or 0.0, 3)]
+            for h in hist if h["step"] <= upto]
+
+
+def measure(run: Path, data: str, at: int | None, eval_args: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="record-run-") as td:
+        tmp = Path(td)
+        src = _snapshot(run, at, tmp) if at else run
+        preset = tmp / "preset"
+        _run([sys.executable, "-m", "trainer", "export", str(src), "--preset", str(preset), "--knobs", "0",
+              "--force"])
+        rep = json.loads(_run([sys.executable, "-m", "trainer", "eval", str(preset), "--data", data, *eval_args]))
+        facts = json.loads((preset / "preset.json").read_text()).get("training") or {}
+    steps = int(facts.get("steps") or 0)
+    return {"at_steps": at or int(facts.get("run_steps") or steps), "exported_step": steps,
+            "train_minutes": facts.get("run_minutes", facts.get("minutes")),
+            "ended_by": facts.get("ended_by"), "steps_per_second": facts.get("steps_per_second"),
+            "eval": {k: rep[k] for k in KEEP if k in rep},
+            "curve": _curve(run, at or 10 ** 9)}
+
+
+def record(task: str, point: dict, meta: dict, path: Path = RECORD) -> None:
+    """Add or replace (by at_steps) one measured point of `task` in the record file."""
+    doc = json.loads(path.read_text()) if path.exists() else {"about": __doc__.splitlines()[0], "tasks": {}}
+    t = doc["tasks"].setdefault(task, {"points": []})
+    t.update({k: v for k, v in meta.items() if v})
+    t["points"] = sorted([p for p in t["points"] if p["at_steps"] != point["at_steps"]] + [point],
+                         key=lambda p: p["at_steps"])
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("task")
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--at", type=int, help="measure the run as it was at this step (RUN/best-at-S.pt, last-at-S.pt)")
+    ap.add_argument("--eval", default="", help="more `trainer eval` flags, one string")
+    ap.add_argument("--label", help="what the task is, for the table")
+    ap.add_argument("--bar", help="the issue's bar for it")
+    ap.add_argument("--command", action="append", default=[], help="a command that trains the run (repeatable)")
+    a = ap.parse_args(argv)
+    eval_args = shlex.split(a.eval)
+    point = measure(a.run, a.data, a.at, eval_args)
+    point["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    point["cpu_count"] = os.cpu_count()
+    point["eval_command"] = shlex.join(["python", "-m", "trainer", "eval", "PRESET", "--data", a.data, *eval_args])
+    record(a.task, point, {"label": a.label, "bar": a.bar, "run": str(a.run), "commands": a.command})
+    print(json.dumps(point, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
