@@ -101,7 +101,7 @@ def long_run_rows(path: Path = DOCS / "long_runs.json") -> tuple[list[dict], str
             e = p["eval"]
             acc = e.get("pitch_accuracy", e.get("class_accuracy"))
             best = min((c[1] for c in p["curve"]), default=None)
-            where = (f"{p['date']}, {p['cpu_count']} cores, run {t.get('run')}, exported step {p['exported_step']}; "
+            where = (f"{p['date']}, {p['cpu_count']} cores, {p.get('source')}, exported step {p['exported_step']}; "
                      f"eval: `{p['eval_command']}`; train: " + "; ".join(f"`{c}`" for c in t.get("commands", [])))
             rnd = e.get("log_mel_distance_random")
             rows.append(_row(f"long runs {name} @ {p['at_steps']} steps: test log-mel distance",

@@ -1,6 +1,7 @@
 """Export and measure one training run at one budget, and record it in `docs/long_runs.json`.
 
     python scripts/record_run.py TASK RUN --data DATA [--at STEPS] [--eval ARGS] [--label TEXT --bar TEXT]
+    python scripts/record_run.py TASK --preset DIR --data DATA --at STEPS ...   (an exported preset)
 
 Issue 21's long runs (the piano recipe at the steps of 24, 60 and 120 idle minutes; WaveGAN's kit;
 the spectral model's piano) take hours, in pieces with `--resume`, so `make bench` reads their
@@ -63,13 +64,15 @@ def _curve(run: Path, upto: int) -> list[list[float]]:
             for h in hist if h["step"] <= upto]
 
 
-def measure(run: Path, data: str, at: int | None, eval_args: list[str]) -> dict:
+def measure(run: Path | None, data: str, at: int | None, eval_args: list[str], shipped: Path | None = None) -> dict:
+    """Export `run` (as it was at step `at`, if given) or take the preset `shipped`, and evaluate it."""
     with tempfile.TemporaryDirectory(prefix="record-run-") as td:
         tmp = Path(td)
-        src = _snapshot(run, at, tmp) if at else run
-        preset = tmp / "preset"
-        _run([sys.executable, "-m", "trainer", "export", str(src), "--preset", str(preset), "--knobs", "0",
-              "--force"])
+        preset = shipped or tmp / "preset"
+        if shipped is None:
+            src = _snapshot(run, at, tmp) if at else run
+            _run([sys.executable, "-m", "trainer", "export", str(src), "--preset", str(preset), "--knobs", "0",
+                  "--force"])
         rep = json.loads(_run([sys.executable, "-m", "trainer", "eval", str(preset), "--data", data, *eval_args]))
         facts = json.loads((preset / "preset.json").read_text()).get("training") or {}
     steps = int(facts.get("steps") or 0)
@@ -77,7 +80,7 @@ def measure(run: Path, data: str, at: int | None, eval_args: list[str]) -> dict:
             "train_minutes": facts.get("run_minutes", facts.get("minutes")),
             "ended_by": facts.get("ended_by"), "steps_per_second": facts.get("steps_per_second"),
             "eval": {k: rep[k] for k in KEEP if k in rep},
-            "curve": _curve(run, at or 10 ** 9)}
+            "curve": _curve(run, at or 10 ** 9) if run else []}
 
 
 def record(task: str, point: dict, meta: dict, path: Path = RECORD) -> None:
@@ -95,7 +98,8 @@ def record(task: str, point: dict, meta: dict, path: Path = RECORD) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task")
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("--preset", type=Path, help="measure this exported preset instead of a run (needs --at)")
     ap.add_argument("--data", required=True)
     ap.add_argument("--at", type=int, help="measure the run as it was at this step (RUN/best-at-S.pt, last-at-S.pt)")
     ap.add_argument("--eval", default="", help="more `trainer eval` flags, one string")
@@ -104,11 +108,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--command", action="append", default=[], help="a command that trains the run (repeatable)")
     a = ap.parse_args(argv)
     eval_args = shlex.split(a.eval)
-    point = measure(a.run, a.data, a.at, eval_args)
+    if (a.run is None) == (a.preset is None) or (a.preset and not a.at):
+        ap.error("give a RUN, or --preset DIR with --at STEPS")
+    point = measure(a.run, a.data, a.at, eval_args, a.preset)
     point["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     point["cpu_count"] = os.cpu_count()
     point["eval_command"] = shlex.join(["python", "-m", "trainer", "eval", "PRESET", "--data", a.data, *eval_args])
-    record(a.task, point, {"label": a.label, "bar": a.bar, "run": str(a.run), "commands": a.command})
+    point["source"] = str(a.run or a.preset)
+    record(a.task, point, {"label": a.label, "bar": a.bar, "commands": a.command})
     print(json.dumps(point, indent=1))
     return 0
 

@@ -45,8 +45,9 @@ BEFORE = {
 # what the code it was trained with did that today's defaults no longer do (git log of
 # trainer/config.py; docs/decisions-trainer.md, 2026-12-05). Hash: resolved by the old code.
 TRAINED = {
-    "piano": ({"arch": "ddsp", "name": "piano", "train": {"steps": 100000, "minutes": 24.0, "adv_weight": 0.3}},
-              {}, "055ac22b"),
+    # retrained 2026-12-06 (issue 21): 12,000 steps with validation; export takes the best step
+    "piano": ({"arch": "ddsp", "name": "piano",
+               "train": {"steps": 12000, "minutes": 600.0, "adv_weight": 0.3, "valid_every": 500}}, {}, "2e735d28"),
     "drums": ({"arch": "ddsp", "name": "drums", "train": {"steps": 100000, "minutes": 12.0}},
               {"model": {"ddsp": {"noise_release_tied": False}}}, "9d738000"),
     "marimba": ({"arch": "ddsp", "name": "marimba", "train": {"steps": 100000, "minutes": 15.0}},

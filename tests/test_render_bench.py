@@ -97,7 +97,7 @@ def test_long_runs_are_recorded_per_step_and_tabled(tmp_path):
                          "log_mel_distance_random_std": 0.05, "pitch_accuracy": 1.0},
                 "curve": [[steps - 500, lm - 0.3, 1.0], [steps, lm - 0.1, 1.0]]}
 
-    meta = {"label": "GM piano, piano recipe", "bar": "<= 5.5 dB", "run": "runs/x", "commands": ["fit"]}
+    meta = {"label": "GM piano, piano recipe", "bar": "<= 5.5 dB", "commands": ["fit"]}
     record_run.record("piano", point(12000, 6.0), meta, path)
     record_run.record("piano", point(4809, 6.5), meta, path)
     record_run.record("piano", point(12000, 5.9), meta, path)

@@ -97,6 +97,8 @@ def closest_recipe(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         except UserError:
             continue
         body = {k: v for k, v in cfg.items() if k not in ("run", "data")}
+        if isinstance(body.get("train"), dict):   # threads say where a run ran (they may change on resume)
+            body["train"] = {**body["train"], "threads": base["train"].get("threads")}
         diff = _diff(body, {k: v for k, v in base.items() if k not in ("run", "data")}) or {}
         if best is None or _leaves(diff) < best[0]:
             best = (_leaves(diff), name, diff)
