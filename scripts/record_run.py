@@ -75,11 +75,12 @@ def measure(run: Path | None, data: str, at: int | None, eval_args: list[str], s
                   "--force"])
         rep = json.loads(_run([sys.executable, "-m", "trainer", "eval", str(preset), "--data", data, *eval_args]))
         facts = json.loads((preset / "preset.json").read_text()).get("training") or {}
+        onnx_mb = round((preset / "generator.onnx").stat().st_size / 1e6, 2)
     steps = int(facts.get("steps") or 0)
     return {"at_steps": at or int(facts.get("run_steps") or steps), "exported_step": steps,
             "train_minutes": facts.get("run_minutes", facts.get("minutes")),
             "ended_by": facts.get("ended_by"), "steps_per_second": facts.get("steps_per_second"),
-            "eval": {k: rep[k] for k in KEEP if k in rep},
+            "eval": {k: rep[k] for k in KEEP if k in rep}, "onnx_mb": onnx_mb,
             "curve": _curve(run, at or 10 ** 9) if run else []}
 
 
