@@ -35,7 +35,8 @@ KEEP = ("log_mel_distance", "log_mel_distance_random", "log_mel_distance_random_
 def _run(cmd: list[str]) -> str:
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if r.returncode:
-        sys.exit(f"{shlex.join(cmd)} failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        sys.exit(f"{shlex.join(cmd)} failed: {last}")
     return r.stdout
 
 
