@@ -36,7 +36,7 @@ MAX_PARTIALS = 600
 W_KEPT = 8                 # tables whose synthesis matrix is kept (float32[2 x partials, CHUNK], <= 4.9 MB)
 MIN_DECAY_DB_S = 2.0       # every partial falls at least this fast (every tail ends) ...
 MAX_DECAY_DB_S = 300.0     # ... and at most this fast
-DECAY_PULL = 0.5           # each decay is pulled this far towards the energy-weighted mean
+DECAY_PULL = 0.0           # each decay pulled this far towards the energy-weighted mean (0: none; decisions-engine 2026-12-06)
 FLOOR_DB = -80.0           # a tail ends this far under the note's peak
 MAX_TAIL_S = 40.0
 SEGMENT_SECONDS = 4.0      # at most; and at most a cache slot (a segment takes a whole slot)
