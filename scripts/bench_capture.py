@@ -2,10 +2,10 @@
 
 Reproduces the TimGM6mb table of docs/decisions-trainer.md ("Measured on TimGM6mb"): for each
 TimGM6mb program 0-7 (held out of every family), `python -m trainer capture --soundfont SF --program P
---base keys` fits a latent from 8 given notes (keys 36, 43, 50, 57, 64, 71, 78, 85, velocity 100) in a
-150-s budget, timed as a whole subprocess. Then on 12 other keys (33, 40, 46, 53, 55, 60, 62, 67, 69, 74,
+--base keys` fits a latent from 8 given notes (keys 36, 43, 50, 57, 64, 71, 78, 85, velocity 100) and
+fine-tunes the generator there, in a 150-s budget, timed as a whole subprocess. Then on 12 other keys (33, 40, 46, 53, 55, 60, 62, 67, 69, 74,
 81, 90, velocity 100), against the real TimGM6mb notes rendered with FluidSynth as capture renders them:
-`trainer eval`'s log-mel distance of the captured latent's notes and of the family's nearest timbre
+`trainer eval`'s log-mel distance of the captured preset's notes and of the family's nearest timbre
 (the one capture records, nearest on the given notes). Bars: gain = nearest - captured >= 1 dB; pitch
 accuracy (+-50 cents) of the captured latent at the 12 keys >= 0.95; seconds for the capture <= 180.
 One row per program (value: the gain) and a summary row (mean gain, how many clear 1 dB, every pitch
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,8 +88,10 @@ def run_capture(sf2: Path, program: int, out: Path, seconds: float, base: str) -
     return wall, dest, cap
 
 
-def evaluate_other(base, session, z_cap: np.ndarray, z_near: np.ndarray, sf2: Path, program: int) -> dict:
-    """Log-mel distance on the other keys (captured and nearest) and the captured latent's pitch accuracy."""
+def evaluate_other(base, session, z_cap: np.ndarray, z_near: np.ndarray, sf2: Path, program: int,
+                   captured_session=None) -> dict:
+    """Log-mel distance on the other keys (the captured preset, through its own generator when it has a
+    fine-tuned one, and the base's nearest timbre) and the captured preset's pitch accuracy."""
     from trainer.capture import notes_from_soundfont
     from trainer.evaluate import log_mel_distance, pitch_accuracy
 
@@ -98,10 +101,10 @@ def evaluate_other(base, session, z_cap: np.ndarray, z_near: np.ndarray, sf2: Pa
     v = VELOCITY / 127.0 if base.velocity_conditioned else 1.0
     vels = np.full(len(keys), v, np.float32)
 
-    def gen(z):
-        return session.generate(np.repeat(np.asarray(z, np.float32)[None], len(keys), 0), keys, vels)
+    def gen(z, s=session):
+        return s.generate(np.repeat(np.asarray(z, np.float32)[None], len(keys), 0), keys, vels)
 
-    cap_audio = gen(z_cap)
+    cap_audio = gen(z_cap, captured_session or session)
     sr = base.sample_rate
     return {"other_captured": float(np.mean(log_mel_distance(cap_audio, target, sr))),
             "other_nearest": float(np.mean(log_mel_distance(gen(z_near), target, sr))),
@@ -110,19 +113,22 @@ def evaluate_other(base, session, z_cap: np.ndarray, z_near: np.ndarray, sf2: Pa
 
 def measure_program(sf2: Path, program: int, seconds: float, base, session, out: Path) -> dict:
     """One program's figures: capture it, then score captured and nearest latents on the other keys."""
+    from synth.inference import GeneratorSession
     from synth.preset import load_preset_dir
     from trainer.data.soundfont import find_preset
 
     name = find_preset(sf2, program, 0).name
     wall, dest, cap = run_capture(sf2, program, out, seconds, base.name)
-    z_cap = np.asarray(load_preset_dir(dest).default_latent, np.float32)
+    captured = load_preset_dir(dest)
+    z_cap = np.asarray(captured.default_latent, np.float32)
+    own = GeneratorSession(captured, providers="cpu", threads=os.cpu_count() or 1, warmup=False)
     near = [t for t in base.timbres if t.name == cap["nearest_timbre"]]
     if not near:
         raise RuntimeError(f"nearest timbre {cap['nearest_timbre']!r} is not a timbre of {base.name}")
-    fig = evaluate_other(base, session, z_cap, np.asarray(near[0].latent, np.float32), sf2, program)
+    fig = evaluate_other(base, session, z_cap, np.asarray(near[0].latent, np.float32), sf2, program, own)
     fig.update(program=program, program_name=name, nearest=cap["nearest_timbre"], seconds=round(wall, 1),
                capture_seconds=cap["seconds"], steps=cap["steps"], given_nearest=cap["log_mel_distance_nearest"],
-               given_captured=cap["log_mel_distance"])
+               given_captured=cap["log_mel_distance"], finetune_steps=(cap.get("finetune") or {}).get("steps", 0))
     fig["gain"] = fig["other_nearest"] - fig["other_captured"]
     return fig
 
@@ -131,7 +137,8 @@ def program_row(fig: dict) -> dict:
     """A program's row: value the gain on the other keys; the other figures in the notes."""
     notes = (f"nearest {fig['nearest']}; given notes {fig['given_nearest']:.2f} -> {fig['given_captured']:.2f} dB; "
              f"other keys nearest {fig['other_nearest']:.2f} | captured {fig['other_captured']:.2f} dB; "
-             f"pitch acc. {fig['pitch_acc']:.2f}; {fig['seconds']:.0f} s, {fig['steps']} generations")
+             f"pitch acc. {fig['pitch_acc']:.2f}; {fig['seconds']:.0f} s, {fig['steps']} generations, "
+             f"{fig.get('finetune_steps', 0)} fine-tune steps")
     return _row(f"program {fig['program']} {fig['program_name']}: gain over nearest timbre, 12 other keys",
                 round(fig["gain"], 3), "dB", f">= {BARS['gain_db']:g} dB", fig["gain"] >= BARS["gain_db"], notes)
 

@@ -4,8 +4,8 @@ A family preset's generator already knows a space of timbres; an instrument it n
 close to some point of that space. Capture looks for that point: given a handful of real notes (a
 sample folder, or a SoundFont preset rendered with FluidSynth as the dataset code renders), it
 searches the latent z whose notes, generated at the given notes' pitches and velocities, are
-nearest by `trainer eval`'s log-mel distance, and writes a preset that plays the base's generator
-at that z over the base's whole range. Only ONNX Runtime and numpy run: no torch, no gradients.
+nearest by `trainer eval`'s log-mel distance, then fine-tunes a copy of the base's generator around
+that z (`trainer.finetune`), and writes a preset that plays it over the base's whole range.
 
 Search (all given notes of a candidate in one generator batch, every candidate of a generation in
 one call):
@@ -19,8 +19,13 @@ one call):
 3. Optionally (`--check N`) N of the notes (spread over pitch) are left out of the search and pick
    the stopping point: the z on the search path with the lowest distance on them. Off by default:
    with 8 notes one check note chose worse than the search's own best (docs/decisions-trainer.md).
+4. Fine-tune (`--finetune-seconds`, 40% of `--seconds` by default), taken out of `--seconds`: Adam on all of the
+   generator's weights with z fixed, on the log-mel distance itself. Kept only when the given notes
+   (with `--check`, the held-back ones) come out nearer; bases exported before `generator_config`
+   was recorded skip it, and the capture says so.
 
-The preset: the base's `generator.onnx` (hard-linked, else copied), `latent.default` = the fitted z,
+The preset: the fine-tuned graph, or the base's `generator.onnx` (hard-linked, else copied) when the
+fine-tune was skipped or not kept, `latent.default` = the fitted z,
 the base's knobs with their ranges shifted so that each knob's default CC is the fitted z itself,
 no `timbres`, and `training.capture` (base name and generator sha256, source, notes, command,
 steps, seconds, log-mel figures). Written atomically; an existing preset is kept unless `--force`.
@@ -36,6 +41,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +59,9 @@ MAX_FOLDER_NOTES = 64
 DEFAULT_SECONDS = 150.0
 DEFAULT_STEPS = 200
 FINISH_SECONDS = 8.0       # kept for what follows the search: the check, pitch accuracy, the write
+FINETUNE_SHARE = 0.4        # of --seconds, by default, for the fine-tune (60 of the default 150)
+DEFAULT_FINETUNE_STEPS = 400
+FINETUNE_SETUP_SECONDS = 6.0   # torch, the rebuilt generator, its parity check and the graph write
 
 
 @dataclass
@@ -417,11 +426,13 @@ def capture_manifest(base, name: str, z: np.ndarray, capture: dict[str, Any], so
     m = manifest_dict(base)
     m.pop("timbres", None)
     m["name"] = name
-    m["description"] = f"Captured instrument: {source_text}, played by the {base.name} generator at a fitted latent"
+    how = "a copy of the {} generator fine-tuned around a fitted latent" if capture.get("finetune") else \
+        "the {} generator at a fitted latent"
+    m["description"] = f"Captured instrument: {source_text}, played by {how.format(base.name)}"
     m["latent"] = {"size": base.latent_size, "default": [float(x) for x in z]}
     m["knobs"] = shifted_knobs(base)
     tr = base.training
-    keep = {k: tr[k] for k in ("arch", "params", "onnx_opset") if k in tr}
+    keep = {k: tr[k] for k in ("arch", "params", "onnx_opset", "generator_config") if k in tr}
     notes = capture["notes"]
     m["training"] = {
         **keep,
@@ -442,8 +453,9 @@ def capture_manifest(base, name: str, z: np.ndarray, capture: dict[str, Any], so
     return m
 
 
-def write_preset(base, dest: Path, manifest: dict[str, Any], force: bool) -> None:
-    """preset.json, the base's generator (hard link, else copy) and card.md, as one atomic folder."""
+def write_preset(base, dest: Path, manifest: dict[str, Any], force: bool, graph: Path | None = None) -> None:
+    """preset.json, the generator (`graph`, else the base's: hard link, else copy) and card.md, as one
+    atomic folder."""
     from synth.fsutil import atomic_dir
     from synth.preset import validate_manifest
     from trainer import card
@@ -451,9 +463,9 @@ def write_preset(base, dest: Path, manifest: dict[str, Any], force: bool) -> Non
     with atomic_dir(dest, replace=force) as tmp:
         gen = tmp / manifest["generator"]
         try:
-            os.link(base.generator_path, gen)
+            os.link(graph or base.generator_path, gen)
         except OSError:
-            shutil.copy2(base.generator_path, gen)
+            shutil.copy2(graph or base.generator_path, gen)
         validate_manifest(json.loads(json.dumps(manifest)), tmp)
         (tmp / "preset.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         card.write_card(tmp)
@@ -491,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                     help="time for the whole capture, notes to preset (default %(default)g; the search stops early "
                          "enough to keep to it)")
+    ap.add_argument("--finetune-seconds", type=float, default=None,
+                    help=f"of --seconds, the time for fine-tuning the generator around the fitted latent "
+                         f"(default {FINETUNE_SHARE:g} of --seconds; 0: the search alone)")
+    ap.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS,
+                    help="fine-tune steps at most (default %(default)s)")
     ap.add_argument("--check", type=int, default=0,
                     help="given notes left out of the search to pick its stopping point (default 0: all fit)")
     ap.add_argument("--seed", type=int, default=0)
@@ -523,6 +540,11 @@ def _check_args(args) -> None:
         raise UserError(f"--velocity {args.velocity}: must be 1..127")
     if args.steps < 0 or not 0 < args.seconds <= 3600:
         raise UserError("--steps must be >= 0 and --seconds in (0, 3600]")
+    if args.finetune_seconds is None:
+        args.finetune_seconds = round(FINETUNE_SHARE * args.seconds, 1)
+    if args.finetune_steps < 0 or not 0 <= args.finetune_seconds < args.seconds - FINISH_SECONDS:
+        raise UserError(f"--finetune-seconds {args.finetune_seconds:g}: must be >= 0 and leave time for the search "
+                        f"(under --seconds - {FINISH_SECONDS:g}); --finetune-steps must be >= 0")
 
 
 def _command(args) -> str:
@@ -536,10 +558,40 @@ def _command(args) -> str:
     parts.append(f"--velocity {args.velocity} --base {args.base}")
     parts += [f"--preset-dir {rel_path(d)}" for d in args.preset_dir]
     parts.append(f"--preset {args.preset} --out {rel_path(args.out)} --steps {args.steps} "
-                 f"--seconds {args.seconds:g} --seed {args.seed}")
+                 f"--seconds {args.seconds:g} --finetune-seconds {args.finetune_seconds:g} "
+                 f"--finetune-steps {args.finetune_steps} --seed {args.seed}")
     if args.check:
         parts.append(f"--check {args.check}")
     return " ".join(parts)
+
+
+def _tune(base, session, notes: list[Note], res: Fit, deadline: float, args, tmp: Path, say):
+    """Fine-tune the base's generator at the fitted z (`trainer.finetune`) and write the graph to
+    tmp/generator.onnx. (the figures, a session on the new graph) when it comes out nearer on the given
+    notes (with --check, on the held-back ones), else (None, the base's session)."""
+    import dataclasses
+
+    from synth.inference import GeneratorSession
+    from trainer import finetune as ft
+
+    G = ft.torch_generator(base)
+    check = [i for i, n in enumerate(notes) if n.label in res.check_labels]
+    t = ft.finetune(G, res.z, notes, base.sample_rate, base.velocity_conditioned, deadline, args.finetune_steps,
+                    check=check, say=say)
+    ft.write_graph(base.generator_path, t.G, tmp / "generator.onnx", {"name": args.preset, "finetuned_from": base.name})
+    tuned = GeneratorSession(dataclasses.replace(base, path=tmp), providers="cpu", threads=os.cpu_count() or 1,
+                             warmup=False)
+    vc = base.velocity_conditioned
+    after = float(Objective(tuned, notes, base.sample_rate, vc)(res.z[None])[0])
+    judge = [notes[i] for i in check] if check else notes
+    ok = (Objective(tuned, judge, base.sample_rate, vc)(res.z[None])[0]
+          < Objective(session, judge, base.sample_rate, vc)(res.z[None])[0])
+    if not ok:
+        say("fine-tune not kept: the " + ("held-back" if check else "given") + " notes came out no nearer")
+        return None, session
+    return {"steps": t.steps, "kept_step": t.kept_step, "seconds": t.seconds, "lr": ft.LR,
+            "log_mel_distance": after, "log_mel_distance_before": res.log_mel,
+            "log_mel_distance_check_before": t.check_before, "log_mel_distance_check_after": t.check_after}, tuned
 
 
 def main(argv: list[str]) -> int:
@@ -574,31 +626,43 @@ def main(argv: list[str]) -> int:
 
     session = GeneratorSession(base, providers="cpu", threads=os.cpu_count() or 1, warmup=False)
     say(f"{len(notes)} notes, base {base.name}; capturing in at most {args.seconds:g} s")
-    res = fit(base, session, notes, steps=args.steps, deadline=t0 + args.seconds - FINISH_SECONDS, check=check,
-              seed=args.seed, say=say)
-    acc, acc_keys = range_pitch_accuracy(base, session, res.z)
-    seconds = time.monotonic() - t0
-    capture = {
-        "base": base.name, "base_generator_sha256": sha256_file(base.generator_path), "source": source,
-        "notes": [{"note": n.label, "pitch": n.pitch, "velocity": n.velocity, "pitch_from": n.pitch_from,
-                   "role": "check" if n.label in res.check_labels else "fit"} for n in notes],
-        "command": _command(args), "steps": res.steps, "evaluations": res.evaluations,
-        "seconds": round(seconds, 1), "nearest_timbre": res.nearest,
-        "log_mel_distance": round(res.log_mel, 4), "log_mel_distance_nearest": round(res.log_mel_nearest, 4),
-        "pitch_accuracy": round(acc, 4), "pitch_accuracy_keys": acc_keys,
-        "method": "CMA-ES on the latent through the ONNX generator, log-mel distance of trainer eval "
-                  "(trainer/capture.py)",
-    }
-    if res.log_mel_check is not None:
-        capture.update({"log_mel_distance_check": round(res.log_mel_check, 4),
-                        "log_mel_distance_check_nearest": round(res.log_mel_check_nearest, 4)})
-    manifest = capture_manifest(base, args.preset, res.z, capture, source_text)
-    try:
-        write_preset(base, dest, manifest, args.force)
-    except OSError as e:
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"{dest}: cannot write the preset ({e.strerror or e}); nothing was written") from None
-    say(f"wrote {dest}: {res.log_mel:.2f} dB on the given notes (nearest timbre {res.nearest}: "
+    tune_s = args.finetune_seconds if args.finetune_seconds > 0 and args.finetune_steps > 0 else 0.0
+    if tune_s and not isinstance(base.training.get("generator_config"), dict):
+        say(f"no fine-tune: {base.name} was exported before its preset recorded generator_config (re-export it)")
+        tune_s = 0.0
+    search_end = t0 + args.seconds - FINISH_SECONDS - (tune_s + FINETUNE_SETUP_SECONDS if tune_s else 0.0)
+    res = fit(base, session, notes, steps=args.steps, deadline=search_end, check=check, seed=args.seed, say=say)
+    with tempfile.TemporaryDirectory(prefix="capture-") as td:
+        tuned, session = _tune(base, session, notes, res, t0 + args.seconds - FINISH_SECONDS, args, Path(td), say) \
+            if tune_s else (None, session)
+        acc, acc_keys = range_pitch_accuracy(base, session, res.z)
+        seconds = time.monotonic() - t0
+        capture = {
+            "base": base.name, "base_generator_sha256": sha256_file(base.generator_path), "source": source,
+            "notes": [{"note": n.label, "pitch": n.pitch, "velocity": n.velocity, "pitch_from": n.pitch_from,
+                       "role": "check" if n.label in res.check_labels else "fit"} for n in notes],
+            "command": _command(args), "steps": res.steps, "evaluations": res.evaluations,
+            "seconds": round(seconds, 1), "nearest_timbre": res.nearest,
+            "log_mel_distance": round(tuned["log_mel_distance"] if tuned else res.log_mel, 4),
+            "log_mel_distance_search": round(res.log_mel, 4),
+            "log_mel_distance_nearest": round(res.log_mel_nearest, 4),
+            "pitch_accuracy": round(acc, 4), "pitch_accuracy_keys": acc_keys,
+            "method": "CMA-ES on the latent through the ONNX generator, log-mel distance of trainer eval"
+                      + (", then a fine-tune of the generator's weights at that latent" if tuned else "")
+                      + " (trainer/capture.py, trainer/finetune.py)",
+            "finetune": tuned,
+        }
+        if res.log_mel_check is not None:
+            capture.update({"log_mel_distance_check": round(res.log_mel_check, 4),
+                            "log_mel_distance_check_nearest": round(res.log_mel_check_nearest, 4)})
+        manifest = capture_manifest(base, args.preset, res.z, capture, source_text)
+        try:
+            write_preset(base, dest, manifest, args.force, Path(td) / "generator.onnx" if tuned else None)
+        except OSError as e:
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"{dest}: cannot write the preset ({e.strerror or e}); nothing was written") from None
+    final = tuned["log_mel_distance"] if tuned else res.log_mel
+    say(f"wrote {dest}: {final:.2f} dB on the given notes (nearest timbre {res.nearest}: "
         f"{res.log_mel_nearest:.2f} dB), pitch accuracy {acc:.2f}, {res.steps} generations, {seconds:.0f} s")
     return 0

@@ -1111,6 +1111,7 @@ def _manifest(f: _Facts, config: dict[str, Any], name: str, description: str, z0
               parity: dict[str, float], run_facts, run_dir, commands: list[str]) -> dict[str, Any]:
     """The preset.json dict (before validation): sound facts, knobs, training facts, no metrics yet."""
     from trainer.commands import repo_relative
+    from trainer.finetune import generator_config
 
     data_desc = _data_description(f.info)
     training = {"data": data_desc, "arch": f.arch_name, "params": f.params, **_train_facts(config, run_facts),
@@ -1120,7 +1121,8 @@ def _manifest(f: _Facts, config: dict[str, Any], name: str, description: str, z0
                 "parity_spectral_rel": float(f"{parity['spectral_rel']:.3g}"), "knob_method": knob_method,
                 "default_latent": default_doc, "latent_prior": "normal(0, 1)",
                 "sustain_evidence": env["sustain_evidence"], "release_evidence": env["release_evidence"],
-                "velocity_curve_evidence": env["velocity_curve_evidence"]}
+                "velocity_curve_evidence": env["velocity_curve_evidence"],
+                "generator_config": generator_config(config)}
     if isinstance(f.arch, dict):
         training["arch_details"] = json.dumps(f.arch, sort_keys=True)[:600]
     training = {k: v for k, v in training.items() if v is not None and v != ""}
