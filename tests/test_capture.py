@@ -142,6 +142,7 @@ def test_bad_input_is_one_line_and_writes_nothing(family, tmp_path, capsys):
     _one_line_error(capsys, _capture(tmp_path, notes, base="kit"), "drum kit")
     _one_line_error(capsys, _capture(tmp_path, tmp_path / "missing"), "folder not found")
     _one_line_error(capsys, _capture(tmp_path, notes, "--program", "3"), "--program belongs with --soundfont")
+    _one_line_error(capsys, _capture(tmp_path, notes, "--finetune-seconds", "15"), "--finetune-seconds 15")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
