@@ -35,11 +35,16 @@ LR = 1e-4                # Adam; 1e-3 made both the given and the other keys wor
 EVAL_EVERY = 10          # steps between checks of the held-back notes (with --check)
 
 
-def generator_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What `trainer.models.build_generator` needs, from a run's resolved config (kept in preset.json)."""
-    arch = config["arch"]
-    return {"arch": arch, "model": {arch: dict(config["model"][arch])},
-            "data": {k: config["data"][k] for k in DATA_KEYS if k in config["data"]}}
+def generator_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """What `trainer.models.build_generator` needs, from a run's resolved config (kept in preset.json);
+    None for a generator it cannot build (the tests' custom modules)."""
+    from trainer.models import ARCHS
+
+    arch, model, data = config.get("arch"), config.get("model"), config.get("data")
+    if arch not in ARCHS or not isinstance(model, dict) or arch not in model or not isinstance(data, dict):
+        return None
+    return {"arch": arch, "model": {arch: dict(model[arch])},
+            "data": {k: data[k] for k in DATA_KEYS if k in data}}
 
 
 def torch_generator(preset):
