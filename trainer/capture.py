@@ -583,10 +583,11 @@ def _tune(base, session, notes: list[Note], res: Fit, deadline: float, args, tmp
                              warmup=False)
     vc = base.velocity_conditioned
     after = float(Objective(tuned, notes, base.sample_rate, vc)(res.z[None])[0])
-    judge = [notes[i] for i in check] if check else notes
-    ok = (Objective(tuned, judge, base.sample_rate, vc)(res.z[None])[0]
-          < Objective(session, judge, base.sample_rate, vc)(res.z[None])[0])
-    if not ok:
+    # res.log_mel is the base's distance at res.z on every note; the held-back notes are measured here
+    held = [notes[i] for i in check]
+    judged = float(Objective(tuned, held, base.sample_rate, vc)(res.z[None])[0]) if check else after
+    before = float(Objective(session, held, base.sample_rate, vc)(res.z[None])[0]) if check else res.log_mel
+    if not judged < before:
         say("fine-tune not kept: the " + ("held-back" if check else "given") + " notes came out no nearer")
         return None, session
     return {"steps": t.steps, "kept_step": t.kept_step, "seconds": t.seconds, "lr": ft.LR,
