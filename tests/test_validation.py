@@ -1,6 +1,6 @@
 """Validation during `trainer fit` and what depends on it: best.pt is written on improvement only,
 resume carries the best-so-far exactly, `trainer export` takes best.pt (or last.pt with --last), the
-run records what ended it (steps, minutes, signal), and the new train keys leave config hashes alone."""
+run records what ended it (steps, minutes, signal, patience), and the new train keys leave config hashes alone."""
 
 from __future__ import annotations
 
@@ -189,6 +189,30 @@ def test_ended_by_steps_minutes_and_signal(data, overlays, tmp_path, capsys, mon
     assert ck["ended_by"] == "signal" and ck["step"] == 2
 
 
+def test_patience_stops_at_the_nth_validation_without_a_better_figure(data, overlays, tmp_path, scripted, capsys):
+    tiny = ["--config", overlays[0]]
+    run = tmp_path / "p"
+    scripted([6.0, 5.0, 5.5, 5.2, 4.0, 4.5, 4.6, 4.7])
+    assert _fit("--data", data, "--steps", 40, "--patience", 2, *tiny, "--out", run) == 0
+    ck = _ck(run)
+    assert ck["ended_by"] == "patience" and ck["step"] == 8       # validations at 2, 4 (best), 6, 8
+    assert _ck(run, "best.pt")["step"] == 4
+    err = capsys.readouterr().err
+    assert "stopping: 2 validations in a row without a better figure (train.patience 2)" in err
+    assert "ended_by: patience: 2 validations without a better figure" in err
+    # resume with more patience: training goes on, a better figure resets the count
+    assert _fit("--resume", run, "--patience", 3) == 0
+    ck = _ck(run)
+    assert ck["ended_by"] == "patience" and ck["step"] == 16 and _ck(run, "best.pt")["step"] == 10
+    assert json.loads((run / "config.json").read_text())["train"]["patience"] == 3
+    # patience counts validations: without them it is refused, with one line and no run folder
+    from synth.errors import UserError
+    with pytest.raises(UserError, match="train.patience = 2"):
+        _fit("--data", data, "--steps", 4, "--patience", 2, *tiny, "--config", '{"train": {"valid_every": 0}}',
+             "--out", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_new_train_keys_at_their_off_values_keep_the_config_hash():
     facts = {"sample_rate": 24000, "note_samples": 96000, "kind": "pitched", "pitch_range": [21, 108]}
     base = C.resolve([], facts)
@@ -197,7 +221,7 @@ def test_new_train_keys_at_their_off_values_keep_the_config_hash():
     assert C.config_hash(old) == C.config_hash(base)                      # a run config from before the keys
     assert C.with_absent(old) == base
     for over in ({"augment": {"gain_db": 3.0}}, {"r1_gamma": 1.0}, {"fm_weight": 2.0}, {"d_start": 100},
-                 {"valid_every": 500}):
+                 {"valid_every": 500}, {"patience": 10}):
         assert C.config_hash(C.resolve([{"train": over}], facts)) != C.config_hash(base), over
     assert C.config_hash(C.resolve([{"train": {"r1_every": 16, "valid_latents": 4}}], facts)) == C.config_hash(base)
 

@@ -114,7 +114,7 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
     for key, label in (("arch", "architecture"), ("params", "generator parameters"), ("steps", "steps"),
                        ("minutes", "training minutes"), ("checkpoint", "checkpoint exported"),
                        ("run_steps", "steps the run trained"), ("run_minutes", "minutes the run trained"),
-                       ("ended_by", "the run ended by (steps, minutes or signal)"),
+                       ("ended_by", "the run ended by (steps, minutes, signal or patience)"),
                        ("steps_per_second", "training steps per second"), ("discriminator", "discriminator"),
                        ("hardware", "hardware"), ("run", "run folder"),
                        ("parity_max_abs", "ONNX vs torch max |Δ|"),

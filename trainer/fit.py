@@ -30,7 +30,8 @@ Validation (`train.valid_every` > 0; `trainer.validation`): every that many step
 the EMA generator is measured on the valid split; the best evaluation's weights go to
 `checkpoints/best.pt` (atomically), the curve to `validation.json`, and `trainer export` takes
 best.pt when there is one. The run ends at `train.steps` or `train.minutes`, whichever comes first,
-or on a signal; the checkpoint records which (`ended_by`) and the steps per second.
+on a signal, or (`train.patience` N > 0) at the first validation that is the Nth in a row without a
+better figure; the checkpoint records which (`ended_by`) and the steps per second.
 
 Checkpoints hold everything `--resume RUN` needs to continue exactly (same next batch, same next
 losses, same best-so-far): the step, config, weights, optimisers, RNG states, data position and the
@@ -63,7 +64,7 @@ from trainer import config as C
 MAX_BAD_STEPS = 20       # consecutive steps with non-finite gradients before a run counts as diverged
 CKPT_KEYS = ("step", "config", "G", "G_ema", "D", "opt_G", "opt_D", "rng", "data_pos")
 BEST_KEYS = ("step", "config", "G_ema", "valid")
-ENDED_BY = ("steps", "minutes", "signal")
+ENDED_BY = ("steps", "minutes", "signal", "patience")
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spectral-weight", type=float, dest="spectral_weight", help="weight of the paired spectral L1")
     ap.add_argument("--steps", type=int, help="stop after this many steps (total, counting resumed ones)")
     ap.add_argument("--minutes", type=float, help="stop after this many minutes of training (total)")
+    ap.add_argument("--patience", type=int, help="stop once this many validations in a row bring no better "
+                                                 "figure (0: never; needs train.valid_every)")
     ap.add_argument("--batch", type=int, help="batch size per process")
     ap.add_argument("--ckpt-every", type=int, dest="ckpt_every", help="checkpoint interval in steps")
     ap.add_argument("--out", help="run folder (default runs/<name>-<config hash>)")
@@ -100,7 +103,7 @@ def _cli_overlay(a: argparse.Namespace) -> dict[str, Any]:
     for k in ("arch", "seed", "name"):
         if getattr(a, k) is not None:
             o[k] = getattr(a, k)
-    for k in ("loss", "spectral_weight", "steps", "minutes", "batch", "ckpt_every", "threads"):
+    for k in ("loss", "spectral_weight", "steps", "minutes", "patience", "batch", "ckpt_every", "threads"):
         if getattr(a, k) is not None:
             o["train"][k] = getattr(a, k)
     for k in ("device", "amp"):
@@ -404,12 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.resume:
         if a.recipe or a.config:
             raise UserError("--resume continues a run with its own config; drop --recipe/--config "
-                            "(only --steps, --minutes, --ckpt-every, --threads, --device and --amp may change)")
+                            "(only --steps, --minutes, --patience, --ckpt-every, --threads, --device and --amp may change)")
         run_dir = Path(a.resume)
         cfg = C.with_absent(_read_run_config(run_dir))
         over = _cli_overlay(a)
         # a resumed run may only change its budget and where it runs; anything else is a new run
-        cfg["train"].update({k: v for k, v in over["train"].items() if k in ("steps", "minutes", "ckpt_every", "threads")})
+        cfg["train"].update({k: v for k, v in over["train"].items() if k in ("steps", "minutes", "patience", "ckpt_every", "threads")})
         cfg["run"].update(over["run"])
         ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         ds = OneShotDataset(a.data or cfg["data"]["root"], "train")
@@ -464,9 +467,13 @@ class Trainer:
         self._build_models()
         self.sampler = Sampler(len(ds), int(self.tr["batch"]), int(cfg["seed"]), rank, world)
         self.step, self.train_seconds, self.valid_seconds = 0, 0.0, 0.0
-        self.ended_by: str | None = None          # steps | minutes | signal, once the loop has stopped
+        self.ended_by: str | None = None          # one of ENDED_BY, once the loop has stopped
         self.bad_steps = self.skipped_total = 0
         self._init_valid()
+        self.patience, self.out_of_patience = int(self.tr.get("patience") or 0), False
+        if self.patience < 0 or (self.patience and self.valid_every <= 0):
+            raise UserError(f"config: train.patience = {self.patience}; use 0 (off) or N > 0 with "
+                            f"train.valid_every > 0 (it counts validations)")
         if ck is not None:
             self._restore(ck)
         self._wrap_ddp()
@@ -788,8 +795,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _out_of_budget(self) -> bool:
-        """A signal arrived or the time budget is spent (on any rank, under DDP)."""
-        done = bool(self.stop["signal"]) or self.train_seconds + time.monotonic() - self.t_start >= self.budget_s
+        """A signal arrived, the time budget is spent or patience ran out (on any rank, under DDP: only
+        rank 0 validates, so its verdict reaches the others here)."""
+        done = (bool(self.stop["signal"]) or self.out_of_patience
+                or self.train_seconds + time.monotonic() - self.t_start >= self.budget_s)
         if not self.ddp:
             return done
         import torch.distributed as dist
@@ -868,6 +877,10 @@ class Trainer:
         self._write_curve()
         self.logs.scalars(self.step, {f"valid/{k}": v for k, v in fig.items() if k not in ("seconds", "minutes")})
         self._say(self.tracker.summary(self.step, fig, improved))
+        if self.patience and self.tracker.stale >= self.patience:
+            self.out_of_patience = True
+            self._say(f"trainer fit: stopping: {self.tracker.stale} validations in a row without a better figure "
+                      f"(train.patience {self.patience}); export takes best.pt (step {self.tracker.best['step']})")
         self.valid_seconds += time.monotonic() - t0
 
     def _write_best(self) -> None:
@@ -976,7 +989,8 @@ class Trainer:
                     self.ended_by = "steps"
                     break
                 if self._out_of_budget():
-                    self.ended_by = "signal" if self.stop["signal"] else "minutes"
+                    self.ended_by = ("signal" if self.stop["signal"] else
+                                     "patience" if self.out_of_patience else "minutes")
                     break
                 self._after_step(self.train_step())
         except KeyboardInterrupt:
@@ -1016,7 +1030,9 @@ class Trainer:
         sig = self.stop["signal"]
         why = {"steps": f"the step budget; {self.train_seconds / 60:.1f} of {self.budget_s / 60:g} minutes used",
                "minutes": f"the {self.budget_s / 60:g}-minute budget, before the {self.steps_total} steps",
-               "signal": f"signal {sig}" if sig else "interrupted"}[self.ended_by]
+               "signal": f"signal {sig}" if sig else "interrupted",
+               "patience": f"{self.tracker.stale} validations without a better figure, train.patience "
+                           f"{self.patience}"}[self.ended_by]
         line = (f"trainer fit: stopped at step {self.step} (ended_by: {self.ended_by}: {why}), "
                 f"{self.train_seconds / 60:.1f} min, {self.steps_per_second:.2f} steps/s")
         b = self.tracker.best
