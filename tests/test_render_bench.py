@@ -7,6 +7,7 @@ import json
 import sys
 
 import mido
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -109,3 +110,30 @@ def test_long_runs_are_recorded_per_step_and_tabled(tmp_path):
     assert rows[1]["value"] == 5.9 and "6.10 ± 0.05" in rows[1]["notes"]
     assert "| GM piano, piano recipe | 12000 | 60.0 | 5.90 | 6.10 ± 0.05 | 1.000 | 5.60 | <= 5.5 dB |" in md
     assert bench_archs.long_run_rows(tmp_path / "none.json") == ([], "")
+
+
+def test_speed_and_size_are_added_to_a_recorded_point_and_judged(tmp_path, capsys):
+    """`record_run.py --speed` merges speed into the point at a step (no point: an error naming the
+    file); the archs area judges each task's latest such point by the issue's bars, saying by how much
+    a figure misses."""
+    import record_run
+
+    path = tmp_path / "long_runs.json"
+    base = {"exported_step": 5000, "date": "today", "cpu_count": 2, "eval_command": "eval",
+            "eval": {"log_mel_distance": 6.0}, "curve": []}
+    record_run.record("wg", {**base, "at_steps": 6000}, {"label": "WaveGAN kit"}, path)
+    record_run.record("wg", {**base, "at_steps": 3000}, {}, path)
+    speed = {"ms_per_note": 8.6, "ms_per_88": 1500.0, "ms_per_88_all_cores": 900.0, "onnx_mb": 7.1,
+             "speed_date": "now"}
+    assert record_run.add_speed("wg", 6000, dict(speed), path) == 0
+    with pytest.raises(SystemExit, match="no point of task 'wg' at step 123"):
+        record_run.add_speed("wg", 123, dict(speed), path)
+    pts = json.loads(path.read_text())["tasks"]["wg"]["points"]
+    assert "ms_per_note" not in pts[0]["eval"] and pts[1]["eval"]["ms_per_88"] == 1500.0 and pts[1]["onnx_mb"] == 7.1
+    rows, md = bench_archs.long_run_rows(path)
+    got = {r["name"]: r for r in rows}
+    assert got["long runs wg: ms per note (CPU, 1 thread)"]["pass"] is True
+    miss = got["long runs wg: ms per 88 keys (CPU, 1 thread)"]
+    assert miss["pass"] is False and miss["notes"].startswith("misses by 500 ms (1.50x the bar)")
+    assert got["long runs wg: generator.onnx"]["value"] == 7.1
+    assert "| WaveGAN kit | 5000 | 8.6 | 1500 | 7.1 | now |" in md
