@@ -213,6 +213,27 @@ def test_patience_stops_at_the_nth_validation_without_a_better_figure(data, over
     assert not (tmp_path / "bad").exists()
 
 
+def test_learning_rate_decay_halves_on_schedule_and_resumes_exactly(data, overlays, tmp_path):
+    decay = ["--config", overlays[0], "--config", '{"train": {"lr_decay_start": 2, "lr_half_life": 2, "valid_every": 0}}']
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    assert _fit("--data", data, "--steps", 6, "--ckpt-every", 100, *decay, "--out", a) == 0
+    assert _fit("--data", data, "--steps", 4, *decay, "--out", b) == 0
+    assert _fit("--resume", b, "--steps", 6) == 0
+    la, lb = _ck(a), _ck(b)
+    assert _same(la["G"], lb["G"]) and _same(la["D"], lb["D"])
+    cfg = json.loads((a / "config.json").read_text())["train"]
+    # the last step (index 5) ran at 0.5 ** ((5 - 2) / 2) of each base rate
+    for opt, base in (("opt_G", cfg["lr_g"]), ("opt_D", cfg["lr_d"])):
+        assert la[opt]["param_groups"][0]["lr"] == pytest.approx(base * 0.5 ** 1.5)
+    t = fit.Trainer.__new__(fit.Trainer)
+    t.lr_start, t.lr_half = 2, 2.0
+    assert [t.lr_scale(s) for s in (0, 2, 4, 6)] == [1.0, 1.0, 0.5, 0.25]
+    from synth.errors import UserError
+    with pytest.raises(UserError, match="train.lr_half_life"):
+        _fit("--data", data, "--steps", 2, "--config", overlays[0], "--config", '{"train": {"lr_half_life": -1}}',
+             "--out", tmp_path / "bad")
+
+
 def test_new_train_keys_at_their_off_values_keep_the_config_hash():
     facts = {"sample_rate": 24000, "note_samples": 96000, "kind": "pitched", "pitch_range": [21, 108]}
     base = C.resolve([], facts)
@@ -221,7 +242,7 @@ def test_new_train_keys_at_their_off_values_keep_the_config_hash():
     assert C.config_hash(old) == C.config_hash(base)                      # a run config from before the keys
     assert C.with_absent(old) == base
     for over in ({"augment": {"gain_db": 3.0}}, {"r1_gamma": 1.0}, {"fm_weight": 2.0}, {"d_start": 100},
-                 {"valid_every": 500}, {"patience": 10}):
+                 {"valid_every": 500}, {"patience": 10}, {"lr_half_life": 3000}):
         assert C.config_hash(C.resolve([{"train": over}], facts)) != C.config_hash(base), over
     assert C.config_hash(C.resolve([{"train": {"r1_every": 16, "valid_latents": 4}}], facts)) == C.config_hash(base)
 

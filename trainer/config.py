@@ -243,7 +243,7 @@ def resolve(overlays: list[dict[str, Any]], data_info: dict[str, Any]) -> dict[s
 # config that lacks one (an older run) gets it filled in by `with_absent`.
 TRAIN_ABSENT: dict[str, Any] = {
     "augment": {"shift_ms": 0.0, "gain_db": 0.0, "time_mask": 0.0, "freq_mask": 0.0, "paired": False},
-    "r1_gamma": 0.0, "r1_every": 16, "fm_weight": 0.0, "d_start": 0,
+    "r1_gamma": 0.0, "r1_every": 16, "fm_weight": 0.0, "d_start": 0, "lr_decay_start": 0, "lr_half_life": 0,
     "valid_every": 0, "valid_latents": 4, "valid_metric": "logmel_db", "patience": 0,
     "timbres": False, "timbre_sigma": 0.5, "timbre_radius": 1.0,
 }

@@ -18,7 +18,11 @@ steps, scaled by that interval as in StyleGAN2), `train.fm_weight` (feature matc
 activations for each real note and the fake at its pitch and velocity, in the generator's loss) and
 `train.d_start` (the discriminator and every adversarial term start at that step, as in Parallel
 WaveGAN; before it the generator fits the paired spectral loss alone). Log keys: adv/*, aux/*,
-spec/l1, reg/r1, fm/loss, valid/*, perf/steps_per_s.
+spec/l1, reg/r1, fm/loss, valid/*, perf/steps_per_s (and perf/lr_scale with a decay).
+
+Learning rates: constant, or (`train.lr_half_life` H > 0) constant until `train.lr_decay_start` and
+then halved every H steps, both G's and D's; a recipe can start the decay where its budget ends, so
+its own steps train as before and a longer run anneals instead of drifting.
 
 Timbre training (`train.timbres`, multi-instrument sets only; `trainer.models.timbre`): one learned
 latent code per instrument, trained with G; each note's z is its instrument's code plus
@@ -525,6 +529,23 @@ class Trainer:
         self.opt_G = torch.optim.Adam(self.g_params, lr=self.tr["lr_g"], betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.tr["lr_d"], betas=betas)
         self.d_params = list(self.D.parameters())
+        self.lr_start, self.lr_half = int(self.tr.get("lr_decay_start") or 0), float(self.tr.get("lr_half_life") or 0)
+        if self.lr_start < 0 or self.lr_half < 0:
+            raise UserError(f"config: train.lr_decay_start = {self.lr_start}, train.lr_half_life = {self.lr_half:g}; "
+                            "use steps >= 0 (a half-life of 0 keeps the learning rates constant)")
+
+    def lr_scale(self, step: int) -> float:
+        """Both learning rates' factor at `step`: 1 until train.lr_decay_start, then halving every
+        train.lr_half_life steps (0: constant). A function of the step alone, so resume stays exact."""
+        if self.lr_half <= 0 or step <= self.lr_start:
+            return 1.0
+        return 0.5 ** ((step - self.lr_start) / self.lr_half)
+
+    def _set_lr(self) -> None:
+        scale = self.lr_scale(self.step)
+        for opt, base in ((self.opt_G, self.tr["lr_g"]), (self.opt_D, self.tr["lr_d"])):
+            for g in opt.param_groups:
+                g["lr"] = float(base) * scale
 
     def _restore(self, ck: dict[str, Any]) -> None:
         """Weights, optimisers, step, RNG and data position from checkpoint `ck` (`--resume`)."""
@@ -767,6 +788,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One step on the next batch: D update, G update, EMA. Returns the namespaced loss logs."""
         dev = self.device
+        if self.lr_half > 0:
+            self._set_lr()
         idx = self.sampler.next()
         x = torch.from_numpy(self.ds.audio_batch(idx)).to(dev)
         p = self.pitches[idx].to(dev)
@@ -786,6 +809,8 @@ class Trainer:
         self._update_ema()
         self.step += 1
         logs = {**logs_d, **logs_g}
+        if self.lr_half > 0:
+            logs["perf/lr_scale"] = self.lr_scale(self.step - 1)
         bad = [k for k, val in logs.items() if not math.isfinite(val)]
         if bad:
             raise UserError(f"{self.run_dir}: training diverged at step {self.step} (non-finite {', '.join(bad)}); "
