@@ -124,7 +124,7 @@ def record(task: str, point: dict, meta: dict, path: Path = RECORD) -> None:
 
 
 def add_speed(task: str, at: int | None, got: dict, path: Path = RECORD) -> int:
-    """Merge speed figures `got` into the recorded point of `task` at step `at` (the latest without it)."""
+    """Merge speed figures `got` into the recorded point of `task` at step `at` (None: its latest point)."""
     doc = json.loads(path.read_text())
     points = doc["tasks"].get(task, {}).get("points") or []
     hit = [p for p in points if at is None or p["at_steps"] == at]

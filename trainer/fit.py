@@ -22,7 +22,8 @@ spec/l1, reg/r1, fm/loss, valid/*, perf/steps_per_s (and perf/lr_scale with a de
 
 Learning rates: constant, or (`train.lr_half_life` H > 0) constant until `train.lr_decay_start` and
 then halved every H steps, both G's and D's; a recipe can start the decay where its budget ends, so
-its own steps train as before and a longer run anneals instead of drifting.
+its own steps train as before and only a longer run anneals (on the piano it did not stop the late
+drift: docs/decisions-trainer.md).
 
 Timbre training (`train.timbres`, multi-instrument sets only; `trainer.models.timbre`): one learned
 latent code per instrument, trained with G; each note's z is its instrument's code plus
