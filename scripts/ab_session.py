@@ -2,6 +2,7 @@
 
     python scripts/ab_session.py --variant .:jack --variant .:jack-client [--seconds 60] [--reps 2]
     python scripts/ab_session.py --variant /tmp/wt-old:jack --variant .:jack
+    python scripts/ab_session.py --variant .:jack --variant .:jack-client --reps 3 --interleave
 
 A variant is `CHECKOUT:AUDIO_API`: a checkout (a `git worktree` of the commit to try) whose `synth`
 plays `scripts/latency_probe.session` (512 frames: 256-voice cluster, CC 74 sweeps, 50 notes/s) with
@@ -10,6 +11,10 @@ server (libjack talks to one server per process), so the host's steal and load f
 alike; run one after the other, they would not (steal here moves from 0 to 40 s a minute). The first
 variant also runs the control server (an idle C client) over the same seconds. Each rep swaps which
 variant starts first. Prints a JSON line per rep and writes them all to --json.
+
+`--interleave` plays the variants one after the other instead, each alone beside its own control
+server, swapping the order each rep: what a session costs alone, with the host's drift spread over
+the variants by the alternation rather than shared.
 
 Both sessions load the synth at once: on two cores the xrun counts are higher than a session's alone,
 so compare variants within a rep, not against `make bench` rows.
@@ -69,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--interleave", action="store_true",
+                    help="play the variants one after the other (each alone, with its own control server)")
     args = ap.parse_args(argv)
     for spec in args.variant:
         checkout, _, api = spec.rpartition(":")
@@ -77,7 +84,10 @@ def main(argv=None) -> int:
     runs = []
     for rep in range(args.reps):
         order = args.variant if rep % 2 == 0 else list(reversed(args.variant))
-        res = run_rep(order, args.seconds)
+        if args.interleave:
+            res = {spec: run_rep([spec], args.seconds)[spec] for spec in order}
+        else:
+            res = run_rep(order, args.seconds)
         runs.append(res)
         print(json.dumps(res), flush=True)
     if args.json:

@@ -242,7 +242,7 @@ def test_new_train_keys_at_their_off_values_keep_the_config_hash():
     assert C.config_hash(old) == C.config_hash(base)                      # a run config from before the keys
     assert C.with_absent(old) == base
     for over in ({"augment": {"gain_db": 3.0}}, {"r1_gamma": 1.0}, {"fm_weight": 2.0}, {"d_start": 100},
-                 {"valid_every": 500}, {"patience": 10}, {"lr_half_life": 3000}):
+                 {"valid_every": 500}, {"patience": 10}, {"lr_half_life": 3000}, {"div_weight": 1.0}):
         assert C.config_hash(C.resolve([{"train": over}], facts)) != C.config_hash(base), over
     assert C.config_hash(C.resolve([{"train": {"r1_every": 16, "valid_latents": 4}}], facts)) == C.config_hash(base)
 
@@ -264,5 +264,74 @@ def test_a_kit_is_validated_by_class_accuracy(tmp_path):
     state = torch.get_rng_state()
     fig = v.measure(G)
     assert torch.equal(state, torch.get_rng_state())
-    assert set(fig) == {"logmel_db", "logmel_db_std", "class_acc", "seconds"}
+    assert set(fig) == {"logmel_db", "logmel_db_std", "class_acc", "diversity_db", "seconds"}
     assert 0.0 <= fig["class_acc"] <= 1.0 and fig["logmel_db"] > 0 and G.training
+
+
+def test_logmel_db_is_evals_log_mel_and_the_diversity_floor_pushes_only_under_its_target():
+    import numpy as np
+
+    from trainer.evaluate import log_mel
+    from trainer.nn.losses import LogMelDB, diversity_floor
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 8000)) * np.linspace(1.0, 0.01, 8000)).astype(np.float32)
+    x[2] *= 1e-3                                   # loudness-normalised: the level does not matter
+    lm = LogMelDB(16000)
+    assert np.abs(lm(torch.from_numpy(x)).numpy() - log_mel(x, 16000)).max() < 1e-4
+    a = torch.from_numpy(x[:2]).requires_grad_(True)
+    near = x[1] + 1e-3 * rng.standard_normal(8000).astype(np.float32)
+    b = torch.from_numpy(np.stack([x[2], near]))   # pair 0: different notes; pair 1: nearly the same
+    loss, d = diversity_floor(lm(a), lm(b), target_db=1.0)
+    assert d[0] > 1.0 and d[1] < 0.5 and loss.item() == pytest.approx((1.0 - d[1].item()) / 2)   # only pair 1
+    loss.backward()
+    assert a.grad[0].abs().max() == 0 and a.grad[1].abs().max() > 0
+
+
+def test_the_diversity_floor_raises_evals_diversity_of_a_generator():
+    """Steps on the floor alone move a tiny generator's latents apart, as `trainer eval` measures them."""
+    from trainer.evaluate import pairwise_distance
+    from trainer.models import build_generator
+    from trainer.nn.losses import LogMelDB, diversity_floor
+
+    cfg = C.resolve([TINY], {"sample_rate": 16000, "note_samples": 2048, "kind": "pitched", "pitch_range": [48, 72]})
+    torch.manual_seed(0)
+    G = build_generator(cfg)
+    lm = LogMelDB(16000)
+    Z = cfg["model"]["ddsp"]["latent_size"]
+    p, v = torch.full((4,), 60), torch.full((4,), 0.6)
+    zs = torch.randn(6, Z)
+
+    def diversity() -> float:
+        with torch.no_grad():
+            return pairwise_distance(G(zs, torch.full((6,), 60), torch.full((6,), 0.6)).numpy(), 16000)
+
+    before = diversity()
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss, d = diversity_floor(lm(G(torch.randn(4, Z), p, v)), lm(G(torch.randn(4, Z), p, v)), before + 3.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert diversity() > before + 1.0
+
+
+def test_diversity_floor_trains_logs_and_resumes_exactly(data, overlays, tmp_path):
+    div = ["--config", overlays[0], "--config", '{"train": {"div_weight": 1.0, "div_target_db": 50.0}}']
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    assert _fit("--data", data, "--steps", 6, "--ckpt-every", 100, *div, "--out", a) == 0
+    assert _fit("--data", data, "--steps", 4, *div, "--out", b) == 0
+    assert _fit("--resume", b, "--steps", 6) == 0
+    la, lb = _ck(a), _ck(b)
+    assert _same(la["G"], lb["G"]) and _same(la["D"], lb["D"])
+    assert all(h["diversity_db"] > 0 for h in la["valid_state"]["history"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(a / "tb"))
+    ea.Reload()
+    assert {"div/db", "div/floor", "valid/diversity_db"} <= set(ea.Tags()["scalars"])
+    # an off floor draws nothing: the run is the run without the key
+    c, d = tmp_path / "off", tmp_path / "absent"
+    assert _fit("--data", data, "--steps", 3, "--config", overlays[0], "--config", '{"train": {"div_target_db": 9.0}}',
+                "--out", c) == 0
+    assert _fit("--data", data, "--steps", 3, "--config", overlays[0], "--out", d) == 0
+    assert _same(_ck(c)["G"], _ck(d)["G"])

@@ -116,7 +116,7 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
                        ("run_steps", "steps the run trained"), ("run_minutes", "minutes the run trained"),
                        ("ended_by", "the run ended by (steps, minutes, signal or patience)"),
                        ("steps_per_second", "training steps per second"), ("discriminator", "discriminator"),
-                       ("hardware", "hardware"), ("run", "run folder"),
+                       ("diversity_floor", "latent diversity floor"), ("hardware", "hardware"), ("run", "run folder"),
                        ("parity_max_abs", "ONNX vs torch max |Δ|"),
                        ("parity_max_abs_attack", "ONNX vs torch max |Δ| over the first 4096 samples"),
                        ("parity_spectral_rel", "ONNX vs torch STFT magnitude difference (share of the peak)")):

@@ -908,6 +908,8 @@ def _train_facts(config: dict[str, Any], run_facts: dict[str, Any] | None) -> di
         regs.pop("r1_every", None)
     if regs:
         out["discriminator"] = regs
+    if tr.get("div_weight"):
+        out["diversity_floor"] = {k: tr[k] for k in ("div_weight", "div_target_db") if k in tr}
     if tr.get("timbres"):
         out["timbres"] = {k: tr[k] for k in ("timbre_sigma", "timbre_radius") if k in tr}
     if "seed" in config:

@@ -620,10 +620,16 @@ class Trainer:
         self.r1_gamma, self.r1_every = float(tr.get("r1_gamma") or 0.0), int(tr.get("r1_every") or 16)
         self.fm_w, self.d_start = float(tr.get("fm_weight") or 0.0), int(tr.get("d_start") or 0)
         self.last_r1 = float("nan")
+        self.div_w, self.div_target = float(tr.get("div_weight") or 0.0), float(tr.get("div_target_db") or 0.0)
         bad = [k for k, v in (("r1_gamma", self.r1_gamma), ("fm_weight", self.fm_w), ("d_start", self.d_start),
-                              ("r1_every", self.r1_every - 1)) if not (math.isfinite(v) and v >= 0)]
+                              ("r1_every", self.r1_every - 1), ("div_weight", self.div_w),
+                              ("div_target_db", self.div_target)) if not (math.isfinite(v) and v >= 0)]
         if bad:
             raise UserError(f"config: train.{bad[0]} = {tr.get(bad[0])!r}; use a number >= 0 (r1_every >= 1)")
+        self.logmel_db = None
+        if self.div_w > 0:
+            from trainer.nn.losses import LogMelDB
+            self.logmel_db = LogMelDB(int(self.cfg["data"]["sample_rate"])).to(self.device)
 
     def _init_valid(self) -> None:
         """Validation state (train.valid_every > 0): the valid split's measure on rank 0, the tracker on all."""
@@ -658,16 +664,27 @@ class Trainer:
         opt.step()
         return True
 
-    def _generate(self, x, z, p, v):
-        """One generator forward for both updates: (fake, reconstruction or None, mu, logvar)."""
+    def _generate(self, x, z, p, v, z2=None):
+        """One generator forward for both updates: (fake, reconstruction or None, mu, logvar, fake2 or
+        None). z2[h] (train.div_weight): a second latent for the first h examples, in the same forward
+        (one forward a backward, as DDP wants)."""
+        B = x.shape[0]
+        zs, ps, vs = [z], [p], [v]
+        mu = logvar = None
         with self._autocast():
             if self.Em is not None:
                 mu, logvar = self.Em(x)
-                zr = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-                both = self.Gm(torch.cat([z, zr]), torch.cat([p, p]), torch.cat([v, v])).float()
-                B = x.shape[0]
-                return both[:B], both[B:], mu, logvar
-            return self.Gm(z, p, v).float(), None, None, None
+                zs.append(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+                ps.append(p)
+                vs.append(v)
+            if z2 is not None:
+                zs.append(z2)
+                ps.append(p[:len(z2)])
+                vs.append(v[:len(z2)])
+            out = self.Gm(torch.cat(zs), torch.cat(ps), torch.cat(vs)).float() if len(zs) > 1 else self.Gm(z, p, v).float()
+        rec = out[B:2 * B] if self.Em is not None else None
+        fake2 = out[out.shape[0] - len(z2):] if z2 is not None else None
+        return out[:B], rec, mu, logvar, fake2
 
     @property
     def d_on(self) -> bool:
@@ -744,9 +761,9 @@ class Trainer:
             logs["fm/loss"] = l_fm.item()
         return loss, logs
 
-    def _g_step(self, x, fake, rec, mu, logvar, p, v, inst=None) -> tuple[dict[str, float], bool]:
-        """Generator update: paired spectral L1 (+ reconstruction and KL), and from train.d_start on the
-        discriminator's terms (`_g_adv`)."""
+    def _g_step(self, x, fake, rec, mu, logvar, p, v, inst=None, fake2=None) -> tuple[dict[str, float], bool]:
+        """Generator update: paired spectral L1 (+ reconstruction and KL, + the diversity floor on
+        `fake2`), and from train.d_start on the discriminator's terms (`_g_adv`)."""
         if not self.ddp:
             self.D.requires_grad_(False)
         l_adv, logs = self._g_adv(x, fake, p, v, inst) if self.d_on else (None, {})
@@ -759,6 +776,11 @@ class Trainer:
             kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).sum(-1).mean()
             loss_g = loss_g + self.lam * l_rec + float(self.tr["kl_weight"]) * kl
             logs.update({"rec/l1": l_rec.item(), "rec/kl": kl.item()})
+        if fake2 is not None:
+            from trainer.nn.losses import diversity_floor
+            l_div, d = diversity_floor(self.logmel_db(fake[:len(fake2)]), self.logmel_db(fake2), self.div_target)
+            loss_g = loss_g + self.div_w * l_div
+            logs.update({"div/db": d.mean().item(), "div/floor": l_div.item()})
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         stepped = self._finite_step(self.opt_G, self.g_params, self.tr.get("grad_clip"))
@@ -796,13 +818,18 @@ class Trainer:
         p = self.pitches[idx].to(dev)
         v = self.vels[idx].to(dev)
         z = torch.randn(x.shape[0], self.Z, device=dev)
+        # the diversity floor's second latent, for half the batch (drawn only when it is on)
+        z2 = torch.randn(max(1, x.shape[0] // 2), self.Z, device=dev) if self.div_w > 0 else None
         inst = None
         if self.T is not None:     # timbre training: the note's instrument code plus sigma of noise
             inst = self.instruments[idx].to(dev)
-            z = self.Tm(inst) + float(self.tr["timbre_sigma"]) * z
-        fake, rec, mu, logvar = self._generate(x, z, p, v)
+            codes = self.Tm(inst)
+            sigma = float(self.tr["timbre_sigma"])
+            z = codes + sigma * z
+            z2 = codes[:len(z2)] + sigma * z2 if z2 is not None else None
+        fake, rec, mu, logvar, fake2 = self._generate(x, z, p, v, z2)
         logs_d, skipped_d = self._d_step(x, fake, p, v, inst)
-        logs_g, skipped_g = self._g_step(x, fake, rec, mu, logvar, p, v, inst)
+        logs_g, skipped_g = self._g_step(x, fake, rec, mu, logvar, p, v, inst, fake2)
         self.scaler.update()
         self._count_skipped(skipped_d or skipped_g, logs_g)
         if not self.ddp:

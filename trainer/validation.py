@@ -7,6 +7,8 @@ VALID_SEED, the same for every evaluation and every run of the config) and measu
 
 - logmel_db: the log-mel distance to the real note, mean over notes and latents (logmel_db_std: the
   spread of the per-latent means, the measure's own noise);
+- diversity_db: the mean log-mel distance between the notes of two latents, over notes and pairs
+  of latents (as `trainer eval`'s diversity, on the valid notes);
 - pitch_acc: the share of generated notes within ±50 cents of their pitch (pYIN); for drum kits
   class_acc instead: a nearest-centroid classifier fitted on the train split's real hits.
 
@@ -83,16 +85,20 @@ class Validator:
 
     def measure(self, G: torch.nn.Module) -> dict[str, float]:
         """{logmel_db, logmel_db_std, pitch_acc or class_acc, seconds} of generator G (eval mode)."""
-        from trainer.evaluate import PITCH_TOL_CENTS, drum_features, log_mel_distance, pitch_accuracy
+        from trainer.evaluate import PITCH_TOL_CENTS, drum_features, log_mel, pitch_accuracy
 
         t0 = time.monotonic()
         was_training = G.training
         G.eval()
-        per_latent, hits = [], []
+        per_latent, hits, mels, real = [], [], [], None
         try:
             for z in self.z:
                 fake = self.generate(G, z)
-                per_latent.append(float(log_mel_distance(self.real, fake, self.sr).mean()))
+                n = min(fake.shape[1], self.real.shape[1])    # as log_mel_distance trims a pair
+                if real is None or real[0] != n:
+                    real = (n, log_mel(self.real[:, :n], self.sr))
+                mels.append(log_mel(fake[:, :n], self.sr))
+                per_latent.append(float(np.abs(mels[-1] - real[1]).mean()))
                 if self.clf is not None:
                     hits.append(np.asarray(self.clf.predict(drum_features(fake, self.sr))) == self.labels)
                 else:
@@ -101,8 +107,12 @@ class Validator:
         finally:
             G.train(was_training)
         acc_key = "class_acc" if self.clf is not None else "pitch_acc"
-        return {"logmel_db": float(np.mean(per_latent)), "logmel_db_std": float(np.std(per_latent)),
-                acc_key: float(np.mean(np.concatenate(hits))), "seconds": round(time.monotonic() - t0, 2)}
+        fig = {"logmel_db": float(np.mean(per_latent)), "logmel_db_std": float(np.std(per_latent)),
+               acc_key: float(np.mean(np.concatenate(hits)))}
+        pairs = [np.abs(a - b).mean() for i, a in enumerate(mels) for b in mels[i + 1:]]
+        if pairs:
+            fig["diversity_db"] = float(np.mean(pairs))
+        return {**fig, "seconds": round(time.monotonic() - t0, 2)}
 
 
 def accuracy(fig: dict[str, Any]) -> float:
@@ -158,6 +168,8 @@ class Tracker:
         acc_name = "class accuracy" if "class_acc" in fig else "pitch accuracy"
         line = (f"valid step {step}: log-mel {fig['logmel_db']:.3f} dB (±{fig['logmel_db_std']:.3f} over latents), "
                 f"{acc_name} {accuracy(fig):.3f}")
+        if "diversity_db" in fig:
+            line += f", diversity {fig['diversity_db']:.3f} dB"
         if improved:
             return line + " - best so far, wrote best.pt"
         b = self.best or {}

@@ -1,5 +1,5 @@
 """GAN losses (hinge, non-saturating, WGAN-GP), the discriminator's regularisers (R1, feature
-matching) and the paired multi-resolution spectral L1."""
+matching), the paired multi-resolution spectral L1 and a floor on latent diversity."""
 
 from __future__ import annotations
 
@@ -69,6 +69,41 @@ def feature_matching(real_feats, fake_feats) -> torch.Tensor:
         raise ValueError(f"feature_matching: {len(real_feats)} real against {len(fake_feats)} fake feature maps")
     terms = [(f.float() - r.detach().float()).abs().mean() for r, f in zip(real_feats, fake_feats, strict=True)]
     return torch.stack(terms).mean()
+
+
+class LogMelDB(torch.nn.Module):
+    """`trainer.evaluate.log_mel` in torch, differentiable: float32[B, N] -> dB [B, T, n_mels].
+
+    Each note at unit RMS, |STFT|^2 (periodic Hann, centred frames, zero padding, `stft_params`),
+    the eval's mel filters, 10·log10(max(P, 1e-8)): equal to the numpy figure to float32 rounding, so
+    a training term in these units means what `trainer eval`'s diversity means."""
+
+    def __init__(self, sample_rate: int) -> None:
+        super().__init__()
+        from trainer.evaluate import mel_filterbank, stft_params
+
+        self.n_fft, self.hop = stft_params(sample_rate)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("fb", torch.from_numpy(mel_filterbank(sample_rate, self.n_fft)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        x = x / torch.where(rms > 1e-12, rms, torch.ones_like(rms))
+        S = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True, pad_mode="constant",
+                       return_complex=True)
+        P = S.real.pow(2) + S.imag.pow(2)                      # [B, F, T]
+        mel = torch.matmul(self.fb, P).transpose(1, 2)          # [B, T, n_mels]
+        return 10.0 * torch.log10(mel.clamp_min(1e-8))
+
+
+def diversity_floor(a_db: torch.Tensor, b_db: torch.Tensor, target_db: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A floor on how much the latent changes a note (DSGAN, Yang et al. 2019, clipped at `target_db`):
+    a_db, b_db are `LogMelDB` of notes at the same pitch and velocity from two latents. Returns (the
+    loss, mean over examples of max(0, target_db - d_i), and the distances d_i [B], mean |a - b| in dB).
+    It pushes only examples under the target, so it does not fight the paired spectral L1 beyond it."""
+    d = (a_db - b_db).abs().mean(dim=(1, 2))
+    return F.relu(target_db - d).mean(), d
 
 
 class MultiResSTFTLoss(torch.nn.Module):
