@@ -71,7 +71,7 @@ def rows_from(res: dict) -> list[dict]:
              f"{ses['knob_states_generated']} notes generated (misses at new knob states, and keyboard prefills once "
              f"a knob settles); peak {ses['peak']:.3f}; {_steal_note(ses.get('steal'))}; {_control_note(ses)}"
              f"{_blame_note(ses)}"),
-        *_session_client_rows(res.get("session_512_jack_client"), ses),
+        *_session_portaudio_rows(res.get("session_512_portaudio"), ses),
         _row("live.session_callback_p99_512", None if ses["load"]["p99"] is None else 100 * ses["load"]["p99"],
              "% of block", "", None, f"callback duration p99 during the session ({ses['load']['callbacks']} callbacks); "
              f"its own CPU time p99 {100 * ((ses.get('cpu') or {}).get('p99') or 0):.0f}%, max "
@@ -113,14 +113,15 @@ def _direct_rows(direct: dict | None) -> list[dict]:
     return rows
 
 
-def _session_client_rows(jc: dict | None, ses: dict) -> list[dict]:
-    """The session again with `--audio-api jack-client`, run right after the default one."""
+def _session_portaudio_rows(jc: dict | None, ses: dict) -> list[dict]:
+    """The session again on the other path under JACK (`--audio-api jack`: PortAudio's JACK host API and a
+    MIDI client), run right after the default one (our own JACK client)."""
     if not jc:
         return []
     n = jc["xruns_synth"] + jc["xruns_jack"]
-    return [_row("live.session_xruns_512_jack_client", n, "xruns", "0", n == 0,
-                 f"the same session with --audio-api jack-client (one JACK client, one callback a cycle, for MIDI "
-                 f"and audio), run right after the row above: synth xruns {jc['xruns_synth']}, JACK "
+    return [_row("live.session_xruns_512_portaudio", n, "xruns", "0", n == 0,
+                 f"the same session with --audio-api jack (PortAudio's JACK host API and a JACK MIDI client; the "
+                 f"default under JACK is our own client), run right after the row above: synth xruns {jc['xruns_synth']}, JACK "
                  f"{jc['xruns_jack']} (default: {ses['xruns_synth']} / {ses['xruns_jack']}); events "
                  f"{jc['events_played']}/{jc['events_sent']}; callback CPU p99 "
                  f"{100 * ((jc.get('cpu') or {}).get('p99') or 0):.0f}%; peak {jc['peak']:.3f}; "

@@ -516,9 +516,10 @@ def run(quick: bool = False, preset: str | None = None, preset_dir: str | None =
                                           pitches=[30, 97, 41, 86, 52, 75, 35, 92, 47, 80, 58, 69], seed=2)
         secs = session_seconds or (10.0 if quick else 60.0)
         out["session_512"] = session(parent, name, work, seconds=secs)
-        # The same session with the synth's own JACK client for MIDI and audio (one callback a cycle).
-        out["session_512_jack_client"] = session(parent, name, work, seconds=secs,
-                                                 synth_args=("--audio-api", "jack-client"))
+        # The same session on the other path under JACK: PortAudio's JACK host API plus a MIDI client
+        # (the default is the synth's own JACK client since 2026-12-06).
+        out["session_512_portaudio"] = session(parent, name, work, seconds=secs,
+                                               synth_args=("--audio-api", "jack"))
         out["prefill_512"] = prefill_xruns(parent, name, work, moves=3 if quick else 6)
         out["gc_gil"] = gc_and_gil(parent, name)
     return out

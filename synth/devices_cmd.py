@@ -58,8 +58,9 @@ def main(argv: list[str]) -> int:
         for line in [*notes, *live.report_lines(plan)]:
             out.write(f"  {line}\n")
     if jack:
-        out.write(f"  (--audio-api {apis.JACK_CLIENT_API}: one JACK client of the synth's own for MIDI and "
-                  "audio, its outputs connected to the physical playback ports or to --device PATTERN)\n")
+        out.write(f"  (under JACK, --audio-api {apis.JACK_CLIENT_API}, the default: one JACK client of the synth's "
+                  "own for MIDI and audio, its outputs connected to the physical playback ports or to --device "
+                  "PATTERN; --audio-api jack: PortAudio's JACK host API and a MIDI client)\n")
     out.write("\n")
 
     sd = portaudio.load_sounddevice()

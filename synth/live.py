@@ -47,7 +47,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-api", default="auto",
                    help="auto, jack, alsa, pulse, ... (PortAudio host APIs), or jack-client: one JACK client of "
                         "our own for MIDI and audio, one callback a cycle (--device then names the ports to "
-                        "connect to) (default auto)")
+                        "connect to) (default auto: jack-client when a JACK server runs, else PortAudio's "
+                        "default output)")
     p.add_argument("--midi-api", default="auto", choices=MIDI_APIS,
                    help="jack: frame-exact JACK MIDI; jack-rtmidi: rtmidi's JACK API (timing quantised "
                         "to the JACK period) (default auto)")

@@ -445,7 +445,7 @@ def test_release_tables_give_the_exp_paths_samples(piano, bs):
     ahead of the mix than the tables' lead of ones."""
     rng = np.random.default_rng(4)
     ev = []
-    for j in range(60):
+    for _ in range(60):
         f = int(rng.integers(0, 40000))
         n = int(rng.integers(40, 80))
         ev += [(f, "note_on", (0, n, int(rng.choice([40, 100])))), (f + int(rng.integers(50, 9000)), "note_off", (0, n))]

@@ -598,6 +598,23 @@ def test_bad_flags_are_user_errors(tiny_preset):
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("jack, seq, asked, want", [
+    (True, True, ("auto", "auto"), ("jack-client", "jack")),      # under JACK: our own client
+    (True, False, ("auto", "jack"), ("jack-client", "jack")),
+    (True, True, ("auto", "alsa"), ("jack", "alsa")),             # another MIDI system: PortAudio's JACK
+    (True, True, ("auto", "none"), ("jack", "none")),
+    (True, True, ("jack", "auto"), ("jack", "jack")),             # the other path, one word away
+    (False, True, ("auto", "auto"), ("auto", "alsa")),            # no JACK: PortAudio's default output
+    (False, False, ("auto", "auto"), ("auto", "alsa")),
+])
+def test_auto_chooses_the_jack_client_under_jack(monkeypatch, jack, seq, asked, want):
+    from synth.io import apis
+
+    monkeypatch.setattr(apis, "jack_server_running", lambda: jack)
+    monkeypatch.setattr(apis, "has_alsa_seq", lambda: seq)
+    assert apis.choose_apis(*asked) == want
+
+
 def test_devices_lists_apis_without_any_device():
     env = dict(os.environ, JACK_DEFAULT_SERVER=f"absent{os.getpid()}", JACK_NO_START_SERVER="1")
     r = subprocess.run([sys.executable, "-m", "synth", "devices"], env=env, capture_output=True, text=True,

@@ -269,7 +269,7 @@ def test_hotplug_port_is_connected_and_plays(presets, tmp_path):
     with JackServer(period=512) as srv, _start(srv, presets, tmp_path) as sp:
         probe = Probe(srv, name="late-keyboard")
         try:
-            outs = [p.name for p in probe.client.get_ports("neural-synth-audio:")]
+            outs = [p.name for p in probe.client.get_ports("^neural-synth:out_", is_audio=True, is_output=True)]
             for src, dst in zip(outs[:2], probe.ins, strict=True):
                 probe._connect(src, dst.name)
             end = time.monotonic() + 5
@@ -416,12 +416,17 @@ def test_devices_lists_the_jack_device_and_midi_ports():
         try:
             r = subprocess.run([sys.executable, "-m", "synth", "devices"], env=srv.env, capture_output=True,
                                text=True, timeout=60)
+            pa = subprocess.run([sys.executable, "-m", "synth", "devices", "--audio-api", "jack"], env=srv.env,
+                                capture_output=True, text=True, timeout=60)
         finally:
             probe.close()
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and pa.returncode == 0, r.stderr + pa.stderr
     assert "JACK server: running, 48000 Hz, period 256" in r.stdout
-    assert "play would use: audio jack, MIDI jack" in r.stdout
-    assert "--audio-api jack-client: one JACK client" in r.stdout
-    # PortAudio lists every JACK client with audio inputs as an output device; `system` is the default.
-    assert "JACK Audio Connection Kit: 2 output device(s)" in r.stdout and "*  0  system" in r.stdout, r.stdout
+    assert "play would use: audio jack-client, MIDI jack" in r.stdout      # the default under JACK
+    assert "--audio-api jack-client, the default: one JACK client" in r.stdout
+    # PortAudio lists every JACK client with audio inputs as an output device; `system` is its default,
+    # marked as play's choice only on PortAudio's path.
+    assert "JACK Audio Connection Kit: 2 output device(s)" in r.stdout and " 0  system" in r.stdout, r.stdout
+    assert "*  0  system" not in r.stdout and "*  0  system" in pa.stdout, pa.stdout
+    assert "play would use: audio jack, MIDI jack" in pa.stdout
     assert "keys:midi_out" in r.stdout

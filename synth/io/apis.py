@@ -1,8 +1,10 @@
 """Which audio and MIDI API the live synth uses: `--audio-api`, `--midi-api` and what `auto` picks.
 
-A running JACK server owns the sound card, so when one runs, audio and MIDI go through JACK.
-Otherwise audio uses PortAudio's default output and MIDI the ALSA sequencer (docs/live.md, "Which
-audio and MIDI system"). Asks libjack and the file system only: no PortAudio, no rtmidi.
+A running JACK server owns the sound card, so when one runs, audio and MIDI go through JACK: on the
+synth's own JACK client (`jack-client`: one callback a cycle, a key sounds in the cycle it arrives),
+chosen by interleaved sessions (docs/live.md). Otherwise audio uses PortAudio's default output and
+MIDI the ALSA sequencer (docs/live.md, "Which audio and MIDI system"). Asks libjack and the file
+system only: no PortAudio, no rtmidi.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ def has_alsa_seq() -> bool:
 def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, str]:
     """Resolve "auto" for the audio and MIDI APIs.
 
-    A running JACK server owns the sound card, so when one runs both go through JACK (always so when
-    `/dev/snd/seq` is missing: then there is no other MIDI). Otherwise audio uses PortAudio's default
-    output ("auto" stays "auto") and MIDI uses ALSA. Explicit choices are kept as given.
+    A running JACK server owns the sound card, so when one runs both go through JACK: audio on our own
+    JACK client (`jack-client`) unless `--midi-api` names another MIDI system, which PortAudio's JACK
+    host API (`jack`) then pairs with; MIDI through JACK always when `/dev/snd/seq` is missing (there
+    is no other MIDI). Otherwise audio uses PortAudio's default output ("auto" stays "auto") and MIDI
+    uses ALSA. Explicit choices are kept as given.
     """
     if audio_api not in AUDIO_APIS and audio_api != JACK_CLIENT_API:
         raise UserError(f"--audio-api {audio_api!r} is not known; choose from "
@@ -58,6 +62,8 @@ def choose_apis(audio_api: str = "auto", midi_api: str = "auto") -> tuple[str, s
         return audio_api, midi_api
     jack = jack_server_running()
     if audio_api == "auto" and jack:
+        if midi_api in ("auto", "jack"):
+            return JACK_CLIENT_API, "jack"
         audio_api = "jack"
     if midi_api == "auto":
         midi_api = "jack" if jack and (audio_api == "jack" or not has_alsa_seq()) else "alsa"
