@@ -58,6 +58,15 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _straight_and_resumed(data, tmp_path, args) -> tuple[dict, dict, object]:
+    """6 steps straight, and 4 then resumed to 6, with the same flags: (their last.pt, the straight run's folder)."""
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    assert _fit("--data", data, "--steps", 6, "--ckpt-every", 100, *args, "--out", a) == 0
+    assert _fit("--data", data, "--steps", 4, *args, "--out", b) == 0
+    assert _fit("--resume", b, "--steps", 6) == 0
+    return _ck(a), _ck(b), a
+
+
 @pytest.fixture
 def scripted(monkeypatch):
     """Validator.measure returns the given log-mel figures in turn (a curve with a known best)."""
@@ -215,11 +224,7 @@ def test_patience_stops_at_the_nth_validation_without_a_better_figure(data, over
 
 def test_learning_rate_decay_halves_on_schedule_and_resumes_exactly(data, overlays, tmp_path):
     decay = ["--config", overlays[0], "--config", '{"train": {"lr_decay_start": 2, "lr_half_life": 2, "valid_every": 0}}']
-    a, b = tmp_path / "straight", tmp_path / "resumed"
-    assert _fit("--data", data, "--steps", 6, "--ckpt-every", 100, *decay, "--out", a) == 0
-    assert _fit("--data", data, "--steps", 4, *decay, "--out", b) == 0
-    assert _fit("--resume", b, "--steps", 6) == 0
-    la, lb = _ck(a), _ck(b)
+    la, lb, a = _straight_and_resumed(data, tmp_path, decay)
     assert _same(la["G"], lb["G"]) and _same(la["D"], lb["D"])
     cfg = json.loads((a / "config.json").read_text())["train"]
     # the last step (index 5) ran at 0.5 ** ((5 - 2) / 2) of each base rate
@@ -318,11 +323,7 @@ def test_the_diversity_floor_raises_evals_diversity_of_a_generator():
 
 def test_diversity_floor_trains_logs_and_resumes_exactly(data, overlays, tmp_path):
     div = ["--config", overlays[0], "--config", '{"train": {"div_weight": 1.0, "div_target_db": 50.0}}']
-    a, b = tmp_path / "straight", tmp_path / "resumed"
-    assert _fit("--data", data, "--steps", 6, "--ckpt-every", 100, *div, "--out", a) == 0
-    assert _fit("--data", data, "--steps", 4, *div, "--out", b) == 0
-    assert _fit("--resume", b, "--steps", 6) == 0
-    la, lb = _ck(a), _ck(b)
+    la, lb, a = _straight_and_resumed(data, tmp_path, div)
     assert _same(la["G"], lb["G"]) and _same(la["D"], lb["D"])
     assert all(h["diversity_db"] > 0 for h in la["valid_state"]["history"])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
