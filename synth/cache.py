@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 GUARD = 2  # zero samples after every note: linear interpolation reads one past the end
+LEVEL_HOP = 1024  # samples per cell of a slot's coarse level (peak |x|) table, read by voice stealing
 
 
 class NoteEntry(NamedTuple):
@@ -51,6 +52,9 @@ class NoteCache:
         # np.zeros maps untouched pages lazily, so an unused cap costs no memory.
         self.bank = np.zeros(self.n_slots * self.slot_len + int(pad), np.float32)
         self.refcount = [0] * self.n_slots   # a list: item updates cost a tenth of numpy's
+        # Each slot's peak |x| per LEVEL_HOP samples, written with the note: how loud a voice reading
+        # the slot is at its position (`VoiceBank.victim` steals the quietest).
+        self.levels = np.zeros((self.n_slots, -(-self.slot_len // LEVEL_HOP)), np.float32)
         self._entries: dict[tuple, NoteEntry] = {}
         self._index: dict[tuple, tuple[int, ...]] = {}       # (preset, knobkey, vlayer) -> sorted pitches
         self._recent_states: dict[str, tuple] = {}          # preset -> knob keys, newest first
@@ -165,6 +169,7 @@ class NoteCache:
                 off = slot * self.slot_len
                 self.bank[off:off + n] = audio[:n]
                 self.bank[off + n:off + self.slot_len] = 0.0
+                self._write_levels(slot, self.bank[off:off + n])
                 ls, le = loop if loop is not None else (0.0, float("inf"))
                 entry = NoteEntry(key, slot, off, n, float(ls), float(le), pitch)
             self._entries[key] = entry
@@ -179,6 +184,16 @@ class NoteCache:
             if not recent or recent[0] != knobkey:
                 self._recent_states[preset] = (knobkey,) + tuple(k for k in recent if k != knobkey)[:7]
             return entry
+
+    def _write_levels(self, slot: int, x: np.ndarray) -> None:
+        """`levels[slot]`: the peak |x| of each LEVEL_HOP samples of the note (0 past its end)."""
+        lv = self.levels[slot]
+        full = len(x) // LEVEL_HOP
+        lv[:] = 0.0
+        if full:
+            np.abs(x[:full * LEVEL_HOP]).reshape(full, LEVEL_HOP).max(axis=1, out=lv[:full])
+        if len(x) > full * LEVEL_HOP:
+            lv[full] = np.abs(x[full * LEVEL_HOP:]).max()
 
     def _alloc(self, protect) -> int | None:
         if not self._free and self._pending:

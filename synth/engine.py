@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from synth.cache import GUARD, NoteCache
+from synth.cache import GUARD, LEVEL_HOP, NoteCache
 from synth.channels import Channels, soft_velocity
 from synth.errors import UserError
 from synth.latent import MORPH_CC, MORPH_TARGET_CC, LatentMapper
@@ -218,6 +218,7 @@ class Engine:
         self.max_chunk = max(64, int(max_chunk))
         self.cache = NoteCache(cache_mb, slot_len, pad=self.max_chunk)
         self.voices = VoiceBank(polyphony + max(32, polyphony // 4), self.cache.bank, slot_len, self.max_chunk)
+        self.voices.set_levels(self.cache.levels, LEVEL_HOP)
         for pi, p in enumerate(self.presets):
             if not p.is_drums:                 # (a kit's hits play out: no release to read)
                 self.voices.set_release_table(pi, self._release_s[pi], self.sample_rate)
@@ -671,12 +672,13 @@ class Engine:
                     self._unlink(rows.item(i))
 
     def _alloc_voice(self) -> int:
-        """A free voice row, stealing if `polyphony` voices play (released first, then the oldest)."""
+        """A free voice row, stealing if `polyphony` voices play (released first, then sustained, then
+        held; the quietest first within each: `VoiceBank.victim`)."""
         v = self.voices
         if self.now >= v.next_end:
             self._reap()
         if v.n_live >= self.polyphony:
-            victim = v.victim()
+            victim = v.victim(self.now)
             v.fade_out(victim, self.now, STEAL_FADE_S, self.sample_rate)
             self._pending_xfade.pop(victim, None)
             self.steals += 1

@@ -63,6 +63,15 @@ class VoiceBank:
         # Steal priority, kept current at event times so choosing a victim is one argmin:
         # released < sustained < held, then oldest first; free rows and ghosts never win.
         self.steal_key = np.full(n, NEVER, np.int64)
+        # Within a tier the quietest goes first (`victim`): the note cache's level table
+        # (`set_levels`), each candidate's level at the last ranking (inf: none), and what it was for.
+        self._levels: np.ndarray | None = None
+        self._level_hop = 1
+        self._steal_lv = np.full(n, np.inf)
+        self._steal_at = (-1, -1, -1)           # (t, tier, _steal_gen)
+        self._steal_gen = 0                      # bumped when voices move between tiers
+        self._sf, self._si = np.zeros((8, n)), np.zeros((5, n + 1), np.int64)
+        self._sb, self._s32 = np.zeros((3, n), bool), np.zeros(n, np.float32)
         self.ghost_key = np.full(n, NEVER, np.int64)   # start serial of ghosts, NEVER for the rest
         self.slot = np.full(n, -1, np.int64)
         self.off = np.zeros(n, np.int64)
@@ -120,6 +129,7 @@ class VoiceBank:
         self._nz = np.zeros((2, 2 * n), np.int64)
         self._nz_b = np.zeros(2 * n, bool)
         self._cpi, self._cpb = np.zeros((2, 2 * n + 1), np.int64), np.zeros((2, 2 * n), bool)
+        self._one = np.zeros(1)                          # `_in_place`'s scratch element
         self._rows = np.zeros((3, n + 1), np.int64)     # rows handed to the engine: dead, select, slots
         self._gains = np.zeros((3, 2 * n))              # the mix's [2, voices] gains (contiguous)
         size = self.budget
@@ -212,6 +222,16 @@ class VoiceBank:
         np.subtract(loop_e, ls, out=w[2])
         np.fmod(w[1], w[2], out=w[3])
         np.copyto(p, np.add(ls, w[3], out=w[1]), where=where)
+
+    def _in_place(self, op, a: np.ndarray, b) -> None:
+        """op(a, b, out=a). numpy allocates ~1.1 KB for an operation in place on a one-element array,
+        so one element (a one-frame mix of one voice) goes through a scratch element instead."""
+        if a.size != 1:
+            op(a, b, out=a)
+            return
+        o = self._one.view(a.dtype)[:1].reshape(a.shape)
+        op(a, b, out=o)
+        np.copyto(a, o)
 
     def _spread(self, values: np.ndarray, k: int, f: int) -> np.ndarray:
         """`values` (float64 or int64 [k]) repeated along [k, f] in `_x` (a broadcast operand that
@@ -358,6 +378,7 @@ class VoiceBank:
         self._serial += 1
         self.order[v] = self._serial
         self.steal_key[v] = _HELD + self._serial
+        self._steal_lv[v] = math.inf
         self.slot[v] = entry.slot
         self.off[v] = entry.offset
         self.length[v] = entry.length
@@ -467,6 +488,7 @@ class VoiceBank:
         self.released[v] = True
         if not self.ghost[v]:
             self.steal_key[v] = self.order[v]
+        self._steal_gen += 1
         self._par_gen += 1
         if self.decay.item(v) > 0.0:
             self.env0[v] = self.env_at(v, t)
@@ -492,7 +514,7 @@ class VoiceBank:
             c = fv[6, :k]
             d = self._since(self.rel_t, rows, t, a, b, self._vi[0, :k])
             rel = np.greater(kd, 0.0, out=bv[2, :k])
-            np.ceil(np.divide(_LN_END, kd, out=b, where=rel), out=c)
+            np.ceil(np.divide(_LN_END, np.maximum(kd, 1e-300, out=c), out=b), out=c)   # (used where rel)
             ended = np.logical_and(np.greater_equal(d, c, out=bv[0, :k]), rel, out=bv[1, :k])
             np.multiply(np.maximum(d, 0.0, out=b), np.negative(kd, out=c), out=a)
             np.multiply(out, self._exp32(a, self._fr[:k], self._s1[:k]), out=c)   # (the mix's: idle now)
@@ -514,6 +536,7 @@ class VoiceBank:
         key = self.steal_key.take(rows, out=iv[1, :k], mode="clip")
         np.copyto(key, self.order.take(rows, out=iv[2, :k], mode="clip"), where=live)
         self.steal_key[rows] = key
+        self._steal_gen += 1
         self._par_gen += 1
         a, b = fv[1, :k], fv[2, :k]
         np.copyto(a, seconds)           # (first: `seconds` may be a view of fv[6], `per_preset`'s)
@@ -537,14 +560,74 @@ class VoiceBank:
         self.sustained[v] = True
         if not self.ghost[v] and not self.released[v]:
             self.steal_key[v] = _SUSTAINED + self.order[v]
+            self._steal_gen += 1
 
     def oldest_ghost(self) -> int:
         """The oldest fading ghost (only meaningful when one exists)."""
         return int(self.ghost_key.argmin())   # the method skips np.argmin's Python wrapper
 
-    def victim(self) -> int:
-        """The voice to steal: a released one first, then a sustained one, then the oldest held one."""
-        return int(self.steal_key.argmin())
+    def set_levels(self, levels: np.ndarray, hop: int) -> None:
+        """The note cache's level table (`NoteCache.levels`: peak |x| per `hop` samples of each slot)."""
+        self._levels, self._level_hop = levels, int(hop)
+
+    def victim(self, t: int | None = None) -> int:
+        """The voice to steal: released ones first, then sustained, then held. Within a tier, the
+        quietest at time `t` (gain × envelope × its note's level where it reads), the oldest among
+        equals; without `t` or a level table, the oldest. Steals at one time (a chord) rank the tier
+        once and take the next quietest each time: a few µs a steal on the note-on path."""
+        k = self.steal_key.item(self.steal_key.argmin())
+        if t is None or self._levels is None or k >= NEVER:
+            return int(self.steal_key.argmin())
+        tier = k // _SUSTAINED
+        lv = self._steal_lv
+        if self._steal_at != (t, tier, self._steal_gen):
+            self._rank(t, tier)
+        v = int(lv.argmin())
+        if lv.item(v) == math.inf:       # the ranked rows are all taken: rank the tier again
+            self._rank(t, tier)
+            v = int(lv.argmin())
+        lv[v] = math.inf
+        return v
+
+    def _rank(self, t: int, tier: int) -> None:
+        """`_steal_lv`: the level at `t` of each voice in steal tier `tier` (inf for the others),
+        plus 1e-12 × its age rank, so that among equal levels the oldest is taken first. (No
+        operation writes over its input: numpy allocates for those.)"""
+        lo = tier * _SUSTAINED
+        fv, iv, bv = self._sf, self._si, self._sb
+        key = self.steal_key
+        m = np.logical_and(np.greater_equal(key, lo, out=bv[0]), np.less(key, lo + _SUSTAINED, out=bv[1]), out=bv[2])
+        rows = self._nonzero(m, iv[0])
+        k = len(rows)
+        f = [fv[i, :k] for i in range(8)]
+        np.abs(self.gain[0].take(rows, out=f[0], mode="clip"), out=f[1])
+        np.abs(self.gain[1].take(rows, out=f[0], mode="clip"), out=f[2])
+        np.maximum(f[1], f[2], out=f[0])
+        np.multiply(f[0], self._env_now(rows, t, f[1]), out=f[7])              # gain × envelope
+        p = self._positions(rows, self.rate.take(rows, out=f[2], mode="clip"), t, f[3], f[4], f[5], iv[1, :k])
+        le = self.loop_e.take(rows, out=f[2], mode="clip")
+        looped = np.greater_equal(p, le, out=bv[0, :k])
+        if np.count_nonzero(looped):
+            self._wrap(rows, p, le, looped, self._vf[3:7, :k])
+        cols = self._levels.shape[1]
+        np.floor_divide(p, self._level_hop, out=f[4])
+        np.minimum(f[4], cols - 1, out=f[5])
+        np.maximum(f[5], 0.0, out=f[4])
+        np.copyto(iv[1, :k], f[4], casting="unsafe")                            # the level cell
+        slots = self.slot.take(rows, out=iv[2, :k], mode="clip")
+        np.multiply(slots, cols, out=iv[3, :k])
+        np.add(iv[3, :k], iv[1, :k], out=iv[4, :k])
+        np.copyto(f[2], self._levels.reshape(-1).take(iv[4, :k], out=self._s32[:k], mode="clip"))
+        np.copyto(f[2], 0.0, where=np.less(slots, 0, out=bv[1, :k]))            # silent notes (slot -1)
+        np.multiply(f[7], f[2], out=f[6])
+        o = self.order.take(rows, out=iv[1, :k], mode="clip")
+        np.subtract(o, o.item(o.argmin()), out=iv[3, :k])
+        np.copyto(f[3], iv[3, :k])
+        np.multiply(f[3], 1e-12 / (iv[3, :k].item(iv[3, :k].argmax()) + 1), out=f[4])
+        np.add(f[6], f[4], out=f[0])
+        self._steal_lv.fill(math.inf)
+        self._steal_lv.put(rows, f[0])
+        self._steal_at = (t, tier, self._steal_gen)
 
     def fade_out(self, v: int, t: int, seconds: float, sample_rate: int) -> None:
         """Turn `v` into a ghost that fades out quickly (steals, all-sound-off, crossfades)."""
@@ -552,6 +635,7 @@ class VoiceBank:
             self.n_live -= 1
         self.ghost[v] = True
         self.steal_key[v] = NEVER
+        self._steal_lv[v] = math.inf
         self.ghost_key[v] = self.order[v]
         self.held[v] = False
         self.sustained[v] = False
@@ -569,6 +653,7 @@ class VoiceBank:
         self._par_gen += 1
         self.ghost[rows] = True
         self.steal_key[rows] = NEVER
+        self._steal_lv.put(rows, math.inf)
         self.ghost_key[rows] = self.order.take(rows, out=self._vi[1, :k], mode="clip")
         self.held[rows] = False
         self.sustained[rows] = False
@@ -594,6 +679,7 @@ class VoiceBank:
             self.n_live -= 1
         self.active[v] = False
         self.steal_key[v] = NEVER
+        self._steal_lv[v] = math.inf
         self.ghost_key[v] = NEVER
         self.end_t[v] = NEVER
         self.slot[v] = -1
@@ -611,6 +697,7 @@ class VoiceBank:
         self.n_live -= k - int(np.count_nonzero(self.ghost.take(rows, out=self._vb[0, :k], mode="clip")))
         self.active[rows] = False
         self.steal_key[rows] = NEVER
+        self._steal_lv.put(rows, math.inf)
         self.ghost_key[rows] = NEVER
         self.end_t[rows] = NEVER
         self.slot[rows] = -1
@@ -703,8 +790,9 @@ class VoiceBank:
 
         Allocation: none above 1 KB, only views, numpy scalars and index arrays of 64 entries at
         most; every array it works in is the bank's, allocated once (tests/test_realtime_alloc.py
-        holds it at 256 voices in 128- and 512-frame blocks). The exception: a one-frame mix of one
-        voice, where numpy allocates ~1.1 KB for an operation in place on one element.
+        holds it at 256 voices in 128- and 512-frame blocks, and one voice in one-frame mixes).
+        numpy allocates ~1.1 KB for an operation in place on one element, so the envelope and
+        interpolation steps take a one-frame mix of one voice through a scratch element (`_in_place`).
         """
         f = out.shape[0]
         idx = self._start_order()
@@ -943,21 +1031,23 @@ class VoiceBank:
                 np.multiply(row, e, out=row)
         else:
             env = self._e[:k * f].reshape(k, f)
+            ip = self._in_place
             np.copyto(env, self._arf[:f])
-            np.add(self._spread(base, k, f), env, out=env)
-            np.multiply(env, self._spread(slope, k, f), out=env)
-            np.add(env, self._spread(env0, k, f), out=env)
+            ip(np.add, env, self._spread(base, k, f))
+            ip(np.multiply, env, self._spread(slope, k, f))
+            ip(np.add, env, self._spread(env0, k, f))
             if clip:
-                np.minimum(np.maximum(env, 0.0, out=env), 1.0, out=env)   # np.clip's values, at less cost
+                ip(np.maximum, env, 0.0)       # np.clip's values, at less cost
+                ip(np.minimum, env, 1.0)
             if rel is not None:
                 g = self._p[:k * f].reshape(k, f)
                 np.copyto(g, self._arf[:f])
-                np.add(g, self._spread(rel, k, f), out=g)
+                ip(np.add, g, self._spread(rel, k, f))
                 if ahead:
-                    np.maximum(g, 0.0, out=g)
-                np.multiply(g, self._spread(negk, k, f), out=g)
+                    ip(np.maximum, g, 0.0)
+                ip(np.multiply, g, self._spread(negk, k, f))
                 fac = self._exp32(g, self._fr[:k * f].reshape(k, f), self._s1[:k * f].reshape(k, f))
-                np.multiply(env, fac, out=env)
+                ip(np.multiply, env, fac)
             self._env_rows(ww, rr, env, f)
         if rel is not None:
             self._end_releases(t, oe, rr, ww, f)
@@ -1001,10 +1091,10 @@ class VoiceBank:
             return
         idx = self._i[:k * f].reshape(k, f)
         np.copyto(idx, self._ar[:f])
-        np.add(idx, self._spread(start, k, f), out=idx)
+        self._in_place(np.add, idx, self._spread(start, k, f))
         env = self._e[:k * f].reshape(k, f)
         rt.take(idx, out=env, mode="clip")
-        np.multiply(env, self._spread(env0, k, f), out=env)
+        self._in_place(np.multiply, env, self._spread(env0, k, f))
         self._env_rows(ww, rr, env, f)
 
     @staticmethod
@@ -1036,7 +1126,7 @@ class VoiceBank:
         k = len(rr)
         a, b = rr.item(0), rr.item(k - 1)
         if b - a + 1 == k:
-            np.multiply(ww[a:b + 1], env, out=ww[a:b + 1])
+            self._in_place(np.multiply, ww[a:b + 1], env)
             return
         iv, bv = self._ni, self._nb
         brk = np.not_equal(np.subtract(rr[1:], rr[:-1], out=iv[1, :k - 1]), 1, out=bv[0, :k - 1])
@@ -1071,16 +1161,17 @@ class VoiceBank:
         fv, iv, bv = self._gf, self._gi, self._gb
         pp = self._p[:n].reshape(nv, f)
         base = self._since(self.seg_t, rows, t, fv[0, :nv], fv[1, :nv], iv[0, :nv])
+        ip = self._in_place
         np.copyto(pp, self._arf[:f])
-        np.add(self._spread(base, nv, f), pp, out=pp)
-        np.multiply(pp, self._spread(self.rate.take(rows, out=fv[1, :nv], mode="clip"), nv, f), out=pp)
-        np.add(pp, self._spread(self.seg_pos.take(rows, out=fv[1, :nv], mode="clip"), nv, f), out=pp)
+        ip(np.add, pp, self._spread(base, nv, f))
+        ip(np.multiply, pp, self._spread(self.rate.take(rows, out=fv[1, :nv], mode="clip"), nv, f))
+        ip(np.add, pp, self._spread(self.seg_pos.take(rows, out=fv[1, :nv], mode="clip"), nv, f))
         loop_e = self.loop_e.take(rows, out=fv[2, :nv], mode="clip")
         if loop_e.item(loop_e.argmin()) < math.inf:
             ls = self.loop_s.take(rows, out=fv[3, :nv], mode="clip")
             np.subtract(pp, self._spread(ls, nv, f), out=ww)
-            np.fmod(ww, self._spread(np.subtract(loop_e, ls, out=fv[4, :nv]), nv, f), out=ww)
-            np.add(ww, self._spread(ls, nv, f), out=ww)
+            ip(np.fmod, ww, self._spread(np.subtract(loop_e, ls, out=fv[4, :nv]), nv, f))
+            ip(np.add, ww, self._spread(ls, nv, f))
             past = np.greater_equal(pp, self._spread(loop_e, nv, f), out=self._m[:n].reshape(nv, f))
             np.copyto(pp, ww, where=past)
         np.floor(pp, out=ww)
@@ -1097,12 +1188,13 @@ class VoiceBank:
                 np.minimum(ww[r], top, out=ww[r])
         ii = self._i[:n].reshape(nv, f)
         np.copyto(ii, ww, casting="unsafe")
-        np.add(ii, self._spread(self.off.take(rows, out=iv[1, :nv], mode="clip"), nv, f), out=ii)
+        ip(np.add, ii, self._spread(self.off.take(rows, out=iv[1, :nv], mode="clip"), nv, f))
         s0 = self._s0[:n].reshape(nv, f)
         s1 = self._s1[:n].reshape(nv, f)
         self.bank.take(ii, out=s0, mode="clip")
-        np.add(ii, 1, out=ii)
+        ip(np.add, ii, 1)
         self.bank.take(ii, out=s1, mode="clip")
-        np.subtract(s1, s0, out=s1)
-        np.multiply(s1, fr, out=s1)
-        np.copyto(ww, np.add(s1, s0, out=s1))   # the float32 sum, widened: as before
+        ip(np.subtract, s1, s0)
+        ip(np.multiply, s1, fr)
+        ip(np.add, s1, s0)
+        np.copyto(ww, s1)                       # the float32 sum, widened: as before

@@ -78,24 +78,48 @@ def test_sample_accurate_onset(presets, bs, frame):
     np.testing.assert_allclose(out[frame:, 0], note[:n] * gl, atol=1e-6)
 
 
-def test_stealing_prefers_released_then_oldest(presets):
+def test_stealing_takes_released_then_the_quietest(presets):
+    """Released voices go first, the quietest of them first; then held ones, again the quietest."""
     e = Engine(sample_rate=SR, presets=[presets["piano"]], polyphony=4)
-    for i, n in enumerate((60, 62, 64, 65)):
-        e.note_on(0, n, 100, frame=i)
-    e.render(64)
-    e.note_off(0, 64)
-    e.note_on(0, 67, 100)
+    for i, (n, vel) in enumerate(((60, 127), (62, 20), (64, 127), (65, 60))):
+        e.note_on(0, n, vel, frame=i)
     e.render(64)
     v = e.voices
-    playing = sorted(v.note[v.active & ~v.ghost].tolist())
-    assert playing == [60, 62, 65, 67] and e.steals == 1
-    e.note_on(0, 69, 100)     # nothing released: the oldest (60) goes
+
+    def playing():
+        return sorted(v.note[v.active & ~v.ghost].tolist())
+
+    e.note_off(0, 60)
+    e.note_off(0, 62)
+    e.note_on(0, 67, 100)     # released: 60 (loud) and 62 (soft); 62 goes
     e.render(64)
-    assert sorted(v.note[v.active & ~v.ghost].tolist()) == [62, 65, 67, 69]
+    assert playing() == [60, 64, 65, 67] and e.steals == 1
+    e.note_on(0, 69, 100)     # the last released one (60) goes before any held one
+    e.render(64)
+    assert playing() == [64, 65, 67, 69]
+    e.note_on(0, 71, 100)     # nothing released: the quietest held (65, velocity 60) goes, not the oldest (64)
+    e.render(64)
+    assert playing() == [64, 67, 69, 71]
     check_rows(e)
     e.render(SR // 100)       # the 5 ms steal fades are over
     assert e.stats()["voices"] == 4 and e.stats()["fading"] == 0
     check_rows(e)
+
+
+def test_stealing_among_equals_takes_the_oldest(presets):
+    """Voices of one note, velocity and envelope rank by age: the oldest goes first."""
+    e = Engine(sample_rate=SR, presets=[presets["piano"]], polyphony=3)
+    e.control_change(0, 64, 127)
+    for i in range(3):
+        e.note_on(0, 60, 100, frame=i)
+        e.note_off(0, 60, frame=i)
+    e.render(64)
+    v = e.voices
+    order = v.order[v.active & ~v.ghost]
+    t = e.now
+    first = v.victim(t)
+    assert v.order[first] == order.min()
+    assert v.victim(t) != first      # the next steal at the same time takes the next one
 
 
 def test_sustain_pedal(presets):

@@ -194,3 +194,44 @@ def measure(frames: int, folder: str) -> None:
         assert kept <= PEAK_LIMIT, f"the engine holds {kept} B more after {BLOCKS} blocks"
     finally:
         e.close()
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="traces through CPython's C API")
+@pytest.mark.parametrize("case", ["release", "bent-loop", "bent-release"])
+def test_one_frame_mixes_of_one_voice_allocate_nothing_large(case, tmp_path):
+    """Events a frame apart cut one-frame mixes; with one voice every step works on one element,
+    where numpy allocates for an operation in place unless the mix avoids it."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_realtime_alloc as T; "
+            f"T.measure_one_frame({case!r}, {str(tmp_path)!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def measure_one_frame(case: str, folder: str) -> None:
+    """One voice (released, a bent loop, or a bent release) rendered a frame at a time."""
+    e = Engine(sample_rate=SR, blocksize=128, presets=make_presets(Path(folder)), polyphony=8)
+    try:
+        ch, note = (1, 62) if case == "bent-loop" else (0, 60)
+        e.program_change(1, 1)
+        e.prepare([(ch, note, 100)])
+        e.worker.stop()
+        e.note_on(ch, note, 100)
+        e.render(256)
+        if case.startswith("bent"):
+            e.pitch_bend(ch, 3000)
+        if case.endswith("release"):
+            e.note_off(ch, note)
+        buf, probe = np.zeros((1, 2), np.float32), AllocProbe()
+        tracemalloc.start()
+        try:
+            for i in range(400):
+                if i < 100:
+                    e.render(1, out=buf)
+                else:
+                    probe.call(e.render, 1, out=buf)
+        finally:
+            tracemalloc.stop()
+        assert e.stats()["voices"] == 1
+        assert not probe.over(), f"allocations over {LIMIT} B inside a one-frame render(): {probe.over()}"
+    finally:
+        e.close()
