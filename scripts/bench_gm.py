@@ -1,6 +1,7 @@
 """General MIDI behaviour against FluidSynth (issue 19), side by side in one run, no options on either.
 
     python scripts/bench_gm.py [--quick] [--json OUT.json]
+    python scripts/bench_gm.py --held NAME [--preset-dir DIR]   # only 4., for a candidate preset
 
 1. Controller curves: one file per controller, the same piano note struck once per value of CC7
    (volume), CC11 (expression) and CC10 (pan); the level of each strike (first 0.5 s, RMS) relative
@@ -192,10 +193,11 @@ def speed_rows(tmp: Path, quick: bool) -> list[dict]:
                  f"{fs:.1f} s; with a warm disk cache {warm:.1f} s ({fs / warm:.2f}x); seven parts incl. drums")]
 
 
-def held_rows(tmp: Path) -> list[dict]:
+def held_rows(tmp: Path, preset: str = "piano", preset_dir: str | None = None) -> list[dict]:
     """A1 (velocity 100) held 10 s, and struck for 0.5 s under the sustain pedal (up at 10 s): level
     at 8 s re each render's peak, the largest fall in 0.1 s before key-up (pedal-up), and the log-mel
-    distance to FluidR3 (at 24 kHz) of 0-3 s (the generated note) and 3-8 s (the continuation)."""
+    distance to FluidR3 (at 24 kHz) of 0-3 s (the generated note) and 3-8 s (the continuation).
+    `preset`, `preset_dir`: the preset to play (a candidate from a run, say)."""
     import mido
     import soundfile as sf
     import soxr
@@ -215,7 +217,8 @@ def held_rows(tmp: Path) -> list[dict]:
         mid = tmp / f"{name}.mid"
         _save(mid, events)
         BB.fluid(SF2, mid, tmp / f"{name}_fs.wav")
-        BB.synth_render(mid, tmp / f"{name}_ours.wav", "--preset", "piano")
+        BB.synth_render(mid, tmp / f"{name}_ours.wav", "--preset", preset,
+                        *(("--preset-dir", preset_dir, "--disk-cache", "off") if preset_dir else ()))
         out, x24 = {}, {}
         for who in ("fs", "ours"):
             x = sf.read(str(tmp / f"{name}_{who}.wav"), dtype="float64", always_2d=True)[0].mean(axis=1)
@@ -248,8 +251,14 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", metavar="OUT.json")
+    ap.add_argument("--held", metavar="NAME", help="only the ringing rows, for preset NAME")
+    ap.add_argument("--preset-dir", metavar="DIR", help="with --held: where NAME is")
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
+    if args.held:
+        with tempfile.TemporaryDirectory(prefix="bench-gm-") as td:
+            rows = held_rows(Path(td), args.held, args.preset_dir)
+    else:
+        rows = run(quick=args.quick)
     for r in rows:
         print(json.dumps(r, default=float))
     if args.json:
