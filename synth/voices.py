@@ -66,12 +66,10 @@ class VoiceBank:
         # Within a tier the quietest goes first (`victim`): the note cache's level table
         # (`set_levels`), each candidate's level at the last ranking (inf: none), and what it was for.
         self._levels: np.ndarray | None = None
-        self._level_hop = 1
-        self._steal_lv = np.full(n, np.inf)
-        self._steal_at = (-1, -1, -1)           # (t, tier, _steal_gen)
-        self._steal_gen = 0                      # bumped when voices move between tiers
-        self._sf, self._si = np.zeros((8, n)), np.zeros((5, n + 1), np.int64)
-        self._sb, self._s32 = np.zeros((3, n), bool), np.zeros(n, np.float32)
+        self._level_hop, self._steal_lv = 1, np.full(n, np.inf)
+        self._steal_at, self._steal_gen = (-1, -1, -1), 0    # (t, tier, _steal_gen); gen: bumped when voices change tier
+        self._sf, self._si, self._sb = np.zeros((8, n)), np.zeros((5, n + 1), np.int64), np.zeros((3, n), bool)
+        self._s32, self._one = np.zeros(n, np.float32), np.zeros(1)   # (`_one`: `_in_place`'s scratch element)
         self.ghost_key = np.full(n, NEVER, np.int64)   # start serial of ghosts, NEVER for the rest
         self.slot = np.full(n, -1, np.int64)
         self.off = np.zeros(n, np.int64)
@@ -129,7 +127,6 @@ class VoiceBank:
         self._nz = np.zeros((2, 2 * n), np.int64)
         self._nz_b = np.zeros(2 * n, bool)
         self._cpi, self._cpb = np.zeros((2, 2 * n + 1), np.int64), np.zeros((2, 2 * n), bool)
-        self._one = np.zeros(1)                          # `_in_place`'s scratch element
         self._rows = np.zeros((3, n + 1), np.int64)     # rows handed to the engine: dead, select, slots
         self._gains = np.zeros((3, 2 * n))              # the mix's [2, voices] gains (contiguous)
         size = self.budget
