@@ -567,11 +567,12 @@ class VoiceBank:
         """The note cache's level table (`NoteCache.levels`: peak |x| per `hop` samples of each slot)."""
         self._levels, self._level_hop = levels, int(hop)
 
-    def victim(self, t: int | None = None) -> int:
+    def victim(self, t: int | None = None, take: bool = True) -> int:
         """The voice to steal: released ones first, then sustained, then held. Within a tier, the
         quietest at time `t` (gain × envelope × its note's level where it reads), the oldest among
         equals; without `t` or a level table, the oldest. Steals at one time (a chord) rank the tier
-        once and take the next quietest each time: a few µs a steal on the note-on path."""
+        once and take the next quietest each time: a few µs a steal on the note-on path.
+        `take=False` only looks: the next call at `t` gives the same voice."""
         k = self.steal_key.item(self.steal_key.argmin())
         if t is None or self._levels is None or k >= NEVER:
             return int(self.steal_key.argmin())
@@ -583,7 +584,8 @@ class VoiceBank:
         if lv.item(v) == math.inf:       # the ranked rows are all taken: rank the tier again
             self._rank(t, tier)
             v = int(lv.argmin())
-        lv[v] = math.inf
+        if take:
+            lv[v] = math.inf
         return v
 
     def _rank(self, t: int, tier: int) -> None:

@@ -117,8 +117,9 @@ def test_stealing_among_equals_takes_the_oldest(presets):
     v = e.voices
     order = v.order[v.active & ~v.ghost]
     t = e.now
+    peeked = v.victim(t, take=False)
     first = v.victim(t)
-    assert v.order[first] == order.min()
+    assert v.order[first] == order.min() and peeked == first   # looking takes nothing
     assert v.victim(t) != first      # the next steal at the same time takes the next one
 
 

@@ -47,7 +47,7 @@ def check_keys(e: Engine) -> None:
     v = e.voices
     if v.n_live:
         tier, quietest = reference_victim(v, e.now)
-        chosen = v.victim(e.now)
+        chosen = v.victim(e.now, take=False)     # (looking must not change the engine's next steal)
         assert chosen in tier and voice_level(v, chosen, e.now) <= quietest + 1e-11
     ghosts = np.flatnonzero(v.active & v.ghost)
     if len(ghosts):
