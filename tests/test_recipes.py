@@ -26,20 +26,21 @@ TINY = TINY_MODELS
 P = {"sample_rate": 24000, "note_samples": 96000, "kind": "pitched", "pitch_range": [21, 108], "root": "/data/piano",
      "hold_seconds": 3.0}
 D = {**P, "kind": "drums", "key_hz": {"36": 60.5}, "drum_classes": {"36": "kick"}}
-# config_hash of each case as the code before the recipes (config.py's DEFAULTS, KIND_*, ARCH_TRAIN)
+# config_hash of each case as the code before the recipes (config.py's DEFAULTS, KIND_*, ARCH_TRAIN); the
+# pitched cases moved once, on purpose, when kind/pitched took R1, the diversity floor and validation (2026-12-06)
 # resolved it: the same inputs must keep their config, hence their run folder's name.
 BEFORE = {
-    "pitched": ([], P, "fc1cf954"),
+    "pitched": ([], P, "f9df724b"),
     "drums": ([], D, "a4103585"),
     "no-kind": ([], {"sample_rate": 16000, "note_samples": 64000}, "970b4306"),
-    "spectral": ([{"arch": "spectral"}], P, "a35e7104"),
+    "spectral": ([{"arch": "spectral"}], P, "f91ebec6"),
     "wavegan-gp": ([{"arch": "wavegan", "train": {"loss": "wgan-gp"}}], D, "9a04be02"),
-    "null-lr": ([{"train": {"lr_g": None, "betas": None}}], P, "fc1cf954"),
-    "tiny": ([TINY, {"arch": "spectral"}], P, "6a5ea4bd"),
+    "null-lr": ([{"train": {"lr_g": None, "betas": None}}], P, "f9df724b"),
+    "tiny": ([TINY, {"arch": "spectral"}], P, "15046a85"),
     "kit-override": ([{"model": {"ddsp": {"noise_decay_stages": 1}}, "train": {"adv_weight": 1.0}}], D, "0c9ec725"),
-    "data-over": ([{"data": {"root": "/elsewhere/x", "extra": 1}, "name": "n", "seed": 3}], P, "279abc05"),
+    "data-over": ([{"data": {"root": "/elsewhere/x", "extra": 1}, "name": "n", "seed": 3}], P, "efda9c36"),
     "enc": ([{"train": {"encoder": True, "spec_floor_db": -60.0}}, {"arch": "ddsp", "train": {"steps": 5}}], P,
-            "6069d7c4"),
+            "8e2ea48b"),
 }
 # How each shipped preset was trained: the fit overlay its card recorded before the recipes, and
 # what the code it was trained with did that today's defaults no longer do (git log of
@@ -52,9 +53,11 @@ TRAINED = {
     "drums": ({"arch": "ddsp", "name": "drums", "train": {"steps": 100000, "minutes": 12.0}},
               {"model": {"ddsp": {"noise_release_tied": False}}}, "9d738000"),
     "marimba": ({"arch": "ddsp", "name": "marimba", "train": {"steps": 100000, "minutes": 15.0}},
-                {"model": {"ddsp": {"noise_release_tied": False}}, "train": {"adv_weight": 1.0}}, "f1993877"),
+                {"model": {"ddsp": {"noise_release_tied": False}},
+                 "train": {"adv_weight": 1.0, "r1_gamma": 0.0, "div_weight": 0.0, "valid_every": 0}}, "f1993877"),
     "strings": ({"arch": "ddsp", "name": "strings", "train": {"steps": 100000, "minutes": 15.0}},
-                {"model": {"ddsp": {"noise_release_tied": False}}, "train": {"adv_weight": 1.0}}, "3b0ccfe2"),
+                {"model": {"ddsp": {"noise_release_tied": False}},
+                 "train": {"adv_weight": 1.0, "r1_gamma": 0.0, "div_weight": 0.0, "valid_every": 0}}, "3b0ccfe2"),
 }
 
 

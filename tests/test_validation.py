@@ -240,7 +240,7 @@ def test_learning_rate_decay_halves_on_schedule_and_resumes_exactly(data, overla
 
 
 def test_new_train_keys_at_their_off_values_keep_the_config_hash():
-    facts = {"sample_rate": 24000, "note_samples": 96000, "kind": "pitched", "pitch_range": [21, 108]}
+    facts = {"sample_rate": 24000, "note_samples": 96000, "pitch_range": [21, 108]}   # no kind layer
     base = C.resolve([], facts)
     assert all(base["train"][k] == v for k, v in C.TRAIN_ABSENT.items())      # base.json: all off
     old = {**base, "train": {k: v for k, v in base["train"].items() if k not in C.TRAIN_ABSENT}}
