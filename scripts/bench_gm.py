@@ -235,7 +235,7 @@ def held_rows(tmp: Path, preset: str = "piano", preset_dir: str | None = None) -
                          out["ours"][0] >= out["fs"][0] - 8 and out["ours"][1] <= 6.0 and lm[1] <= lm[0],
                          f"FluidR3's piano {out['fs'][0]:.1f} dB; largest fall in 0.1 s before key-up: ours "
                          f"{out['ours'][1]:.1f} dB, FluidR3 {out['fs'][1]:.1f} dB; log-mel to FluidR3 0-3 s "
-                         f"{lm[0]:.1f} dB, 3-8 s {lm[1]:.1f} dB"))
+                         f"{lm[0]:.2f} dB, 3-8 s {lm[1]:.2f} dB"))
     return rows
 
 
