@@ -16,6 +16,9 @@ re-reads the entry, so a slot can never be overwritten under a playing voice.
 from __future__ import annotations
 
 import bisect
+import ctypes
+import mmap
+import sys
 import threading
 from collections import OrderedDict, deque
 from typing import NamedTuple
@@ -24,6 +27,35 @@ import numpy as np
 
 GUARD = 2  # zero samples after every note: linear interpolation reads one past the end
 LEVEL_HOP = 1024  # samples per cell of a slot's coarse level (peak |x|) table, read by voice stealing
+MADV_POPULATE_WRITE = 23   # Linux 5.14+: fault a range in with one call
+
+
+class _Populate:
+    """Fault in a range of a bank with one `madvise(MADV_POPULATE_WRITE)` before the first copy into
+    it. Page by page, the first touch of a 9-s slot (1.7 MB) cost 4-6 ms in this VM, against 0.8 ms
+    populated (docs/decisions-engine.md, 2026-12-06), and the copy holds the GIL; ctypes releases it.
+    Where the call is missing or refused (not Linux, an older kernel), the pages fault as before."""
+
+    def __init__(self):
+        self.ok = sys.platform.startswith("linux")
+        if self.ok:
+            try:
+                self._madvise = ctypes.CDLL(None, use_errno=True).madvise
+                self._madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+                self._madvise.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                self.ok = False
+
+    def __call__(self, a: np.ndarray) -> None:
+        if not self.ok or a.nbytes == 0:
+            return
+        start = a.ctypes.data
+        lo = start - start % mmap.PAGESIZE
+        if self._madvise(lo, start + a.nbytes - lo, MADV_POPULATE_WRITE) != 0:
+            self.ok = False
+
+
+_populate = _Populate()
 
 
 class NoteEntry(NamedTuple):
@@ -62,6 +94,7 @@ class NoteCache:
         self._lru: OrderedDict[tuple, None] = OrderedDict()  # writer-side only
         self._touched: deque = deque(maxlen=1 << 16)         # reader → writer LRU hints
         self._free = list(range(self.n_slots - 1, -1, -1))
+        self._fresh = bytearray(b"\x01") * self.n_slots     # slots whose pages were never touched
         self._pending: list[int] = []                        # evicted but still playing
         self._wlock = threading.Lock()
         self.hits = 0
@@ -167,6 +200,9 @@ class NoteCache:
                     return None
                 n = min(len(audio), self.slot_len - GUARD)
                 off = slot * self.slot_len
+                if self._fresh[slot]:
+                    self._fresh[slot] = 0
+                    _populate(self.bank[off:off + self.slot_len])
                 self.bank[off:off + n] = audio[:n]
                 self.bank[off + n:off + self.slot_len] = 0.0
                 self._write_levels(slot, self.bank[off:off + n])

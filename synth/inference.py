@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import numpy as np
@@ -79,60 +80,87 @@ class GeneratorSession:
 
     `providers`: "auto" (TensorRT → CUDA → CPU), "cpu", "cuda", "tensorrt" or an explicit list.
     `threads`: intra-op threads (1 keeps a core free for the audio thread; offline may use more).
+    `lazy`: load the graph on first use, not here (`provider` is the expected one until then).
     """
 
     def __init__(self, preset: Preset, providers: str | list[str] = "auto", threads: int = 1,
-                 warmup: bool = True):
-        import onnxruntime as ort
-
+                 warmup: bool = True, lazy: bool = False):
         self.preset = preset
         self.path = preset.generator_path
-        where = str(self.path)
         if not self.path.is_file():
-            raise PresetError(f"{where}: generator file is missing; re-export the preset with `python -m trainer export`")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, int(threads))
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        so.log_severity_level = 3
-        wanted = choose_providers(providers)
-        self.session = None
-        errors = []
-        # Try the accelerated providers one at a time: a TensorRT build without its libraries fails
-        # at session creation, and that must fall back rather than stop the synth.
-        for i in range(len(wanted)):
-            plist = wanted[i:]
-            try:
-                self.session = ort.InferenceSession(where, sess_options=so, providers=plist,
-                                                    provider_options=[_provider_options(p, preset.latent_size)
-                                                                      for p in plist])
-                break
-            except Exception as e:  # noqa: BLE001 - ORT raises many types (InvalidProtobuf, Fail, RuntimeException)
-                errors.append(f"{plist[0]}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-                if plist[0] == "CPUExecutionProvider":
-                    break
-        if self.session is None:
-            raise PresetError(f"{where}: cannot load the ONNX generator ({errors[-1][:200]}); the file is corrupt "
-                              "or not ONNX: re-export the preset with `python -m trainer export`")
-        self.provider = self.session.get_providers()[0]
-        self._check_contract()
+            raise PresetError(f"{self.path}: generator file is missing; re-export the preset with "
+                              "`python -m trainer export`")
+        self._providers, self._threads = providers, max(1, int(threads))
+        self._session = None
+        self._load_lock = threading.Lock()
+        self.output_name = "audio"
+        # Until the graph loads (`lazy`), the provider ONNX Runtime is expected to give it.
+        self.provider = choose_providers(providers)[0]
         self.note_samples = int(preset.note_samples)
-        self.chunk = max(1, CHUNK_BYTES // (4 * self.note_samples))
-        if self.provider == "TensorrtExecutionProvider":
-            self.chunk = min(self.chunk, TRT_MAX_BATCH)
         self.seconds_per_note = None
-        log.info("preset %s: ONNX Runtime %s on %s (intra-op threads %d, no spinning)", preset.name, ort.__version__,
-                 self.provider, so.intra_op_num_threads)
+        self._set_chunk()
+        if not lazy:
+            self._load()
         if warmup:
             self.warmup()
 
-    def _check_contract(self) -> None:
+    @property
+    def session(self):
+        """The ONNX Runtime session, loaded on first use when `lazy` (a start whose notes are all in
+        the disk cache never pays the 30-170 ms a graph takes to load)."""
+        return self._session if self._session is not None else self._load()
+
+    def _set_chunk(self) -> None:
+        self.chunk = max(1, CHUNK_BYTES // (4 * self.note_samples))
+        if self.provider == "TensorrtExecutionProvider":
+            self.chunk = min(self.chunk, TRT_MAX_BATCH)
+
+    def _load(self):
+        """Create the session on the first provider that loads, and check the graph's contract."""
+        import onnxruntime as ort
+
+        with self._load_lock:
+            if self._session is not None:
+                return self._session
+            where = str(self.path)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self._threads
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            so.log_severity_level = 3
+            wanted = choose_providers(self._providers)
+            session, errors = None, []
+            # Try the accelerated providers one at a time: a TensorRT build without its libraries
+            # fails at session creation, and that must fall back rather than stop the synth.
+            for i in range(len(wanted)):
+                plist = wanted[i:]
+                try:
+                    session = ort.InferenceSession(where, sess_options=so, providers=plist,
+                                                   provider_options=[_provider_options(p, self.preset.latent_size)
+                                                                     for p in plist])
+                    break
+                except Exception as e:  # noqa: BLE001 - ORT raises many types (InvalidProtobuf, Fail, ...)
+                    errors.append(f"{plist[0]}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                    if plist[0] == "CPUExecutionProvider":
+                        break
+            if session is None:
+                raise PresetError(f"{where}: cannot load the ONNX generator ({errors[-1][:200]}); the file is "
+                                  "corrupt or not ONNX: re-export the preset with `python -m trainer export`")
+            self._check_contract(session)
+            self.provider = session.get_providers()[0]
+            self._set_chunk()
+            log.info("preset %s: ONNX Runtime %s on %s (intra-op threads %d, no spinning)", self.preset.name,
+                     ort.__version__, self.provider, so.intra_op_num_threads)
+            self._session = session
+            return session
+
+    def _check_contract(self, session) -> None:
         where = str(self.path)
         p = self.preset
-        ins = {i.name: i for i in self.session.get_inputs()}
+        ins = {i.name: i for i in session.get_inputs()}
         if set(ins) != set(_EXPECTED_INPUTS):
             raise PresetError(f"{where}: generator inputs are {sorted(ins)}, the preset contract needs exactly "
                               f"['pitch', 'velocity', 'z']; re-export the preset with `python -m trainer export`")
@@ -145,7 +173,7 @@ class GeneratorSession:
         if z_dim is not None and z_dim != p.latent_size:
             raise PresetError(f"{where}: input 'z' has {z_dim} latent dimensions but preset.json says "
                               f"latent.size = {p.latent_size}; the manifest and the graph disagree, re-export")
-        outs = self.session.get_outputs()
+        outs = session.get_outputs()
         if len(outs) != 1 or outs[0].name != "audio" or outs[0].type != "tensor(float)" or len(outs[0].shape) != 2:
             desc = ", ".join(f"{o.name}: {o.type}{list(o.shape)}" for o in outs)
             raise PresetError(f"{where}: generator outputs are [{desc}], the contract needs one float32[B, N] "
@@ -155,7 +183,7 @@ class GeneratorSession:
             raise PresetError(f"{where}: output has {n_dim} samples per note but preset.json says note_samples = "
                               f"{p.note_samples}; re-export the preset")
         self.output_name = outs[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map or {}
+        meta = session.get_modelmeta().custom_metadata_map or {}
         for key, want in (("sample_rate", p.sample_rate), ("note_samples", p.note_samples),
                           ("latent_size", p.latent_size)):
             if key in meta:

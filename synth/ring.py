@@ -244,11 +244,18 @@ class RingPlan:
 def plan(note: np.ndarray, rate: int, off_s: float, max_seg: int | None = None) -> RingPlan:
     """Analyse `note` (whole, or a head already made) and lay out its continuation's segments
     (`max_seg`: the longest segment a cache slot holds)."""
-    table = analyse(note, rate, off_s)
-    x = int(round(XFADE_S * rate))
+    return layout(analyse(note, rate, off_s), max_seg)
+
+
+def layout(table: PartialTable, max_seg: int | None = None, tail: int | None = None) -> RingPlan:
+    """The plan of a note whose partials are `table`: the seam, and the continuation cut into
+    segments. `tail`: the continuation's length in samples when known (stored beside the note in
+    the disk cache, with the table: then nothing is analysed again)."""
+    x = int(round(XFADE_S * table.rate))
     seam = table.s0 + x
-    tail = max(int(round(0.05 * rate)), int(math.ceil(tail_seconds(table) * rate)) - x)
-    seg = int(round(SEGMENT_SECONDS * rate))
+    if tail is None:
+        tail = max(int(round(0.05 * table.rate)), int(math.ceil(tail_seconds(table) * table.rate)) - x)
+    seg = int(round(SEGMENT_SECONDS * table.rate))
     if max_seg is not None:
         seg = max(1, min(seg, max_seg))
     return RingPlan(table, seam, seg, -(-tail // seg), tail)

@@ -120,7 +120,8 @@ class GeneratorWorker:
         self.out_rate = int(out_rate)
         self.disk = open_disk_cache(disk_cache)   # None, or a synth.diskcache.DiskCache
         self.sessions = sessions if sessions is not None else {
-            p.name: GeneratorSession(p, providers=providers, threads=threads, warmup=self.disk is None)
+            p.name: GeneratorSession(p, providers=providers, threads=threads, warmup=self.disk is None,
+                                     lazy=self.disk is not None)
             for p in presets}
         self._misses: deque = deque(maxlen=MAX_MISSES)
         self.misses_dropped = 0
@@ -372,18 +373,32 @@ class GeneratorWorker:
         return g
 
     # ---- ringing notes (synth.ring) ---------------------------------------------------------------
-    def _ring_head(self, k: tuple, x: np.ndarray) -> np.ndarray:
+    def _ring_head(self, k: tuple, x: np.ndarray, partials: tuple | None = None) -> np.ndarray:
         """A ringing preset's note → its head (crossfaded into the continuation, ending at the seam),
-        its plan kept; other notes come back as they are."""
+        its plan kept; other notes come back as they are. `partials`: the note's table as the disk
+        cache keeps it (`_partials`), laid out without analysing the note again."""
         off = self.ring_off.get(k[0])
         if off is None:
             return x
-        try:
-            p = ring.plan(x, self.out_rate, off, self.cache.slot_len - GUARD)
-        except ValueError:
-            return x                    # too short to analyse: it plays as generated
+        if partials is not None:
+            s0, tail, peak, omega, alpha, amp, phase = partials
+            table = ring.PartialTable(omega, alpha, amp, phase, self.out_rate, int(s0), float(peak))
+            p = ring.layout(table, self.cache.slot_len - GUARD, int(tail))
+        else:
+            try:
+                p = ring.plan(x, self.out_rate, off, self.cache.slot_len - GUARD)
+            except ValueError:
+                return x                # too short to analyse: it plays as generated
         self._keep_plan(k, p)
         return ring.head(x, p)
+
+    def _partials(self, k: tuple) -> tuple | None:
+        """Note `k`'s ringing plan as the disk cache stores it beside the note, or None."""
+        p = self.plans.get(k)
+        if p is None:
+            return None
+        t = p.table
+        return (t.s0, p.tail, t.peak, t.omega, t.alpha, t.amp, t.phase)
 
     def _keep_plan(self, k: tuple, p: ring.RingPlan) -> None:
         if len(self.plans) >= MAX_PLANS:
@@ -477,12 +492,12 @@ class GeneratorWorker:
         limit = self.cache.slot_len
         for i, k in enumerate(keys):
             kb = self._keyboard(name, k[1])
-            got = self.disk.load(kb, k[2], k[3], limit) if kb is not None else None
+            got = self.disk.load(kb, k[2], k[3], limit, ring=True) if kb is not None else None
             if got is None:
                 rest.append(k)
                 continue
             if self.ring_off.get(name) is not None:
-                got = (self._ring_head(k, got[0]), got[1])
+                got = (self._ring_head(k, got[0], got[2]), got[1])
             if self.cache.publish(k, got[0], got[1], protect) is None:
                 rest += keys[i:]                # memory is full: `_generate` stops and warns as usual
                 break
@@ -490,12 +505,12 @@ class GeneratorWorker:
         self.disk_hits += n
         return rest, n
 
-    def _store(self, k: tuple, x: np.ndarray, loop) -> None:
+    def _store(self, k: tuple, x: np.ndarray, loop, partials: tuple | None = None) -> None:
         kb = self._keyboard(k[0], k[1])
         if kb is None:
             return
         try:
-            self.disk.store(kb, k[2], k[3], x, loop)   # I/O errors: one warning inside, writing stops
+            self.disk.store(kb, k[2], k[3], x, loop, partials)   # I/O errors: one warning inside, writing stops
         except Exception:  # noqa: BLE001 - the disk cache is best effort: never fail a note for it
             self.disk.writable = False
             log.exception("note disk cache: writing failed; notes are no longer kept on disk")
@@ -509,12 +524,13 @@ class GeneratorWorker:
             if queued:
                 self._write_bytes += x.nbytes
                 self._write_count += 1
+        partials = self._partials(k)
         if not queued:
-            self._store(k, x, loop)
+            self._store(k, x, loop, partials)
             return
         if self._writes is None:
             self._writes = queue.SimpleQueue()
-        self._writes.put((k, x, loop))
+        self._writes.put((k, x, loop, partials))
 
     def _start_writer(self) -> None:
         """Offline, after a `generate_now`: start the writer thread on what it queued. Not sooner: beside
@@ -544,7 +560,7 @@ class GeneratorWorker:
             e = self.cache.peek(k)
             if e is not None and e.slot >= 0:       # else evicted meanwhile, or silent
                 loop = (e.loop_start, e.loop_end) if math.isfinite(e.loop_end) else None
-                self._store(k, self.cache.bank[e.offset:e.offset + e.length], loop)
+                self._store(k, self.cache.bank[e.offset:e.offset + e.length], loop, self._partials(k))
             self._unstored.popleft()
 
     def _chunk(self, name: str) -> int:

@@ -203,3 +203,24 @@ def test_steals_and_sound_off_in_the_continuation(presets):
         e.render(1000)
         check_rows(e)
         assert not np.any(e.voices.active)
+
+
+def test_a_warm_disk_cache_keeps_the_partials_and_plays_the_same(presets, tmp_path, monkeypatch):
+    """The disk cache stores a ringing note's partial table beside its head: a warm start lays out
+    the continuation without analysing the note (nor loading the model), and plays the cold start's
+    samples exactly."""
+    script = [(0, "note_on", (0, 45, 100)), (0, "note_on", (0, 52, 70)), (SR * 5, "note_off", (0, 45))]
+    outs, engines = [], []
+    for disk in (None, tmp_path / "dc", tmp_path / "dc"):
+        if len(outs) == 2:
+            monkeypatch.setattr(ring, "analyse", lambda *a: pytest.fail("analysed a stored note"))
+        with Engine(sample_rate=SR, presets=[presets["short"]], cache_mb=64, disk_cache=disk) as e:
+            e.prepare([(ev[1], *ev[2]) for ev in script if ev[1] == "note_on"])
+            if len(outs) == 2:
+                assert e.worker.disk_hits == 2 and e.worker.generated == 0
+                assert e.worker.sessions["short"]._session is None     # the graph never loaded
+            outs.append(drive(e, script, SR * 6, 512))
+            assert e.chains >= 2 and e.tail_misses == 0
+    assert np.max(np.abs(outs[0])) > 0.01
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[1], outs[2])
