@@ -28,13 +28,13 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 # Runtime only (what a player needs).
-$(STAMPS)/venv-base: pyproject.toml | $(VPY)
+$(STAMPS)/venv-base: pyproject.toml synth/_mixc.c | $(VPY)
 	@mkdir -p $(STAMPS)
 	$(VPY) -m pip install -q -e .
 	@touch $@
 
 # Everything: trainer (torch pinned to the on-disk 2.13.0 CPU build) and dev tools.
-$(STAMPS)/venv-full: pyproject.toml | $(VPY)
+$(STAMPS)/venv-full: pyproject.toml synth/_mixc.c | $(VPY)
 	@mkdir -p $(STAMPS)
 	$(VPY) -m pip install -q -e '.[train,dev]'
 	@touch $@ $(STAMPS)/venv-base

@@ -234,6 +234,10 @@ def main(argv: list[str]) -> int:
         Path(args._result).write_text(json.dumps(got, indent=1))
         return 0
 
+    # Byte-code for the package, as an installed one has (pip compiles on install): start-up rows
+    # would otherwise count compiling the sources, every run, where PYTHONDONTWRITEBYTECODE is set.
+    import compileall
+    compileall.compile_dir(str(ROOT / "synth"), quiet=1)
     todo = areas()
     if args.only:
         want = [a.strip() for a in args.only.split(",") if a.strip()]

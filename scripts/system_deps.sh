@@ -5,8 +5,9 @@
 #   that FluidSynth 2 renders: /usr/share/sounds/sf3/MuseScore_General.sf3, 76 MB download).
 # timgm6mb-soundfont: TimGM6mb, held out of every family; capture is measured on it.
 # jackd2: JACK dummy server for live tests without a sound card. libportaudio2: sounddevice.
+# gcc: builds the mixer's C extension (synth/_mixc.c; without it numpy mixes, a little slower).
 set -euo pipefail
-pkgs=(fluidsynth fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont jackd2 libportaudio2)
+pkgs=(fluidsynth fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont jackd2 libportaudio2 gcc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

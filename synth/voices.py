@@ -7,10 +7,12 @@ segment, set at event times only:
     envelope       env(t) = clip(env0 + slope · (t − env_t), 0, 1) · rel(t)
     release        rel(t) = exp(−decay · max(0, t − rel_t)), 0 once it is RELEASE_END_DB down
 
-so the output does not depend on how the timeline is cut into blocks. A block is mixed with one
-gather of [voices, frames] from the cache's flat note bank (two, with linear interpolation, when a
-voice is pitch-bent or transposed) and one matrix product with the per-voice [2] gains, in float64.
-No Python loop runs per sample or per voice while mixing.
+so the output does not depend on how the timeline is cut into blocks. A block is summed in float64
+by the compiled kernel `synth/_mixc.c`: voices reading straight ahead (with a constant level or a
+tabled release) go from the note bank into the sum in one pass; numpy makes the other voices' rows
+first (interpolated when pitch-bent or transposed, or with a ramp). Where the kernel was not built,
+numpy gathers every row and sums them with one matrix product (the same samples up to float64
+rounding; each path is block-size independent on its own). No Python loop runs per sample.
 
 Allocation: every array the mixer and the vectorised event methods work in is allocated here, once.
 They allocate nothing above 1 KB, only views, numpy scalars and small Python objects
@@ -22,9 +24,28 @@ vectors are never written over their inputs). History of the design: docs/decisi
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 
 import numpy as np
+
+
+def _load_kernel():
+    """`mix_packed` of the compiled mixer, or None (not built, or NEURAL_SYNTH_NUMPY_MIX=1)."""
+    if os.environ.get("NEURAL_SYNTH_NUMPY_MIX") == "1":
+        return None
+    try:
+        from synth import _mixc
+        fn = ctypes.PyDLL(_mixc.__file__).mix_packed   # PyDLL: the GIL stays held through the call
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p,)
+    fn.restype = None
+    return fn
+
+
+_KERNEL = _load_kernel()
 
 NEVER = np.iinfo(np.int64).max // 4
 _EMPTY = np.zeros(0, np.int64)
@@ -151,9 +172,24 @@ class VoiceBank:
         self._o = np.empty((2, self.max_frames), np.float64)
         self._sg = np.zeros((4, n))                     # the send buses' gains, like `_gains`
         self._os = np.empty((4, self.max_frames), np.float64)
+        # The compiled mixer's per-row inputs (mode, src, z0, z1, tab, rs; env0), its gains and sums,
+        # and scratch outputs for an `out` or `sends` that is not contiguous. `use_kernel`: whether
+        # mixes go through it (tests turn it off to compare with numpy's sum).
+        self.use_kernel = _KERNEL is not None
+        self._ki, self._kf, self._kg = np.zeros((6, n), np.int64), np.zeros(n), np.zeros((6, n))
+        self._kwi, self._kwf, self._kwb = np.zeros((9, n + 1), np.int64), np.zeros((4, n)), np.zeros((6, n), bool)
+        self._ka = np.empty((7, self.max_frames))
+        self._ko, self._ks = np.empty((self.max_frames, 2), np.float32), np.empty((self.max_frames, 4), np.float32)
+        ki, rs = self._ki, self._ki.strides[0]
+        self._kargs = np.array([0, 0, bank.ctypes.data, self._w.ctypes.data, 0]
+                               + [ki.ctypes.data + j * rs for j in range(6)]
+                               + [self._kf.ctypes.data, 0, 0, self._kg.ctypes.data, n, 2, self._ka.ctypes.data,
+                                  self.max_frames, self._ko.ctypes.data, self._ks.ctypes.data], np.int64)
+        self._kargs_at = self._kargs.ctypes.data     # [12, 13]: `_rt`'s address and length, set with it
         # Touch every page of the work buffers now: the first mix with many voices would otherwise
         # fault them in on the audio thread (docs/decisions-engine.md).
-        for b in (self._i, self._ig, self._p, self._w, self._x, self._e, self._m, self._s0, self._s1, self._fr, self._o):
+        for b in (self._i, self._ig, self._p, self._w, self._x, self._e, self._m, self._s0, self._s1, self._fr, self._o,
+                  self._ka, self._ko, self._ks):
             b.fill(0)
         self._ar = np.arange(max(self.max_frames, 2 * n + 1), dtype=np.int64)
         self._arf = np.arange(self.max_frames, dtype=np.float64)
@@ -162,7 +198,7 @@ class VoiceBank:
         self._rt_k = np.zeros(0)
         self._rt_o = np.zeros(0, np.int64)
         self._rt_m = np.zeros(0, np.int64)      # ... and its last u = span, where a mix may start
-        self._rt = np.zeros(0)
+        self._set_rt(np.zeros(0))
 
     # ---- work-buffer helpers ---------------------------------------------------------------------
     def _nonzero(self, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -255,7 +291,11 @@ class VoiceBank:
         rk[:n], ro[:n], rm[:n] = self._rt_k, self._rt_o, self._rt_m
         rk[preset], ro[preset], rm[preset] = k, len(self._rt) + pad, len(self._rt) + pad + span
         self._rt_k, self._rt_o, self._rt_m = rk, ro, rm
-        self._rt = np.concatenate([self._rt, tab])
+        self._set_rt(np.concatenate([self._rt, tab]))
+
+    def _set_rt(self, rt: np.ndarray) -> None:
+        self._rt = rt
+        self._kargs[12], self._kargs[13] = rt.ctypes.data, len(rt)
 
     # ---- per-voice state (called at event times) -----------------------------------------------
     def pos_at(self, v: int, t: int) -> float:
@@ -827,6 +867,9 @@ class VoiceBank:
             ramp_o[dest] = ramp
             p_o[dest] = p0
         ww = self._w[:nv * f].reshape(nv, f)
+        if self.use_kernel:
+            self._mix_kernel(t, order, ramp_o, p_o, nf, ww, cf[4, :nv] if nf == nv else None, out, sends)
+            return
         if nf:
             self._gather(order[:nf], p_o[:nf], ww[:nf], f)
         if nf < nv:
@@ -844,6 +887,94 @@ class VoiceBank:
         out[:, 1] = o[1]
         if sends is not None:
             self._mix_sends(order, gain, ww, sends)
+
+    def _mix_kernel(self, t: int, order: np.ndarray, ramp: np.ndarray, pos: np.ndarray, nf: int, ww: np.ndarray,
+                    env0: np.ndarray | None, out: np.ndarray, sends: np.ndarray | None) -> None:
+        """The rest of `mix` through `synth/_mixc.c`: rows `order[:nf]` read straight ahead from `pos`,
+        the others interpolated into ww by numpy; each straight row is summed from the bank unless it
+        ramps otherwise than by a tabled release (then numpy makes its row, with `_apply_envelopes`)."""
+        nv, f = ww.shape
+        if nf < nv:
+            self._mix_slow(t, order[nf:], ww[nf:], f)
+        ramping = int(np.count_nonzero(ramp))
+        gain = self._mix_gains(order, ramp, ramping, env0)
+        ki = self._ki
+        mode, src, z0, z1, tab = ki[0, :nv], ki[1, :nv], ki[2, :nv], ki[3, :nv], ki[4, :nv]
+        mode.fill(0)
+        tab.fill(0)
+        if nf:
+            mode[:nf] = 1
+            start = self._kwi[0, :nf]
+            np.copyto(start, pos[:nf], casting="unsafe")
+            np.add(self.off.take(order[:nf], out=self._kwi[1, :nf], mode="clip"), start, out=src[:nf])
+            np.subtract(self.slot_len, start, out=z1[:nf])
+            np.negative(start, out=z0[:nf])          # silent before its frame (started ahead) ...
+        if ramping:                                  # ... and after its slot's end (z1)
+            self._kernel_envelopes(t, order, self._nonzero(ramp, self._mi[0]), nf, ww, f)
+        if nf < nv and self.latest_start > t:
+            self._silence_before_start(t, order[nf:], ww[nf:], f)
+        kg = self._kg
+        nout = 2
+        np.copyto(kg[:2, :nv], gain)
+        if sends is not None:
+            lv = self._mf[6, :nv]
+            for b in range(2):
+                self.send[b].take(order, out=lv, mode="clip")
+                np.multiply(gain, lv, out=kg[2 + 2 * b:4 + 2 * b, :nv])
+            nout = 6
+        a = self._kargs       # `mix_rows`'s arguments, the addresses set once (`.ctypes` allocates)
+        a[0], a[1], a[4], a[16] = nv, f, f, nout
+        _KERNEL(self._kargs_at)
+        out[:] = self._ko[:f]
+        if sends is not None:
+            sends[:] = self._ks[:f]
+
+    def _kernel_envelopes(self, t: int, order: np.ndarray, rr: np.ndarray, nf: int, ww: np.ndarray, f: int) -> None:
+        """Envelopes of the ramping rows `rr` for `_mix_kernel`: a straight row in a tabled release is
+        left to the kernel (its table start, env0 and end); every other one gets its row from numpy
+        (gathered, if straight) and its envelope from `_apply_envelopes`, as in numpy's mix."""
+        k = len(rr)
+        fv, iv, bv = self._kwf, self._kwi, self._kwb
+        oe = order.take(rr, out=iv[0, :k], mode="clip")
+        kc = np.less(rr, nf, out=bv[0, :k])
+        if len(self._rt_k):
+            pre = self.preset.take(oe, out=iv[1, :k], mode="clip")
+            same = np.equal(self.decay.take(oe, out=fv[0, :k], mode="clip"),
+                            self._rt_k.take(pre, out=fv[1, :k], mode="clip"), out=bv[1, :k])
+            flat = np.equal(self.slope.take(oe, out=fv[0, :k], mode="clip"), 0.0, out=bv[2, :k])
+            kc = np.logical_and(kc, np.logical_and(same, flat, out=bv[3, :k]), out=bv[4, :k])
+        else:
+            kc.fill(False)
+        m = int(np.count_nonzero(kc))
+        ki = self._ki
+        if m:
+            at = self._nonzero(kc, iv[2])
+            rows = rr.take(at, out=iv[3, :m], mode="clip")
+            vs = oe.take(at, out=iv[4, :m], mode="clip")
+            pre = self.preset.take(vs, out=iv[5, :m], mode="clip")
+            ki[4][rows] = 1
+            # rs = min(table offset + max(t - rel_t, -max_frames), table end), as `_tabled_releases`
+            u0 = np.subtract(t, self.rel_t.take(vs, out=iv[1, :m], mode="clip"), out=iv[6, :m])
+            u1 = np.add(self._rt_o.take(pre, out=iv[1, :m], mode="clip"),
+                        np.maximum(u0, -self.max_frames, out=iv[7, :m]), out=iv[8, :m])
+            ki[5][rows] = np.minimum(u1, self._rt_m.take(pre, out=iv[1, :m], mode="clip"), out=iv[6, :m])
+            self._kf[rows] = self.env0.take(vs, out=fv[2, :m], mode="clip")
+            left = np.subtract(self.end_t.take(vs, out=iv[1, :m], mode="clip"), t, out=iv[7, :m])
+            ki[3][rows] = np.minimum(ki[3].take(rows, out=iv[8, :m], mode="clip"), left, out=iv[6, :m])
+        if m == k:
+            return
+        rest = self._nonzero(np.logical_not(kc, out=bv[5, :k]), iv[2])
+        rows = rr.take(rest, out=iv[3, :k - m], mode="clip")
+        for j in range(k - m):
+            r = rows.item(j)
+            if r < nf:                               # straight, ramping otherwise: numpy's row
+                ki[0, r] = 0
+                lo, hi = max(0, ki.item(2, r)), min(f, ki.item(3, r))
+                ww[r] = 0.0
+                if lo < hi:
+                    a = ki.item(1, r)
+                    ww[r, lo:hi] = self.bank[a + lo:a + hi]
+        self._apply_envelopes(t, order, rows, ww, f)
 
     def _mix_sends(self, order: np.ndarray, gain: np.ndarray, ww: np.ndarray, sends: np.ndarray) -> None:
         """The send buses: the mix's gains times each voice's reverb and chorus send levels."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from synth import voices as voices_mod
 from synth.engine import Engine
 from synth.fx import EffectsBus
 from synth.testing.drive import drive
@@ -53,21 +54,39 @@ SCRIPT = [
 ]
 
 
+def _script_render(presets, fx: bool, bs: int, kernel: bool, total: int = 8000) -> np.ndarray:
+    bus = EffectsBus(SR, reverb=0.5, chorus=1.0) if fx else None
+    with Engine(sample_rate=SR, presets=[presets["piano"], presets["keys"]], fx=bus,
+                program_map={0: "piano", 4: "keys"}) as e:
+        e.voices.use_kernel = kernel
+        e.prepare([(name, *args) for _, name, args in SCRIPT if name != "system_reset"])
+        out = drive(e, SCRIPT, total, bs)
+    if bus is not None:
+        bus.close()
+    return out
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "numpy"])
 @pytest.mark.parametrize("fx", [False, True])
-def test_block_size_independence_with_every_controller(presets, fx):
-    total = 8000
-    outs = {}
-    for bs in (1, 64, 100, 8193):
-        bus = EffectsBus(SR, reverb=0.5, chorus=1.0) if fx else None
-        with Engine(sample_rate=SR, presets=[presets["piano"], presets["keys"]], fx=bus,
-                    program_map={0: "piano", 4: "keys"}) as e:
-            e.prepare([(name, *args) for _, name, args in SCRIPT if name != "system_reset"])
-            outs[bs] = drive(e, SCRIPT, total, bs)
-        if bus is not None:
-            bus.close()
+def test_block_size_independence_with_every_controller(presets, fx, kernel):
+    """The compiled mixer (`synth/_mixc.c`) and numpy's, each on its own."""
+    if kernel and voices_mod._KERNEL is None:
+        pytest.skip("the compiled mixer was not built")
+    outs = {bs: _script_render(presets, fx, bs, kernel) for bs in (1, 64, 100, 8193)}
     assert rms(outs[1]) > 1e-3
     for bs, o in outs.items():
         assert np.array_equal(o, outs[1]), f"block size {bs} differs by {np.abs(o - outs[1]).max()}"
+
+
+@pytest.mark.parametrize("fx", [False, True])
+def test_the_compiled_mixer_gives_numpys_samples(presets, fx):
+    """Both mixers sum the same rows in float64; only the order of the sum's rounding differs, so
+    the float32 output agrees to within a few units of its last place (sends and effects included)."""
+    if voices_mod._KERNEL is None:
+        pytest.skip("the compiled mixer was not built")
+    a, b = (_script_render(presets, fx, 64, k) for k in (True, False))
+    assert rms(a) > 1e-3
+    np.testing.assert_allclose(a, b, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(b).max())
 
 
 def test_volume_and_expression_follow_gm_curves(presets):

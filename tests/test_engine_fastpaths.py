@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from synth import voices as voices_mod
 from synth.cache import NoteCache
 from synth.engine import Engine
 from synth.inference import GeneratorSession
@@ -447,14 +448,18 @@ def test_a_voice_started_ahead_in_the_first_slot_reads_its_note_in_the_next_bloc
 
 
 
+@pytest.mark.parametrize("kernel", [False, True], ids=["numpy", "kernel"])
 @pytest.mark.parametrize("bs", [1, 64, 1000, 30000])
-def test_release_tables_give_the_exp_paths_samples(piano, bs):
+def test_release_tables_give_the_exp_paths_samples(piano, bs, kernel):
     """Releases read from the per-preset tables (`VoiceBank.set_release_table`) give exactly the
     samples the per-sample exp gives, at any block size: releases inside a block and at its start,
     a second release (pedal up after key-up under the pedal), a release under a crossfade (exp path)
     beside tabled ones, and long mixes (row by row) as well as short ones; and renders of more frames
     than a mix covers (offline `--blocksize` up to 65536), whose note-offs start releases further
-    ahead of the mix than the tables' lead of ones."""
+    ahead of the mix than the tables' lead of ones. Through numpy's mix, and through the compiled
+    mixer (`synth/_mixc.c`), which reads the tables itself for straight-ahead voices."""
+    if kernel and voices_mod._KERNEL is None:
+        pytest.skip("the compiled mixer was not built")
     rng = np.random.default_rng(4)
     ev = []
     for _ in range(60):
@@ -470,10 +475,14 @@ def test_release_tables_give_the_exp_paths_samples(piano, bs):
         e = Engine(sample_rate=SR, presets=[piano], polyphony=32)
         e.prepare([(0, n, v) for n in range(40, 80) for v in (40, 100)])
         v = e.voices
+        v.use_kernel = kernel
         if not tables:
             v._rt_k = np.zeros(0)
         tabled = v._tabled_releases
         v._tabled_releases = lambda *a: (used.append(a[-1]), tabled(*a))
+        if kernel:
+            env = v._kernel_envelopes
+            v._kernel_envelopes = lambda *a: (env(*a), used.extend([0] * int(v._ki[4, :len(a[1])].sum())))
         return drive(e, ev, 48000, block)
 
     ref = run(False, 64)

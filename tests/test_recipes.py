@@ -46,11 +46,11 @@ BEFORE = {
 # what the code it was trained with did that today's defaults no longer do (git log of
 # trainer/config.py; docs/decisions-trainer.md, 2026-12-05). Hash: resolved by the old code.
 TRAINED = {
-    # retrained 2026-12-06 (issues 19 and 21, stop 33): 9-s notes, 5,500 steps with R1 and the diversity floor;
-    # export takes the best step
+    # retrained 2026-12-06 (issues 19 and 21, stops 33-34): 9-s notes, 7,000 steps with R1 and the diversity
+    # floor; export takes the best step
     "piano": ({"arch": "ddsp", "name": "piano",
-               "train": {"steps": 5500, "minutes": 600.0, "adv_weight": 0.3, "valid_every": 500, "r1_gamma": 1.0,
-                         "div_weight": 1.0, "div_target_db": 1.5}}, {}, "c316aaae"),
+               "train": {"steps": 7000, "minutes": 600.0, "adv_weight": 0.3, "valid_every": 500, "r1_gamma": 1.0,
+                         "div_weight": 1.0, "div_target_db": 1.5}}, {}, "d52b4b90"),
     "drums": ({"arch": "ddsp", "name": "drums", "train": {"steps": 100000, "minutes": 12.0}},
               {"model": {"ddsp": {"noise_release_tied": False}}}, "9d738000"),
     "marimba": ({"arch": "ddsp", "name": "marimba", "train": {"steps": 100000, "minutes": 15.0}},

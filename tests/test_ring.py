@@ -210,7 +210,7 @@ def test_a_warm_disk_cache_keeps_the_partials_and_plays_the_same(presets, tmp_pa
     the continuation without analysing the note (nor loading the model), and plays the cold start's
     samples exactly."""
     script = [(0, "note_on", (0, 45, 100)), (0, "note_on", (0, 52, 70)), (SR * 5, "note_off", (0, 45))]
-    outs, engines = [], []
+    outs = []
     for disk in (None, tmp_path / "dc", tmp_path / "dc"):
         if len(outs) == 2:
             monkeypatch.setattr(ring, "analyse", lambda *a: pytest.fail("analysed a stored note"))
