@@ -172,33 +172,37 @@ class VoiceBank:
         self._o = np.empty((2, self.max_frames), np.float64)
         self._sg = np.zeros((4, n))                     # the send buses' gains, like `_gains`
         self._os = np.empty((4, self.max_frames), np.float64)
-        # The compiled mixer's per-row inputs (mode, src, z0, z1, tab, rs; env0), its gains and sums,
-        # and scratch outputs for an `out` or `sends` that is not contiguous. `use_kernel`: whether
-        # mixes go through it (tests turn it off to compare with numpy's sum).
+        self._init_kernel(n)
+        # Touch every page of the work buffers now: the first mix with many voices would otherwise
+        # fault them in on the audio thread (docs/decisions-engine.md).
+        for b in (self._i, self._ig, self._p, self._w, self._x, self._e, self._m, self._s0, self._s1, self._fr, self._o):
+            b.fill(0)
+        self._ar = np.arange(max(self.max_frames, 2 * n + 1), dtype=np.int64)
+        self._arf = np.arange(self.max_frames, dtype=np.float64)
+        # Release factors precomputed per preset (`set_release_table`): the decay each preset's
+        # releases use (0: none), where its u = 0 sits in `_rt`, and the concatenated tables.
+        # (`_rt_m`: its last u = span, where a mix may start.)
+        self._rt_k, self._rt_o, self._rt_m = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self._set_rt(np.zeros(0))
+
+    def _init_kernel(self, n: int) -> None:
+        """Work arrays of the compiled mixer (`_mix_kernel`), allocated once: its per-row inputs (mode,
+        src, z0, z1, tab, rs; env0), gains, sums (and a scratch row), the outputs it writes (copied into
+        `out` and `sends`), and its packed arguments. `use_kernel`: whether mixes go through it (tests
+        turn it off to compare with numpy's sum)."""
         self.use_kernel = _KERNEL is not None
         self._ki, self._kf, self._kg = np.zeros((6, n), np.int64), np.zeros(n), np.zeros((6, n))
         self._kwi, self._kwf, self._kwb = np.zeros((9, n + 1), np.int64), np.zeros((4, n)), np.zeros((6, n), bool)
         self._ka = np.empty((7, self.max_frames))
         self._ko, self._ks = np.empty((self.max_frames, 2), np.float32), np.empty((self.max_frames, 4), np.float32)
         ki, rs = self._ki, self._ki.strides[0]
-        self._kargs = np.array([0, 0, bank.ctypes.data, self._w.ctypes.data, 0]
+        self._kargs = np.array([0, 0, self.bank.ctypes.data, self._w.ctypes.data, 0]
                                + [ki.ctypes.data + j * rs for j in range(6)]
                                + [self._kf.ctypes.data, 0, 0, self._kg.ctypes.data, n, 2, self._ka.ctypes.data,
                                   self.max_frames, self._ko.ctypes.data, self._ks.ctypes.data], np.int64)
         self._kargs_at = self._kargs.ctypes.data     # [12, 13]: `_rt`'s address and length, set with it
-        # Touch every page of the work buffers now: the first mix with many voices would otherwise
-        # fault them in on the audio thread (docs/decisions-engine.md).
-        for b in (self._i, self._ig, self._p, self._w, self._x, self._e, self._m, self._s0, self._s1, self._fr, self._o,
-                  self._ka, self._ko, self._ks):
+        for b in (self._ka, self._ko, self._ks):     # touched now, not on the audio thread
             b.fill(0)
-        self._ar = np.arange(max(self.max_frames, 2 * n + 1), dtype=np.int64)
-        self._arf = np.arange(self.max_frames, dtype=np.float64)
-        # Release factors precomputed per preset (`set_release_table`): the decay each preset's
-        # releases use (0: none), where its u = 0 sits in `_rt`, and the concatenated tables.
-        self._rt_k = np.zeros(0)
-        self._rt_o = np.zeros(0, np.int64)
-        self._rt_m = np.zeros(0, np.int64)      # ... and its last u = span, where a mix may start
-        self._set_rt(np.zeros(0))
 
     # ---- work-buffer helpers ---------------------------------------------------------------------
     def _nonzero(self, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
