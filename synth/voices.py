@@ -921,10 +921,7 @@ class VoiceBank:
         nout = 2
         np.copyto(kg[:2, :nv], gain)
         if sends is not None:
-            lv = self._mf[6, :nv]
-            for b in range(2):
-                self.send[b].take(order, out=lv, mode="clip")
-                np.multiply(gain, lv, out=kg[2 + 2 * b:4 + 2 * b, :nv])
+            self._send_gains(order, gain, kg[2:6, :nv])
             nout = 6
         a = self._kargs       # `mix_rows`'s arguments, the addresses set once (`.ctypes` allocates)
         a[0], a[1], a[4], a[16] = nv, f, f, nout
@@ -983,14 +980,19 @@ class VoiceBank:
     def _mix_sends(self, order: np.ndarray, gain: np.ndarray, ww: np.ndarray, sends: np.ndarray) -> None:
         """The send buses: the mix's gains times each voice's reverb and chorus send levels."""
         nv, f = ww.shape
-        sg, lv = self._sg[:, :nv], self._mf[6, :nv]
-        for b in range(2):
-            self.send[b].take(order, out=lv, mode="clip")
-            np.multiply(gain, lv, out=sg[2 * b:2 * b + 2])
+        sg = self._send_gains(order, gain, self._sg[:, :nv])
         o = self._os[:, :f]
         np.matmul(sg, ww, out=o)
         for c in range(4):
             sends[:, c] = o[c]
+
+    def _send_gains(self, order: np.ndarray, gain: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """[4, voices]: the mix's [2, voices] gains times each voice's reverb, then chorus, send level."""
+        lv = self._mf[6, :len(order)]
+        for b in range(2):
+            self.send[b].take(order, out=lv, mode="clip")
+            np.multiply(gain, lv, out=out[2 * b:2 * b + 2])
+        return out
 
     def _voice_params(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The per-voice values the mix reads, for the active voices in start order (rows of `_cf`:
