@@ -66,6 +66,23 @@ def _script_render(presets, fx: bool, bs: int, kernel: bool, total: int = 8000) 
     return out
 
 
+def test_the_compiled_mixer_is_built_where_a_compiler_is(presets):
+    """The extension is optional for `pip install`, so a failed build would only skip the kernel's
+    tests below and leave every render on numpy's path: where a C compiler exists, it must load."""
+    import os
+    import shutil
+    import sysconfig
+
+    if os.environ.get("NEURAL_SYNTH_NUMPY_MIX") == "1":
+        pytest.skip("NEURAL_SYNTH_NUMPY_MIX=1 asks for numpy's mix")
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}): numpy mixes, by design")
+    assert voices_mod._KERNEL is not None, "synth._mixc did not build or load: run `pip install -e .` again"
+    with Engine(sample_rate=SR, presets=[presets["piano"]]) as e:
+        assert e.voices.use_kernel
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "numpy"])
 @pytest.mark.parametrize("fx", [False, True])
 def test_block_size_independence_with_every_controller(presets, fx, kernel):
