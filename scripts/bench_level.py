@@ -1,7 +1,9 @@
 """Output level at the default master gain, against FluidSynth: `python scripts/bench_level.py [--out F]`.
 
 The set: the General MIDI files of `make_gm_midi.py` (four solo piano pieces, two ensembles with
-drums on channel 10) and the shipped `presets/piano/demo.mid`, a fifth solo piano piece. Each is rendered
+drums on channel 10), the shipped `presets/piano/demo.mid`, a fifth solo piano piece, and a
+sequenced one from outside the project where installed: pyo's `mapleleafrag.mid` (Joplin's rag,
+one piano track, 197 s; pyo is a dependency and ships it in its examples). Each is rendered
   - by us: `render_file(..., fmt="float")`, GM routing, no effects, 48 kHz, at the default level;
   - by FluidSynth at its defaults (gain 0.2, reverb and chorus on): `fluidsynth -ni -F out.wav
     -r 48000 FluidR3_GM.sf2 in.mid`, written as float.
@@ -50,7 +52,21 @@ def midi_set(tmp: Path) -> list[tuple[str, Path, bool]]:
     demo = ROOT / "presets" / "piano" / "demo.mid"
     if demo.exists():
         files.insert(2, ("piano-preset-demo", demo, True))
+    rag = _pyo_example("mapleleafrag.mid")
+    if rag is not None:
+        files.insert(files.index(next(f for f in files if not f[2])), ("piano-mapleleafrag", rag, True))
     return files
+
+
+def _pyo_example(name: str) -> Path | None:
+    """A MIDI file from pyo's examples (a real, sequenced piece), or None where pyo is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "examples" / "snds" / name
+    return path if path.is_file() else None
 
 
 def loudness(x: np.ndarray) -> float:
