@@ -53,11 +53,9 @@ TRAINED = {
                          "div_weight": 1.0, "div_target_db": 1.5}}, {}, "d52b4b90"),
     "drums": ({"arch": "ddsp", "name": "drums", "train": {"steps": 100000, "minutes": 12.0}},
               {"model": {"ddsp": {"noise_release_tied": False}}}, "9d738000"),
-    # retrained 2026-12-07 (issue 21, stop 35) with kind/pitched's defaults, 6,000 steps
+    # marimba and strings retrained 2026-12-07 (issue 21, stop 35) with kind/pitched's defaults, 6,000 steps
     "marimba": ({"arch": "ddsp", "name": "marimba", "train": {"steps": 6000, "minutes": 600.0}}, {}, "beb7a0c1"),
-    "strings": ({"arch": "ddsp", "name": "strings", "train": {"steps": 100000, "minutes": 15.0}},
-                {"model": {"ddsp": {"noise_release_tied": False}},
-                 "train": {"adv_weight": 1.0, "r1_gamma": 0.0, "div_weight": 0.0, "valid_every": 0}}, "3b0ccfe2"),
+    "strings": ({"arch": "ddsp", "name": "strings", "train": {"steps": 6000, "minutes": 600.0}}, {}, "465916ad"),
 }
 
 
