@@ -429,8 +429,11 @@ class SynthProcess:
         self.err_path = Path(workdir) / f"synth-{uuid.uuid4().hex[:6]}.log"
         self.cmd = [*cmd, "--stats-json", str(self.stats_path), "--status-interval", "0.5"]
         self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, env=server.env, stdout=subprocess.PIPE, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, cwd=str(ROOT))
+        # PYTHONFAULTHANDLER: a synth that hangs on its way out dumps every thread's stack on SIGABRT
+        # (`stop`), so the failure says where it hung.
+        self.proc = subprocess.Popen(self.cmd, env={**server.env, "PYTHONFAULTHANDLER": "1"},
+                                     stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     cwd=str(ROOT))
 
     def __enter__(self) -> SynthProcess:
         return self
@@ -474,14 +477,21 @@ class SynthProcess:
             time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        """Send `sig` and wait for the exit status; a synth still running after `timeout` s is aborted
+        (its threads' stacks go to its log) and the error carries the end of that log."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+                raise TimeoutError(f"synth did not exit within {timeout} s of {signal.Signals(sig).name}; its "
+                                   f"log ends:\n{self.stderr[-6000:]}") from None
         return self.proc.returncode
 
     def kill(self) -> None:
