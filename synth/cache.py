@@ -201,10 +201,14 @@ class NoteCache:
                 n = min(len(audio), self.slot_len - GUARD)
                 off = slot * self.slot_len
                 if self._fresh[slot]:
+                    # Past the note a fresh slot is still untouched zeros: fault in only what is
+                    # written (a drum hit is a fifth of a 9-s slot), and leave the rest unmapped.
                     self._fresh[slot] = 0
-                    _populate(self.bank[off:off + self.slot_len])
-                self.bank[off:off + n] = audio[:n]
-                self.bank[off + n:off + self.slot_len] = 0.0
+                    _populate(self.bank[off:off + n])
+                    self.bank[off:off + n] = audio[:n]
+                else:
+                    self.bank[off:off + n] = audio[:n]
+                    self.bank[off + n:off + self.slot_len] = 0.0
                 self._write_levels(slot, self.bank[off:off + n])
                 ls, le = loop if loop is not None else (0.0, float("inf"))
                 entry = NoteEntry(key, slot, off, n, float(ls), float(le), pitch)

@@ -122,8 +122,9 @@ def test_silent_entries_take_no_memory():
 
 
 def test_a_slot_is_populated_once_on_first_use(monkeypatch):
-    """Each slot's pages are faulted in with one call before its first note (`_Populate`), never
-    again when the slot is reused, and the note reads back intact; on Linux 5.14+ the call succeeds."""
+    """Each slot's pages are faulted in with one call before its first note (`_Populate`), only as
+    far as the note goes (the rest stays untouched zeros), never again when the slot is reused, and
+    the note reads back intact with zeros after it; on Linux 5.14+ the call succeeds."""
     import os
     import re
     import sys
@@ -139,8 +140,10 @@ def test_a_slot_is_populated_once_on_first_use(monkeypatch):
     real = C._populate
     monkeypatch.setattr(C, "_populate", lambda a: (calls.append((a.ctypes.data, a.size)), real(a)))
     cache = NoteCache(cache_mb=3 * SLOT * 4 / 2**20, slot_len=SLOT)
-    for p in range(7):
-        e = cache.publish(_key(p), _note(p + 1))
-        assert np.array_equal(cache.bank[e.offset:e.offset + e.length], _note(p + 1))
-    assert len(calls) == 3 and all(n == SLOT for _, n in calls)
+    lengths = [SLOT - GUARD, 300, SLOT - GUARD, 500, 100, 700, 50]   # later ones reuse longer notes' slots
+    for p, n in enumerate(lengths):
+        e = cache.publish(_key(p), _note(p + 1, n))
+        assert np.array_equal(cache.bank[e.offset:e.offset + e.length], _note(p + 1, n))
+        assert not np.any(cache.bank[e.offset + e.length:e.offset + SLOT])
+    assert [n for _, n in calls] == lengths[:3]
     assert len({a for a, _ in calls}) == 3
