@@ -230,10 +230,14 @@ class NoteCache:
         lv = self.levels[slot]
         full = len(x) // LEVEL_HOP
         lv[:] = 0.0
+        # max(max x, -min x) per cell: no temporary the size of the note (a fresh one faults in its
+        # pages, which this VM's host makes slow; decisions-engine 2026-12-07).
         if full:
-            np.abs(x[:full * LEVEL_HOP]).reshape(full, LEVEL_HOP).max(axis=1, out=lv[:full])
+            r = x[:full * LEVEL_HOP].reshape(full, LEVEL_HOP)
+            np.maximum(r.max(axis=1), np.negative(r.min(axis=1)), out=lv[:full])
         if len(x) > full * LEVEL_HOP:
-            lv[full] = np.abs(x[full * LEVEL_HOP:]).max()
+            t = x[full * LEVEL_HOP:]
+            lv[full] = max(t.max(), -t.min())
 
     def _alloc(self, protect) -> int | None:
         if not self._free and self._pending:

@@ -185,16 +185,29 @@ class DiskCache:
         return self.dir / kb / f"{int(pitch)}-{int(vlayer)}{SUFFIX}", digest
 
     # ---- read -----------------------------------------------------------------------------------
-    def load(self, kb: str, pitch: int, vlayer: int, max_samples: int, ring: bool = False):
+    @staticmethod
+    def scratch_size(max_samples: int) -> int:
+        """Bytes of the largest file `load` accepts for notes of at most `max_samples` samples."""
+        return HEADER.size + 4 * max_samples + MAX_RING_BYTES
+
+    def load(self, kb: str, pitch: int, vlayer: int, max_samples: int, ring: bool = False,
+             scratch: bytearray | None = None):
         """(samples, loop or None) of a stored note, or None (a miss; a bad file is deleted). With
-        `ring`: (samples, loop, partials or None), partials as `store` takes them."""
+        `ring`: (samples, loop, partials or None), partials as `store` takes them. With `scratch`
+        (at least `scratch_size(max_samples)` bytes) the file is read into it and the arrays returned
+        are views of it, valid until its next use: no fresh buffer (and page faults) per note."""
         path, digest = self._path(kb, pitch, vlayer)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if not HEADER.size < size <= HEADER.size + 4 * max_samples + MAX_RING_BYTES:
+                if not HEADER.size < size <= self.scratch_size(max_samples):
                     return self._bad(path)
-                buf = f.read(size)
+                if scratch is None:
+                    buf = f.read(size)
+                else:
+                    buf = memoryview(scratch)[:size]
+                    if f.readinto(buf) != size:
+                        return self._bad(path)
         except OSError:
             self.misses += 1    # absent, or evicted by another process meanwhile
             return None
@@ -210,6 +223,8 @@ class DiskCache:
             if rb != RING.size + 32 * k:
                 return self._bad(path)
             a = np.frombuffer(buf, "<f8", 4 * k, at + RING.size).reshape(4, k)
+            if scratch is not None:
+                a = a.copy()        # a ringing plan keeps its table: never a view of the scratch
             partials = (s0, tail, peak, *a)
         with contextlib.suppress(OSError):
             os.utime(path)      # least recently used = oldest mtime

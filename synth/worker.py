@@ -133,6 +133,7 @@ class GeneratorWorker:
         self._idle.set()
         self._stop = threading.Event()
         self._gen_lock = threading.Lock()
+        self._disk_scratch = bytearray()
         self._thread: threading.Thread | None = None
         self._warned: set = set()
         self.defer_warnings = False
@@ -490,9 +491,13 @@ class GeneratorWorker:
         """Publish the `keys` (one preset) the disk cache holds; returns (the keys it lacks, how many published)."""
         rest, n = [], 0
         limit = self.cache.slot_len
+        need = self.disk.scratch_size(limit)
+        if len(self._disk_scratch) < need:      # one read buffer, reused under `_gen_lock`
+            self._disk_scratch = bytearray(need)
         for i, k in enumerate(keys):
             kb = self._keyboard(name, k[1])
-            got = self.disk.load(kb, k[2], k[3], limit, ring=True) if kb is not None else None
+            got = (self.disk.load(kb, k[2], k[3], limit, ring=True, scratch=self._disk_scratch)
+                   if kb is not None else None)
             if got is None:
                 rest.append(k)
                 continue

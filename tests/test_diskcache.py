@@ -247,3 +247,27 @@ def test_notes_generated_inside_render_never_touch_the_disk(presets, tmp_path):
     e.close()
     assert e.worker.generated == 1 and e.worker.disk.hits + e.worker.disk.misses + e.worker.disk.stored == 0
     assert not (tmp_path / "dc").exists()
+
+
+def test_a_scratch_read_gives_the_same_note_and_partials_that_outlive_it(tmp_path):
+    """`load(scratch=...)` (the worker's: one buffer for every note) returns what a plain load does,
+    and the ringing table it returns is a copy: the next load into the scratch leaves it as it was."""
+    d = DiskCache(tmp_path / "dc", cap_bytes=1 << 24)
+    rng = np.random.default_rng(0)
+    notes, tables = [], []
+    for i in range(2):
+        x = rng.standard_normal(5_000).astype(np.float32)
+        t = (100 + i, 40, 0.5 + i, *(rng.standard_normal(7) for _ in range(4)))
+        assert d.store("kb", 60 + i, 127, x, (10.0, 4000.0), t)
+        notes.append(x)
+        tables.append(t)
+    scratch = bytearray(d.scratch_size(6_000))
+    x0, loop0, p0 = d.load("kb", 60, 127, 6_000, ring=True, scratch=scratch)
+    plain = d.load("kb", 60, 127, 6_000, ring=True)
+    assert np.array_equal(x0, notes[0]) and loop0 == plain[1] == (10.0, 4000.0)
+    kept = [np.array(v) for v in p0[3:]]
+    x1, _, p1 = d.load("kb", 61, 127, 6_000, ring=True, scratch=scratch)
+    assert np.array_equal(x1, notes[1]) and not np.array_equal(x0, notes[0])    # x0 was a view
+    assert p0[:3] == tables[0][:3] and p1[:3] == tables[1][:3]
+    for a, b, c in zip(p0[3:], kept, tables[0][3:], strict=True):
+        assert np.array_equal(a, b) and np.allclose(a, c)
