@@ -200,14 +200,14 @@ class NoteCache:
                     return None
                 n = min(len(audio), self.slot_len - GUARD)
                 off = slot * self.slot_len
-                if self._fresh[slot]:
-                    # Past the note a fresh slot is still untouched zeros: fault in only what is
-                    # written (a drum hit is a fifth of a 9-s slot), and leave the rest unmapped.
+                # Past the note a fresh slot is still untouched zeros: fault in only what is written
+                # (a drum hit is a fifth of a 9-s slot); a reused one is zeroed past its new note.
+                fresh = self._fresh[slot]
+                if fresh:
                     self._fresh[slot] = 0
                     _populate(self.bank[off:off + n])
-                    self.bank[off:off + n] = audio[:n]
-                else:
-                    self.bank[off:off + n] = audio[:n]
+                self.bank[off:off + n] = audio[:n]
+                if not fresh:
                     self.bank[off + n:off + self.slot_len] = 0.0
                 self._write_levels(slot, self.bank[off:off + n])
                 ls, le = loop if loop is not None else (0.0, float("inf"))
