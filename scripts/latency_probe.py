@@ -132,8 +132,10 @@ def standin_bias(parent: Path, name: str, notes: list[int], velocity: int, cache
 
 
 def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_mb: float | None = None,
-                    pitches: list[int] | None = None, seed: int = 0, synth_args: tuple[str, ...] = ()) -> dict:
-    """Part 1 (or 2 with a small cache and many pitches): 128-frame latency and callback load."""
+                    pitches: list[int] | None = None, seed: int = 0, synth_args: tuple[str, ...] = (),
+                    period: int = 128) -> dict:
+    """Part 1 (or 2 with a small cache and many pitches): latency at `period` frames (the bench's 128)
+    and callback load."""
     from synth.engine import release_span
     from synth.preset import find_preset
 
@@ -141,7 +143,6 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
     pitches = pitches or [69]
     seq = [pitches[i % len(pitches)] for i in range(notes)]
     vel = 100
-    period = 128
     bias = onset_bias(parent, name, seq, vel)
     hold = int(0.04 * SR)
     # Press every key in silence: the previous note has ended (hold + release) with a margin.
@@ -191,7 +192,7 @@ def measure_latency(parent: Path, name: str, work: Path, notes: int = 40, cache_
     p5, p50, p95 = np.percentile(arr, [5, 50, 95])
     eng0, eng1 = before.get("engine", {}), after.get("engine", {})
     return {
-        "notes": notes, "sounded": sum(o is not None for o in found), "measured": len(lat),
+        "period": period, "notes": notes, "sounded": sum(o is not None for o in found), "measured": len(lat),
         "not_silent": sum(1 for q, nx in zip(quiet, near, strict=True) if not q and not nx), "negative": sum(d < 0 for d in frames), "near_xrun": sum(near),
         "spacing_ms": gap / SR * 1e3, "latency_frames": frames,
         "standin_attack_ms": [round(e, 3) for e in extra_ms],

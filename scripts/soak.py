@@ -202,7 +202,8 @@ def _flood_rows(fl: dict) -> list[tuple[str, str]]:
     if "error" in fl:
         return [("flood: error", fl["error"].splitlines()[0] if fl["error"] else "?")]
     if fl["silent_after_panic"]:
-        silent = f"yes, {fl['silence_ms']} ms (bar {fl['silence_bar_ms']} ms)"
+        again = " after the second panic (the first failed next to an xrun)" if fl["panic_judged"] == 2 else ""
+        silent = f"yes, {fl['silence_ms']} ms{again} (bar {fl['silence_bar_ms']} ms)"
     elif fl["silence_ms"] is None:
         silent = f"NO: still sounding at the recording's end (peak {fl['post_panic_peak']:.3g} past the bar)"
     else:

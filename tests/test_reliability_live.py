@@ -49,7 +49,8 @@ def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
     keeps up (from the first second to the flood's end its callback's own CPU time stays inside the
     block at the 99th percentile), its memory apart from the note cache stays flat after the first second, the output stays
     finite and within +-1, and the panic silences everything within a block (plus the 5 ms fade)
-    although a backlog of deferred note-ons was waiting. xruns are printed, not asserted (see below).
+    although a backlog of deferred note-ons was waiting (two panics go 0.2 s apart; the second is judged
+    only where the first failed next to an xrun). xruns are printed, not asserted (see below).
     The flood and its measurements are `synth.testing.jack.run_flood`, shared with `scripts/soak.py`."""
     seconds = 5.0
     cmd = synth_cmd(tiny_preset.path.parent, "--midi-port", "^probe:", "--cache-mb", "128", "--audio-api", audio_api)
@@ -60,13 +61,15 @@ def test_jack_midi_flood(tiny_preset, tmp_path, audio_api):
           f"max {fl['load_max']:.2f}; RSS {fl['rss_1s_mb']:.0f} -> {fl['rss_end_mb']:.0f} MB ({fl['rss_growth_excl_cache_pct']}% "
           f"without the note cache, {fl['cache_1s_mb']} -> {fl['cache_end_mb']} MB); voices {fl['voices']}, "
           f"misses dropped {fl['misses_dropped']}, stale {fl['misses_stale']}; silent {fl['silence_ms']} ms after "
-          f"the panic; JACK xruns at {fl['jack_xrun_seconds']} s; callback CPU {fl['cpu']}, wall {fl['load_window']}; "
+          f"panic {fl['panic_judged']}; JACK xruns at {fl['jack_xrun_seconds']} s; callback CPU {fl['cpu']}, wall {fl['load_window']}; "
           f"hypervisor steal {fl['steal']}")
     assert fl["alive"] and fl["exit_code"] == 0, fl["log_tail"]
     assert fl["callback_errors"] == 0
     assert fl["finite"] and fl["peak"] <= 1.0
     assert fl["flood_peak"] > 0.01                                           # the flood did sound
-    assert fl["silent_after_panic"], (fl["silence_ms"], fl["post_panic_peak"])
+    # The panic goes twice, 0.2 s apart; an xrun drops its period's MIDI, so where the first failed
+    # next to an xrun the second is judged (CI, 2026-12-07: one xrun-ridden run sounded 56 ms on).
+    assert fl["silent_after_panic"], (fl["panic_judged"], fl["silence_ms"], fl["post_panic_peak"])
     # Judged from 1 s to the end of the flood, on the callback's CPU time (thread time: without the
     # time it was preempted, waited for the GIL, or lost to the hypervisor). xruns themselves measure
     # the machine as much as the synth: on the 2-core CI machine this flood measured 12-120 synth and
