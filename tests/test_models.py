@@ -405,33 +405,3 @@ def test_spectral_if_from_bin_makes_zero_if_a_bin_centred_sinusoid(from_bin, tmp
         None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
     with torch.no_grad():
         assert np.abs(out - G(*args).numpy()).max() <= 1e-4
-
-
-def test_wavegan_cond_every_layer_biases_each_hidden_conv_and_exports(tmp_path):
-    """`cond_every_layer`: each hidden conv of WaveGAN's G gets a bias from the conditioning, so two
-    classes differ even with the input layer's conditioning cut off (they would not without it); off,
-    it adds no parameters and leaves the config hash alone; the graph exports with parity."""
-    ort = pytest.importorskip("onnxruntime")
-    base = [TINY, {"arch": "wavegan", "model": {"wavegan": {"cond_every_layer": False}}}]
-    off = C.resolve(base, DATA)
-    on = C.resolve([*base, {"model": {"wavegan": {"cond_every_layer": True}}}], DATA)
-    assert C.config_hash(off) == C.config_hash(C.resolve([TINY, {"arch": "wavegan"}], DATA))
-    assert C.config_hash(on) != C.config_hash(off)
-    g_off, g_on = build_generator(off).eval(), build_generator(on).eval()
-    assert g_off.cond_bias is None and len(g_on.cond_bias) == len(g_on.convs) - 1
-    torch.manual_seed(0)
-    z, pitch, vel = torch.randn(2, g_on.latent_size), torch.tensor([36, 38]), torch.tensor([1.0, 1.0])
-    for g in (g_off, g_on):
-        with torch.no_grad():
-            g.fc.weight[:, g.latent_size:] = 0.0      # the input layer no longer sees the class
-            y = g(z[:1].expand(2, -1), pitch, vel)
-        assert (torch.abs(y[0] - y[1]).max() > 1e-4) == (g is g_on)
-    path = str(tmp_path / "g.onnx")
-    dyn = {n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")}
-    torch.onnx.export(g_on, (z, pitch, vel), path, input_names=["z", "pitch", "velocity"], output_names=["audio"],
-                      opset_version=17, dynamic_axes=dyn, dynamo=False)
-    with torch.no_grad():
-        ref = g_on(z, pitch, vel).numpy()
-    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
-        None, {"z": z.numpy(), "pitch": pitch.numpy(), "velocity": vel.numpy()})[0]
-    assert np.abs(got - ref).max() <= 1e-4

@@ -3,9 +3,6 @@
 Generator: dense layer -> [16d, L0] -> L layers of (nearest x4 upsample, 25-tap conv, ReLU) with
 channels halving down to d, a last 25-tap conv to 1 channel and tanh; output cropped to N
 (L0 * 4^L >= N; 16 x 4^5 = 16384 in the paper, more layers or a longer L0 for longer notes).
-The conditioning enters with z at the dense layer; with `cond_every_layer` it also adds a learned
-per-channel bias to every hidden conv (as conditional GANs do), so a class need not survive five
-upsamplings from the input alone.
 Discriminator: stride-4 25-tap convs with LeakyReLU(0.2) and phase shuffle (n=2), then a projection
 head with an auxiliary pitch/class classifier.
 """
@@ -23,8 +20,7 @@ class WaveGANGenerator(nn.Module):
     """forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B]) -> float32[B, N] in [-1, 1]."""
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 100, kind: str = "pitched",
-                 model_size: int = 16, cond_dim: int = 64, layers: int | None = None,
-                 cond_every_layer: bool = False, **_unused) -> None:
+                 model_size: int = 16, cond_dim: int = 64, layers: int | None = None, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         L = int(layers or 5)
@@ -42,19 +38,13 @@ class WaveGANGenerator(nn.Module):
         for i in range(L):
             c_out = chans[i + 1] if i + 1 < L else 1
             self.convs.append(nn.Conv1d(chans[i], c_out, 25, padding=12))
-        self.cond_bias = (nn.ModuleList(nn.Linear(cond_dim, c) for c in chans[1:]) if cond_every_layer
-                          else None)
 
     def forward(self, z, pitch, velocity):
-        c = self.cond(pitch, velocity)
-        x = self.fc(torch.cat([z, c], dim=-1))
+        x = self.fc(torch.cat([z, self.cond(pitch, velocity)], dim=-1))
         x = F.relu(x.reshape(z.shape[0], self.chans[0], self.L0))
-        last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             x = conv(F.interpolate(x, scale_factor=4.0, mode="nearest"))
-            if self.cond_bias is not None and i < last:
-                x = x + self.cond_bias[i](c).unsqueeze(-1)
-            x = torch.tanh(x) if i == last else F.relu(x)
+            x = torch.tanh(x) if i == len(self.convs) - 1 else F.relu(x)
         return x[:, 0, :self.note_samples]
 
 
