@@ -205,6 +205,25 @@ def _tries(tries) -> list:
     return [(p, r.get("measured", len(r.get("ms", ()))), r.get("near_xrun", r.get("xruns"))) for p, r in tries]
 
 
+def test_at_kept_period_moves_up_only_while_too_few_notes_were_timed():
+    """The smallest period whose measurement times enough notes wins; with none, the last try comes
+    back (for the test to fail on), and a period that suffices is never followed by another."""
+    timed = {128: 2, 256: 9, 512: 12}
+    calls: list[int] = []
+
+    def measure(p):
+        calls.append(p)
+        return {"measured": timed[p]}
+
+    p, r, tries = at_kept_period(measure, lambda r: r["measured"] >= 8)
+    assert (p, r["measured"], calls, [t[0] for t in tries]) == (256, 9, [128, 256], [128, 256])
+    calls.clear()
+    p, r, _ = at_kept_period(measure, lambda r: r["measured"] >= 100)
+    assert (p, r["measured"], calls) == (512, 12, [128, 256, 512])
+    calls.clear()
+    assert at_kept_period(measure, lambda r: True)[0] == 128 and calls == [128]
+
+
 @JACK_NOISE
 @AUDIO_APIS
 def test_latency_and_jitter_at_128_frames_or_the_smallest_kept(presets, tmp_path, audio_api):
