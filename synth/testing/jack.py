@@ -841,7 +841,8 @@ def run_flood(cmd: list[str], workdir: Path, seconds: float, knobs: tuple[int, .
     event counters and callback load, the output's peak and finiteness, the peak of the flood's
     middle (it did sound), whether the output is exactly 0 from 2 periods + 6 ms after the panic, and
     the time from the panic to the last non-zero frame. The panic is sent twice, 0.2 s apart: the
-    second is judged only where the first failed with an xrun the probe saw near it (an xrun drops MIDI). `log_tail` is the end of the synth's stderr.
+    second is judged only where the first failed with an xrun the probe saw near it (an xrun drops
+    MIDI). `log_tail` is the end of the synth's stderr.
     With `control`, a second JACK server with an idle C client runs beside it (`ControlServer`): its
     xruns from 1 s to the flood's end are the machine's own."""
     with ControlServer(period=period) if control else contextlib.nullcontext() as ctl:
@@ -860,8 +861,8 @@ def _run_flood(cmd, workdir, seconds, knobs, rate, seed, period, ctl) -> dict:
             t0 = probe.now + sr // 4
             ev = [(f + t0, d) for f, d in rel]
             end = t0 + int(seconds * sr)
-            # The panic, and again 0.2 s later: judged on the first that no xrun came near, because
-            # an xrun drops its period's MIDI (`panic_judged`).
+            # The panic, and again 0.2 s later: an xrun drops its period's MIDI, so the second is
+            # judged where the first failed next to one (`panic_judged`).
             again = end + int(0.2 * sr)
             ev += [(f, bytes([0xB0 | c, cc, 0])) for f in (end, again) for c in range(16) for cc in (120, 123)]
             t0_mono = time.monotonic() + (t0 - probe.now) / sr
