@@ -220,6 +220,7 @@ class Engine:
         self.cache = NoteCache(cache_mb, slot_len, pad=self.max_chunk)
         self.voices = VoiceBank(polyphony + max(32, polyphony // 4), self.cache.bank, slot_len, self.max_chunk)
         self.voices.set_levels(self.cache.levels, LEVEL_HOP)
+        self.voices.release_gil = not self.realtime
         for pi, p in enumerate(self.presets):
             if not p.is_drums:                 # (a kit's hits play out: no release to read)
                 self.voices.set_release_table(pi, self._release_s[pi], self.sample_rate)
@@ -287,6 +288,15 @@ class Engine:
                 self.worker.prefill(key[0], self.mappers[key[0]].split(key[1])[0])
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    def finish_prepare(self) -> None:
+        """After rendering what a `prepare(background=True)` planned: join its thread and raise its error."""
+        self.worker.finish_prefetch()
+
+    @property
+    def prepare_wait_s(self) -> float:
+        """Seconds `render` has waited for notes a background `prepare` was still generating."""
+        return self.worker.prefetch_wait_s
+
     def close(self) -> None:
         """Stop the generator thread (live mode). The engine can still render cached notes."""
         if not self._closed:
@@ -440,8 +450,10 @@ class Engine:
         theta = min(1.0, max(0.0, self._pan_pos(note))) * (math.pi / 2)
         return math.cos(theta), math.sin(theta)
 
-    def prepare(self, events) -> int:
+    def prepare(self, events, background: bool = False) -> int:
         """Generate, in batches, every note a list of future events needs (offline rendering).
+        `background`: generate them in the worker's prefetch thread while `render` runs, which waits
+        for a note still to come (`GeneratorWorker.prefetch`); returns the number of notes planned.
 
         `events`: a `synth.midifile.MidiEvents` (columns `kind`, `channel`, `a`, `b`), or an iterable
         of `(channel, note, velocity)` note-ons, or of `(kind, channel, a[, b])` with kind "note_on",
@@ -475,6 +487,8 @@ class Engine:
         if n_new > self.cache.n_slots:
             log.warning("prepare: %d notes exceed the note cache (%d slots); some will be generated twice. "
                         "Raise cache_mb.", n_new, self.cache.n_slots)
+        if background:
+            return self.worker.prefetch(keys)
         return self.worker.generate_now(keys)
 
     # ---- channels: routing and knob state ------------------------------------------------------

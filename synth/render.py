@@ -10,7 +10,7 @@ The same `Engine` as live playing, with `realtime=False`, so a missing note is g
 spot and the output is deterministic. What makes it fast:
   1. the whole file is pre-scanned and every note it needs is generated in one batched
      `engine.prepare(...)` call before rendering starts;
-  2. audio is rendered in large blocks (`--blocksize`, 8192 frames by default); events inside a
+  2. audio is rendered in large blocks (`--blocksize`, 65,536 frames by default); events inside a
      block are handed over with their frame offsets, so timing stays sample-accurate.
 The output does not depend on `--blocksize`: the body is cut into blocks of that size, and the
 release tail is rendered in fixed windows (`TAIL_WINDOW`) cut again into blocks.
@@ -45,7 +45,7 @@ from synth.errors import UserError
 
 FORMATS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 CONTAINERS = {".wav": "WAV", ".flac": "FLAC"}
-DEFAULT_BLOCKSIZE = 8192
+DEFAULT_BLOCKSIZE = 65536         # frames a render call covers offline (output is the same at any size)
 MAX_BLOCKSIZE = 65536
 TAIL_WINDOW = 2048          # frames per silence check in the tail (independent of --blocksize)
 SILENCE = 1e-4              # -80 dBFS
@@ -276,7 +276,7 @@ class RenderResult:
     frames: int
     notes: int
     peak: float
-    seconds_prepare: float
+    seconds_prepare: float                    # starting the background prepare, plus waiting for its notes
     seconds_total: float
     notes_prepared: int | None = None
     normalize_gain_db: float | None = None   # what --normalize applied
@@ -311,7 +311,7 @@ class _Sink:
     its cost does not depend on the block size. Memory stays bounded: `nbuf` buffers in flight.
     """
 
-    def __init__(self, f, skip: int, chunk: int = 16384, nbuf: int = 4):
+    def __init__(self, f, skip: int, chunk: int = 65536, nbuf: int = 4):
         import queue
         import threading
 
@@ -439,12 +439,13 @@ def _render(engine, n: int, buf: np.ndarray) -> np.ndarray:
 
 
 def prepare_notes(engine, events) -> int:
-    """Pre-generate every note the file needs in one batched `engine.prepare` call; returns how many.
+    """Start generating every note the file needs (`engine.prepare` in the background: the model
+    runs beside the mix, and the render waits only for a note still to come); returns how many.
 
     The engine simulates the file's program changes and knob CCs itself, so notes played after a
     knob move are generated with the moved latent.
     """
-    return int(engine.prepare(events) or 0)
+    return int(engine.prepare(events, background=True) or 0)
 
 
 def make_progress(enabled: bool | None, total_seconds: float):
@@ -619,6 +620,9 @@ def _write(engine, events, out: Path, container: str, fmt: str, sample_rate: int
         sink = _Sink(f, int(getattr(engine, "latency_samples", 0) or 0))
         try:
             render_events(engine, events, sample_rate, blocksize, sink, bar)
+            finish = getattr(engine, "finish_prepare", None)
+            if finish is not None:
+                finish()          # the prefetch's error, if it had one, before the file is kept
         finally:
             sink.close()
         return sink
@@ -746,7 +750,8 @@ def render_file(input_path, output_path, preset=None, preset_dirs=(), sample_rat
         if kw.get("fx") is not None:
             kw["fx"].close()  # frees its pyo server now rather than at garbage collection
     return RenderResult(path=out, sample_rate=sample_rate, frames=sink.frames, notes=events.note_count(),
-                        peak=sink.peak, seconds_prepare=t_prep, seconds_total=time.perf_counter() - t0,
+                        peak=sink.peak, seconds_prepare=t_prep + getattr(engine, "prepare_wait_s", 0.0),
+                        seconds_total=time.perf_counter() - t0,
                         notes_prepared=n_prep, routing=table,
                         normalize_gain_db=20 * math.log10(norm_gain) if normalize is not None else None,
                         clipped=clipped)
@@ -781,5 +786,5 @@ def main(argv: list[str]) -> int:
             norm += f", {res.clipped} samples clipped)" if res.clipped else ")"
         print(f"wrote {res.path}: {dur:.2f} s at {res.sample_rate} Hz ({args.format}), {res.notes} notes, "
               f"peak {peak_db:.1f} dBFS{norm}; took {res.seconds_total:.2f} s "
-              f"({dur / max(res.seconds_total, 1e-9):.0f}x real time, prepare {res.seconds_prepare:.2f} s)")
+              f"({dur / max(res.seconds_total, 1e-9):.0f}x real time, waiting for notes {res.seconds_prepare:.2f} s)")
     return 0

@@ -31,13 +31,17 @@ import os
 import numpy as np
 
 
-def _load_kernel():
-    """`mix_packed` of the compiled mixer, or None (not built, or NEURAL_SYNTH_NUMPY_MIX=1)."""
+def _load_kernel(release_gil: bool = False):
+    """`mix_packed` of the compiled mixer, or None (not built, or NEURAL_SYNTH_NUMPY_MIX=1).
+
+    Live, the call keeps the GIL (`ctypes.PyDLL`): the audio callback must never wait to take it
+    back from a worker. Offline (`release_gil`), the GIL is let go through the call (`ctypes.CDLL`),
+    so the background prepare's Python runs beside the mix on the other core."""
     if os.environ.get("NEURAL_SYNTH_NUMPY_MIX") == "1":
         return None
     try:
         from synth import _mixc
-        fn = ctypes.PyDLL(_mixc.__file__).mix_packed   # PyDLL: the GIL stays held through the call
+        fn = (ctypes.CDLL if release_gil else ctypes.PyDLL)(_mixc.__file__).mix_packed
     except (ImportError, OSError, AttributeError):
         return None
     fn.argtypes = (ctypes.c_void_p,)
@@ -46,6 +50,7 @@ def _load_kernel():
 
 
 _KERNEL = _load_kernel()
+_KERNEL_NOGIL = _load_kernel(release_gil=True)
 
 NEVER = np.iinfo(np.int64).max // 4
 _EMPTY = np.zeros(0, np.int64)
@@ -191,6 +196,7 @@ class VoiceBank:
         `out` and `sends`), and its packed arguments. `use_kernel`: whether mixes go through it (tests
         turn it off to compare with numpy's sum)."""
         self.use_kernel = _KERNEL is not None
+        self.release_gil = False      # offline only (the engine sets it): see `_load_kernel`
         self._ki, self._kf, self._kg = np.zeros((6, n), np.int64), np.zeros(n), np.zeros((6, n))
         self._kwi, self._kwf, self._kwb = np.zeros((9, n + 1), np.int64), np.zeros((4, n)), np.zeros((6, n), bool)
         self._ka = np.empty((7, self.max_frames))
@@ -925,7 +931,7 @@ class VoiceBank:
             nout = 6
         a = self._kargs       # `mix_rows`'s arguments, the addresses set once (`.ctypes` allocates)
         a[0], a[1], a[4], a[16] = nv, f, f, nout
-        _KERNEL(self._kargs_at)
+        (_KERNEL_NOGIL if self.release_gil else _KERNEL)(self._kargs_at)
         out[:] = self._ko[:f]
         if sends is not None:
             sends[:] = self._ks[:f]

@@ -7,7 +7,8 @@ does not queue 128 keyboards), and only once the knob has been still for `SETTLE
 kept moving for `MAX_DEFER_SECONDS`): a sweep abandons each state within one step, so prefilling
 them would only burn CPU beside the audio thread. Notes played during a sweep are single-note
 misses, with the same pitch of a recent state as stand-in.
-Offline, the engine calls `generate_now` in its own thread.
+Offline, the engine calls `generate_now` in its own thread, or `prefetch` generates a file's notes in
+a thread beside the render, which waits (`wait_for`) for a note still to come.
 
 Each note is resampled once to the output rate with soxr (HQ). Model output with NaN/Inf becomes
 a silent entry and a warning; it is never cached as audio. A batch that raises is retried note by
@@ -19,7 +20,7 @@ oldest.
 
 With a `disk_cache` (`synth.diskcache`), a note missing from memory is looked up on disk before the
 model runs, and a generated note is written there: offline (`generate_now` from `prepare`) by a
-writer thread while the file renders (`stop` waits for it); live by the worker thread once it is
+writer thread while the file renders, started once `prepare` or the prefetch is done (`stop` waits for it); live by the worker thread once it is
 idle (a request cuts the writing short). The offline engine's own misses inside `render()` never
 touch the disk.
 """
@@ -54,6 +55,8 @@ WRITE_QUEUE_BYTES = 256 * 2**20   # offline: generated audio waiting for the dis
 PREFILL_TRIES = 3         # failed steps in a row after which a keyboard prefill is given up
 MAX_PLANS = 512           # ringing notes' partial tables kept (<= 20 KB each; remade from the cached head)
 MAX_TAIL_REQUESTS = 1024  # queued continuation-segment requests; a flood drops the oldest
+PREFETCH_FIRST = 8        # offline prefetch: keys in its first wave (the next ones double) ...
+PREFETCH_MAX = 64         # ... up to this many
 
 
 def midi_hz(pitch: float) -> float:
@@ -136,8 +139,16 @@ class GeneratorWorker:
         self._disk_scratch = bytearray()
         self._thread: threading.Thread | None = None
         self._warned: set = set()
-        self.defer_warnings = False
+        self._tl = threading.local()            # per thread: `defer_warnings`, `_log_later`
         self.deferred: list[tuple] = []         # (message, args) kept by `_warn`
+        # Offline prefetch (`prefetch`): its thread, the keys it will publish, and a condition that
+        # wakes the engine's thread as each wave is published or the prefetch ends.
+        self._pf_thread: threading.Thread | None = None
+        self._pf_planned: frozenset = frozenset()
+        self._pf_cond = threading.Condition()
+        self._pf_done = True
+        self._pf_error: BaseException | None = None
+        self.prefetch_wait_s = 0.0              # time the engine's thread waited for planned notes
         self.errors = 0
         self.last_error: str | None = None
         self.generated = 0
@@ -231,6 +242,9 @@ class GeneratorWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._pf_thread is not None:
+            self._pf_thread.join(timeout)
+            self._pf_thread = None
         self._start_writer()
         if self._writer is not None:
             self._writes.put(None)
@@ -273,9 +287,22 @@ class GeneratorWorker:
         """Velocity layers that are generated: all for conditioned presets, the top one otherwise."""
         return p.velocity_layers if p.velocity_conditioned else (p.velocity_layers[-1],)
 
-    def generate_now(self, keys: Iterable[tuple], protect: tuple | None = None) -> int:
+    @property
+    def defer_warnings(self) -> bool:
+        """Set while the offline engine generates inside render(), in that thread only: warnings are
+        kept for `Engine.report`, and the disk cache is not touched."""
+        return getattr(self._tl, "defer", False)
+
+    @defer_warnings.setter
+    def defer_warnings(self, value: bool) -> None:
+        self._tl.defer = bool(value)
+
+    def generate_now(self, keys: Iterable[tuple], protect: tuple | None = None, start_writer: bool = True) -> int:
         """Generate and publish every key not yet cached, in batches per preset; returns how many were
-        cached (a full cache stops a batch)."""
+        cached (a full cache stops a batch). A key a running `prefetch` will publish is waited for,
+        not generated twice (the note is the same either way: its batch is the prefetch's)."""
+        keys = list(keys)
+        self.wait_for(keys)
         todo: dict[str, list[tuple]] = {}
         seen = set()
         for k in keys:
@@ -293,13 +320,71 @@ class GeneratorWorker:
                 step = self.sessions[name].chunk   # bounds the model output held at once (~64 MB)
                 for s in range(0, len(ks), step):
                     n += self._generate(name, ks[s:s + step], protect)
-        self._start_writer()
+        if start_writer:
+            self._start_writer()
         return n
+
+    # ---- offline prefetch -------------------------------------------------------------------------
+    def prefetch(self, keys: Iterable[tuple]) -> int:
+        """Offline: generate `keys` (a file's notes, in order of first use) in a thread while the engine
+        renders, in waves that double from PREFETCH_FIRST keys: the first blocks wait only for the first
+        wave, and the model (which releases the GIL) runs on the core the mix leaves free. The waves are
+        fixed by the key order alone, so every note comes out of the same batch in every run.
+        Returns the number of keys planned; `finish_prefetch` joins the thread."""
+        order = [k for k in dict.fromkeys(keys) if self.cache.peek(k) is None]
+        if not order:
+            return 0
+        self._pf_planned = frozenset(order)
+        self._pf_done, self._pf_error = False, None
+        self._pf_thread = threading.Thread(target=self._prefetch_run, args=(order,), name="synth-prefetch",
+                                           daemon=True)
+        self._pf_thread.start()
+        return len(order)
+
+    def _prefetch_run(self, order: list[tuple]) -> None:
+        self._tl.log_later = True               # warnings wait for `Engine.report`, after the render
+        try:
+            s, size = 0, PREFETCH_FIRST
+            while s < len(order) and not self._stop.is_set():
+                self.generate_now(order[s:s + size], start_writer=False)
+                s, size = s + size, min(2 * size, PREFETCH_MAX)
+                with self._pf_cond:
+                    self._pf_cond.notify_all()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the engine's thread by finish_prefetch
+            self._pf_error = e
+        finally:
+            with self._pf_cond:
+                self._pf_done = True
+                self._pf_cond.notify_all()
+
+    def wait_for(self, keys: list[tuple]) -> None:
+        """Block until a running prefetch has published each of `keys` it plans, or has ended (then the
+        caller generates what is still missing itself). Returns at once in the prefetch's own thread."""
+        if self._pf_done or threading.current_thread() is self._pf_thread:
+            return
+        t0 = time.perf_counter()
+        with self._pf_cond:
+            while not self._pf_done and any(k in self._pf_planned and self.cache.peek(k) is None for k in keys):
+                self._pf_cond.wait()
+        self.prefetch_wait_s += time.perf_counter() - t0
+
+    def finish_prefetch(self, timeout: float | None = None) -> None:
+        """Join the prefetch thread, start the disk writer on what it generated, and raise its error."""
+        t = self._pf_thread
+        if t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                return
+            self._pf_thread = None
+        self._start_writer()
+        err, self._pf_error = self._pf_error, None
+        if err is not None:
+            raise err
 
     def _warn(self, msg: str, *args) -> None:
         """log.warning, or kept in `deferred` while `defer_warnings` is set (the offline engine
         generates inside render(), which never logs: `Engine.report` logs them)."""
-        if self.defer_warnings:
+        if self.defer_warnings or getattr(self._tl, "log_later", False):
             self.deferred.append((msg, args))
         else:
             log.warning(msg, *args)

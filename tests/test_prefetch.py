@@ -1,0 +1,136 @@
+"""Offline prepare in the background (`Engine.prepare(background=True)`, `GeneratorWorker.prefetch`):
+the render waits for a note still to come and plays exactly what a blocking prepare gives, every
+note is generated once, the disk cache gets every note, and an error in the prefetch thread fails
+the render without leaving a file."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mido
+import numpy as np
+import pytest
+
+import synth.inference as inference
+from synth.engine import Engine
+from synth.errors import UserError
+from synth.render import render_file
+from synth.testing.tinymodel import make_tiny_preset
+
+SR = 48000
+PHRASE = (48, 52, 55, 60, 64, 67, 50, 53, 57, 62, 65, 69)
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("presets")
+    piano = make_tiny_preset(d, "piano", note_seconds=0.3, pitch_range=(48, 72), layers=(64, 127))
+    pad = make_tiny_preset(d, "pad", sample_rate=SR, note_seconds=0.5, sustain_mode="loop", pitch_range=(48, 72),
+                           layers=(127,), velocity_conditioned=False)
+    return [piano, pad]
+
+
+def _events():
+    ev = []
+    for i, p in enumerate(PHRASE):
+        ev += [("program_change", 0, i % 2), ("note_on", 0, p, 40 + 7 * i)]
+    return ev
+
+
+def _render(presets, background: bool, disk=None) -> tuple[np.ndarray, Engine]:
+    """The phrase offline, one note every 1/24 s on both presets in turn, after `prepare`."""
+    e = Engine(presets=presets, blocksize=512, disk_cache=disk)
+    e.prepare(_events(), background=background)
+    out = []
+    for i, p in enumerate(PHRASE):
+        e.program_change(0, i % 2)
+        e.note_on(0, p, 40 + 7 * i)
+        out.append(e.render(SR // 24).copy())
+    out.append(e.render(SR // 2).copy())
+    if background:
+        e.finish_prepare()
+    e.close()
+    return np.concatenate(out), e
+
+
+@pytest.fixture
+def slow_model(monkeypatch):
+    """Each batch the prefetch thread runs takes 50 ms longer, so the render catches up with it."""
+    real = inference.GeneratorSession.generate
+
+    def slow(self, *a, **k):
+        if threading.current_thread().name == "synth-prefetch":
+            time.sleep(0.05)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(inference.GeneratorSession, "generate", slow)
+
+
+def test_a_background_prepare_plays_what_a_blocking_one_does(presets, slow_model):
+    ref, e0 = _render(presets, background=False)
+    bg, e1 = _render(presets, background=True)
+    assert np.abs(ref).max() > 0.01
+    assert np.array_equal(ref, bg)
+    assert e1.prepare_wait_s > 0.0                 # the render did wait for notes still to come
+    assert e1.worker.generated == e0.worker.generated == len(PHRASE)   # none generated twice
+
+
+def test_a_background_prepare_fills_the_disk_cache_and_reads_it_back(presets, tmp_path, slow_model):
+    ref, _ = _render(presets, background=False)
+    cold, e1 = _render(presets, background=True, disk=tmp_path / "dc")
+    warm, e2 = _render(presets, background=True, disk=tmp_path / "dc")
+    assert e1.worker.generated == len(PHRASE) and len(list((tmp_path / "dc").glob("v*/*/*.note"))) == len(PHRASE)
+    assert e2.worker.generated == 0 and e2.worker.disk_hits == len(PHRASE)
+    assert np.array_equal(ref, cold) and np.array_equal(ref, warm)
+
+
+def test_an_error_in_the_prefetch_fails_the_render_and_leaves_no_file(presets, tmp_path, monkeypatch):
+    """The render thread generates what the failed prefetch left (the same notes), and the error is
+    raised before the file is kept."""
+    real = inference.GeneratorSession.generate
+
+    def broken(self, *a, **k):
+        if threading.current_thread().name == "synth-prefetch":
+            raise UserError("boom: the prefetch failed")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(inference.GeneratorSession, "generate", broken)
+    with pytest.raises(UserError, match="boom"):
+        _render(presets, background=True)
+    mid = mido.MidiFile()
+    tr = mido.MidiTrack()
+    mid.tracks.append(tr)
+    for p in PHRASE[:4]:
+        tr += [mido.Message("note_on", note=p, velocity=90, time=0), mido.Message("note_off", note=p, time=240)]
+    mid.save(tmp_path / "in.mid")
+    out = tmp_path / "out.wav"
+    with pytest.raises(UserError, match="boom"):
+        render_file(tmp_path / "in.mid", out, preset=presets[0].name, preset_dirs=[presets[0].path.parent],
+                    progress=False)
+    assert not out.exists() and not list(tmp_path.glob("*.wav*"))
+
+
+def test_the_offline_mix_lets_the_gil_go_and_the_live_mix_keeps_it(presets):
+    """Offline the compiled mix runs without the GIL (the prefetch's Python runs beside it); live the
+    audio callback keeps it through the call, so it never waits to take it back from a worker."""
+    off = Engine(presets=presets)
+    live = Engine(presets=presets, realtime=True)
+    try:
+        assert off.voices.release_gil and not live.voices.release_gil
+    finally:
+        off.close()
+        live.close()
+
+
+def test_deferring_warnings_is_per_thread(presets):
+    """The render thread's `defer_warnings` (no log, no disk inside render()) never leaks into the
+    prefetch thread, which reads and writes the disk cache."""
+    e = Engine(presets=presets)
+    seen = []
+    e.worker.defer_warnings = True
+    t = threading.Thread(target=lambda: seen.append(e.worker.defer_warnings))
+    t.start()
+    t.join()
+    assert e.worker.defer_warnings and seen == [False]
+    e.close()
