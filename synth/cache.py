@@ -28,7 +28,6 @@ import numpy as np
 GUARD = 2  # zero samples after every note: linear interpolation reads one past the end
 LEVEL_HOP = 1024  # samples per cell of a slot's coarse level (peak |x|) table, read by voice stealing
 MADV_POPULATE_WRITE = 23   # Linux 5.14+: fault a range in with one call
-MADV_HUGEPAGE = 14         # Linux: back a range with 2-MB transparent huge pages where the kernel can
 
 
 class _Populate:
@@ -50,24 +49,13 @@ class _Populate:
     def __call__(self, a: np.ndarray) -> None:
         if not self.ok or a.nbytes == 0:
             return
-        if self._advise(a, MADV_POPULATE_WRITE) != 0:
-            self.ok = False
-
-    def huge(self, a: np.ndarray) -> bool:
-        """Ask for transparent huge pages under the bank: a 9-s slot then faults in as one or two 2-MB
-        pages instead of 420 small ones, 2-8x faster in this VM (docs/decisions-engine.md, stop 38).
-        Only a hint: where THP is off, or not Linux, pages stay small. The worker faults them in,
-        never the audio callback."""
-        return self.ok and a.nbytes > 0 and self._advise(a, MADV_HUGEPAGE) == 0
-
-    def _advise(self, a: np.ndarray, advice: int) -> int:
         start = a.ctypes.data
         lo = start - start % mmap.PAGESIZE
-        return self._madvise(lo, start + a.nbytes - lo, advice)
+        if self._madvise(lo, start + a.nbytes - lo, MADV_POPULATE_WRITE) != 0:
+            self.ok = False
 
 
 _populate = _Populate()
-_huge_pages = _populate.huge
 
 
 class NoteEntry(NamedTuple):
@@ -95,7 +83,6 @@ class NoteCache:
         self.cap_bytes = self.n_slots * slot_bytes
         # np.zeros maps untouched pages lazily, so an unused cap costs no memory.
         self.bank = np.zeros(self.n_slots * self.slot_len + int(pad), np.float32)
-        self.huge_pages = _huge_pages(self.bank)
         self.refcount = [0] * self.n_slots   # a list: item updates cost a tenth of numpy's
         # Each slot's peak |x| per LEVEL_HOP samples, written with the note: how loud a voice reading
         # the slot is at its position (`VoiceBank.victim` steals the quietest).

@@ -326,20 +326,31 @@ class GeneratorWorker:
 
     # ---- offline prefetch -------------------------------------------------------------------------
     def prefetch(self, keys: Iterable[tuple]) -> int:
-        """Offline: generate `keys` (a file's notes, in order of first use) in a thread while the engine
-        renders, in waves that double from PREFETCH_FIRST keys: the first blocks wait only for the first
+        """Offline: generate `keys` (a file's notes, in order of first use; those on disk are read first,
+        at once) in a thread while the engine renders, in waves that double from PREFETCH_FIRST keys: the first blocks wait only for the first
         wave, and the model (which releases the GIL) runs on the core the mix leaves free. The waves are
         fixed by the key order alone, so every note comes out of the same batch in every run.
-        Returns the number of keys planned; `finish_prefetch` joins the thread."""
+        Returns the number of keys not in memory; `finish_prefetch` joins the thread."""
         order = [k for k in dict.fromkeys(keys) if self.cache.peek(k) is None]
+        total = len(order)
+        if self.disk is not None and order:
+            # Notes on disk are read here and now: read beside the mix, they were slower (the reads
+            # and the ring layout hold the GIL, and leave the model nothing to overlap).
+            by_preset: dict[str, list[tuple]] = {}
+            for k in order:
+                by_preset.setdefault(k[0], []).append(k)
+            with self._gen_lock:
+                for name, ks in by_preset.items():
+                    self._from_disk(name, ks, None)
+            order = [k for k in order if self.cache.peek(k) is None]
         if not order:
-            return 0
+            return total
         self._pf_planned = frozenset(order)
         self._pf_done, self._pf_error = False, None
         self._pf_thread = threading.Thread(target=self._prefetch_run, args=(order,), name="synth-prefetch",
                                            daemon=True)
         self._pf_thread.start()
-        return len(order)
+        return total
 
     def _prefetch_run(self, order: list[tuple]) -> None:
         self._tl.log_later = True               # warnings wait for `Engine.report`, after the render

@@ -147,17 +147,3 @@ def test_a_slot_is_populated_once_on_first_use(monkeypatch):
         assert not np.any(cache.bank[e.offset + e.length:e.offset + SLOT])
     assert [n for _, n in calls] == lengths[:3]
     assert len({a for a, _ in calls}) == 3
-
-
-def test_the_bank_asks_for_huge_pages_where_the_kernel_has_them():
-    """The bank is advised MADV_HUGEPAGE (a 9-s slot faults in as one or two 2-MB pages, not ~420 small
-    ones): the advice succeeds wherever the kernel was built with transparent huge pages, and notes
-    read back intact from the advised bank."""
-    import os
-    import sys
-
-    thp = os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
-    cache = NoteCache(cache_mb=3 * SLOT * 4 / 2**20, slot_len=SLOT)
-    assert cache.huge_pages == (sys.platform.startswith("linux") and thp)
-    e = cache.publish(_key(0), _note(3, SLOT - GUARD))
-    assert np.array_equal(cache.bank[e.offset:e.offset + e.length], _note(3, SLOT - GUARD))
