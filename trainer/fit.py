@@ -606,6 +606,20 @@ class Trainer:
         # None: the absolute floor (pitched sets, and runs made before the relative floor existed).
         self.spec = MultiResSTFTLoss(tuple(tr["spec_ffts"]), relative_floor_db=tr.get("spec_floor_db")).to(self.device)
         self.loss_kind, self.lam = tr["loss"], float(tr["spectral_weight"])
+        # train.spec_head_ms > 0: the paired term again over the note's first milliseconds, its attack,
+        # which the whole-note term weighs only by its share of the frames (docs/decisions-trainer.md).
+        head_ms = float(tr.get("spec_head_ms") or 0.0)
+        if not (math.isfinite(head_ms) and head_ms >= 0):
+            raise UserError(f"config: train.spec_head_ms = {head_ms:g}; use 0 (off) or a positive length in ms")
+        self.head_n = min(int(round(head_ms * 1e-3 * int(self.cfg["data"]["sample_rate"]))),
+                          int(self.cfg["data"]["note_samples"]))
+        if self.head_n:
+            # the run's FFT sizes that fit the head (reflect padding needs n_fft / 2 < its length), else one
+            ffts = [n for n in tr["spec_ffts"] if n <= self.head_n] or [1 << max(6, self.head_n.bit_length() - 1)]
+            if ffts[0] // 2 >= self.head_n:
+                raise UserError(f"config: train.spec_head_ms = {head_ms:g} is {self.head_n} samples; "
+                                "use at least 4 ms (64 samples)")
+            self.spec_head = MultiResSTFTLoss(tuple(ffts), relative_floor_db=tr.get("spec_floor_db")).to(self.device)
         self.adv_w, self.aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
         self.Z = self.cfg["model"][self.cfg["arch"]]["latent_size"]
         self.steps_total, self.budget_s = int(tr["steps"]), float(tr["minutes"]) * 60.0
@@ -768,6 +782,8 @@ class Trainer:
             self.D.requires_grad_(False)
         l_adv, logs = self._g_adv(x, fake, p, v, inst) if self.d_on else (None, {})
         l_spec = self.spec(fake, x)
+        if self.head_n:
+            l_spec = l_spec + self.spec_head(fake[:, :self.head_n], x[:, :self.head_n])
         # the sum in the order it had before the D terms could be off: same recipe, same bits
         loss_g = self.lam * l_spec if l_adv is None else l_adv + self.lam * l_spec
         logs["spec/l1"] = l_spec.item()
