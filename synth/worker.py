@@ -177,6 +177,7 @@ class GeneratorWorker:
         # engine and how many voices still want each segment.
         self.ring_off = {p.name: ring.ring_off(p) for p in presets}
         self.plans: dict[tuple, ring.RingPlan] = {}
+        self._plans_lock = threading.Lock()
         self._tails: deque = deque(maxlen=MAX_TAIL_REQUESTS)
         self._wants: dict[tuple, int] = {}
         self.tails_made = 0
@@ -498,9 +499,12 @@ class GeneratorWorker:
         return (t.s0, p.tail, t.peak, t.omega, t.alpha, t.amp, t.phase)
 
     def _keep_plan(self, k: tuple, p: ring.RingPlan) -> None:
-        if len(self.plans) >= MAX_PLANS:
-            self.plans.pop(next(iter(self.plans)))
-        self.plans[k] = p
+        # Offline, the prefetch thread and the render's ring chaining both keep plans: writers take
+        # the lock, readers (`plans.get`, the audio callback's too) need none.
+        with self._plans_lock:
+            if len(self.plans) >= MAX_PLANS:
+                self.plans.pop(next(iter(self.plans)))
+            self.plans[k] = p
 
     def plan_for(self, key: tuple) -> ring.RingPlan | None:
         """The ringing plan of note `key`, remade from its cached head when it was dropped (the
