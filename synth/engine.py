@@ -453,7 +453,7 @@ class Engine:
     def prepare(self, events, background: bool = False) -> int:
         """Generate, in batches, every note a list of future events needs (offline rendering).
         `background`: generate them in the worker's prefetch thread while `render` runs, which waits
-        for a note still to come (`GeneratorWorker.prefetch`); returns the number of notes planned.
+        for a note still to come (`GeneratorWorker.prefetch`); returns how many notes were not in memory.
 
         `events`: a `synth.midifile.MidiEvents` (columns `kind`, `channel`, `a`, `b`), or an iterable
         of `(channel, note, velocity)` note-ons, or of `(kind, channel, a[, b])` with kind "note_on",

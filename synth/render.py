@@ -786,5 +786,6 @@ def main(argv: list[str]) -> int:
             norm += f", {res.clipped} samples clipped)" if res.clipped else ")"
         print(f"wrote {res.path}: {dur:.2f} s at {res.sample_rate} Hz ({args.format}), {res.notes} notes, "
               f"peak {peak_db:.1f} dBFS{norm}; took {res.seconds_total:.2f} s "
-              f"({dur / max(res.seconds_total, 1e-9):.0f}x real time, waiting for notes {res.seconds_prepare:.2f} s)")
+              f"({dur / max(res.seconds_total, 1e-9):.0f}x real time, "
+              f"waiting for notes {res.seconds_prepare:.2f} s)")
     return 0

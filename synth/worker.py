@@ -20,8 +20,8 @@ oldest.
 
 With a `disk_cache` (`synth.diskcache`), a note missing from memory is looked up on disk before the
 model runs, and a generated note is written there: offline (`generate_now` from `prepare`) by a
-writer thread while the file renders, started once `prepare` or the prefetch is done (`stop` waits for it); live by the worker thread once it is
-idle (a request cuts the writing short). The offline engine's own misses inside `render()` never
+writer thread while the file renders, started once `prepare` or the prefetch is done (`stop` waits
+for it); live by the worker thread once it is idle (a request cuts the writing short). The offline engine's own misses inside `render()` never
 touch the disk.
 """
 
@@ -327,11 +327,12 @@ class GeneratorWorker:
 
     # ---- offline prefetch -------------------------------------------------------------------------
     def prefetch(self, keys: Iterable[tuple]) -> int:
-        """Offline: generate `keys` (a file's notes, in order of first use; those on disk are read first,
-        at once) in a thread while the engine renders, in waves that double from PREFETCH_FIRST keys: the first blocks wait only for the first
-        wave, and the model (which releases the GIL) runs on the core the mix leaves free. The waves are
-        fixed by the key order alone, so every note comes out of the same batch in every run.
-        Returns the number of keys not in memory; `finish_prefetch` joins the thread."""
+        """Offline: generate `keys` (a file's notes, in order of first use) in a thread while the engine
+        renders; those on disk are read first, at once. Waves double from PREFETCH_FIRST keys, so the
+        first blocks wait only for the first wave, and the model (which releases the GIL) runs on the
+        core the mix leaves free. The waves follow from the key order alone, so every note comes out
+        of the same batch in every run. Returns the number of keys not in memory; `finish_prefetch`
+        joins the thread."""
         order = [k for k in dict.fromkeys(keys) if self.cache.peek(k) is None]
         total = len(order)
         if self.disk is not None and order:
