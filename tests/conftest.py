@@ -30,6 +30,17 @@ def tiny_preset(tmp_path):
     return make_tiny_preset(tmp_path / "presets")
 
 
+@pytest.fixture(scope="module")
+def piano_and_pad(tmp_path_factory):
+    """A resampled one-shot piano (16 kHz model, 48 kHz out) and a loop-mode pad: two presets for
+    offline renders that switch program between notes."""
+    d = tmp_path_factory.mktemp("presets")
+    piano = make_tiny_preset(d, "piano", note_seconds=0.3, pitch_range=(48, 72), layers=(64, 127))
+    pad = make_tiny_preset(d, "pad", sample_rate=48000, note_seconds=0.5, sustain_mode="loop", pitch_range=(48, 72),
+                           layers=(127,), velocity_conditioned=False)
+    return [piano, pad]
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT

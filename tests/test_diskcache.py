@@ -24,13 +24,8 @@ SR = 48000
 
 
 @pytest.fixture(scope="module")
-def presets(tmp_path_factory):
-    """A resampled one-shot piano (16 kHz model, 48 kHz out) and a loop-mode pad with a decay knob."""
-    d = tmp_path_factory.mktemp("presets")
-    piano = make_tiny_preset(d, "piano", note_seconds=0.3, pitch_range=(48, 72), layers=(64, 127))
-    pad = make_tiny_preset(d, "pad", sample_rate=SR, note_seconds=0.5, sustain_mode="loop", pitch_range=(48, 72),
-                           layers=(127,), velocity_conditioned=False)
-    return [piano, pad]
+def presets(piano_and_pad):
+    return piano_and_pad
 
 
 def _events():

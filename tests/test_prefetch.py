@@ -16,19 +16,14 @@ import synth.inference as inference
 from synth.engine import Engine
 from synth.errors import UserError
 from synth.render import render_file
-from synth.testing.tinymodel import make_tiny_preset
 
 SR = 48000
 PHRASE = (48, 52, 55, 60, 64, 67, 50, 53, 57, 62, 65, 69)
 
 
 @pytest.fixture(scope="module")
-def presets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("presets")
-    piano = make_tiny_preset(d, "piano", note_seconds=0.3, pitch_range=(48, 72), layers=(64, 127))
-    pad = make_tiny_preset(d, "pad", sample_rate=SR, note_seconds=0.5, sustain_mode="loop", pitch_range=(48, 72),
-                           layers=(127,), velocity_conditioned=False)
-    return [piano, pad]
+def presets(piano_and_pad):
+    return piano_and_pad
 
 
 def _events():
