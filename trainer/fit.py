@@ -618,7 +618,7 @@ class Trainer:
             ffts = [n for n in tr["spec_ffts"] if n <= self.head_n] or [1 << max(6, self.head_n.bit_length() - 1)]
             if ffts[0] // 2 >= self.head_n:
                 raise UserError(f"config: train.spec_head_ms = {head_ms:g} is {self.head_n} samples; "
-                                "use at least 4 ms (64 samples)")
+                                "the attack term needs more than 32")
             self.spec_head = MultiResSTFTLoss(tuple(ffts), relative_floor_db=tr.get("spec_floor_db")).to(self.device)
         self.adv_w, self.aux_w = float(tr["adv_weight"]), float(tr["aux_weight"])
         self.Z = self.cfg["model"][self.cfg["arch"]]["latent_size"]
