@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from synth.errors import UserError
 from trainer import config as C
 from trainer.models import ARCHS, build_discriminator, build_encoder, build_generator
 from trainer.nn.dsp import InverseSTFT, harmonic_bank, make_noise_bank, noise_bank_synth
@@ -405,3 +406,47 @@ def test_spectral_if_from_bin_makes_zero_if_a_bin_centred_sinusoid(from_bin, tmp
         None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
     with torch.no_grad():
         assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+
+
+def test_spectral_harmonic_prior_puts_zero_if_on_the_keys_harmonic(tmp_path):
+    """With `harmonic_prior`, IF is the deviation from the key's nearest harmonic: a loud band around
+    the 3rd harmonic with zero IF sounds at exactly 3 f0 (between bin centres), the comb reaches every
+    conv block, an untrained generator already sounds on the key's harmonics and not under f0, the
+    graph exports with parity, and a drum kit is refused."""
+    ort = pytest.importorskip("onnxruntime")
+    cfg = C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"n_mels": 32, "harmonic_prior": True}}}], DATA)
+    G = build_generator(cfg).eval()
+    convs = list(G.blocks) + [G.out]
+    assert all(convs[i].in_channels == convs[i - 1].out_channels + 1 for i in range(1, len(convs)))
+    key = 58                                         # A#3, 233 Hz: its 3rd harmonic is 699 Hz
+    f0 = 440 * 2 ** ((key - 69) / 12)
+    hz_per_bin = DATA["sample_rate"] / (2 * (G.F - 1))
+    k = int(round(3 * f0 / hz_per_bin))
+    assert abs(3 * f0 / hz_per_bin - k) > 0.2       # the harmonic is well off the bin's centre
+    logmag = torch.full((1, G.T, G.F), -12.0)
+    logmag[:, :, k - 1:k + 2] = 0.0
+    G.spectrogram = lambda z, pitch, velocity: (logmag, torch.zeros(1, G.T, G.F))
+    y = G(torch.zeros(1, G.latent_size), torch.tensor([key]), torch.tensor([1.0]))[0].detach().numpy()
+    mid = y[len(y) // 4: 3 * len(y) // 4]
+    spec = np.abs(np.fft.rfft(mid * np.hanning(len(mid)), 1 << 17))
+    assert abs(spec.argmax() * DATA["sample_rate"] / (1 << 17) - 3 * f0) < 2.0
+    del G.spectrogram
+    torch.manual_seed(0)                             # untrained: the prior alone puts energy on harmonics
+    with torch.no_grad():
+        y = G(torch.randn(1, G.latent_size), torch.tensor([key]), torch.tensor([0.8]))[0].numpy()
+    p = np.abs(np.fft.rfft(y[len(y) // 4: 3 * len(y) // 4] * np.hanning(len(y) // 2))) ** 2
+    hz = np.fft.rfftfreq(len(y) // 2, 1 / DATA["sample_rate"])
+    near = np.abs(hz / f0 - np.round(hz / f0)) < 0.25
+    assert p[hz < f0 / 2].sum() < 1e-3 * p.sum() and p[near & (hz > f0 / 2)].sum() > 0.8 * p.sum()
+    path = tmp_path / "g.onnx"
+    args = (torch.randn(2, G.latent_size), torch.tensor([45, 70]), torch.tensor([0.5, 0.9]))
+    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes={n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")},
+                      dynamo=False)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+    with pytest.raises(UserError, match="harmonic_prior"):
+        build_generator(C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"harmonic_prior": True}}}],
+                                  {**DATA, "kind": "drums"}))

@@ -5,8 +5,11 @@ Generator: dense layer -> [C, T0, F0] -> U blocks of (nearest x2 upsample, 3x3 c
 mapped to linear bins by a fixed interpolation matrix (the mel option). Phase is pi * cumsum(IF)
 over time, or with `if_from_bin` the cumulative sum of each bin's centre advance (2 pi k hop / n_fft)
 plus pi * IF, so that IF is the deviation from the bin's centre and a zero IF is already a coherent
-sinusoid per bin (GANSynth's raw IF must learn that pattern from scratch); the waveform comes from `InverseSTFT` (fixed real basis + overlap-add), so the exported
-graph outputs audio. Discriminator: 2-D convs over the real (log-mag, IF) of the input's STFT, with
+sinusoid per bin (GANSynth's raw IF must learn that pattern from scratch). With `harmonic_prior`
+(pitched sets) the pitch is also given where it acts: each bin's IF is the deviation from the
+advance of the key's nearest harmonic, and every conv block sees a comb channel, cos(2 pi f / f0)
+on its frequency axis where harmonics are resolved. The waveform comes from `InverseSTFT` (fixed
+real basis + overlap-add), so the exported graph outputs audio. Discriminator: 2-D convs over the real (log-mag, IF) of the input's STFT, with
 a projection head and an auxiliary pitch/class classifier.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,12 +26,18 @@ from trainer.nn.dsp import InverseSTFT, mel_to_linear_matrix
 from trainer.nn.layers import Conditioning, ProjectionHead, run_body
 
 
+IF_RESIDUAL = 0.1   # with harmonic_prior: the IF residual's range, in units of pi per frame
+HARMONIC_LOBE = 1.5  # with harmonic_prior: bins this close to a harmonic (in bins) take its advance
+SUB_F0_CUT = -8.0   # with harmonic_prior: log-magnitude (nepers, about -70 dB) added under f0 / 2
+
+
 class SpectralGenerator(nn.Module):
     """forward(z: float32[B, Z], pitch: int64[B], velocity: float32[B]) -> float32[B, N] in [-1, 1]."""
 
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 64, kind: str = "pitched",
                  n_fft: int = 1024, hop: int = 256, n_mels: int | None = 256, channels: int = 32,
-                 blocks: int = 5, cond_dim: int = 64, if_from_bin: bool = False, **_unused) -> None:
+                 blocks: int = 5, cond_dim: int = 64, if_from_bin: bool = False, harmonic_prior: bool = False,
+                 **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         self.hop = hop
@@ -40,10 +50,19 @@ class SpectralGenerator(nn.Module):
         self.cond = Conditioning(cond_dim, kind)
         self.fc = nn.Linear(latent_size + cond_dim, self.C0 * self.T0 * self.F0)
         chans = [self.C0] + [max(channels // 2, self.C0 // 2 ** (i + 1)) for i in range(blocks)]
-        self.blocks = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(blocks))
-        self.out = nn.Conv2d(chans[-1], 2, 3, padding=1)
+        self.harmonic_prior = bool(harmonic_prior)
+        if self.harmonic_prior and kind != "pitched":
+            from synth.errors import UserError
+            raise UserError(f"config model.spectral.harmonic_prior: needs a pitched dataset (the key's f0), "
+                            f"not a {kind!r} one")
+        extra = 1 if self.harmonic_prior else 0
+        self.blocks = nn.ModuleList(nn.Conv2d(chans[i] + extra, chans[i + 1], 3, padding=1) for i in range(blocks))
+        self.out = nn.Conv2d(chans[-1] + extra, 2, 3, padding=1)
         with torch.no_grad():
             self.out.bias[0] = math.log(1e-3)
+            if self.harmonic_prior:          # start from the prior: coherent partials, no frame-rate buzz
+                self.out.weight[1].zero_()
+                self.out.bias[1] = 0.0
         self.istft = InverseSTFT(n_fft, hop, self.T)
         advance = torch.arange(self.F, dtype=torch.float32) * (2 * hop / n_fft) if if_from_bin else None
         self.register_buffer("bin_advance", advance, persistent=False)   # per frame, in units of pi
@@ -52,28 +71,101 @@ class SpectralGenerator(nn.Module):
                                  persistent=False)
         else:
             self.mel2lin = None
+        if self.harmonic_prior:
+            lin_hz = np.arange(self.F) * (sample_rate / n_fft)
+            self.register_buffer("bin_hz", torch.tensor(lin_hz, dtype=torch.float32), persistent=False)
+            col_hz = mel_bin_hz(sample_rate, n_mels) if n_mels else lin_hz
+            # Log-magnitude dips between the key's resolved harmonics by a learned depth (nepers).
+            self.comb_depth = nn.Parameter(torch.tensor(2.0))
+            for i, (hz, bw) in enumerate(_column_grid(col_hz, self.F0, blocks)):
+                self.register_buffer(f"comb_hz{i}", torch.tensor(hz, dtype=torch.float32), persistent=False)
+                self.register_buffer(f"comb_bw{i}", torch.tensor(bw, dtype=torch.float32), persistent=False)
+
+    def _f0(self, pitch):
+        return 440.0 * torch.pow(2.0, (pitch.to(torch.float32) - 69.0) / 12.0).unsqueeze(-1)   # [B, 1]
+
+    def _with_comb(self, x, f0, i):
+        """x float32[B, C, T, W] with the comb channel of block `i` (cos(2 pi f / f0), faded out where a
+        column is wider than half a harmonic spacing) appended."""
+        hz, bw = getattr(self, f"comb_hz{i}"), getattr(self, f"comb_bw{i}")
+        w = torch.clamp(f0 / (2.0 * bw) - 1.0, 0.0, 1.0)
+        comb = (torch.cos(2 * math.pi * hz / f0) * w)[:, None, None, :x.shape[-1]]
+        return torch.cat([x, comb.expand(-1, 1, x.shape[2], -1)], dim=1)
+
+    def harmonic_comb(self, pitch):
+        """float32[B, 1, F] in [-2, 0]: (cos(2 pi f / f0) - 1) on linear bins where harmonics are resolved,
+        and -2 below f0 / 2, where no harmonic is."""
+        f0 = self._f0(pitch)
+        w = torch.clamp(f0 / (2.0 * self.bin_hz[1]) - 1.0, 0.0, 1.0)
+        comb = torch.where(self.bin_hz < 0.5 * f0, torch.full_like(self.bin_hz / f0, -2.0),
+                           torch.cos(2 * math.pi * self.bin_hz / f0) - 1.0)
+        return (comb * w).unsqueeze(1)
+
+    def below_f0(self, pitch):
+        """float32[B, 1, F]: 1 on linear bins under half the key's f0, where a pitched note has no partial."""
+        return (self.bin_hz < 0.5 * self._f0(pitch)).to(torch.float32).unsqueeze(1)
+
+    def harmonic_advance(self, pitch):
+        """float32[B, 1, F]: each linear bin's per-frame phase advance (units of pi, wrapped to [-1, 1)):
+        at the key's nearest harmonic where that lies within HARMONIC_LOBE bins, else at the bin's centre.
+        A frame's advance only tells frequencies apart modulo sr / hop, so a bin farther from the
+        harmonic would sound an alias near its own centre, not the harmonic."""
+        f0 = self._f0(pitch)
+        h = torch.clamp(torch.round(self.bin_hz / f0), min=1.0)
+        near = torch.abs(h * f0 - self.bin_hz) <= HARMONIC_LOBE * self.bin_hz[1]
+        hz = torch.where(near, h * f0, self.bin_hz.expand_as(near))
+        adv = hz * (2.0 * self.hop / self.sample_rate)
+        return (torch.remainder(adv + 1.0, 2.0) - 1.0).unsqueeze(1)
 
     def spectrogram(self, z, pitch, velocity):
         """(log-magnitude, IF) float32[B, T, F] on linear STFT bins."""
         x = self.fc(torch.cat([z, self.cond(pitch, velocity)], dim=-1))
         x = F.leaky_relu(x.reshape(z.shape[0], self.C0, self.T0, self.F0), 0.2)
-        for conv in self.blocks:
-            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), 0.2)
-        x = self.out(x)[:, :, :self.T, :self.Fg]
+        f0 = self._f0(pitch) if self.harmonic_prior else None
+        for i, conv in enumerate(self.blocks):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = F.leaky_relu(conv(self._with_comb(x, f0, i) if f0 is not None else x), 0.2)
+        x = self.out(self._with_comb(x, f0, self.U) if f0 is not None else x)[:, :, :self.T, :self.Fg]
         logmag, ifreq = x[:, 0], torch.tanh(x[:, 1])
         if self.mel2lin is not None:
             logmag = torch.matmul(logmag, self.mel2lin)
             ifreq = torch.matmul(ifreq, self.mel2lin)
+        if self.harmonic_prior:        # a small residual on the harmonic's advance; a large one buzzes
+            logmag = logmag + self.comb_depth * self.harmonic_comb(pitch) + SUB_F0_CUT * self.below_f0(pitch)
+            ifreq = IF_RESIDUAL * ifreq
         return logmag, ifreq
 
     def forward(self, z, pitch, velocity):
         logmag, ifreq = self.spectrogram(z, pitch, velocity)
         mag = torch.exp(torch.clamp(logmag, max=3.0))
-        if self.bin_advance is not None:
+        if self.harmonic_prior:
+            ifreq = ifreq + self.harmonic_advance(pitch)
+        elif self.bin_advance is not None:
             ifreq = ifreq + torch.remainder(self.bin_advance + 1.0, 2.0) - 1.0
         phase = math.pi * torch.cumsum(ifreq, dim=1)
         y = self.istft(mag * torch.cos(phase), mag * torch.sin(phase))
         return torch.clamp(y[:, :self.note_samples], -1.0, 1.0)
+
+
+def mel_bin_hz(sample_rate: int, n_mels: int, fmin: float = 30.0) -> np.ndarray:
+    """float64[n_mels]: the centre frequency of each mel-spaced generator bin (`mel_to_linear_matrix`'s grid)."""
+    top = 2595.0 * np.log10(1.0 + sample_rate / 2.0 / 700.0)
+    return 700.0 * (10.0 ** (np.linspace(2595.0 * np.log10(1.0 + fmin / 700.0), top, n_mels) / 2595.0) - 1.0)
+
+
+def _column_grid(col_hz: np.ndarray, F0: int, blocks: int):
+    """Per block input (the `blocks` convs, then the output conv): each column's centre frequency and
+    width in Hz. Nearest x2 upsampling makes column j of width W cover final columns [j*s, (j+1)*s)."""
+    n = len(col_hz)
+    edges = np.concatenate([[col_hz[0]], (col_hz[1:] + col_hz[:-1]) / 2, [col_hz[-1]]])
+    for i in range(blocks + 1):
+        W = F0 * 2 ** min(i + 1, blocks)
+        s = F0 * 2 ** blocks // W
+        lo = np.minimum(np.arange(W) * s, n - 1)
+        hi = np.minimum((np.arange(W) + 1) * s, n)
+        hz = np.array([col_hz[a:max(b, a + 1)].mean() for a, b in zip(lo, hi)])
+        bw = np.maximum(edges[hi] - edges[lo], 1.0)
+        yield hz, bw
 
 
 def logmag_if(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
