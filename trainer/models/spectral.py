@@ -6,11 +6,12 @@ mapped to linear bins by a fixed interpolation matrix (the mel option). Phase is
 over time, or with `if_from_bin` the cumulative sum of each bin's centre advance (2 pi k hop / n_fft)
 plus pi * IF, so that IF is the deviation from the bin's centre and a zero IF is already a coherent
 sinusoid per bin (GANSynth's raw IF must learn that pattern from scratch). With `harmonic_prior`
-(pitched sets) the pitch is also given where it acts: each bin's IF is the deviation from the
-advance of the key's nearest harmonic, and every conv block sees a comb channel, cos(2 pi f / f0)
-on its frequency axis where harmonics are resolved. The waveform comes from `InverseSTFT` (fixed
-real basis + overlap-add), so the exported graph outputs audio. Discriminator: 2-D convs over the real (log-mag, IF) of the input's STFT, with
-a projection head and an auxiliary pitch/class classifier.
+(pitched sets) the key's f0 is also given where it acts: a bin near a harmonic takes that harmonic's
+advance, the IF residual is small (IF_RESIDUAL), the log-magnitude dips between harmonics by a
+learned depth and under f0 / 2 by SUB_F0_CUT, and every conv block sees a comb channel,
+cos(2 pi f / f0) on its frequency axis. The waveform comes from `InverseSTFT` (fixed real basis +
+overlap-add), so the exported graph outputs audio. Discriminator: 2-D convs over the real
+(log-mag, IF) of the input's STFT, with a projection head and an auxiliary pitch/class classifier.
 """
 
 from __future__ import annotations
