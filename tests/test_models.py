@@ -450,3 +450,50 @@ def test_spectral_harmonic_prior_puts_zero_if_on_the_keys_harmonic(tmp_path):
     with pytest.raises(UserError, match="harmonic_prior"):
         build_generator(C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"harmonic_prior": True}}}],
                                   {**DATA, "kind": "drums"}))
+
+
+def test_spectral_noise_phase_sounds_off_harmonic_bins_as_noise(tmp_path):
+    """With `noise_phase`, a loud band under the key's f0 sounds as noise (a flat spectrum over the
+    band) where without it sounds as steady tones at bin centres; bins on a harmonic keep its exact
+    advance; the graph exports with parity; and the option needs the harmonic prior."""
+    ort = pytest.importorskip("onnxruntime")
+    base = {"n_mels": None, "harmonic_prior": True}
+    key, sr = 96, DATA["sample_rate"]                # C7: f0 2093 Hz, many bins under it
+    f0 = 440 * 2 ** ((key - 69) / 12)
+
+    def share_at_bin_centres(noise):
+        cfg = C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {**base, "noise_phase": noise}}}], DATA)
+        G = build_generator(cfg).eval()
+        hz_per_bin = sr / (2 * (G.F - 1))
+        lo, hi = int(0.1 * f0 / hz_per_bin), int(0.3 * f0 / hz_per_bin)
+        logmag = torch.full((1, G.T, G.F), -12.0)
+        logmag[:, :, lo:hi] = 0.0
+        G.spectrogram = lambda z, pitch, velocity: (logmag, torch.zeros(1, G.T, G.F))
+        with torch.no_grad():
+            y = G(torch.zeros(1, G.latent_size), torch.tensor([key]), torch.tensor([1.0]))[0].numpy()
+        mid = y[len(y) // 4: 3 * len(y) // 4]
+        p = np.abs(np.fft.rfft(mid * np.hanning(len(mid)))) ** 2
+        hz = np.fft.rfftfreq(len(mid), 1 / sr)
+        inband = (hz > (lo + 1) * hz_per_bin) & (hz < (hi - 2) * hz_per_bin)
+        off = np.abs(hz / hz_per_bin - np.round(hz / hz_per_bin)) * hz_per_bin   # Hz from a bin's centre
+        return p[inband & (off < 0.2 * hz_per_bin)].sum() / p[inband].sum(), G
+
+    tonal, _ = share_at_bin_centres(False)
+    noisy, G = share_at_bin_centres(True)
+    assert tonal > 0.9 and noisy < 0.6, (tonal, noisy)   # share of the band's energy at bin centres
+    del G.spectrogram
+    adv = G.harmonic_advance(torch.tensor([key]))[0]                  # [T, F]
+    k = int(round(f0 / (sr / (2 * (G.F - 1)))))
+    assert torch.allclose(adv[:, k], adv[0, k].expand(G.T))          # a harmonic's bin: one steady advance
+    assert adv[:, 3].std() > 0.3                                      # a bin under f0: random advances
+    path = tmp_path / "g.onnx"
+    args = (torch.randn(2, G.latent_size), torch.tensor([45, 90]), torch.tensor([0.5, 0.9]))
+    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes={n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")},
+                      dynamo=False)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+    with pytest.raises(UserError, match="noise_phase"):
+        build_generator(C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"noise_phase": True}}}], DATA))

@@ -171,12 +171,13 @@ KIND_TRAIN: dict[str, dict[str, Any]] = {k.split("/")[1]: _kind_layer(k.split("/
 PREDATED: dict[str, dict[str, Any]] = {
     "ddsp": {"noise_ctrl_bands": 0, "noise_decay_stages": 1, "attack_audio_rate": False, "end_stage": False,
              "end_min_seconds": 0.0, "noise_release_tied": False},
-    "spectral": {"if_from_bin": False, "harmonic_prior": False},
+    "spectral": {"if_from_bin": False, "harmonic_prior": False, "noise_phase": False},
 }
 # Model keys that `config_hash` leaves out at this value (added after the hashes were pinned), so
 # every config that does not use them keeps its hash and run folder.
 _NO = object()
-MODEL_ABSENT: dict[str, dict[str, Any]] = {"spectral": {"if_from_bin": False, "harmonic_prior": False}}
+MODEL_ABSENT: dict[str, dict[str, Any]] = {"spectral": {"if_from_bin": False, "harmonic_prior": False,
+                                                       "noise_phase": False}}
 
 
 def with_predated(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ sinusoid per bin (GANSynth's raw IF must learn that pattern from scratch). With 
 (pitched sets) the key's f0 is also given where it acts: a bin near a harmonic takes that harmonic's
 advance, the IF residual is small (IF_RESIDUAL), the log-magnitude dips between harmonics by a
 learned depth and under f0 / 2 by SUB_F0_CUT, and every conv block sees a comb channel,
-cos(2 pi f / f0) on its frequency axis. The waveform comes from `InverseSTFT` (fixed real basis +
-overlap-add), so the exported graph outputs audio. Discriminator: 2-D convs over the real
+cos(2 pi f / f0) on its frequency axis. With `noise_phase` as well, bins near no harmonic advance by
+a fixed random phase each frame, so what G puts between and under the partials sounds as noise
+(a hammer's thump, a bow's hiss), not as steady tones at bin centres that a pitch tracker locks on.
+The waveform comes from `InverseSTFT` (fixed real basis + overlap-add), so the exported graph outputs audio. Discriminator: 2-D convs over the real
 (log-mag, IF) of the input's STFT, with a projection head and an auxiliary pitch/class classifier.
 """
 
@@ -26,10 +28,10 @@ from torch import nn
 from trainer.nn.dsp import InverseSTFT, mel_to_linear_matrix
 from trainer.nn.layers import Conditioning, ProjectionHead, run_body
 
-
 IF_RESIDUAL = 0.1   # with harmonic_prior: the IF residual's range, in units of pi per frame
 HARMONIC_LOBE = 1.5  # with harmonic_prior: bins this close to a harmonic (in bins) take its advance
 SUB_F0_CUT = -8.0   # with harmonic_prior: log-magnitude (nepers, about -70 dB) added under f0 / 2
+NOISE_SEED = 20261207  # with noise_phase: the fixed random advances of the bins near no harmonic
 
 
 class SpectralGenerator(nn.Module):
@@ -38,7 +40,7 @@ class SpectralGenerator(nn.Module):
     def __init__(self, sample_rate: int, note_samples: int, latent_size: int = 64, kind: str = "pitched",
                  n_fft: int = 1024, hop: int = 256, n_mels: int | None = 256, channels: int = 32,
                  blocks: int = 5, cond_dim: int = 64, if_from_bin: bool = False, harmonic_prior: bool = False,
-                 **_unused) -> None:
+                 noise_phase: bool = False, **_unused) -> None:
         super().__init__()
         self.sample_rate, self.note_samples, self.latent_size = int(sample_rate), int(note_samples), int(latent_size)
         self.hop = hop
@@ -56,6 +58,10 @@ class SpectralGenerator(nn.Module):
             from synth.errors import UserError
             raise UserError(f"config model.spectral.harmonic_prior: needs a pitched dataset (the key's f0), "
                             f"not a {kind!r} one")
+        if noise_phase and not self.harmonic_prior:
+            from synth.errors import UserError
+            raise UserError("config model.spectral.noise_phase: needs harmonic_prior (it tells which bins are near "
+                            "no harmonic)")
         extra = 1 if self.harmonic_prior else 0
         self.blocks = nn.ModuleList(nn.Conv2d(chans[i] + extra, chans[i + 1], 3, padding=1) for i in range(blocks))
         self.out = nn.Conv2d(chans[-1] + extra, 2, 3, padding=1)
@@ -78,6 +84,11 @@ class SpectralGenerator(nn.Module):
             col_hz = mel_bin_hz(sample_rate, n_mels) if n_mels else lin_hz
             # Log-magnitude dips between the key's resolved harmonics by a learned depth (nepers).
             self.comb_depth = nn.Parameter(torch.tensor(2.0))
+            noise = None
+            if noise_phase:    # uniform in [-1, 1) units of pi per frame: a random walk of phase, i.e. noise
+                rng = np.random.default_rng(NOISE_SEED)
+                noise = torch.tensor(rng.uniform(-1.0, 1.0, (self.T, self.F)), dtype=torch.float32)
+            self.register_buffer("noise_advance", noise, persistent=False)
             for i, (hz, bw) in enumerate(_column_grid(col_hz, self.F0, blocks)):
                 self.register_buffer(f"comb_hz{i}", torch.tensor(hz, dtype=torch.float32), persistent=False)
                 self.register_buffer(f"comb_bw{i}", torch.tensor(bw, dtype=torch.float32), persistent=False)
@@ -110,13 +121,16 @@ class SpectralGenerator(nn.Module):
         """float32[B, 1, F]: each linear bin's per-frame phase advance (units of pi, wrapped to [-1, 1)):
         at the key's nearest harmonic where that lies within HARMONIC_LOBE bins, else at the bin's centre.
         A frame's advance only tells frequencies apart modulo sr / hop, so a bin farther from the
-        harmonic would sound an alias near its own centre, not the harmonic."""
+        harmonic would sound an alias near its own centre, not the harmonic. With `noise_phase` those
+        other bins take the fixed random advances instead: float32[B, T, F]."""
         f0 = self._f0(pitch)
         h = torch.clamp(torch.round(self.bin_hz / f0), min=1.0)
         near = torch.abs(h * f0 - self.bin_hz) <= HARMONIC_LOBE * self.bin_hz[1]
         hz = torch.where(near, h * f0, self.bin_hz.expand_as(near))
-        adv = hz * (2.0 * self.hop / self.sample_rate)
-        return (torch.remainder(adv + 1.0, 2.0) - 1.0).unsqueeze(1)
+        adv = (torch.remainder(hz * (2.0 * self.hop / self.sample_rate) + 1.0, 2.0) - 1.0).unsqueeze(1)
+        if self.noise_advance is None:
+            return adv
+        return torch.where(near.unsqueeze(1), adv, self.noise_advance)
 
     def spectrogram(self, z, pitch, velocity):
         """(log-magnitude, IF) float32[B, T, F] on linear STFT bins."""
@@ -164,7 +178,7 @@ def _column_grid(col_hz: np.ndarray, F0: int, blocks: int):
         s = F0 * 2 ** blocks // W
         lo = np.minimum(np.arange(W) * s, n - 1)
         hi = np.minimum((np.arange(W) + 1) * s, n)
-        hz = np.array([col_hz[a:max(b, a + 1)].mean() for a, b in zip(lo, hi)])
+        hz = np.array([col_hz[a:max(b, a + 1)].mean() for a, b in zip(lo, hi, strict=True)])
         bw = np.maximum(edges[hi] - edges[lo], 1.0)
         yield hz, bw
 
