@@ -12,8 +12,9 @@ learned depth and under f0 / 2 by SUB_F0_CUT, and every conv block sees a comb c
 cos(2 pi f / f0) on its frequency axis. With `noise_phase` as well, bins near no harmonic advance by
 a fixed random phase each frame, so what G puts between and under the partials sounds as noise
 (a hammer's thump, a bow's hiss), not as steady tones at bin centres that a pitch tracker locks on.
-The waveform comes from `InverseSTFT` (fixed real basis + overlap-add), so the exported graph outputs audio. Discriminator: 2-D convs over the real
-(log-mag, IF) of the input's STFT, with a projection head and an auxiliary pitch/class classifier.
+The waveform comes from `InverseSTFT` (fixed real basis + overlap-add), so the exported graph
+outputs audio. Discriminator: 2-D convs over the real (log-mag, IF) of the input's STFT, with a
+projection head and an auxiliary pitch/class classifier.
 """
 
 from __future__ import annotations
