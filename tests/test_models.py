@@ -408,6 +408,19 @@ def test_spectral_if_from_bin_makes_zero_if_a_bin_centred_sinusoid(from_bin, tmp
         assert np.abs(out - G(*args).numpy()).max() <= 1e-4
 
 
+
+def _assert_onnx_parity(ort, G, tmp_path, keys=(45, 70)):
+    """G exported with a dynamic batch runs in ONNX Runtime within 1e-4 of torch, on two notes."""
+    path = tmp_path / "g.onnx"
+    args = (torch.randn(2, G.latent_size), torch.tensor(keys), torch.tensor([0.5, 0.9]))
+    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
+                      opset_version=17, dynamic_axes={n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")},
+                      dynamo=False)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+
 def test_spectral_harmonic_prior_puts_zero_if_on_the_keys_harmonic(tmp_path):
     """With `harmonic_prior`, IF is the deviation from the key's nearest harmonic: a loud band around
     the 3rd harmonic with zero IF sounds at exactly 3 f0 (between bin centres), the comb reaches every
@@ -438,15 +451,7 @@ def test_spectral_harmonic_prior_puts_zero_if_on_the_keys_harmonic(tmp_path):
     hz = np.fft.rfftfreq(len(y) // 2, 1 / DATA["sample_rate"])
     near = np.abs(hz / f0 - np.round(hz / f0)) < 0.25
     assert p[hz < f0 / 2].sum() < 1e-3 * p.sum() and p[near & (hz > f0 / 2)].sum() > 0.8 * p.sum()
-    path = tmp_path / "g.onnx"
-    args = (torch.randn(2, G.latent_size), torch.tensor([45, 70]), torch.tensor([0.5, 0.9]))
-    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
-                      opset_version=17, dynamic_axes={n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")},
-                      dynamo=False)
-    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
-    with torch.no_grad():
-        assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+    _assert_onnx_parity(ort, G, tmp_path, keys=(45, 70))
     with pytest.raises(UserError, match="harmonic_prior"):
         build_generator(C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"harmonic_prior": True}}}],
                                   {**DATA, "kind": "drums"}))
@@ -486,14 +491,6 @@ def test_spectral_noise_phase_sounds_off_harmonic_bins_as_noise(tmp_path):
     k = int(round(f0 / (sr / (2 * (G.F - 1)))))
     assert torch.allclose(adv[:, k], adv[0, k].expand(G.T))          # a harmonic's bin: one steady advance
     assert adv[:, 3].std() > 0.3                                      # a bin under f0: random advances
-    path = tmp_path / "g.onnx"
-    args = (torch.randn(2, G.latent_size), torch.tensor([45, 90]), torch.tensor([0.5, 0.9]))
-    torch.onnx.export(G, args, str(path), input_names=["z", "pitch", "velocity"], output_names=["audio"],
-                      opset_version=17, dynamic_axes={n: {0: "batch"} for n in ("z", "pitch", "velocity", "audio")},
-                      dynamo=False)
-    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
-    with torch.no_grad():
-        assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+    _assert_onnx_parity(ort, G, tmp_path, keys=(45, 90))
     with pytest.raises(UserError, match="noise_phase"):
         build_generator(C.resolve([TINY, {"arch": "spectral", "model": {"spectral": {"noise_phase": True}}}], DATA))
