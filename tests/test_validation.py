@@ -248,7 +248,7 @@ def test_new_train_keys_at_their_off_values_keep_the_config_hash():
     assert C.with_absent(old) == base
     for over in ({"augment": {"gain_db": 3.0}}, {"r1_gamma": 1.0}, {"fm_weight": 2.0}, {"d_start": 100},
                  {"valid_every": 500}, {"patience": 10}, {"lr_half_life": 3000}, {"div_weight": 1.0},
-                 {"spec_head_ms": 200.0}):
+                 {"spec_head_ms": 200.0}, {"mel_weight": 1.0}):
         assert C.config_hash(C.resolve([{"train": over}], facts)) != C.config_hash(base), over
     assert C.config_hash(C.resolve([{"train": {"r1_every": 16, "valid_latents": 4}}], facts)) == C.config_hash(base)
 
@@ -341,7 +341,8 @@ def test_diversity_floor_trains_logs_and_resumes_exactly(data, overlays, tmp_pat
 
 def test_the_attack_term_changes_the_gradient_and_refuses_a_negative_length(data, overlays, tmp_path):
     """train.spec_head_ms adds the paired term over the note's first milliseconds: the same steps train
-    other weights than without it (and the same as with it at 0, off); a negative length is refused."""
+    other weights than without it (and the same as with it at 0, off); train.mel_weight changes them
+    again; a negative length or weight is refused."""
     runs = {}
     for name, extra in (("head", '{"train": {"spec_head_ms": 50.0}}'), ("off", '{"train": {"spec_head_ms": 0.0}}')):
         runs[name] = tmp_path / name
@@ -349,7 +350,14 @@ def test_the_attack_term_changes_the_gradient_and_refuses_a_negative_length(data
     assert _fit("--data", data, "--steps", 3, "--config", overlays[0], "--out", tmp_path / "absent") == 0
     assert not _same(_ck(runs["head"])["G"], _ck(runs["off"])["G"])
     assert _same(_ck(runs["off"])["G"], _ck(tmp_path / "absent")["G"])
+    mel = tmp_path / "mel"
+    assert _fit("--data", data, "--steps", 3, "--config", overlays[0], "--config",
+                '{"train": {"spec_head_ms": 50.0, "mel_weight": 1.0}}', "--out", mel) == 0
+    assert not _same(_ck(mel)["G"], _ck(runs["head"])["G"])
     from synth.errors import UserError
+    with pytest.raises(UserError, match="train.mel_weight = -1"):
+        _fit("--data", data, "--steps", 3, "--config", overlays[0], "--config", '{"train": {"mel_weight": -1}}',
+             "--out", tmp_path / "badmel")
     with pytest.raises(UserError, match="train.spec_head_ms = -5"):
         _fit("--data", data, "--steps", 3, "--config", overlays[0], "--config", '{"train": {"spec_head_ms": -5}}',
              "--out", tmp_path / "bad")

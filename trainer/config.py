@@ -245,7 +245,7 @@ def resolve(overlays: list[dict[str, Any]], data_info: dict[str, Any]) -> dict[s
 TRAIN_ABSENT: dict[str, Any] = {
     "augment": {"shift_ms": 0.0, "gain_db": 0.0, "time_mask": 0.0, "freq_mask": 0.0, "paired": False},
     "r1_gamma": 0.0, "r1_every": 16, "fm_weight": 0.0, "d_start": 0, "lr_decay_start": 0, "lr_half_life": 0,
-    "div_weight": 0.0, "div_target_db": 1.5, "spec_head_ms": 0.0,
+    "div_weight": 0.0, "div_target_db": 1.5, "spec_head_ms": 0.0, "mel_weight": 0.0,
     "valid_every": 0, "valid_latents": 4, "valid_metric": "logmel_db", "patience": 0,
     "timbres": False, "timbre_sigma": 0.5, "timbre_radius": 1.0,
 }

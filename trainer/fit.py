@@ -640,8 +640,13 @@ class Trainer:
                               ("div_target_db", self.div_target)) if not (math.isfinite(v) and v >= 0)]
         if bad:
             raise UserError(f"config: train.{bad[0]} = {tr.get(bad[0])!r}; use a number >= 0 (r1_every >= 1)")
+        # train.mel_weight > 0: HiFi-GAN's paired mel term, in the eval's log-mel dB (again over the attack
+        # frames when spec_head_ms is set): it weighs the low bands where drum classes differ.
+        self.mel_w = float(tr.get("mel_weight") or 0.0)
+        if not (math.isfinite(self.mel_w) and self.mel_w >= 0):
+            raise UserError(f"config: train.mel_weight = {tr.get('mel_weight')!r}; use a number >= 0")
         self.logmel_db = None
-        if self.div_w > 0:
+        if self.div_w > 0 or self.mel_w > 0:
             from trainer.nn.losses import LogMelDB
             self.logmel_db = LogMelDB(int(self.cfg["data"]["sample_rate"])).to(self.device)
 
@@ -787,6 +792,10 @@ class Trainer:
         # the sum in the order it had before the D terms could be off: same recipe, same bits
         loss_g = self.lam * l_spec if l_adv is None else l_adv + self.lam * l_spec
         logs["spec/l1"] = l_spec.item()
+        if self.mel_w > 0:
+            l_mel = self._mel_l1(fake, x)
+            loss_g = loss_g + self.mel_w * l_mel
+            logs["mel/db"] = l_mel.item()
         if rec is not None:
             l_rec = self.spec(rec, x)
             kl = 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).sum(-1).mean()
@@ -803,6 +812,16 @@ class Trainer:
         if self.T is not None:
             self.T.project_()
         return logs, not stepped
+
+    def _mel_l1(self, fake: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mean |log-mel dB| between generated and real notes, plus the same over the frames centred in
+        the attack (train.spec_head_ms), so the attack weighs as in the linear paired term."""
+        a, b = self.logmel_db(fake), self.logmel_db(x)
+        d = (a - b).abs()
+        loss = d.mean()
+        if self.head_n:
+            loss = loss + d[:, :max(1, self.head_n // self.logmel_db.hop)].mean()
+        return loss
 
     def _count_skipped(self, skipped: bool, logs_g: dict[str, float]) -> None:
         """Count steps skipped for non-finite gradients; MAX_BAD_STEPS in a row end the run as diverged."""
