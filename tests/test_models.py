@@ -408,7 +408,6 @@ def test_spectral_if_from_bin_makes_zero_if_a_bin_centred_sinusoid(from_bin, tmp
         assert np.abs(out - G(*args).numpy()).max() <= 1e-4
 
 
-
 def _assert_onnx_parity(ort, G, tmp_path, keys=(45, 70)):
     """G exported with a dynamic batch runs in ONNX Runtime within 1e-4 of torch, on two notes."""
     path = tmp_path / "g.onnx"
@@ -420,6 +419,7 @@ def _assert_onnx_parity(ort, G, tmp_path, keys=(45, 70)):
         None, {"z": args[0].numpy(), "pitch": args[1].numpy(), "velocity": args[2].numpy()})[0]
     with torch.no_grad():
         assert np.abs(out - G(*args).numpy()).max() <= 1e-4
+
 
 def test_spectral_harmonic_prior_puts_zero_if_on_the_keys_harmonic(tmp_path):
     """With `harmonic_prior`, IF is the deviation from the key's nearest harmonic: a loud band around

@@ -626,7 +626,8 @@ class Trainer:
         self._init_disc_regs()
 
     def _init_disc_regs(self) -> None:
-        """Augmentation, R1, feature matching and the discriminator's start step (train.*; all off in base)."""
+        """Augmentation, R1, feature matching, the discriminator's start step, the diversity floor and the
+        paired mel term (train.*; all off in base)."""
         from trainer.nn.augment import DiffAugment
 
         tr = self.tr
