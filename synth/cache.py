@@ -28,6 +28,7 @@ import numpy as np
 GUARD = 2  # zero samples after every note: linear interpolation reads one past the end
 LEVEL_HOP = 1024  # samples per cell of a slot's coarse level (peak |x|) table, read by voice stealing
 MADV_POPULATE_WRITE = 23   # Linux 5.14+: fault a range in with one call
+MADV_NOHUGEPAGE = 15       # Linux: keep a range on 4-KB pages
 
 
 class _Populate:
@@ -47,15 +48,27 @@ class _Populate:
                 self.ok = False
 
     def __call__(self, a: np.ndarray) -> None:
-        if not self.ok or a.nbytes == 0:
-            return
-        start = a.ctypes.data
-        lo = start - start % mmap.PAGESIZE
-        if self._madvise(lo, start + a.nbytes - lo, MADV_POPULATE_WRITE) != 0:
+        if self.ok and a.nbytes and not self.advise(a, MADV_POPULATE_WRITE):
             self.ok = False
 
+    def advise(self, a: np.ndarray, advice: int) -> bool:
+        """madvise(advice) over the pages of `a`; False where refused or unavailable."""
+        if not self.ok or a.nbytes == 0:
+            return False
+        start = a.ctypes.data
+        lo = start - start % mmap.PAGESIZE
+        return self._madvise(lo, start + a.nbytes - lo, advice) == 0
 
-_populate = _Populate()
+
+_populate = _MADVISE = _Populate()
+
+
+def _small_pages(a: np.ndarray) -> None:
+    """Keep `a` on 4-KB pages. numpy advises huge pages for large arrays, and a slot is not 2-MB
+    aligned, so each note written faulted in one or two whole 2-MB pages: a drum hit (a fifth of a
+    slot) took 2-4 MB. A warm render of the 5-minute GM piece peaked at 400 MB resident with them and
+    219 MB without, and took a third less time (docs/decisions-engine.md, stop 42)."""
+    _MADVISE.advise(a, MADV_NOHUGEPAGE)
 
 
 class NoteEntry(NamedTuple):
@@ -83,6 +96,7 @@ class NoteCache:
         self.cap_bytes = self.n_slots * slot_bytes
         # np.zeros maps untouched pages lazily, so an unused cap costs no memory.
         self.bank = np.zeros(self.n_slots * self.slot_len + int(pad), np.float32)
+        _small_pages(self.bank)
         self.refcount = [0] * self.n_slots   # a list: item updates cost a tenth of numpy's
         # Each slot's peak |x| per LEVEL_HOP samples, written with the note: how loud a voice reading
         # the slot is at its position (`VoiceBank.victim` steals the quietest).

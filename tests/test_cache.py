@@ -147,3 +147,36 @@ def test_a_slot_is_populated_once_on_first_use(monkeypatch):
         assert not np.any(cache.bank[e.offset + e.length:e.offset + SLOT])
     assert [n for _, n in calls] == lengths[:3]
     assert len({a for a, _ in calls}) == 3
+
+
+def test_the_bank_stays_on_small_pages():
+    """On Linux the bank is advised off transparent huge pages (`_small_pages`): a 2-MB page per note
+    written would fault in up to 4 MB for a drum hit. The mapping's VmFlags carry `nh`, and writing a
+    short note into a fresh slot of a large bank raises the resident size by about the note, not 2 MB."""
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("madvise advice is Linux's")
+
+    def mapping_of(addr: int) -> tuple[set, int]:
+        flags, rss, inside = set(), 0, False
+        for line in open("/proc/self/smaps"):
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= addr < hi
+            elif inside and head[0] == "VmFlags:":
+                flags = set(head[1:])
+            elif inside and head[0] == "Rss:":
+                rss = int(head[1]) * 1024
+        return flags, rss
+
+    slot = 9 * 48000
+    cache = NoteCache(cache_mb=64 * slot * 4 / 2**20, slot_len=slot)
+    flags, before = mapping_of(cache.bank.ctypes.data)
+    assert "nh" in flags
+    e = cache.publish(_key(1), _note(0.5, 48000))        # a 1-s hit in a 9-s slot
+    _, after = mapping_of(cache.bank.ctypes.data + e.offset)
+    assert before < 64 * 1024 and 48000 * 4 <= after < 48000 * 4 + 64 * 1024
