@@ -112,7 +112,7 @@ def run(quick: bool = False) -> list[dict]:
                 secs, cpus, out = _timed(_ours(mid, tmp / f"{kind}.wav", pdir, where))
                 times[kind].append(secs)
                 cpu[kind].append(cpus)
-                m = re.search(r"prepare ([0-9.]+) s", out)
+                m = re.search(r"waiting for notes ([0-9.]+) s", out)
                 prep[kind].append(float(m.group(1)) if m else float("nan"))
             cold_bytes = sum(p.stat().st_size for p in cache.rglob("*.note"))
         same = all(sf.read(str(tmp / f"{k}.wav"), dtype="int16")[0].tobytes()
@@ -127,7 +127,7 @@ def run(quick: bool = False) -> list[dict]:
         for kind, what in (("off", "--disk-cache off"), ("cold", "disk cache cold (empty folder)"),
                            ("warm", "disk cache warm (second run)")):
             rows.append(_row(f"neural-synth wall time, {what}", best[kind], "s",
-                             f"best of {repeats} ({runs(times[kind])}); prepare (generate or read the notes) "
+                             f"best of {repeats} ({runs(times[kind])}); the render waited for its notes "
                              f"{min(prep[kind]):.3f} s at best; python -m synth render, process start included; "
                              f"{pdesc}"))
         for kind, bar in (("off", ""), ("cold", ""), ("warm", ">= 1x")):
