@@ -162,7 +162,7 @@ class VoiceBank:
         self._g_shape = (0, 0)                          # from one mix to the next (`_gather`),
         self._g_base = 0                                # and where in the bank they count from
         # `_voice_params`: what the mix reads per voice, kept while no voice changes (`_par_gen`).
-        self._cf, self._cb = np.zeros((6, n)), np.zeros((2, n), bool)
+        self._cf, self._cb = np.zeros((6, n)), np.zeros((3, n), bool)
         self._par_gen = 0
         self._params_key = self._gains_key = None
         self._loops = False
@@ -192,12 +192,12 @@ class VoiceBank:
 
     def _init_kernel(self, n: int) -> None:
         """Work arrays of the compiled mixer (`_mix_kernel`), allocated once: its per-row inputs (mode,
-        src, z0, z1, tab, rs; env0), gains, sums (and a scratch row), the outputs it writes (copied into
-        `out` and `sends`), and its packed arguments. `use_kernel`: whether mixes go through it (tests
-        turn it off to compare with numpy's sum)."""
+        src, z0, z1, tab, rs, seam, loop length; env0), gains, sums (and a scratch row), the outputs it
+        writes (copied into `out` and `sends`), and its packed arguments. `use_kernel`: whether mixes go
+        through it (tests turn it off to compare with numpy's sum)."""
         self.use_kernel = _KERNEL is not None
         self.release_gil = False      # offline only (the engine sets it): see `_load_kernel`
-        self._ki, self._kf, self._kg = np.zeros((6, n), np.int64), np.zeros(n), np.zeros((6, n))
+        self._ki, self._kf, self._kg = np.zeros((8, n), np.int64), np.zeros(n), np.zeros((6, n))
         self._kwi, self._kwf, self._kwb = np.zeros((9, n + 1), np.int64), np.zeros((4, n)), np.zeros((6, n), bool)
         self._ka = np.empty((7, self.max_frames))
         self._ko, self._ks = np.empty((self.max_frames, 2), np.float32), np.empty((self.max_frames, 4), np.float32)
@@ -205,7 +205,8 @@ class VoiceBank:
         self._kargs = np.array([0, 0, self.bank.ctypes.data, self._w.ctypes.data, 0]
                                + [ki.ctypes.data + j * rs for j in range(6)]
                                + [self._kf.ctypes.data, 0, 0, self._kg.ctypes.data, n, 2, self._ka.ctypes.data,
-                                  self.max_frames, self._ko.ctypes.data, self._ks.ctypes.data], np.int64)
+                                  self.max_frames, self._ko.ctypes.data, self._ks.ctypes.data]
+                               + [ki.ctypes.data + j * rs for j in (6, 7)], np.int64)
         self._kargs_at = self._kargs.ctypes.data     # [12, 13]: `_rt`'s address and length, set with it
         for b in (self._ka, self._ko, self._ks):     # touched now, not on the audio thread
             b.fill(0)
@@ -862,10 +863,14 @@ class VoiceBank:
             looped = np.greater_equal(p0, loop_e, out=a)
             if np.count_nonzero(looped):
                 self._wrap(idx, p0, loop_e, looped, fv[3:7, :nv])
-        # Straight ahead: rate 1, on a whole sample, and not crossing the loop seam in this block.
+        # Straight ahead: rate 1, on a whole sample, and not crossing the loop seam in this block (the
+        # kernel jumps back at the seam itself when the loop points are whole samples).
         simple = np.logical_and(cb[0, :nv], np.equal(p0, np.floor(p0, out=fv[3, :nv]), out=a), out=b)
         if self._loops:
-            simple = np.logical_and(b, np.less_equal(np.add(p0, f, out=fv[3, :nv]), loop_e, out=a), out=c)
+            inside = np.less_equal(np.add(p0, f, out=fv[3, :nv]), loop_e, out=a)
+            if self.use_kernel:
+                inside = np.logical_or(inside, cb[2, :nv], out=a)
+            simple = np.logical_and(b, inside, out=c)
         nf = int(np.count_nonzero(simple))
         if nf == nv:
             order, ramp_o, p_o = idx, ramp, p0
@@ -919,6 +924,7 @@ class VoiceBank:
             np.add(self.off.take(order[:nf], out=self._kwi[1, :nf], mode="clip"), start, out=src[:nf])
             np.subtract(self.slot_len, start, out=z1[:nf])
             np.negative(start, out=z0[:nf])          # silent before its frame (started ahead) ...
+            self._seams(order[:nf], pos[:nf], f, ki[6, :nf], ki[7, :nf], z1[:nf])
         if ramping:                                  # ... and after its slot's end (z1)
             self._kernel_envelopes(t, order, self._nonzero(ramp, self._mi[0]), nf, ww, f)
         if nf < nv and self.latest_start > t:
@@ -935,6 +941,23 @@ class VoiceBank:
         out[:] = self._ko[:f]
         if sends is not None:
             sends[:] = self._ks[:f]
+
+    def _seams(self, rows: np.ndarray, start: np.ndarray, f: int, seam: np.ndarray, length: np.ndarray,
+               z1: np.ndarray) -> None:
+        """The kernel's loop jumps for straight voices `rows` at whole positions `start` (float64): the frame of
+        the loop end (`seam`; past the block when it is not reached) and the loop length. A voice that
+        reaches it is not cut at its slot's end (z1): it never gets there."""
+        if not self._loops:
+            seam.fill(NEVER)
+            return
+        k = len(rows)
+        fw = self._kwf
+        le = self.loop_e.take(rows, out=fw[0, :k], mode="clip")
+        d = np.minimum(np.subtract(le, start, out=fw[1, :k]), NEVER, out=fw[1, :k])
+        np.copyto(seam, d, casting="unsafe")
+        span = np.subtract(le, self.loop_s.take(rows, out=fw[2, :k], mode="clip"), out=fw[2, :k])
+        np.copyto(length, np.minimum(span, NEVER, out=fw[2, :k]), casting="unsafe")
+        np.copyto(z1, NEVER, where=np.less(d, f, out=self._kwb[0, :k]))
 
     def _kernel_envelopes(self, t: int, order: np.ndarray, rr: np.ndarray, nf: int, ww: np.ndarray, f: int) -> None:
         """Envelopes of the ramping rows `rr` for `_mix_kernel`: a straight row in a tabled release is
@@ -978,9 +1001,12 @@ class VoiceBank:
                 ki[0, r] = 0
                 lo, hi = max(0, ki.item(2, r)), min(f, ki.item(3, r))
                 ww[r] = 0.0
-                if lo < hi:
-                    a = ki.item(1, r)
-                    ww[r, lo:hi] = self.bank[a + lo:a + hi]
+                a, seam, length = ki.item(1, r), ki.item(6, r), ki.item(7, r)
+                while lo < hi:                       # in runs between the loop jumps, as the kernel reads
+                    back = 0 if lo < seam else ((lo - seam) // length + 1) * length
+                    end = min(hi, seam + back) if back or seam < hi else hi
+                    ww[r, lo:end] = self.bank[a - back + lo:a - back + end]
+                    lo = end
         self._apply_envelopes(t, order, rows, ww, f)
 
     def _mix_sends(self, order: np.ndarray, gain: np.ndarray, ww: np.ndarray, sends: np.ndarray) -> None:
@@ -1002,7 +1028,8 @@ class VoiceBank:
 
     def _voice_params(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The per-voice values the mix reads, for the active voices in start order (rows of `_cf`:
-        rate, loop end, seg_pos, float(seg_t), env0; of `_cb`: rate == 1, ramping), gathered again
+        rate, loop end, seg_pos, float(seg_t), env0; of `_cb`: rate == 1, ramping, and, with loops,
+        loop points on whole samples), gathered again
         only after a voice started, stopped, or changed segment or envelope (`_par_gen`)."""
         key = (self._set_gen, self._par_gen)
         if key != self._params_key:
@@ -1020,6 +1047,11 @@ class VoiceBank:
             rel = np.greater(self.decay.take(idx, out=cf[5, :k], mode="clip"), 0.0, out=self._mb[1, :k])
             np.logical_or(ramp, rel, out=cb[1, :k])
             self._loops = cf[1, :k].item(cf[1, :k].argmin()) < math.inf
+            if self._loops:       # loop points on whole samples: the kernel may jump at the seam
+                ls = self.loop_s.take(idx, out=cf[5, :k], mode="clip")
+                whole = np.equal(ls, np.floor(ls, out=self._mf[6, :k]), out=self._mb[0, :k])
+                le = np.floor(cf[1, :k], out=self._mf[6, :k])
+                np.logical_and(whole, np.equal(le, cf[1, :k], out=self._mb[1, :k]), out=cb[2, :k])
         return self._cf, self._cb
 
     def _mix_gains(self, order: np.ndarray, ramp: np.ndarray, ramping: int, env0: np.ndarray | None) -> np.ndarray:

@@ -154,10 +154,9 @@ def test_the_bank_stays_on_small_pages():
     written would fault in up to 4 MB for a drum hit. The mapping's VmFlags carry `nh`, and writing a
     short note into a fresh slot of a large bank raises the resident size by about the note, not 2 MB."""
     import sys
+    from pathlib import Path
 
     import pytest
-
-    from pathlib import Path
 
     if not sys.platform.startswith("linux") or not Path("/sys/kernel/mm/transparent_hugepage").is_dir():
         pytest.skip("no transparent huge pages to keep off (not Linux, or a kernel built without them)")

@@ -489,3 +489,56 @@ def test_release_tables_give_the_exp_paths_samples(piano, bs, kernel):
     assert np.abs(ref).max() > 0.01 and not used
     assert np.array_equal(run(True, bs), ref)
     assert len(used) > 5
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "numpy"])
+def test_looped_voices_jump_at_the_seam_inside_long_mixes(kernel):
+    """A looped voice at rate 1 reads straight ahead through its loop end, jumping back by the loop
+    length (several times in one mix when the loop is shorter than the mix): the compiled mixer does it
+    in its read (`_seams`), numpy's by interpolating at whole positions. Mixes of one frame never reach
+    a seam inside, so mixes of 1, 700 and 4,096 frames giving the same samples holds both. Voices:
+    constant, ramping (numpy's envelope rows, which the kernel's read must match) and in tabled releases."""
+    from types import SimpleNamespace
+
+    from synth.voices import VoiceBank
+
+    if kernel and voices_mod._KERNEL is None:
+        pytest.skip("the compiled mixer was not built")
+    rng = np.random.default_rng(11)
+    slot, frames = 1000, 12000
+    bank = np.zeros(40 * slot + 4096, np.float32)
+    bank[:40 * slot] = rng.standard_normal(40 * slot).astype(np.float32)
+
+    def render(block: int) -> tuple[np.ndarray, int]:
+        vb = VoiceBank(48, bank, slot, 4096)
+        vb.use_kernel = kernel
+        vb.set_release_table(0, 0.05, SR)
+        jumps = [0]
+        seams = vb._seams
+        vb._seams = lambda rows, start, f, seam, *a: (seams(rows, start, f, seam, *a),
+                                                      jumps.__setitem__(0, jumps[0] + int((seam < f).sum())))
+        r = np.random.default_rng(3)
+        for k in range(40):
+            ls = float(r.integers(50, 300))
+            e = SimpleNamespace(slot=k, offset=k * slot, length=900, loop_start=ls,
+                                loop_end=ls + float(r.integers(90, 600)))
+            vb.start(vb.take_row(), int(r.integers(0, 3000)), e, k % 4, 60, 0, 1.0, 1.0, 0.5, 0.3,
+                     env0=float(r.uniform(0.2, 1.0)), slope=float(r.choice([0.0, 0.0, -1e-4, 1e-4])))
+        out = np.zeros((frames, 2), np.float32)
+        t = 0
+        while t < frames:
+            if t == 6000:                      # key-up for a third of them: tabled releases
+                for i in np.flatnonzero(vb.active)[::3]:
+                    vb.release(int(i), 6000, 0.05, SR)
+            f = min(block, frames - t, 6000 - t if t < 6000 else frames)
+            vb.mix(t, out[t:t + f])
+            t += f
+        return out, jumps[0]
+
+    ref, _ = render(1)
+    assert np.abs(ref[2000:]).max() > 0.5
+    for block in (700, 4096):
+        got, jumps = render(block)
+        assert np.array_equal(got, ref), f"mixes of {block}: differ by {np.abs(got - ref).max()}"
+        if kernel:
+            assert jumps > 20
