@@ -944,9 +944,9 @@ class VoiceBank:
 
     def _seams(self, rows: np.ndarray, start: np.ndarray, f: int, seam: np.ndarray, length: np.ndarray,
                z1: np.ndarray) -> None:
-        """The kernel's loop jumps for straight voices `rows` at whole positions `start` (float64): the frame of
-        the loop end (`seam`; past the block when it is not reached) and the loop length. A voice that
-        reaches it is not cut at its slot's end (z1): it never gets there."""
+        """The kernel's loop jumps for straight voices `rows` at whole positions `start` (float64): the
+        frame of the loop end (`seam`; past the block when it is not reached) and the loop length. A
+        voice that reaches it is not cut at its slot's end (z1): it never gets there."""
         if not self._loops:
             seam.fill(NEVER)
             return
@@ -1029,8 +1029,8 @@ class VoiceBank:
     def _voice_params(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The per-voice values the mix reads, for the active voices in start order (rows of `_cf`:
         rate, loop end, seg_pos, float(seg_t), env0; of `_cb`: rate == 1, ramping, and, with loops,
-        loop points on whole samples), gathered again
-        only after a voice started, stopped, or changed segment or envelope (`_par_gen`)."""
+        loop points on whole samples), gathered again only after a voice started, stopped, or changed
+        segment or envelope (`_par_gen`)."""
         key = (self._set_gen, self._par_gen)
         if key != self._params_key:
             self._params_key = key
