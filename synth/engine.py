@@ -229,8 +229,7 @@ class Engine:
             cores = os.cpu_count() or 1
             threads = max(1, cores - 1) if self.realtime else cores
         self.worker = GeneratorWorker(self.presets, self.mappers, self.cache, sample_rate, providers=providers,
-                                      threads=threads, disk_cache=disk_cache)
-        self.providers = {n: s.provider for n, s in self.worker.sessions.items()}
+                                      threads=threads, disk_cache=disk_cache, offline=not self.realtime)
 
         self.now = 0                      # absolute time of the next sample to render
         self._events: deque = deque()     # appended by any thread, drained by render()
@@ -286,6 +285,12 @@ class Engine:
                                  for ch, pi in enumerate(self._chan_preset) if pi >= 0):
             if key[1] != self.knobs[key[0]]:
                 self.worker.prefill(key[0], self.mappers[key[0]].split(key[1])[0])
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Each preset's ONNX Runtime provider: the one it loaded on, or, for a graph not loaded yet,
+        the one it is expected to load on."""
+        return {n: s.provider for n, s in self.worker.sessions.items()}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def finish_prepare(self) -> None:

@@ -68,18 +68,7 @@ class PartialTable:
         table, and kept for the W_KEPT tables used last (the others make it again)."""
         w = self._w.get(n)
         if w is None:
-            s = (-self.alpha + 1j * self.omega)[:, None]
-            if n % 32 == 0:
-                # e^(s·(32q + r)) = e^(32sq)·e^(sr): 2 x 32 exponentials a partial instead of n (the
-                # product in complex64: the table is float32 anyway).
-                hi = np.exp(s * (32.0 * np.arange(n // 32))).astype(np.complex64)
-                lo = np.exp(s * np.arange(32.0)).astype(np.complex64)
-                c = (hi[:, :, None] * lo[:, None, :]).reshape(len(s), n)
-            else:
-                c = np.exp(s * np.arange(n))
-            w = np.empty((2 * len(s), n), np.float32)
-            w[:len(s)], w[len(s):] = c.real, c.imag
-            self._w[n] = w
+            w = self._w[n] = _w_rows(self.alpha, self.omega, n)
         _W_LRU[id(self)] = self
         _W_LRU.move_to_end(id(self))
         while len(_W_LRU) > W_KEPT:
@@ -88,6 +77,23 @@ class PartialTable:
 
 
 _W_LRU: OrderedDict = OrderedDict()
+
+
+def _w_rows(alpha: np.ndarray, omega: np.ndarray, n: int) -> np.ndarray:
+    """`PartialTable.w` of the partials (alpha, omega): each row from its own partial only, so the
+    table of a subset is the same rows as the whole table's."""
+    s = (-alpha + 1j * omega)[:, None]
+    if n % 32 == 0:
+        # e^(s·(32q + r)) = e^(32sq)·e^(sr): 2 x 32 exponentials a partial instead of n (the
+        # product in complex64: the table is float32 anyway).
+        hi = np.exp(s * (32.0 * np.arange(n // 32))).astype(np.complex64)
+        lo = np.exp(s * np.arange(32.0)).astype(np.complex64)
+        c = (hi[:, :, None] * lo[:, None, :]).reshape(len(s), n)
+    else:
+        c = np.exp(s * np.arange(n))
+    w = np.empty((2 * len(s), n), np.float32)
+    w[:len(s)], w[len(s):] = c.real, c.imag
+    return w
 
 
 def ring_off(preset) -> float | None:
@@ -126,16 +132,19 @@ def analyse(note: np.ndarray, rate: int, off_s: float) -> PartialTable:
     d = int(round(SPACING_S * rate))
     if s0 - n - d - HOP < 0 or s0 > len(note):
         raise ValueError("the note is too short to analyse before its note-off")
-    x = np.asarray(note, np.float64)
+    a = s0 - n - d - HOP                             # only the windows are read in float64
+    x = np.asarray(note[a:s0], np.float64)
     win = np.hanning(n)
     nfft = 1 << int(math.ceil(math.log2(n)))
-    x2 = np.fft.rfft(win * x[s0 - n:s0], nfft)
-    x2h = np.fft.rfft(win * x[s0 - n - HOP:s0 - HOP], nfft)
-    x1 = np.fft.rfft(win * x[s0 - n - d:s0 - d], nfft)
+    x2 = np.fft.rfft(win * x[s0 - a - n:], nfft)
+    x2h = np.fft.rfft(win * x[s0 - a - n - HOP:s0 - a - HOP], nfft)
+    x1 = np.fft.rfft(win * x[HOP:HOP + n], nfft)
     m2 = np.abs(x2)
     lobe = int(math.ceil(3 * nfft / n))
     padded = np.concatenate([np.zeros(lobe), m2, np.zeros(lobe)])
-    local = np.lib.stride_tricks.sliding_window_view(padded, 2 * lobe + 1).max(axis=1)
+    local = padded[:len(m2)].copy()                  # the largest within ±lobe bins, shift by shift
+    for i in range(1, 2 * lobe + 1):
+        np.maximum(local, padded[i:i + len(m2)], out=local)
     top = m2.max()
     kmin = max(2, int(20.0 / rate * nfft))
     kmax = min(len(m2) - 2, int(0.45 * nfft))
@@ -162,7 +171,7 @@ def analyse(note: np.ndarray, rate: int, off_s: float) -> PartialTable:
     lag = s0 - (s0 - n + centre)                     # samples from the centre to S0
     amp = a2 * np.exp(-alpha * lag)
     phase = np.mod(theta_c + omega * lag, 2 * np.pi)
-    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    peak = float(np.max(np.abs(note))) if len(note) else 0.0   # exact in float32 too
     return PartialTable(omega, alpha, amp, phase, int(rate), s0, peak)
 
 
@@ -198,11 +207,14 @@ def span(table: PartialTable, a: int, b: int) -> np.ndarray:
     live = table.amp * np.exp(-table.alpha * (j0 * CHUNK)) >= table.peak * 10.0 ** (PRUNE_DB / 20.0)
     if not live.any():
         return np.zeros(b - a)
-    w = table.w(CHUNK)
     z = _z(table, np.arange(j0, j1), CHUNK)
-    if not live.all():
+    if live.all():
+        w = table.w(CHUNK)
+    else:
         both = np.concatenate([live, live])
-        w, z = w[both], z[:, both]
+        z = z[:, both]
+        # A table not made yet (a note's head, say) is made for the live partials alone: the same rows.
+        w = table.w(CHUNK)[both] if CHUNK in table._w else _w_rows(table.alpha[live], table.omega[live], CHUNK)
     out = (z @ w).reshape(-1).astype(np.float64)
     return out[a - j0 * CHUNK:b - j0 * CHUNK]
 

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -116,15 +117,18 @@ class GeneratorWorker:
 
     def __init__(self, presets: list[Preset], mappers: dict[str, LatentMapper], cache: NoteCache, out_rate: int,
                  providers="auto", threads: int = 1, sessions: dict[str, GeneratorSession] | None = None,
-                 disk_cache=None):
+                 disk_cache=None, offline: bool = False):
         self.presets = {p.name: p for p in presets}
         self.mappers = mappers
         self.cache = cache
         self.out_rate = int(out_rate)
         self.disk = open_disk_cache(disk_cache)   # None, or a synth.diskcache.DiskCache
+        self.offline = bool(offline)
+        # A graph loads on first use when notes may come from disk. The warm-up only times live
+        # chunks (`_chunk`): offline it would cost nine notes a preset.
         self.sessions = sessions if sessions is not None else {
-            p.name: GeneratorSession(p, providers=providers, threads=threads, warmup=self.disk is None,
-                                     lazy=self.disk is not None)
+            p.name: GeneratorSession(p, providers=providers, threads=threads,
+                                     warmup=self.disk is None and not offline, lazy=self.disk is not None)
             for p in presets}
         self._misses: deque = deque(maxlen=MAX_MISSES)
         self.misses_dropped = 0
@@ -311,6 +315,11 @@ class GeneratorWorker:
                 seen.add(k)
                 todo.setdefault(k[0], []).append(k)
         n = 0
+        if not todo:
+            # Nothing left to make: never queue behind the prefetch's next wave for the lock.
+            if start_writer:
+                self._start_writer()
+            return n
         with self._gen_lock:
             for name, ks in todo.items():
                 if self.disk is not None and not self.defer_warnings:
@@ -355,20 +364,46 @@ class GeneratorWorker:
         return total
 
     def _prefetch_run(self, order: list[tuple]) -> None:
+        """The prefetch thread: each wave's batches through the model here, while a second thread
+        resamples, lays out and publishes the batch before (the model lets the GIL go; the ring
+        analysis and resampling would otherwise wait for it, and it for them)."""
         self._tl.log_later = True               # warnings wait for `Engine.report`, after the render
+        pool = ThreadPoolExecutor(1, thread_name_prefix="synth-publish", initializer=self._log_later)
+        pending = None
         try:
             s, size = 0, PREFETCH_FIRST
             while s < len(order) and not self._stop.is_set():
-                self.generate_now(order[s:s + size], start_writer=False)
+                todo: dict[str, list[tuple]] = {}
+                for k in order[s:s + size]:
+                    if self.cache.peek(k) is None:
+                        todo.setdefault(k[0], []).append(k)
+                for name, ks in todo.items():
+                    step = self.sessions[name].chunk
+                    for a in range(0, len(ks), step):
+                        with self._gen_lock:
+                            audio, gains = self._infer(name, ks[a:a + step])
+                        if pending is not None:
+                            pending.result()
+                        pending = pool.submit(self._publish_planned, name, ks[a:a + step], audio, gains)
                 s, size = s + size, min(2 * size, PREFETCH_MAX)
-                with self._pf_cond:
-                    self._pf_cond.notify_all()
+            if pending is not None:
+                pending.result()
         except BaseException as e:  # noqa: BLE001 - re-raised in the engine's thread by finish_prefetch
             self._pf_error = e
         finally:
+            pool.shutdown(wait=True)
             with self._pf_cond:
                 self._pf_done = True
                 self._pf_cond.notify_all()
+
+    def _log_later(self) -> None:
+        self._tl.log_later = True
+
+    def _publish_planned(self, name: str, keys: list[tuple], audio: np.ndarray, gains: dict) -> None:
+        """The prefetch's publishing thread: publish one batch, then wake the engine's thread."""
+        self._publish_batch(name, keys, audio, gains, None)
+        with self._pf_cond:
+            self._pf_cond.notify_all()
 
     def wait_for(self, keys: list[tuple]) -> None:
         """Block until a running prefetch has published each of `keys` it plans, or has ended (then the
@@ -404,7 +439,11 @@ class GeneratorWorker:
 
     def _generate(self, name: str, keys: list[tuple], protect) -> int:
         """Generate `keys` (one preset) in one batch and publish them; returns how many were cached."""
-        p = self.presets[name]
+        return self._publish_batch(name, keys, *self._infer(name, keys), protect)
+
+    def _infer(self, name: str, keys: list[tuple]) -> tuple[np.ndarray, dict]:
+        """The model's notes for `keys` (one preset, one batch; float32[B, N] at the preset's rate),
+        and the level gain of each knob state among them."""
         sess = self.sessions[name]
         mapper = self.mappers[name]
         latents, gains = {}, {}
@@ -415,9 +454,15 @@ class GeneratorWorker:
         z = np.stack([latents[k[1]] for k in keys])
         pitch = np.array([k[2] for k in keys], np.int64)
         vel = np.array([k[3] / 127.0 for k in keys], np.float32)
-        if self.disk is not None and getattr(sess, "seconds_per_note", 0) is None:
+        if self.disk is not None and not self.offline and getattr(sess, "seconds_per_note", 0) is None:
             sess.warmup()
-        audio = sess.generate(z, pitch, vel)
+        return sess.generate(z, pitch, vel), gains
+
+    def _publish_batch(self, name: str, keys: list[tuple], audio: np.ndarray, gains: dict, protect) -> int:
+        """Resample, level and ring-lay out each of `_infer`'s notes and publish it; returns how many
+        were cached (a full cache stops the batch)."""
+        p = self.presets[name]
+        mapper = self.mappers[name]
         resample = None
         if p.sample_rate != self.out_rate:
             import soxr
@@ -458,7 +503,8 @@ class GeneratorWorker:
                     self._unstored.append(k)        # written once the worker is idle (`_store_idle`)
                 else:
                     self._store_later(k, x, loop)
-        self.generated += cached
+        with self._write_lock:                  # the prefetch publishes beside the engine's thread
+            self.generated += cached
         return cached
 
     def _level_gain(self, name: str, knobkey: tuple) -> float:
@@ -634,8 +680,9 @@ class GeneratorWorker:
         if not queued:
             self._store(k, x, loop, partials)
             return
-        if self._writes is None:
-            self._writes = queue.SimpleQueue()
+        with self._write_lock:                 # the prefetch's publishing thread stores too
+            if self._writes is None:
+                self._writes = queue.SimpleQueue()
         self._writes.put((k, x, loop, partials))
 
     def _start_writer(self) -> None:

@@ -129,3 +129,59 @@ def test_deferring_warnings_is_per_thread(presets):
     t.join()
     assert e.worker.defer_warnings and seen == [False]
     e.close()
+
+
+def test_the_prefetch_publishes_a_batch_while_the_model_makes_the_next(presets, monkeypatch):
+    """The model's batch k + 1 starts before batch k is laid out and published, and that is done by
+    the prefetch's second thread; the render plays the same samples."""
+    import synth.worker as worker
+
+    real_infer, real_publish = worker.GeneratorWorker._infer, worker.GeneratorWorker._publish_batch
+    infers, seen = [], {}
+    second = threading.Event()
+
+    def infer(self, name, keys):
+        infers.append(threading.current_thread().name)
+        if len(infers) == 2:
+            second.set()
+        return real_infer(self, name, keys)
+
+    def publish(self, name, keys, *a):
+        if "overlap" not in seen and threading.current_thread().name.startswith("synth-publish"):
+            seen["overlap"] = second.wait(10.0)        # a serial prefetch would never get there
+            seen["thread"] = threading.current_thread().name
+        return real_publish(self, name, keys, *a)
+
+    ref, _ = _render(presets, background=False)
+    monkeypatch.setattr(worker.GeneratorWorker, "_infer", infer)
+    monkeypatch.setattr(worker.GeneratorWorker, "_publish_batch", publish)
+    bg, e = _render(presets, background=True)
+    assert len(infers) >= 2 and set(infers) == {"synth-prefetch"}
+    assert seen == {"overlap": True, "thread": seen["thread"]} and seen["thread"].startswith("synth-publish")
+    assert np.array_equal(ref, bg) and e.worker.generated == len(PHRASE)
+
+
+def test_an_error_while_publishing_fails_the_render(presets, monkeypatch):
+    import synth.worker as worker
+
+    real = worker.GeneratorWorker._publish_batch
+
+    def broken(self, *a, **k):
+        if threading.current_thread().name.startswith("synth-publish"):
+            raise UserError("boom: publishing failed")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(worker.GeneratorWorker, "_publish_batch", broken)
+    with pytest.raises(UserError, match="publishing failed"):
+        _render(presets, background=True)
+
+
+def test_an_offline_engine_skips_the_models_warm_up(presets):
+    """The warm-up times the live worker's chunks; offline it would generate nine notes a preset."""
+    off, live = Engine(presets=presets), Engine(presets=presets, realtime=True)
+    try:
+        assert all(s.seconds_per_note is None for s in off.worker.sessions.values())
+        assert all(s.seconds_per_note is not None for s in live.worker.sessions.values())
+    finally:
+        off.close()
+        live.close()

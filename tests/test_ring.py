@@ -224,3 +224,23 @@ def test_a_warm_disk_cache_keeps_the_partials_and_plays_the_same(presets, tmp_pa
     assert np.max(np.abs(outs[0])) > 0.01
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[1], outs[2])
+
+
+def test_a_span_is_the_same_with_its_table_made_or_not():
+    """`span` makes the synthesis table of the partials still audible alone when the whole one is not
+    made yet (a note's head): bit for bit the rows of the whole table."""
+    rng = np.random.default_rng(3)
+    n = 300
+    amp = 10.0 ** rng.uniform(-9, 0, n)                # many partials under PRUNE_DB re the peak
+    tab = ring.PartialTable(rng.uniform(0.01, 3.0, n), rng.uniform(1e-6, 1e-3, n), amp,
+                            rng.uniform(0, 2 * np.pi, n), 48000, 0, 1.0)
+    assert not tab._w
+    fresh = [ring.span(tab, a, b) for a, b in ((0, 4800), (5000, 9000))]
+    assert not tab._w                                   # not kept: the whole table is not made
+    tab.w(ring.CHUNK)
+    for (a, b), x in zip(((0, 4800), (5000, 9000)), fresh, strict=True):
+        assert np.array_equal(x, ring.span(tab, a, b))
+    live = amp >= 10.0 ** (ring.PRUNE_DB / 20.0)
+    assert 0 < live.sum() < n
+    both = np.concatenate([live, live])
+    assert np.array_equal(ring._w_rows(tab.alpha[live], tab.omega[live], ring.CHUNK), tab.w(ring.CHUNK)[both])
