@@ -8,7 +8,8 @@ kept moving for `MAX_DEFER_SECONDS`): a sweep abandons each state within one ste
 them would only burn CPU beside the audio thread. Notes played during a sweep are single-note
 misses, with the same pitch of a recent state as stand-in.
 Offline, the engine calls `generate_now` in its own thread, or `prefetch` generates a file's notes in
-a thread beside the render, which waits (`wait_for`) for a note still to come.
+a thread beside the render, which waits (`wait_for`) for a note still to come; a second thread
+publishes each batch while the model makes the next.
 
 Each note is resampled once to the output rate with soxr (HQ). Model output with NaN/Inf becomes
 a silent entry and a warning; it is never cached as audio. A batch that raises is retried note by
