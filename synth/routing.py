@@ -316,5 +316,5 @@ def scan_uses(events) -> list[tuple[int, int, int, int]]:
                 starts.append(i)
                 keys.append((c, bank_select(style, msb, lsb), 0, int(a[i])))
         seg = np.searchsorted(np.asarray(starts), notes, side="right") - 1
-        uses.update(keys[s] for s in np.unique(seg).tolist())
+        uses.update(keys[s] for s in set(seg.tolist()))   # (np.unique would import numpy.ma: 30 ms)
     return sorted(uses)
