@@ -309,12 +309,7 @@ class GeneratorWorker:
         not generated twice (the note is the same either way: its batch is the prefetch's)."""
         keys = list(keys)
         self.wait_for(keys)
-        todo: dict[str, list[tuple]] = {}
-        seen = set()
-        for k in keys:
-            if k not in seen and self.cache.peek(k) is None:
-                seen.add(k)
-                todo.setdefault(k[0], []).append(k)
+        todo = self._uncached(keys)
         n = 0
         if not todo:
             # Nothing left to make: never queue behind the prefetch's next wave for the lock.
@@ -334,6 +329,14 @@ class GeneratorWorker:
         if start_writer:
             self._start_writer()
         return n
+
+    def _uncached(self, keys: list[tuple]) -> dict[str, list[tuple]]:
+        """The keys not in the note cache, once each, by preset, in their order."""
+        todo: dict[str, list[tuple]] = {}
+        for k in dict.fromkeys(keys):
+            if self.cache.peek(k) is None:
+                todo.setdefault(k[0], []).append(k)
+        return todo
 
     # ---- offline prefetch -------------------------------------------------------------------------
     def prefetch(self, keys: Iterable[tuple]) -> int:
@@ -374,11 +377,7 @@ class GeneratorWorker:
         try:
             s, size = 0, PREFETCH_FIRST
             while s < len(order) and not self._stop.is_set():
-                todo: dict[str, list[tuple]] = {}
-                for k in order[s:s + size]:
-                    if self.cache.peek(k) is None:
-                        todo.setdefault(k[0], []).append(k)
-                for name, ks in todo.items():
+                for name, ks in self._uncached(order[s:s + size]).items():
                     step = self.sessions[name].chunk
                     for a in range(0, len(ks), step):
                         with self._gen_lock:
