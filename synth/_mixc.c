@@ -7,7 +7,8 @@
  * that reaches its loop end at frame seam (< f) jumps back by the loop length loop_len there, and again
  * every loop_len frames after: the samples numpy's interpolation reads at those whole positions. Each output
  * column c is sum over v of gains[c][v] * row_v[n], accumulated in row order: the same
- * values whatever the block, since every sample's arithmetic depends on its own index only. Built with
+ * values whatever the block, since every sample's arithmetic depends on its own index only. A gain of
+ * exactly 0 (a send turned down, a hard pan) skips its column: adding g * w = 0 changes no sum. Built with
  * -ffp-contract=off: acc + g * w rounds twice on every machine, never fused by one compiler and not
  * another. Columns 0-1 go to `out` (float32[f, 2]), 2-5 (when nout is 6) to `sends` (float32[f, 4]);
  * `acc` has a seventh row of scratch.
@@ -91,6 +92,8 @@ void mix_rows(int64_t nv, int64_t f, const float *bank, const double *ww, int64_
         }
         for (int64_t c = 0; c < nout; c++) {
             const double g = gains[c * g_stride + v];
+            if (g == 0.0)
+                continue;                           /* a send at 0 (CC93's default): adds only zeros */
             double *a = acc + c * acc_stride;
             for (int64_t n = lo; n < hi; n++)
                 a[n] = a[n] + g * w[n];

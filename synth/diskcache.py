@@ -180,6 +180,10 @@ class DiskCache:
         """Whether any note of keyboard `kb` may be stored (its folder exists)."""
         return (self.dir / kb).is_dir()
 
+    def has(self, kb: str, pitch: int, vlayer: int) -> bool:
+        """Whether note (pitch, vlayer) of keyboard `kb` is stored (its file exists; `load` checks it)."""
+        return self._path(kb, pitch, vlayer)[0].is_file()
+
     def _path(self, kb: str, pitch: int, vlayer: int) -> tuple[Path, bytes]:
         digest = hashlib.sha256(f"{kb}/{pitch}/{vlayer}".encode()).digest()[:16]
         return self.dir / kb / f"{int(pitch)}-{int(vlayer)}{SUFFIX}", digest

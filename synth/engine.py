@@ -50,6 +50,7 @@ SOUND_OFF_FADE_S = 0.005
 XFADE_S = 0.02             # fallback → exact note crossfade
 TAIL_LEAD_S = 1.0          # live: a ringing note's first segment is asked for this long before its seam
 MIN_RELEASE_S = 0.002      # a preset's release_seconds, at least
+LIMIT_GATHER_LIVE = 64      # live, the limiter bends at most this many samples alone (`soft_limit`)
 LIMIT_KNEE = 0.9           # the soft limiter is linear below this and bends smoothly into ±1.0
 MAX_SPLITS = 8             # live: a block is cut at most this many times by events (a flood's bound)
 # CCs that act on playing voices at their frame; and CCs whose order matters (never superseded).
@@ -112,10 +113,13 @@ def _extremes(x: np.ndarray) -> tuple[float, float]:
 
 
 def soft_limit(x: np.ndarray, knee: float = LIMIT_KNEE, work: np.ndarray | None = None,
-               over: np.ndarray | None = None, extremes: tuple[float, float] | None = None) -> None:
+               over: np.ndarray | None = None, extremes: tuple[float, float] | None = None,
+               gather: int | None = None) -> None:
     """Soft-clip `x` (float32, C-contiguous) in place: identity below `knee`, tanh into ±1.0 above;
     never beyond ±1.0. `work` (float32) and `over` (bool), at least x.size long, are work buffers
-    (allocated when not given); `extremes`: x's (max, min) when the caller has them."""
+    (allocated when not given); `extremes`: x's (max, min) when the caller has them. Up to `gather`
+    samples over the knee (default half the block) are bent alone; gathering them allocates 8 bytes
+    each, so the audio callback passes 64. The samples are the same either way."""
     if not x.flags.c_contiguous:
         y = np.ascontiguousarray(x)
         soft_limit(y, knee)
@@ -128,18 +132,32 @@ def soft_limit(x: np.ndarray, knee: float = LIMIT_KNEE, work: np.ndarray | None 
     n = flat.size
     a = np.empty(n, np.float32) if work is None else work[:n]
     big = np.empty(n, bool) if over is None else over[:n]
-    room = 1.0 - knee
     np.greater(np.abs(flat, out=a), knee, out=big)
-    # knee + room * tanh((|x| - knee) / room), with the sign of x, on every sample (elementwise the
-    # same float32 operations as on the samples above the knee alone); kept only above it.
+    k = int(np.count_nonzero(big))
+    if k <= min(n // 2, n if gather is None else gather):
+        # The few samples above the knee alone (a loud block has a handful): gathered into the work
+        # buffer's first k, their signs into the next k, and put back in place.
+        v, sign = a[:k], a[k:2 * k]
+        np.compress(big, flat, out=sign)
+        np.abs(sign, out=v)
+        _knee_curve(v, sign, knee)
+        np.place(flat, big, v)
+        return
+    _knee_curve(a, flat, knee)
+    np.copyto(flat, a, where=big)
+
+
+def _knee_curve(a: np.ndarray, sign: np.ndarray, knee: float) -> None:
+    """a (= |x|, float32, above `knee`) <- knee + room * tanh((a - knee) / room), with the sign of
+    `sign`, within [-1, 1]: the same float32 operations on every sample, whichever samples are given."""
+    room = 1.0 - knee
     np.subtract(a, knee, out=a)
     np.divide(a, room, out=a)
     np.tanh(a, out=a)
     np.multiply(room, a, out=a)
     np.add(knee, a, out=a)
-    np.copysign(a, flat, out=a)
-    np.copyto(flat, a, where=big)
-    np.minimum(np.maximum(flat, -1.0, out=flat), 1.0, out=flat)   # np.clip's values, at less cost
+    np.copysign(a, sign, out=a)
+    np.minimum(np.maximum(a, -1.0, out=a), 1.0, out=a)   # np.clip's values, at less cost
 
 
 class Engine:
@@ -1153,7 +1171,8 @@ class Engine:
             else:
                 self.fx.process(out)
             extremes = self._nan_guard(out)
-        soft_limit(out, work=self._limit_work, over=self._limit_over, extremes=extremes)
+        soft_limit(out, work=self._limit_work, over=self._limit_over, extremes=extremes,
+                   gather=LIMIT_GATHER_LIVE if self.realtime else None)
         return out
 
     @staticmethod

@@ -341,40 +341,53 @@ class GeneratorWorker:
     # ---- offline prefetch -------------------------------------------------------------------------
     def prefetch(self, keys: Iterable[tuple]) -> int:
         """Offline: generate `keys` (a file's notes, in order of first use) in a thread while the engine
-        renders; those on disk are read first, at once. Waves double from PREFETCH_FIRST keys, so the
-        first blocks wait only for the first wave, and the model (which releases the GIL) runs on the
-        core the mix leaves free. The waves follow from the key order alone, so every note comes out
-        of the same batch in every run. Returns the number of keys not in memory; `finish_prefetch`
-        joins the thread."""
+        renders. Waves double from PREFETCH_FIRST keys, so the first blocks wait only for the first
+        wave, and the model (which releases the GIL) runs on the core the mix leaves free. The waves
+        follow from the key order alone, so every note comes out of the same batch in every run.
+        Notes on disk: when all of them are there, the thread reads them, in the same order, beside the
+        mix (the reads, checksums and page faults let the GIL go); else they are read here and now, as
+        reads beside the model slowed it down. Returns the number of keys not in memory;
+        `finish_prefetch` joins the thread."""
         order = [k for k in dict.fromkeys(keys) if self.cache.peek(k) is None]
         total = len(order)
-        if self.disk is not None and order:
-            # Notes on disk are read here and now: read beside the mix, they were slower (the reads
-            # and the ring layout hold the GIL, and leave the model nothing to overlap).
-            by_preset: dict[str, list[tuple]] = {}
-            for k in order:
-                by_preset.setdefault(k[0], []).append(k)
+        from_disk = self.disk is not None and bool(order) and all(self._on_disk(k) for k in order)
+        if self.disk is not None and order and not from_disk:
             with self._gen_lock:
-                for name, ks in by_preset.items():
+                for name, ks in self._by_preset(order).items():
                     self._from_disk(name, ks, None)
             order = [k for k in order if self.cache.peek(k) is None]
         if not order:
             return total
         self._pf_planned = frozenset(order)
         self._pf_done, self._pf_error = False, None
-        self._pf_thread = threading.Thread(target=self._prefetch_run, args=(order,), name="synth-prefetch",
+        self._pf_thread = threading.Thread(target=self._prefetch_run, args=(order, from_disk), name="synth-prefetch",
                                            daemon=True)
         self._pf_thread.start()
         return total
 
-    def _prefetch_run(self, order: list[tuple]) -> None:
-        """The prefetch thread: each wave's batches through the model here, while a second thread
-        resamples, lays out and publishes the batch before (the model lets the GIL go; the ring
-        analysis and resampling would otherwise wait for it, and it for them)."""
+    @staticmethod
+    def _by_preset(keys: list[tuple]) -> dict[str, list[tuple]]:
+        by: dict[str, list[tuple]] = {}
+        for k in keys:
+            by.setdefault(k[0], []).append(k)
+        return by
+
+    def _on_disk(self, k: tuple) -> bool:
+        kb = self._keyboard(k[0], k[1])
+        return kb is not None and self.disk.has(kb, k[2], k[3])
+
+    def _prefetch_run(self, order: list[tuple], from_disk: bool = False) -> None:
+        """The prefetch thread: with `from_disk`, the notes read from the disk cache first, in waves of
+        PREFETCH_FIRST keys (the engine's thread woken after each). Then each wave's batches of what is
+        still missing through the model here, while a second thread resamples, lays out and publishes
+        the batch before (the model lets the GIL go; the ring analysis and resampling would otherwise
+        wait for it, and it for them)."""
         self._tl.log_later = True               # warnings wait for `Engine.report`, after the render
         pool = ThreadPoolExecutor(1, thread_name_prefix="synth-publish", initializer=self._log_later)
         pending = None
         try:
+            if from_disk:
+                order = self._read_ahead(order)
             s, size = 0, PREFETCH_FIRST
             while s < len(order) and not self._stop.is_set():
                 for name, ks in self._uncached(order[s:s + size]).items():
@@ -395,6 +408,20 @@ class GeneratorWorker:
             with self._pf_cond:
                 self._pf_done = True
                 self._pf_cond.notify_all()
+
+    def _read_ahead(self, order: list[tuple]) -> list[tuple]:
+        """The prefetch thread's disk reads: `order` in waves, each published and announced; returns
+        the keys the disk no longer had (evicted or damaged since `prefetch` looked)."""
+        rest: list[tuple] = []
+        for s in range(0, len(order), PREFETCH_FIRST):
+            if self._stop.is_set():
+                break
+            with self._gen_lock:
+                for name, ks in self._by_preset(order[s:s + PREFETCH_FIRST]).items():
+                    rest += self._from_disk(name, ks, None)[0]
+            with self._pf_cond:
+                self._pf_cond.notify_all()
+        return rest
 
     def _log_later(self) -> None:
         self._tl.log_later = True

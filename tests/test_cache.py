@@ -180,4 +180,6 @@ def test_the_bank_stays_on_small_pages():
     assert "nh" in flags
     e = cache.publish(_key(1), _note(0.5, 48000))        # a 1-s hit in a 9-s slot
     _, after = mapping_of(cache.bank.ctypes.data + e.offset)
-    assert before < 64 * 1024 and 48000 * 4 <= after < 48000 * 4 + 64 * 1024
+    # The growth, not the size: the kernel may merge the bank's mapping with a neighbour of the same
+    # flags (an earlier test's bank, still resident), and smaps then reports the two together.
+    assert after >= 48000 * 4 and after - before < 48000 * 4 + 64 * 1024

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,10 +36,10 @@ def _events():
     return ev
 
 
-def _render(presets, disk, frames: int = SR // 2) -> tuple[np.ndarray, Engine]:
+def _render(presets, disk, frames: int = SR // 2, background: bool = False) -> tuple[np.ndarray, Engine]:
     """Prepare and render the test phrase offline: one note per key, on both presets in turn."""
     e = Engine(presets=presets, blocksize=512, disk_cache=disk)
-    e.prepare(_events())
+    e.prepare(_events(), background=background)
     out = []
     t = 0
     for i, p in enumerate((48, 52, 55, 60, 64, 67)):
@@ -47,6 +48,7 @@ def _render(presets, disk, frames: int = SR // 2) -> tuple[np.ndarray, Engine]:
         out.append(e.render(SR // 24).copy())
         t += SR // 24
     out.append(e.render(frames - t).copy())
+    e.finish_prepare()
     e.close()
     return np.concatenate(out), e
 
@@ -68,6 +70,36 @@ def test_a_warm_render_is_bit_identical_to_a_cold_one(presets, tmp_path):
     loops = {k[0]: (en.loop_start, en.loop_end) for k, en in e2.cache._entries.items()}
     ref_loops = {k[0]: (en.loop_start, en.loop_end) for k, en in e1.cache._entries.items()}
     assert loops == ref_loops and np.isfinite(loops["pad"][1]) and not np.isfinite(loops["piano"][1])
+
+
+def test_a_warm_background_prepare_reads_the_disk_beside_the_mix(presets, tmp_path, monkeypatch):
+    """With every note on disk, the prefetch thread reads them (the render waits only for a note still
+    to come), and plays what a cold render generated; a note damaged since `prepare` looked is
+    generated in that thread, as on a cold start."""
+    from synth.worker import GeneratorWorker
+
+    cold, _ = _render(presets, tmp_path / "dc")
+    readers = []
+    real = GeneratorWorker._from_disk
+
+    def spy(self, name, keys, protect):
+        readers.append(threading.current_thread().name)
+        return real(self, name, keys, protect)
+
+    monkeypatch.setattr(GeneratorWorker, "_from_disk", spy)
+    warm, e = _render(presets, tmp_path / "dc", background=True)
+    assert np.array_equal(cold, warm) and e.worker.generated == 0 and e.worker.disk_hits == 6
+    assert readers and set(readers) == {"synth-prefetch"}
+    f = _notes(tmp_path / "dc")[0]
+    f.write_bytes(f.read_bytes()[:100])               # present, so read ahead; then found damaged
+    readers.clear()
+    again, e = _render(presets, tmp_path / "dc", background=True)
+    assert np.array_equal(cold, again) and e.worker.generated == 1 and e.worker.disk_hits == 5
+    assert set(readers) == {"synth-prefetch"}
+    _notes(tmp_path / "dc")[0].unlink()               # missing: read here and now, the rest generated after
+    readers.clear()
+    last, e = _render(presets, tmp_path / "dc", background=True)
+    assert np.array_equal(cold, last) and e.worker.generated == 1 and set(readers) == {"MainThread"}
 
 
 def test_a_knob_state_or_rate_change_is_another_keyboard(presets, tmp_path):

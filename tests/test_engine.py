@@ -225,6 +225,25 @@ def test_limiter_bound_with_256_loud_voices(presets):
     assert np.isfinite(out).all() and np.abs(out).max() <= 1.0 and np.abs(out).max() > 0.9
 
 
+@pytest.mark.parametrize("scale", [0.5, 0.95, 1.5, 4.0])
+def test_soft_limit_gives_each_sample_the_same_curve_however_many_cross_the_knee(scale):
+    """A block with few samples above the knee bends them alone (gathered and put back), one with many
+    bends them all: either way each sample gets the curve of the whole-block formula, bit for bit."""
+    from synth.engine import LIMIT_KNEE, soft_limit
+
+    x = (np.random.default_rng(7).standard_normal((4096, 2)) * scale).astype(np.float32)
+    a = np.abs(x)
+    room = np.float32(1.0 - LIMIT_KNEE)
+    curve = np.float32(LIMIT_KNEE) + room * np.tanh((a - np.float32(LIMIT_KNEE)) / room)
+    want = np.clip(np.where(a > LIMIT_KNEE, np.copysign(curve, x), x), -1.0, 1.0)
+    for gather in (None, 64, 0):              # offline, live, never gathered
+        got = x.copy()
+        soft_limit(got, work=np.empty(x.size, np.float32), over=np.empty(x.size, bool), gather=gather)
+        assert got.dtype == np.float32 and np.array_equal(got, want), gather
+    share = np.mean(a > LIMIT_KNEE)         # 0.07 and 0.34 take the gathered path, 0.55 and 0.82 the whole
+    assert np.abs(got).max() <= 1.0 and 0.05 < share < 0.9
+
+
 def test_nan_model_output_is_silence(presets, caplog):
     e = Engine(sample_rate=SR, presets=[presets["bad"]])
     with caplog.at_level(logging.WARNING, logger="synth"):
