@@ -345,8 +345,8 @@ class GeneratorWorker:
         wave, and the model (which releases the GIL) runs on the core the mix leaves free. The waves
         follow from the key order alone, so every note comes out of the same batch in every run.
         Notes on disk: when all of them are there, the thread reads them, in the same order, beside the
-        mix (the reads, checksums and page faults let the GIL go); else they are read here and now, as
-        reads beside the model slowed it down. Returns the number of keys not in memory;
+        mix (the reads, checksums and page faults let the GIL go); else they are read here and now, so
+        that the model starts on the rest at once (docs/decisions-engine.md, stops 38 and 44). Returns the number of keys not in memory;
         `finish_prefetch` joins the thread."""
         order = [k for k in dict.fromkeys(keys) if self.cache.peek(k) is None]
         total = len(order)
