@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the shipped presets with the project's own pipeline: dataset -> fit -> export -> eval.
+# Rebuild the shipped presets with the project's own pipeline: dataset -> fit -> export [-> refine] -> eval.
 # Each preset's recipe (trainer/recipes/NAME.json) holds its dataset flags, budget and config; this
 # script only runs them, and each card.md records the commands its files came from. CPU recipe; a GPU
 # is used by `trainer fit` when torch sees one. Usage: scripts/train_presets.sh [piano strings marimba drums keys ensemble]
@@ -23,6 +23,9 @@ one() {  # name; returns non-zero at the first failing step
     $PY -m trainer fit --recipe "$name" --data "$data" --out "runs/$name" ${MINUTES:+--minutes "$MINUTES"} || return 1
   fi
   $PY -m trainer export "runs/$name" --preset "presets/$name" --force || return 1
+  if [ -n "$($PY -m trainer recipe "$name" --print refine-args)" ]; then   # the recipe refines its preset
+    $PY -m trainer refine "presets/$name" --data "$data" --recipe "$name" || return 1
+  fi
   # shellcheck disable=SC2046
   $PY -m trainer eval "presets/$name" --data "$data" $($PY -m trainer recipe "$name" --print eval-args) \
     --update-preset || return 1

@@ -177,7 +177,9 @@ def test_shipped_presets_record_commands_that_rebuild_them(name):
     argv = shlex.split(cmds[2])
     info = {**_facts(name, root=str(ROOT / "data" / name)), "source": {"command": shlex.split(cmds[0])}}
     cfg = C.resolve(C.recipe_overlays(name, info["kind"]), info)
-    assert CM.reproduce(cfg, info, argv[4], argv, cwd=ROOT) == cmds
+    assert CM.reproduce(cfg, info, argv[4], argv, cwd=ROOT) == cmds[:3]
+    # then `trainer refine`, where the recipe has a "refine" section, as `trainer recipe NAME` lists it
+    assert cmds[3:] == [c for c in CM.recipe_commands(name) if c.startswith("python -m trainer refine ")]
     from trainer.card import render_card
     rendered = render_card(m, ROOT / "presets" / name)
     assert _reproduce_section(rendered) == cmds

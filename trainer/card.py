@@ -117,6 +117,7 @@ def render_card(m: dict[str, Any], folder: Path) -> str:
                        ("ended_by", "the run ended by (steps, minutes, signal or patience)"),
                        ("steps_per_second", "training steps per second"), ("discriminator", "discriminator"),
                        ("diversity_floor", "latent diversity floor"), ("hardware", "hardware"), ("run", "run folder"),
+                       ("refine", "refined at the default latent after training (`trainer refine`)"),
                        ("parity_max_abs", "ONNX vs torch max |Δ|"),
                        ("parity_max_abs_attack", "ONNX vs torch max |Δ| over the first 4096 samples"),
                        ("parity_spectral_rel", "ONNX vs torch STFT magnitude difference (share of the peak)")):

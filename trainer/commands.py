@@ -158,15 +158,18 @@ def reproduce(config: dict[str, Any], info: dict[str, Any], run_dir, export_argv
 
 
 def recipe_commands(name: str, run_dir: str | None = None) -> list[str]:
-    """The commands that build recipe `name`'s dataset, train it, export and measure its preset."""
+    """The commands that build recipe `name`'s dataset, train it, export (and refine) and measure its preset."""
     data = C.recipe_section(name, "dataset")
     out = data.get("out")
     if not out:
         raise UserError(f"recipe {name!r}: no \"dataset\" with an \"out\" folder; add one to {C.recipe_path(name)}")
     preset = Path(name).stem
     run = run_dir or f"runs/{preset}"
+    refine = ([shlex.join(["python", "-m", "trainer", "refine", f"presets/{preset}", "--data", out, "--recipe", name])]
+              if C.recipe_section(name, "refine") else [])
     return [shlex.join(["python", "-m", "trainer", "dataset", *C.cli_args(data)]),
             shlex.join(["python", "-m", "trainer", "fit", "--recipe", name, "--data", out, "--out", run]),
             shlex.join(["python", "-m", "trainer", "export", run, "--preset", f"presets/{preset}", "--force"]),
+            *refine,
             shlex.join(["python", "-m", "trainer", "eval", f"presets/{preset}", "--data", out,
                         *C.cli_args(C.recipe_section(name, "eval")), "--update-preset"])]

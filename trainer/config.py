@@ -34,7 +34,7 @@ from typing import Any
 from synth.errors import UserError
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-META_KEYS = ("about", "include", "dataset", "eval")
+META_KEYS = ("about", "include", "dataset", "eval", "refine")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
 
 
@@ -73,7 +73,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     """A recipe file as a dict (checked: the types of its own keys)."""
     path = recipe_path(name)
     r = _read_json(path, "recipe", "pass a recipe name (see `python -m trainer recipe`) or an existing file")
-    for key, typ in (("about", str), ("include", list), ("dataset", dict), ("eval", dict)):
+    for key, typ in (("about", str), ("include", list), ("dataset", dict), ("eval", dict), ("refine", dict)):
         if key in r and not isinstance(r[key], typ):
             raise UserError(f"{path}: {key!r} must be a JSON {typ.__name__.replace('str', 'string')}; fix the recipe")
     return r
@@ -112,7 +112,7 @@ def recipe_overlays(name: str, kind: str | None = None, _chain: tuple[str, ...] 
 
 
 def recipe_section(name: str, section: str) -> dict[str, Any]:
-    """A recipe's "dataset" or "eval" flags, its includes' first (a key set later wins)."""
+    """A recipe's "dataset", "eval" or "refine" flags, its includes' first (a key set later wins)."""
     if name == "base" or name.partition("/")[0] in ("arch", "kind"):
         return {}
     r = load_recipe(name)

@@ -19,7 +19,7 @@ from synth.errors import UserError
 from trainer import commands
 from trainer import config as C
 
-FIELDS = ("dataset-args", "eval-args", "data", "commands", "overlay")
+FIELDS = ("dataset-args", "eval-args", "refine-args", "data", "commands", "overlay")
 
 
 def field(name: str, what: str) -> str:
@@ -28,6 +28,8 @@ def field(name: str, what: str) -> str:
         return shlex.join(C.cli_args(C.recipe_section(name, "dataset")))
     if what == "eval-args":
         return shlex.join(C.cli_args(C.recipe_section(name, "eval")))
+    if what == "refine-args":      # empty for a recipe whose preset is not refined
+        return shlex.join(C.cli_args({k.replace("_", "-"): v for k, v in C.recipe_section(name, "refine").items()}))
     if what == "data":
         out = C.recipe_section(name, "dataset").get("out")
         if not out:
