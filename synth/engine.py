@@ -43,8 +43,8 @@ log = logging.getLogger("synth")
 DRUM_CHANNEL = 9
 # `master_gain`'s default (`--gain DB` scales it), chosen by scripts/bench_level.py: the most solo
 # piano pieces inside -20..-14 LUFS with the limiter far inside its bar (why: docs/decisions-engine.md,
-# 2026-12-05 and 2026-12-07).
-DEFAULT_MASTER_GAIN = 2.0
+# 2026-12-05, 2026-12-07 and 2026-12-08).
+DEFAULT_MASTER_GAIN = 1.89
 STEAL_FADE_S = 0.005       # a stolen voice fades this fast: short, but no click
 SOUND_OFF_FADE_S = 0.005
 XFADE_S = 0.02             # fallback → exact note crossfade
