@@ -4,7 +4,6 @@ whose tuned generator is nearer to an instrument the base never heard on keys it
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -17,10 +16,8 @@ from synth.preset import load_preset_dir
 from trainer import finetune as ft
 from trainer.cli import main as trainer_main
 from trainer.evaluate import log_mel_distance
-from trainer.testing.fitdata import make_dataset
+from trainer.testing.fitdata import tiny_exported_preset
 
-TINY = {"model": {"ddsp": {"hidden": 32, "n_harmonics": 16, "layers": 1}},
-        "disc": {"ddsp": {"channels": 16, "layers": 2}}, "train": {"batch": 4}}
 GIVEN = (48, 54, 60, 66, 72)
 OTHER = (51, 57, 63, 69)
 
@@ -28,13 +25,7 @@ OTHER = (51, 57, 63, 69)
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny ddsp preset, exported by `trainer export` from a one-step run."""
-    d = tmp_path_factory.mktemp("ft")
-    data = make_dataset(d / "data")
-    (d / "tiny.json").write_text(json.dumps(TINY))
-    assert trainer_main(["fit", "--data", str(data), "--steps", "1", "--out", str(d / "run"),
-                         "--config", str(d / "tiny.json"), "--quiet"]) == 0
-    assert trainer_main(["export", str(d / "run"), "--preset", str(d / "presets" / "tone"), "--knobs", "0"]) == 0
-    return load_preset_dir(d / "presets" / "tone")
+    return load_preset_dir(tiny_exported_preset(tmp_path_factory.mktemp("ft"), "--knobs", "0")[0])
 
 
 def _play(preset, z, keys, vel=100):

@@ -19,22 +19,15 @@ from trainer import finetune as ft
 from trainer import refine as rf
 from trainer.cli import main as trainer_main
 from trainer.data.loader import OneShotDataset
-from trainer.testing.fitdata import make_dataset
-
-TINY = {"model": {"ddsp": {"hidden": 32, "n_harmonics": 16, "layers": 1}},
-        "disc": {"ddsp": {"channels": 16, "layers": 2}}, "train": {"batch": 4}}
+from trainer.testing.fitdata import make_dataset, tiny_exported_preset
 
 
 @pytest.fixture(scope="module")
 def tone(tmp_path_factory):
     """A tiny ddsp preset with one knob, exported by `trainer export` from a one-step run, and its data."""
     d = tmp_path_factory.mktemp("refine")
-    data = make_dataset(d / "data")
-    (d / "tiny.json").write_text(json.dumps(TINY))
-    assert trainer_main(["fit", "--data", str(data), "--steps", "1", "--out", str(d / "run"),
-                         "--config", str(d / "tiny.json"), "--quiet"]) == 0
-    assert trainer_main(["export", str(d / "run"), "--preset", str(d / "presets" / "tone")]) == 0
-    return d, data, load_preset_dir(d / "presets" / "tone")
+    preset, data = tiny_exported_preset(d)
+    return d, data, load_preset_dir(preset)
 
 
 def _valid_loss(preset, data, level_weight=1.0) -> float:

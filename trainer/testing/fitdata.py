@@ -47,3 +47,26 @@ TINY_MODELS = {
     "disc": {"ddsp": {"channels": 16, "n_mels": 16, "layers": 2, "resolutions": [[256, 64], [128, 32]]},
              "spectral": {"channels": 4, "blocks": 2}, "wavegan": {"model_size": 4}},
 }
+
+
+TINY_DDSP = {"model": {"ddsp": {"hidden": 32, "n_harmonics": 16, "layers": 1}},
+             "disc": {"ddsp": {"channels": 16, "layers": 2}}, "train": {"batch": 4}}
+
+
+def tiny_exported_preset(folder: Path, *export_args: str) -> tuple[Path, Path]:
+    """A tiny ddsp preset `folder/presets/tone`, exported by `trainer export` (with `export_args`) from a
+    one-step run on `make_dataset(folder/data)`; returns (the preset folder, the dataset folder)."""
+    import json
+
+    from trainer.cli import main
+
+    folder = Path(folder)
+    data = make_dataset(folder / "data")
+    (folder / "tiny.json").write_text(json.dumps(TINY_DDSP))
+    if main(["fit", "--data", str(data), "--steps", "1", "--out", str(folder / "run"), "--config",
+             str(folder / "tiny.json"), "--quiet"]) != 0:
+        raise RuntimeError("the tiny fit failed")
+    preset = folder / "presets" / "tone"
+    if main(["export", str(folder / "run"), "--preset", str(preset), *export_args]) != 0:
+        raise RuntimeError("the tiny export failed")
+    return preset, data
