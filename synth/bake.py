@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 SUFFIXES = (".sf2", ".sfz")
 LOOP_GUARD = 8                 # samples kept after a loop end, copied from after the loop start
@@ -65,13 +65,9 @@ DRUM_RELEASE_S = 100.0         # kit hits play out: the longest release SoundFon
 PAN_SPREAD = 0.6               # the engine's default constant-power pan spread by key (Engine.pan_spread)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m synth bake --help`)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="python -m synth bake", description=(
+    p = OneLineParser(prog="python -m synth bake", description=(
         "Bake a preset into a SoundFont 2 bank (.sf2) or an SFZ instrument (.sfz + a folder of FLAC "
         "samples): every key at every velocity layer, playable by any sampler or DAW."))
     which = p.add_mutually_exclusive_group(required=True)

@@ -6,6 +6,8 @@ and exits with status 2, with no traceback. Its message names the file, the prob
 
 from __future__ import annotations
 
+import argparse
+
 
 class UserError(Exception):
     """Bad input from the user (file, flag, preset). Printed as one line; exit status 2."""
@@ -19,3 +21,11 @@ class PresetError(UserError):
 
 class MidiFileError(UserError):
     """A MIDI file cannot be read."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a mistake as a one-line `UserError` naming `prog --help`, instead of
+    usage + exit."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see `{self.prog} --help`)")

@@ -7,19 +7,14 @@ what is wrong instead of stopping the listing; the exit status is 0 either way (
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 # Metrics worth a glance in a listing (names from trainer/evaluate.py METRIC_KEYS), when present.
 KEY_METRICS = ("pitch_accuracy", "class_accuracy", "log_mel_distance", "diversity", "ms_per_note", "ms_per_88")
 
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m synth presets --help`)")
 
 
 def _fmt_metric(v) -> str | None:
@@ -57,7 +52,7 @@ def describe(name: str, folder: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = _ArgumentParser(prog="python -m synth presets", description="List installed presets.")
+    ap = OneLineParser(prog="python -m synth presets", description="List installed presets.")
     ap.add_argument("--preset-dir", action="append", default=[], metavar="DIR",
                     help="extra folder of presets (repeatable; also SYNTH_PRESET_PATH)")
     args = ap.parse_args(argv)

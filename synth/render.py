@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 FORMATS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 CONTAINERS = {".wav": "WAV", ".flac": "FLAC"}
@@ -54,15 +54,9 @@ MAX_SECONDS = 4 * 3600.0    # longest file we render; a longer one is almost sur
 MAX_TABLE = 100             # routing table lines printed (a real GM file uses a few dozen routes at most)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports mistakes as a one-line `UserError` instead of usage + exit."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m synth render --help`)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="python -m synth render", description=(
+    p = OneLineParser(prog="python -m synth render", description=(
         "Render a MIDI file (type 0 or 1) to WAV or FLAC offline with the same engine as live playing."))
     p.add_argument("input", metavar="IN.mid", help="Standard MIDI File")
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output file: .wav or .flac")

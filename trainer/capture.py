@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 DEFAULT_PITCHES = (36, 43, 50, 57, 64, 71, 78, 85)
 DEFAULT_VELOCITY = 100
@@ -474,13 +474,9 @@ def write_preset(base, dest: Path, manifest: dict[str, Any], force: bool, graph:
 # --------------------------------------------------------------------------------------------------
 # command line
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m trainer capture --help`)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _ArgumentParser(prog="python -m trainer capture", description=__doc__.split("\n\n")[0],
+    ap = OneLineParser(prog="python -m trainer capture", description=__doc__.split("\n\n")[0],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-folder", metavar="DIR", help="folder of notes (pitch from the file name: C4.wav, "

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 N_MELS = 80
 F_MIN = 30.0
@@ -612,13 +612,9 @@ def update_preset(preset, rep: dict[str, Any], grid=None, command: list[str] | N
     return load_preset_dir(folder)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m trainer eval --help`)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _ArgumentParser(prog="python -m trainer eval", description=__doc__.split("\n\n")[0],
+    ap = OneLineParser(prog="python -m trainer eval", description=__doc__.split("\n\n")[0],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", help="preset folder, or a preset name on the search path")
     ap.add_argument("--data", required=True, help="dataset folder the preset was trained on (python -m trainer dataset)")

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 PARITY_TOL = 1e-4
 PARITY_EARLY = 4096                    # samples (the attack) held to PARITY_TOL whatever the note length
@@ -1278,13 +1278,9 @@ def export_preset(G, config: dict[str, Any], dest: str | os.PathLike, *, name: s
     return load_preset_dir(dest)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m trainer export --help`)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _ArgumentParser(prog="python -m trainer export", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m trainer export", description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="run folder written by `python -m trainer fit`")
     ap.add_argument("--preset", required=True, metavar="DIR", help="preset folder to write, e.g. presets/piano")
     ap.add_argument("--name", help="preset name (default: the folder's name)")

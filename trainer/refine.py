@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.errors import UserError
+from synth.errors import OneLineParser, UserError
 
 DEFAULTS = {"steps": 1000, "lr": 1e-4, "batch": 8, "level_weight": 1.0, "valid_every": 25, "seed": 0}
 VALID_BATCH = 8          # valid notes per forward pass
@@ -193,13 +193,9 @@ def refine_preset(src: Path, data: Path, dest: Path, opts: dict[str, Any], comma
     return r
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see `python -m trainer refine --help`)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _ArgumentParser(prog="python -m trainer refine", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m trainer refine", description=__doc__.split("\n\n")[0])
     ap.add_argument("preset", help="preset folder (as `trainer export` wrote it)")
     ap.add_argument("--data", required=True, help="the dataset folder it was trained on")
     ap.add_argument("--recipe", help="take the defaults from this recipe's \"refine\" section")
